@@ -1,0 +1,160 @@
+package tunnel
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Authentication (docs/wire.md): after the TLS handshake, before any
+// multiplexer state exists,
+//
+//	relay -> agent  challenge{version, nonce[32]}
+//	agent -> relay  hello{version, agent id, software, mac[32]}
+//	relay -> agent  welcome{observed address} | reject{code, message}
+//
+// mac = HMAC-SHA256(token, label || nonce || ekm || len(id) || id), where
+// ekm is 32 bytes of keying material exported from this TLS session. The
+// token never crosses the wire, and a captured hello is worthless in any
+// other TLS session or for any other nonce.
+
+const (
+	authLabel = "homeport auth v1"
+	ekmLabel  = "EXPORTER-homeport-auth-v1"
+)
+
+// ErrAuthFailed means the agent's proof matched no token.
+var ErrAuthFailed = errors.New("authentication failed")
+
+// RejectError is a relay's refusal, as seen by the agent.
+type RejectError struct {
+	Code    Code
+	Message string
+}
+
+func (e *RejectError) Error() string {
+	if e.Message == "" {
+		return "relay rejected the agent: " + e.Code.String()
+	}
+	return "relay rejected the agent: " + e.Code.String() + ": " + e.Message
+}
+
+// Is makes errors.Is(err, ErrAuthFailed) true for an authentication reject.
+func (e *RejectError) Is(target error) bool {
+	return target == ErrAuthFailed && e.Code == CodeAuthFailed
+}
+
+// Agent is what the relay learns about an authenticated agent.
+type Agent struct {
+	ID       string
+	Software string
+	// Token is the index of the matching secret in the list given to
+	// AuthenticateAgent.
+	Token int
+}
+
+func exportKey(c Conn) ([]byte, error) {
+	cs := c.ConnectionState()
+	if !cs.HandshakeComplete {
+		return nil, errors.New("TLS handshake not complete")
+	}
+	return cs.ExportKeyingMaterial(ekmLabel, nil, 32)
+}
+
+func computeMAC(secret, nonce, ekm []byte, agentID string) []byte {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(authLabel))
+	m.Write(nonce)
+	m.Write(ekm)
+	var l [2]byte
+	binary.BigEndian.PutUint16(l[:], uint16(len(agentID)))
+	m.Write(l[:])
+	m.Write([]byte(agentID))
+	return m.Sum(nil)
+}
+
+// AuthenticateAgent runs the relay's side of authentication on a link whose
+// TLS handshake is complete. secrets are the accepted tokens; observed is
+// the agent's address as the relay sees it, told to the agent on success.
+// The caller bounds the exchange with the link's deadline. On a wrong
+// token it tells the agent and returns an error wrapping ErrAuthFailed.
+func AuthenticateAgent(c Conn, secrets [][]byte, observed string) (Agent, error) {
+	ekm, err := exportKey(c)
+	if err != nil {
+		return Agent{}, err
+	}
+	ch := challenge{Version: ProtocolVersion}
+	if _, err := rand.Read(ch.Nonce[:]); err != nil {
+		return Agent{}, fmt.Errorf("nonce: %w", err)
+	}
+	if err := WriteMessage(c, &ch); err != nil {
+		return Agent{}, fmt.Errorf("send challenge: %w", err)
+	}
+	var h hello
+	if err := ReadInto(c, MaxAuthFrameSize, &h); err != nil {
+		return Agent{}, fmt.Errorf("read hello: %w", err)
+	}
+	if h.Version != ProtocolVersion {
+		msg := fmt.Sprintf("relay speaks protocol version %d, agent %d", ProtocolVersion, h.Version)
+		_ = WriteMessage(c, &Reject{Code: CodeVersion, Message: msg})
+		return Agent{}, fmt.Errorf("agent %q: %s: %w", h.AgentID, msg, ErrVersion)
+	}
+	match := -1
+	for i, s := range secrets {
+		want := computeMAC(s, ch.Nonce[:], ekm, h.AgentID)
+		if subtle.ConstantTimeCompare(want, h.MAC[:]) == 1 && match < 0 {
+			match = i
+		}
+	}
+	if match < 0 {
+		_ = WriteMessage(c, &Reject{Code: CodeAuthFailed, Message: "wrong token"})
+		return Agent{}, fmt.Errorf("agent %q: %w: wrong token", h.AgentID, ErrAuthFailed)
+	}
+	if err := WriteMessage(c, &Welcome{ObservedAddr: observed}); err != nil {
+		return Agent{}, fmt.Errorf("send welcome: %w", err)
+	}
+	return Agent{ID: h.AgentID, Software: h.Software, Token: match}, nil
+}
+
+// Authenticate runs the agent's side of authentication on a link whose TLS
+// handshake (and so the relay's verification) is complete. A refusal by the
+// relay is a *RejectError.
+func Authenticate(c Conn, secret []byte, agentID, software string) (Welcome, error) {
+	if len(secret) == 0 {
+		return Welcome{}, errors.New("empty token")
+	}
+	if len(agentID) > MaxIDLen || len(software) > MaxIDLen {
+		return Welcome{}, fmt.Errorf("agent id or software version longer than %d bytes", MaxIDLen)
+	}
+	ekm, err := exportKey(c)
+	if err != nil {
+		return Welcome{}, err
+	}
+	var ch challenge
+	if err := ReadInto(c, MaxAuthFrameSize, &ch); err != nil {
+		return Welcome{}, fmt.Errorf("read challenge: %w", err)
+	}
+	if ch.Version != ProtocolVersion {
+		return Welcome{}, fmt.Errorf("relay speaks protocol version %d, agent %d: %w", ch.Version, ProtocolVersion, ErrVersion)
+	}
+	h := hello{Version: ProtocolVersion, AgentID: agentID, Software: software}
+	copy(h.MAC[:], computeMAC(secret, ch.Nonce[:], ekm, agentID))
+	if err := WriteMessage(c, &h); err != nil {
+		return Welcome{}, fmt.Errorf("send hello: %w", err)
+	}
+	m, err := ReadMessage(c, MaxAuthFrameSize)
+	if err != nil {
+		return Welcome{}, fmt.Errorf("read welcome: %w", err)
+	}
+	switch m := m.(type) {
+	case *Welcome:
+		return *m, nil
+	case *Reject:
+		return Welcome{}, &RejectError{Code: m.Code, Message: m.Message}
+	}
+	return Welcome{}, fmt.Errorf("read welcome: %w", ErrUnexpected)
+}

@@ -1,0 +1,323 @@
+package tunnel
+
+import (
+	"fmt"
+	"io"
+)
+
+// Field limits enforced by the decoder.
+const (
+	MaxNameLen    = 64   // tunnel name
+	MaxIDLen      = 128  // agent id, software version
+	MaxAddrLen    = 128  // textual network address
+	MaxMessageLen = 1024 // human-readable reason
+	MaxTunnels    = 256  // tunnels in one Register
+	nonceLen      = 32
+	macLen        = 32
+)
+
+// Code is the outcome carried by results and rejections.
+type Code uint8
+
+// Result codes. The numeric values are part of the wire protocol.
+const (
+	CodeOK             Code = 0
+	CodeBadRequest     Code = 1  // malformed or invalid request
+	CodePortNotAllowed Code = 2  // port outside the ranges of this token
+	CodePortInUse      Code = 3  // another session or program holds the port
+	CodeDuplicateName  Code = 4  // two tunnels with one name
+	CodeUnknownTunnel  Code = 5  // stream names a tunnel the agent doesn't have
+	CodeDialFailed     Code = 6  // agent could not reach the target
+	CodeAuthFailed     Code = 7  // wrong token
+	CodeVersion        Code = 8  // protocol version not supported
+	CodeReplaced       Code = 9  // a newer session of the same agent took over
+	CodeShutdown       Code = 10 // the relay is shutting down
+	CodeInternal       Code = 11 // the peer failed in a way the request did not cause
+)
+
+var codeNames = [...]string{
+	CodeOK:             "ok",
+	CodeBadRequest:     "bad request",
+	CodePortNotAllowed: "port not allowed",
+	CodePortInUse:      "port in use",
+	CodeDuplicateName:  "duplicate name",
+	CodeUnknownTunnel:  "unknown tunnel",
+	CodeDialFailed:     "target unreachable",
+	CodeAuthFailed:     "authentication failed",
+	CodeVersion:        "unsupported version",
+	CodeReplaced:       "replaced by a newer session",
+	CodeShutdown:       "relay shutting down",
+	CodeInternal:       "internal error",
+}
+
+func (c Code) String() string {
+	if int(c) < len(codeNames) {
+		return codeNames[c]
+	}
+	return fmt.Sprintf("code %d", uint8(c))
+}
+
+// Protocol of a tunnel.
+type Protocol uint8
+
+// Tunnel protocols. The numeric values are part of the wire protocol.
+const (
+	ProtoTCP Protocol = 1
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case ProtoTCP:
+		return "tcp"
+	}
+	return fmt.Sprintf("protocol %d", uint8(p))
+}
+
+// Message is a control message that can be sent with WriteMessage.
+type Message interface {
+	msgType() byte
+	encode(*enc)
+	decode(*dec)
+}
+
+// TunnelRequest asks the relay to open a public port.
+type TunnelRequest struct {
+	Name       string
+	Protocol   Protocol
+	RemotePort uint16
+}
+
+// Register is the agent's list of tunnels.
+type Register struct{ Tunnels []TunnelRequest }
+
+// TunnelResult is the relay's answer for one tunnel.
+type TunnelResult struct {
+	Name    string
+	Code    Code
+	Message string
+}
+
+// RegisterResult answers a Register, one result per tunnel, in order.
+type RegisterResult struct{ Results []TunnelResult }
+
+// GoAway tells the agent why the relay ends the session.
+type GoAway struct {
+	Code    Code
+	Message string
+}
+
+// Open is the first frame of every visitor stream, relay to agent. It names
+// a tunnel, never an address: the agent dials only targets of its own.
+type Open struct {
+	Tunnel  string
+	Visitor string // the visitor's address as the relay sees it
+}
+
+// OpenResult is the agent's first frame on a visitor stream.
+type OpenResult struct {
+	Code    Code
+	Message string
+}
+
+// Welcome tells an authenticated agent how the relay sees it.
+type Welcome struct {
+	ObservedAddr string // the agent's public address, as seen by the relay
+}
+
+// Reject tells the agent why authentication failed.
+type Reject struct {
+	Code    Code
+	Message string
+}
+
+type challenge struct {
+	Version byte
+	Nonce   [nonceLen]byte
+}
+
+type hello struct {
+	Version  byte
+	AgentID  string
+	Software string
+	MAC      [macLen]byte
+}
+
+func (*Register) msgType() byte       { return msgRegister }
+func (*RegisterResult) msgType() byte { return msgRegisterResult }
+func (*GoAway) msgType() byte         { return msgGoAway }
+func (*Open) msgType() byte           { return msgOpen }
+func (*OpenResult) msgType() byte     { return msgOpenResult }
+func (*Welcome) msgType() byte        { return msgWelcome }
+func (*Reject) msgType() byte         { return msgReject }
+func (*challenge) msgType() byte      { return msgChallenge }
+func (*hello) msgType() byte          { return msgHello }
+
+func (m *Register) encode(e *enc) {
+	e.u16(uint16(len(m.Tunnels)))
+	for _, t := range m.Tunnels {
+		e.str(t.Name)
+		e.u8(byte(t.Protocol))
+		e.u16(t.RemotePort)
+	}
+}
+
+func (m *Register) decode(d *dec) {
+	n := int(d.u16())
+	if n > MaxTunnels {
+		d.fail()
+		return
+	}
+	m.Tunnels = make([]TunnelRequest, 0, min(n, 16))
+	for i := 0; i < n && d.err == nil; i++ {
+		var t TunnelRequest
+		t.Name = d.str(MaxNameLen)
+		t.Protocol = Protocol(d.u8())
+		t.RemotePort = d.u16()
+		m.Tunnels = append(m.Tunnels, t)
+	}
+}
+
+func (m *RegisterResult) encode(e *enc) {
+	e.u16(uint16(len(m.Results)))
+	for _, r := range m.Results {
+		e.str(r.Name)
+		e.u8(byte(r.Code))
+		e.str(r.Message)
+	}
+}
+
+func (m *RegisterResult) decode(d *dec) {
+	n := int(d.u16())
+	if n > MaxTunnels {
+		d.fail()
+		return
+	}
+	m.Results = make([]TunnelResult, 0, min(n, 16))
+	for i := 0; i < n && d.err == nil; i++ {
+		var r TunnelResult
+		r.Name = d.str(MaxNameLen)
+		r.Code = Code(d.u8())
+		r.Message = d.str(MaxMessageLen)
+		m.Results = append(m.Results, r)
+	}
+}
+
+func (m *GoAway) encode(e *enc) { e.u8(byte(m.Code)); e.str(m.Message) }
+func (m *GoAway) decode(d *dec) { m.Code = Code(d.u8()); m.Message = d.str(MaxMessageLen) }
+
+func (m *Open) encode(e *enc) { e.str(m.Tunnel); e.str(m.Visitor) }
+func (m *Open) decode(d *dec) { m.Tunnel = d.str(MaxNameLen); m.Visitor = d.str(MaxAddrLen) }
+
+func (m *OpenResult) encode(e *enc) { e.u8(byte(m.Code)); e.str(m.Message) }
+func (m *OpenResult) decode(d *dec) { m.Code = Code(d.u8()); m.Message = d.str(MaxMessageLen) }
+
+func (m *Welcome) encode(e *enc) { e.str(m.ObservedAddr) }
+func (m *Welcome) decode(d *dec) { m.ObservedAddr = d.str(MaxAddrLen) }
+
+func (m *Reject) encode(e *enc) { e.u8(byte(m.Code)); e.str(m.Message) }
+func (m *Reject) decode(d *dec) { m.Code = Code(d.u8()); m.Message = d.str(MaxMessageLen) }
+
+func (m *challenge) encode(e *enc) { e.u8(m.Version); e.bytes(m.Nonce[:]) }
+func (m *challenge) decode(d *dec) {
+	m.Version = d.u8()
+	copy(m.Nonce[:], d.fixed(nonceLen))
+}
+
+func (m *hello) encode(e *enc) {
+	e.u8(m.Version)
+	e.str(m.AgentID)
+	e.str(m.Software)
+	e.bytes(m.MAC[:])
+}
+
+func (m *hello) decode(d *dec) {
+	m.Version = d.u8()
+	m.AgentID = d.str(MaxIDLen)
+	m.Software = d.str(MaxIDLen)
+	copy(m.MAC[:], d.fixed(macLen))
+}
+
+// newMessage returns an empty message of the given wire type.
+func newMessage(typ byte) Message {
+	switch typ {
+	case msgChallenge:
+		return new(challenge)
+	case msgHello:
+		return new(hello)
+	case msgWelcome:
+		return new(Welcome)
+	case msgReject:
+		return new(Reject)
+	case msgRegister:
+		return new(Register)
+	case msgRegisterResult:
+		return new(RegisterResult)
+	case msgGoAway:
+		return new(GoAway)
+	case msgOpen:
+		return new(Open)
+	case msgOpenResult:
+		return new(OpenResult)
+	}
+	return nil
+}
+
+// WriteMessage writes m as one frame.
+func WriteMessage(w io.Writer, m Message) error {
+	var e enc
+	m.encode(&e)
+	return writeFrame(w, m.msgType(), e.b)
+}
+
+// ReadMessage reads one frame of at most limit bytes and decodes it.
+func ReadMessage(r io.Reader, limit int) (Message, error) {
+	typ, p, err := readFrame(r, limit)
+	if err != nil {
+		return nil, err
+	}
+	return decodeMessage(typ, p)
+}
+
+func decodeMessage(typ byte, p []byte) (Message, error) {
+	m := newMessage(typ)
+	if m == nil {
+		return nil, fmt.Errorf("frame type %#x: %w", typ, ErrUnexpected)
+	}
+	d := dec{b: p}
+	m.decode(&d)
+	if err := d.done(); err != nil {
+		return nil, fmt.Errorf("frame type %#x, %d bytes: %w", typ, len(p), err)
+	}
+	return m, nil
+}
+
+// ReadInto reads one frame and decodes it into m, which fixes the expected
+// type: any other type is ErrUnexpected.
+func ReadInto(r io.Reader, limit int, m Message) error {
+	typ, p, err := readFrame(r, limit)
+	if err != nil {
+		return err
+	}
+	if typ != m.msgType() {
+		return fmt.Errorf("want frame type %#x, got %#x: %w", m.msgType(), typ, ErrUnexpected)
+	}
+	d := dec{b: p}
+	m.decode(&d)
+	if err := d.done(); err != nil {
+		return fmt.Errorf("frame type %#x, %d bytes: %w", typ, len(p), err)
+	}
+	return nil
+}
+
+// OpenError is an agent's refusal of a visitor stream, as seen by the relay.
+type OpenError struct {
+	Code    Code
+	Message string
+}
+
+func (e *OpenError) Error() string {
+	if e.Message == "" {
+		return "agent refused the connection: " + e.Code.String()
+	}
+	return "agent refused the connection: " + e.Code.String() + ": " + e.Message
+}

@@ -1,0 +1,156 @@
+package tunnel
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// sampleMessages is one valid value of every message type; it seeds the
+// round-trip test and the fuzzer.
+func sampleMessages() []Message {
+	return []Message{
+		&challenge{Version: 1, Nonce: [32]byte{1, 2, 3}},
+		&hello{Version: 1, AgentID: "home-pc", Software: "homeport-agent/1.0", MAC: [32]byte{9}},
+		&Welcome{ObservedAddr: "203.0.113.7:51234"},
+		&Reject{Code: CodeAuthFailed, Message: "wrong token"},
+		&Register{Tunnels: []TunnelRequest{{Name: "rdp", Protocol: ProtoTCP, RemotePort: 3390}, {Name: "ssh", Protocol: ProtoTCP, RemotePort: 2222}}},
+		&Register{Tunnels: []TunnelRequest{}},
+		&RegisterResult{Results: []TunnelResult{{Name: "rdp", Code: CodeOK}, {Name: "ssh", Code: CodePortNotAllowed, Message: "port 2222 is not allowed"}}},
+		&GoAway{Code: CodeReplaced, Message: "newer session"},
+		&Open{Tunnel: "rdp", Visitor: "[2001:db8::1]:40000"},
+		&OpenResult{Code: CodeDialFailed, Message: "connection refused"},
+	}
+}
+
+func TestMessageRoundTrip(t *testing.T) {
+	for _, m := range sampleMessages() {
+		t.Run(reflect.TypeOf(m).Elem().Name(), func(t *testing.T) {
+			var buf bytes.Buffer
+			if err := WriteMessage(&buf, m); err != nil {
+				t.Fatal(err)
+			}
+			got, err := ReadMessage(&buf, MaxFrameSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, m) {
+				t.Fatalf("round trip: got %#v, want %#v", got, m)
+			}
+			if buf.Len() != 0 {
+				t.Fatalf("%d bytes left after the frame", buf.Len())
+			}
+		})
+	}
+}
+
+// failingReader fails the test if more than n bytes are read from it.
+type limitedReader struct {
+	t *testing.T
+	r io.Reader
+	n int
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if len(p) > l.n {
+		p = p[:l.n]
+	}
+	if len(p) == 0 {
+		l.t.Fatal("reader read past the frame header")
+	}
+	n, err := l.r.Read(p)
+	l.n -= n
+	return n, err
+}
+
+func TestFrameLimitCheckedBeforeReading(t *testing.T) {
+	hdr := []byte{msgRegister, 0xff, 0xff} // announces 65535 bytes
+	r := &limitedReader{t: t, r: io.MultiReader(bytes.NewReader(hdr), strings.NewReader(strings.Repeat("x", 1<<16))), n: len(hdr)}
+	_, err := ReadMessage(r, MaxFrameSize)
+	if !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("got %v, want ErrFrameTooLarge", err)
+	}
+}
+
+func TestReadMessageErrors(t *testing.T) {
+	tests := []struct {
+		name  string
+		in    []byte
+		limit int
+		want  error
+	}{
+		{"empty", nil, MaxFrameSize, io.EOF},
+		{"short header", []byte{msgOpen, 0}, MaxFrameSize, io.ErrUnexpectedEOF},
+		{"short payload", []byte{msgOpen, 0, 10, 0, 3, 'r'}, MaxFrameSize, io.ErrUnexpectedEOF},
+		{"unknown type", []byte{0x7f, 0, 0}, MaxFrameSize, ErrUnexpected},
+		{"over auth limit", []byte{msgHello, 0x02, 0x01}, MaxAuthFrameSize, ErrFrameTooLarge},
+		{"string past end", []byte{msgOpen, 0, 4, 0, 9, 'a', 'b'}, MaxFrameSize, ErrMalformed},
+		{"trailing bytes", []byte{msgGoAway, 0, 4, 9, 0, 0, 0xee}, MaxFrameSize, ErrMalformed},
+		{"tunnel name too long", append([]byte{msgOpen, 0, 69, 0, 65}, make([]byte, 67)...), MaxFrameSize, ErrMalformed},
+		{"too many tunnels", []byte{msgRegister, 0, 2, 0x01, 0x01}, MaxFrameSize, ErrMalformed},
+		{"short nonce", []byte{msgChallenge, 0, 3, 1, 2, 3}, MaxFrameSize, ErrMalformed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ReadMessage(bytes.NewReader(tt.in), tt.limit)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("got %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestReadIntoWrongType(t *testing.T) {
+	var buf bytes.Buffer
+	if err := WriteMessage(&buf, &GoAway{Code: CodeShutdown}); err != nil {
+		t.Fatal(err)
+	}
+	var o Open
+	if err := ReadInto(&buf, MaxFrameSize, &o); !errors.Is(err, ErrUnexpected) {
+		t.Fatalf("got %v, want ErrUnexpected", err)
+	}
+}
+
+func TestWriteMessageTooLarge(t *testing.T) {
+	m := &RegisterResult{}
+	for range 40 {
+		m.Results = append(m.Results, TunnelResult{Name: "n", Message: strings.Repeat("m", 1000)})
+	}
+	if err := WriteMessage(io.Discard, m); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("got %v, want ErrFrameTooLarge", err)
+	}
+}
+
+// FuzzReadMessage feeds arbitrary bytes to the decoder: it must never
+// panic or allocate past the limit, and whatever it accepts must encode
+// back to a frame that decodes to the same message.
+func FuzzReadMessage(f *testing.F) {
+	for _, m := range sampleMessages() {
+		var buf bytes.Buffer
+		if err := WriteMessage(&buf, m); err != nil {
+			f.Fatal(err)
+		}
+		f.Add(buf.Bytes())
+	}
+	f.Add([]byte{msgRegister, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := ReadMessage(bytes.NewReader(data), MaxFrameSize)
+		if err != nil {
+			return
+		}
+		var buf bytes.Buffer
+		if err := WriteMessage(&buf, m); err != nil {
+			t.Fatalf("re-encode %#v: %v", m, err)
+		}
+		m2, err := ReadMessage(&buf, MaxFrameSize)
+		if err != nil {
+			t.Fatalf("decode re-encoded %#v: %v", m, err)
+		}
+		if !reflect.DeepEqual(m, m2) {
+			t.Fatalf("re-encode changed the message: %#v vs %#v", m, m2)
+		}
+	})
+}

@@ -1,0 +1,119 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// HalfCloser is one end of a splice: a connection whose write side can be
+// closed alone. *net.TCPConn and Stream satisfy it.
+type HalfCloser interface {
+	io.ReadWriteCloser
+	CloseWrite() error
+	SetWriteDeadline(t time.Time) error
+}
+
+// StallTimeout bounds how long, after one direction of a splice has ended,
+// a write in the other direction may make no progress before the splice is
+// aborted. It frees both ends when a peer went away without a word, yet lets
+// a half-closed connection carry data the other way for as long as it moves.
+const StallTimeout = 30 * time.Second
+
+// Copy buffers: reads start small, so that an idle connection holds little
+// memory, and switch to a large buffer once a read fills the small one.
+const (
+	smallBuf = 2 << 10
+	largeBuf = 32 << 10
+)
+
+var (
+	smallPool = sync.Pool{New: func() any { b := make([]byte, smallBuf); return &b }}
+	largePool = sync.Pool{New: func() any { b := make([]byte, largeBuf); return &b }}
+)
+
+// Splice copies a to b and b to a until both directions have ended. EOF in
+// one direction becomes CloseWrite on the other end and the opposite
+// direction keeps flowing; an error in either direction, or ctx ending,
+// closes both ends. Splice closes a and b before it returns. err is the
+// first error other than a clean EOF, or nil.
+func Splice(ctx context.Context, a, b HalfCloser) (aToB, bToA int64, err error) {
+	var (
+		once     sync.Once
+		cause    error
+		halfDone atomic.Bool
+	)
+	abort := func(err error) {
+		once.Do(func() {
+			cause = err
+			a.Close()
+			b.Close()
+		})
+	}
+	stop := context.AfterFunc(ctx, func() { abort(ctx.Err()) })
+	defer stop()
+
+	done := make(chan int64, 1)
+	go func() { done <- pipe(a, b, &halfDone, abort) }()
+	aToB = pipe(b, a, &halfDone, abort)
+	bToA = <-done
+	abort(nil) // both directions ended: release both ends
+	return aToB, bToA, cause
+}
+
+// pipe copies src to dst. On EOF it half-closes dst; on error it aborts the
+// splice. Once one direction has ended, every write of the other must make
+// progress within StallTimeout.
+func pipe(dst, src HalfCloser, halfDone *atomic.Bool, abort func(error)) int64 {
+	bp := smallPool.Get().(*[]byte)
+	large := false
+	defer func() {
+		if large {
+			largePool.Put(bp)
+		} else {
+			smallPool.Put(bp)
+		}
+	}()
+	var n int64
+	for {
+		buf := *bp
+		nr, rerr := src.Read(buf)
+		if nr > 0 {
+			if halfDone.Load() {
+				_ = dst.SetWriteDeadline(time.Now().Add(StallTimeout))
+			}
+			nw, werr := dst.Write(buf[:nr])
+			n += int64(nw)
+			if werr != nil {
+				abort(fmt.Errorf("write: %w", werr))
+				return n
+			}
+			if nr == len(buf) && !large {
+				smallPool.Put(bp)
+				bp, large = largePool.Get().(*[]byte), true
+			}
+		}
+		if rerr == nil {
+			continue
+		}
+		if !errors.Is(rerr, io.EOF) {
+			abort(fmt.Errorf("read: %w", rerr))
+			return n
+		}
+		if halfDone.Swap(true) {
+			// The other direction has ended too; Splice closes both ends.
+			_ = dst.CloseWrite()
+			return n
+		}
+		// Bound a write of the other direction already blocked on src.
+		_ = src.SetWriteDeadline(time.Now().Add(StallTimeout))
+		if err := dst.CloseWrite(); err != nil {
+			abort(fmt.Errorf("close write: %w", err))
+		}
+		return n
+	}
+}

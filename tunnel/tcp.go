@@ -1,0 +1,182 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// TCPTransport carries sessions over TCP + TLS 1.3 + yamux.
+type TCPTransport struct{}
+
+var _ Transport = TCPTransport{}
+
+// tcpKeepAlive is the kernel keepalive on the TCP link, a second line
+// behind the session's own pings.
+const tcpKeepAlive = 15 * time.Second
+
+// Dial connects to a relay over TCP. The TLS handshake runs in Handshake.
+func (TCPTransport) Dial(ctx context.Context, addr string, conf *tls.Config) (Conn, error) {
+	d := net.Dialer{KeepAlive: tcpKeepAlive}
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return &tlsLink{Conn: tls.Client(raw, conf), client: true}, nil
+}
+
+// Listen accepts agents on a TCP address.
+func (TCPTransport) Listen(addr string, conf *tls.Config) (Listener, error) {
+	lc := net.ListenConfig{KeepAlive: tcpKeepAlive}
+	l, err := lc.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return &tcpListener{l: l, conf: conf}, nil
+}
+
+type tcpListener struct {
+	l    net.Listener
+	conf *tls.Config
+}
+
+// Accept returns the next link. Accept does not honour ctx while blocked;
+// Close unblocks it.
+func (l *tcpListener) Accept(ctx context.Context) (Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	raw, err := l.l.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &tlsLink{Conn: tls.Server(raw, l.conf)}, nil
+}
+
+func (l *tcpListener) Addr() net.Addr { return l.l.Addr() }
+func (l *tcpListener) Close() error   { return l.l.Close() }
+
+// tlsLink is a TLS connection before and while it becomes a yamux session.
+type tlsLink struct {
+	*tls.Conn
+	client bool
+}
+
+func (c *tlsLink) Handshake(ctx context.Context) error { return c.HandshakeContext(ctx) }
+
+func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
+	yc := yamuxConfig(cfg)
+	var s *yamux.Session
+	var err error
+	if c.client {
+		s, err = yamux.Client(c.Conn, yc)
+	} else {
+		s, err = yamux.Server(c.Conn, yc)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("yamux: %w", err)
+	}
+	return &yamuxSession{s: s}, nil
+}
+
+func yamuxConfig(cfg SessionConfig) *yamux.Config {
+	def := DefaultSessionConfig()
+	if cfg.KeepAlive <= 0 {
+		cfg.KeepAlive = def.KeepAlive
+	}
+	if cfg.KeepAliveTimeout <= 0 {
+		cfg.KeepAliveTimeout = def.KeepAliveTimeout
+	}
+	if cfg.StreamWindow < 256<<10 {
+		cfg.StreamWindow = def.StreamWindow
+	}
+	if cfg.AcceptBacklog <= 0 {
+		cfg.AcceptBacklog = def.AcceptBacklog
+	}
+	return &yamux.Config{
+		AcceptBacklog:          cfg.AcceptBacklog,
+		EnableKeepAlive:        true,
+		KeepAliveInterval:      cfg.KeepAlive,
+		ConnectionWriteTimeout: cfg.KeepAliveTimeout,
+		MaxStreamWindowSize:    cfg.StreamWindow,
+		// A stream whose peer never acknowledges it within this time
+		// means the peer is stuck: yamux then ends the session.
+		StreamOpenTimeout: 30 * time.Second,
+		// No close timeout: a half-closed stream may legitimately carry
+		// data the other way for hours. Splice bounds a stalled peer.
+		StreamCloseTimeout: 0,
+		Logger:             log.New(io.Discard, "", 0),
+	}
+}
+
+type yamuxSession struct {
+	s *yamux.Session
+}
+
+var _ Session = (*yamuxSession)(nil)
+
+func (s *yamuxSession) OpenStream(ctx context.Context) (Stream, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	st, err := s.s.OpenStream()
+	if err != nil {
+		return nil, mapYamuxErr(err)
+	}
+	return &yamuxStream{Stream: st}, nil
+}
+
+func (s *yamuxSession) AcceptStream(ctx context.Context) (Stream, error) {
+	st, err := s.s.AcceptStreamWithContext(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, mapYamuxErr(err)
+	}
+	return &yamuxStream{Stream: st}, nil
+}
+
+func (s *yamuxSession) Done() <-chan struct{} { return s.s.CloseChan() }
+func (s *yamuxSession) Close() error          { return s.s.Close() }
+func (s *yamuxSession) NumStreams() int       { return s.s.NumStreams() }
+func (s *yamuxSession) LocalAddr() net.Addr   { return s.s.LocalAddr() }
+func (s *yamuxSession) RemoteAddr() net.Addr  { return s.s.RemoteAddr() }
+
+func mapYamuxErr(err error) error {
+	if errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w: %w", ErrSessionClosed, err)
+	}
+	return err
+}
+
+// yamuxStream adapts a yamux stream: yamux's Close is a half-close (FIN,
+// reads go on), which is our CloseWrite; our Close also stops local reads
+// and writes at once.
+type yamuxStream struct {
+	*yamux.Stream
+	closed atomic.Bool
+}
+
+var _ Stream = (*yamuxStream)(nil)
+
+func (s *yamuxStream) CloseWrite() error { return s.Stream.Close() }
+
+func (s *yamuxStream) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	err := s.Stream.Close()
+	// Unblock any Read or Write in progress. The stream is freed when the
+	// peer sends its FIN, which it does once its side of Splice ends.
+	_ = s.Stream.SetDeadline(time.Now())
+	return err
+}

@@ -1,0 +1,481 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/homeport/homeport/internal/leak"
+)
+
+// transports lists every Transport; each test below runs over all of them.
+var transports = []struct {
+	name string
+	tr   Transport
+}{
+	{"tcp", TCPTransport{}},
+}
+
+func testCert(t testing.TB) (tls.Certificate, string) {
+	t.Helper()
+	certPEM, keyPEM, err := GenerateCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp, err := CertificateFingerprint(cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert, fp
+}
+
+// linkPair returns both ends of a link over tr on loopback, handshaken.
+// The server end's handshake error (if any) is returned through srvErr.
+func linkPair(t *testing.T, tr Transport, clientConf *tls.Config) (client, server Conn, clientErr, srvErr error) {
+	t.Helper()
+	cert, _ := testCert(t)
+	ln, err := tr.Listen("127.0.0.1:0", ServerTLSConfig(cert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	type res struct {
+		c   Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := ln.Accept(ctx)
+		if err == nil {
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			err = c.Handshake(ctx)
+		}
+		ch <- res{c, err}
+	}()
+	client, err = tr.Dial(ctx, ln.Addr().String(), clientConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	clientErr = client.Handshake(ctx)
+	if clientErr != nil {
+		client.Close()
+	}
+	r := <-ch
+	if r.c != nil {
+		t.Cleanup(func() { r.c.Close() })
+	}
+	t.Cleanup(func() { client.Close() })
+	return client, r.c, clientErr, r.err
+}
+
+// pinnedPair is linkPair with a client that pins the server's real key.
+func pinnedPair(t *testing.T, tr Transport) (client, server Conn) {
+	t.Helper()
+	cert, fp := testCert(t)
+	ln, err := tr.Listen("127.0.0.1:0", ServerTLSConfig(cert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	conf, err := PinnedTLSConfig(fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ch := make(chan Conn, 1)
+	errc := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept(ctx)
+		if err == nil {
+			err = c.Handshake(ctx)
+		}
+		errc <- err
+		ch <- c
+	}()
+	client, err = tr.Dial(ctx, ln.Addr().String(), conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Handshake(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	server = <-ch
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+func TestPinMismatchSendsNothing(t *testing.T) {
+	for _, tt := range transports {
+		t.Run(tt.name, func(t *testing.T) {
+			_, otherFP := testCert(t) // a key the server does not have
+			conf, err := PinnedTLSConfig(otherFP)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _, clientErr, _ := linkPair(t, tt.tr, conf)
+			if !errors.Is(clientErr, ErrFingerprintMismatch) {
+				t.Fatalf("client handshake: got %v, want ErrFingerprintMismatch", clientErr)
+			}
+		})
+	}
+}
+
+func TestFingerprintForms(t *testing.T) {
+	_, fp := testCert(t)
+	hexPart := fp[len("sha256:"):]
+	var colon bytes.Buffer
+	for i := 0; i < len(hexPart); i += 2 {
+		if i > 0 {
+			colon.WriteByte(':')
+		}
+		colon.WriteString(hexPart[i : i+2])
+	}
+	for _, in := range []string{fp, hexPart, "SHA256:" + string(bytes.ToUpper([]byte(hexPart))), colon.String()} {
+		got, err := parseFingerprint(in)
+		if err != nil || got != fp {
+			t.Errorf("parseFingerprint(%q) = %q, %v; want %q", in, got, err, fp)
+		}
+	}
+	for _, bad := range []string{"", "sha256:", "sha256:abc", fp + "00", "md5:" + hexPart} {
+		if _, err := parseFingerprint(bad); err == nil {
+			t.Errorf("parseFingerprint(%q) accepted", bad)
+		}
+	}
+}
+
+func TestAuthenticate(t *testing.T) {
+	secrets := [][]byte{[]byte("first-token-0123456789"), []byte("second-token-0123456789")}
+	tests := []struct {
+		name      string
+		secret    string
+		wantToken int
+		wantErr   error
+	}{
+		{"first token", "first-token-0123456789", 0, nil},
+		{"second token", "second-token-0123456789", 1, nil},
+		{"wrong token", "not-a-token-0123456789", -1, ErrAuthFailed},
+	}
+	for _, tr := range transports {
+		for _, tt := range tests {
+			t.Run(tr.name+"/"+tt.name, func(t *testing.T) {
+				client, server := pinnedPair(t, tr.tr)
+				type res struct {
+					a   Agent
+					err error
+				}
+				ch := make(chan res, 1)
+				go func() {
+					a, err := AuthenticateAgent(server, secrets, "198.51.100.9:4242")
+					ch <- res{a, err}
+				}()
+				w, err := Authenticate(client, []byte(tt.secret), "home-pc", "test/1")
+				r := <-ch
+				if tt.wantErr != nil {
+					var re *RejectError
+					if !errors.As(err, &re) || re.Code != CodeAuthFailed || !errors.Is(err, tt.wantErr) {
+						t.Fatalf("agent: got %v, want a reject with %v", err, tt.wantErr)
+					}
+					if !errors.Is(r.err, tt.wantErr) {
+						t.Fatalf("relay: got %v, want %v", r.err, tt.wantErr)
+					}
+					return
+				}
+				if err != nil || r.err != nil {
+					t.Fatalf("agent %v, relay %v", err, r.err)
+				}
+				if w.ObservedAddr != "198.51.100.9:4242" {
+					t.Errorf("observed %q", w.ObservedAddr)
+				}
+				if r.a.Token != tt.wantToken || r.a.ID != "home-pc" || r.a.Software != "test/1" {
+					t.Errorf("relay saw %+v", r.a)
+				}
+			})
+		}
+	}
+}
+
+// TestAuthReplay shows that a hello captured from one TLS session fails in
+// another, even for the same nonce: the MAC is bound to the session.
+func TestAuthReplay(t *testing.T) {
+	secret := []byte("replay-token-0123456789")
+	tr := TCPTransport{}
+	c1, s1 := pinnedPair(t, tr)
+	c2, s2 := pinnedPair(t, tr)
+	ekm1, err := exportKey(c1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := exportKey(s1); !bytes.Equal(e, ekm1) {
+		t.Fatal("both ends of one session must export the same key")
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := AuthenticateAgent(s2, [][]byte{secret}, "x")
+		done <- err
+	}()
+	var ch challenge
+	if err := ReadInto(c2, MaxAuthFrameSize, &ch); err != nil {
+		t.Fatal(err)
+	}
+	// The attacker knows the nonce of session 2 and a MAC from session 1.
+	h := hello{Version: ProtocolVersion, AgentID: "home-pc"}
+	copy(h.MAC[:], computeMAC(secret, ch.Nonce[:], ekm1, "home-pc"))
+	if err := WriteMessage(c2, &h); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("replayed hello: got %v, want ErrAuthFailed", err)
+	}
+}
+
+// TestAuthGarbage: a peer that sends junk or an oversized frame instead of
+// a hello is refused, without the relay reading past the limit.
+func TestAuthGarbage(t *testing.T) {
+	for _, junk := range [][]byte{
+		[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+		{msgHello, 0xff, 0xff},
+		{msgRegister, 0, 0},
+	} {
+		client, server := pinnedPair(t, TCPTransport{})
+		server.SetDeadline(time.Now().Add(5 * time.Second))
+		done := make(chan error, 1)
+		go func() {
+			_, err := AuthenticateAgent(server, [][]byte{[]byte("some-token-0123456789")}, "x")
+			done <- err
+		}()
+		var ch challenge
+		if err := ReadInto(client, MaxAuthFrameSize, &ch); err != nil {
+			t.Fatal(err)
+		}
+		client.Write(junk)
+		if err := <-done; err == nil {
+			t.Fatalf("junk %q accepted", junk)
+		}
+	}
+}
+
+// sessionPair returns a multiplexed session pair over tr.
+func sessionPair(t *testing.T, tr Transport) (client, server Session) {
+	t.Helper()
+	c, s := pinnedPair(t, tr)
+	var err error
+	if client, err = c.Mux(DefaultSessionConfig()); err != nil {
+		t.Fatal(err)
+	}
+	if server, err = s.Mux(DefaultSessionConfig()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+// tcpPair returns two connected loopback TCP connections.
+func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		ch <- c
+	}()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := <-ch
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a.(*net.TCPConn), b.(*net.TCPConn)
+}
+
+// splicedPath builds  x <-TCP-> [Splice] <-stream-> [Splice] <-TCP-> y
+// and returns x and y: the data path of a tunnel without relay or agent.
+func splicedPath(t *testing.T, tr Transport) (x, y *net.TCPConn, wait func()) {
+	cs, ss := sessionPair(t, tr)
+	x, xr := tcpPair(t)
+	yr, y := tcpPair(t)
+	ctx := context.Background()
+	done := make(chan struct{}, 2)
+	accepted := make(chan Stream, 1)
+	go func() {
+		st, err := ss.AcceptStream(ctx)
+		if err != nil {
+			t.Error(err)
+			accepted <- nil
+			return
+		}
+		accepted <- st
+	}()
+	st1, err := cs.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st1.Write([]byte{}) // yamux sends the SYN with the first window update
+	go func() { Splice(ctx, xr, st1); done <- struct{}{} }()
+	st2 := <-accepted
+	if st2 == nil {
+		t.FailNow()
+	}
+	go func() { Splice(ctx, st2, yr); done <- struct{}{} }()
+	return x, y, func() { <-done; <-done }
+}
+
+// TestSpliceIntegrity sends 64 MiB each way at once through the spliced
+// path and compares sha256 sums.
+func TestSpliceIntegrity(t *testing.T) {
+	size := int64(64 << 20)
+	if testing.Short() {
+		size = 4 << 20
+	}
+	for _, tt := range transports {
+		t.Run(tt.name, func(t *testing.T) {
+			leak.Check(t)
+			x, y, wait := splicedPath(t, tt.tr)
+			type res struct {
+				sum [32]byte
+				n   int64
+			}
+			send := func(c *net.TCPConn, seed uint64) [32]byte {
+				h := sha256.New()
+				r := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{byte(seed)}), size), h)
+				if _, err := io.Copy(c, r); err != nil {
+					t.Error(err)
+				}
+				c.CloseWrite()
+				return [32]byte(h.Sum(nil))
+			}
+			recv := func(c *net.TCPConn, out chan<- res) {
+				h := sha256.New()
+				n, err := io.Copy(h, c)
+				if err != nil {
+					t.Error(err)
+				}
+				out <- res{[32]byte(h.Sum(nil)), n}
+			}
+			gotX, gotY := make(chan res, 1), make(chan res, 1)
+			go recv(x, gotX)
+			go recv(y, gotY)
+			sentXY := make(chan [32]byte, 1)
+			go func() { sentXY <- send(x, 1) }()
+			sentYX := send(y, 2)
+			rx, ry := <-gotX, <-gotY
+			if ry.n != size || ry.sum != <-sentXY {
+				t.Errorf("x->y: got %d bytes, sum mismatch or short", ry.n)
+			}
+			if rx.n != size || rx.sum != sentYX {
+				t.Errorf("y->x: got %d bytes, sum mismatch or short", rx.n)
+			}
+			x.Close()
+			y.Close()
+			wait()
+		})
+	}
+}
+
+// TestSpliceHalfClose: EOF one way arrives as EOF at the far end while the
+// other direction keeps flowing, in both orders.
+func TestSpliceHalfClose(t *testing.T) {
+	for _, tt := range transports {
+		for _, first := range []string{"x", "y"} {
+			t.Run(tt.name+"/"+first+" closes first", func(t *testing.T) {
+				leak.Check(t)
+				x, y, wait := splicedPath(t, tt.tr)
+				a, b := x, y
+				if first == "y" {
+					a, b = y, x
+				}
+				a.Write([]byte("request"))
+				a.CloseWrite()
+				got, err := io.ReadAll(b) // ends only if the EOF came through
+				if err != nil || string(got) != "request" {
+					t.Fatalf("far end read %q, %v", got, err)
+				}
+				// The other direction still flows after the half-close.
+				for i := range 3 {
+					msg := []byte{byte('0' + i)}
+					if _, err := b.Write(msg); err != nil {
+						t.Fatal(err)
+					}
+					buf := make([]byte, 1)
+					a.SetReadDeadline(time.Now().Add(5 * time.Second))
+					if _, err := io.ReadFull(a, buf); err != nil || buf[0] != msg[0] {
+						t.Fatalf("reply %d after half-close: %q, %v", i, buf, err)
+					}
+				}
+				b.CloseWrite()
+				a.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if n, err := a.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+					t.Fatalf("after both half-closes: %d, %v; want EOF", n, err)
+				}
+				wait()
+			})
+		}
+	}
+}
+
+// TestSpliceAbort: a reset on one side closes the other side promptly.
+func TestSpliceAbort(t *testing.T) {
+	for _, tt := range transports {
+		t.Run(tt.name, func(t *testing.T) {
+			leak.Check(t)
+			x, y, wait := splicedPath(t, tt.tr)
+			x.SetLinger(0)
+			x.Write([]byte("hello"))
+			buf := make([]byte, 5)
+			if _, err := io.ReadFull(y, buf); err != nil {
+				t.Fatal(err)
+			}
+			x.Close() // RST
+			y.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadAll(y); err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					t.Fatal("far end not closed after a reset")
+				}
+			}
+			y.Close()
+			wait()
+		})
+	}
+}
+
+func TestSessionDoneOnPeerClose(t *testing.T) {
+	for _, tt := range transports {
+		t.Run(tt.name, func(t *testing.T) {
+			c, s := sessionPair(t, tt.tr)
+			c.Close()
+			select {
+			case <-s.Done():
+			case <-time.After(5 * time.Second):
+				t.Fatal("server session not done after the client closed")
+			}
+			if _, err := s.OpenStream(context.Background()); !errors.Is(err, ErrSessionClosed) {
+				t.Fatalf("OpenStream on a dead session: %v", err)
+			}
+		})
+	}
+}

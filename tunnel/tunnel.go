@@ -1,0 +1,112 @@
+// Package tunnel holds what the relay and the agent share: the wire
+// protocol (frames, authentication), the Transport/Session/Stream
+// abstraction over TCP+TLS+yamux, TLS identity and pinning, and Splice.
+//
+// A connection between agent and relay goes through three steps:
+//
+//  1. Transport: an encrypted link (TLS 1.3 over TCP) is set up; the agent
+//     verifies the relay by its pinned public key or a CA.
+//  2. Authentication: on that link, before any multiplexer exists, the relay
+//     challenges the agent to prove it knows the token (AuthenticateAgent,
+//     Authenticate).
+//  3. Session: the link becomes a multiplexed Session; the agent opens one
+//     control stream, and the relay opens one stream per visitor.
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"time"
+)
+
+// Transport creates encrypted links between agent and relay.
+type Transport interface {
+	// Dial connects to a relay. The TLS handshake has not run yet.
+	Dial(ctx context.Context, addr string, conf *tls.Config) (Conn, error)
+	// Listen accepts agents. Accepted links have not run their TLS
+	// handshake, so the accept loop never blocks on a slow peer.
+	Listen(addr string, conf *tls.Config) (Listener, error)
+}
+
+// Listener accepts links from agents.
+type Listener interface {
+	Accept(ctx context.Context) (Conn, error)
+	Addr() net.Addr
+	Close() error
+}
+
+// Conn is an encrypted link whose peer is not authenticated yet. Reads and
+// writes go over the link's handshake channel, used for authentication
+// only; Mux then turns the link into a Session.
+type Conn interface {
+	io.ReadWriter
+	// Handshake runs the TLS handshake (and, for the client, verifies the
+	// relay). It is bounded by the deadline set with SetDeadline and by ctx.
+	Handshake(ctx context.Context) error
+	// ConnectionState is valid after Handshake.
+	ConnectionState() tls.ConnectionState
+	SetDeadline(t time.Time) error
+	LocalAddr() net.Addr
+	RemoteAddr() net.Addr
+	Close() error
+	// Mux turns the authenticated link into a multiplexed session. The
+	// dialing side is the client.
+	Mux(cfg SessionConfig) (Session, error)
+}
+
+// Session is one authenticated, multiplexed link between agent and relay.
+type Session interface {
+	// OpenStream opens a new stream to the peer.
+	OpenStream(ctx context.Context) (Stream, error)
+	// AcceptStream waits for a stream opened by the peer.
+	AcceptStream(ctx context.Context) (Stream, error)
+	// Done is closed when the session has ended, for whatever reason.
+	Done() <-chan struct{}
+	// Close ends the session and every stream in it.
+	Close() error
+	// NumStreams is the number of open streams.
+	NumStreams() int
+	LocalAddr() net.Addr
+	RemoteAddr() net.Addr
+}
+
+// Stream is one bidirectional byte stream within a Session.
+type Stream interface {
+	net.Conn
+	// CloseWrite sends EOF to the peer; reading goes on.
+	CloseWrite() error
+}
+
+// SessionConfig tunes a Session.
+type SessionConfig struct {
+	// KeepAlive is the interval between pings.
+	KeepAlive time.Duration
+	// KeepAliveTimeout is how long a ping (or any write) may take before
+	// the session is declared dead.
+	KeepAliveTimeout time.Duration
+	// StreamWindow is the per-stream receive window in bytes.
+	StreamWindow uint32
+	// AcceptBacklog is the number of streams that may wait for
+	// AcceptStream, and of opened streams not yet acknowledged.
+	AcceptBacklog int
+}
+
+// DefaultSessionConfig returns the settings used when none are given.
+func DefaultSessionConfig() SessionConfig {
+	return SessionConfig{
+		KeepAlive:        10 * time.Second,
+		KeepAliveTimeout: 10 * time.Second,
+		StreamWindow:     4 << 20,
+		AcceptBacklog:    1024,
+	}
+}
+
+// ALPN is the TLS application protocol of homeport's control links.
+const ALPN = "homeport/1"
+
+// ErrSessionClosed is returned by OpenStream and AcceptStream on a session
+// that has ended.
+var ErrSessionClosed = errors.New("session closed")
