@@ -1,0 +1,161 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func agentSettings() []setting {
+	s := []setting{
+		{key: "relay", flag: "relay", short: "r", kind: kString, usage: "relay's agent address, HOST:PORT"},
+		{key: "token", flag: "token", short: "t", kind: kString, usage: "token the relay printed"},
+		{key: "fingerprint", flag: "fingerprint", short: "f", kind: kString, usage: "relay key fingerprint the relay printed (sha256:...)"},
+		{key: "ca_file", flag: "ca-file", kind: kString, usage: "verify the relay by this PEM CA instead of a fingerprint"},
+		{key: "server_name", flag: "server-name", kind: kString, usage: "name in the relay's certificate, with --ca-file (default: the relay host)"},
+		{key: "id", flag: "id", kind: kString, usage: "this agent's name; a new session with the same id replaces the old one (default: host name)"},
+		{key: "tunnels", flag: "tunnel", short: "T", kind: kList, usage: "tunnel [NAME=]REMOTE_PORT:HOST:PORT; repeatable"},
+		{key: "dial_timeout", flag: "dial-timeout", kind: kDuration, def: "5s", usage: "time to connect to a tunnel's target"},
+		{key: "handshake_timeout", flag: "handshake-timeout", kind: kDuration, def: "10s", usage: "time to connect and authenticate to the relay"},
+		{key: "reconnect_max", flag: "reconnect-max", kind: kDuration, def: "30s", usage: "longest wait between reconnect attempts"},
+		{key: "access_log", flag: "access-log", kind: kBool, def: "false", usage: "log every tunneled connection"},
+	}
+	return append(append(s, sessionSettings()...), logSettings()...)
+}
+
+// AgentFlags registers the agent's flags on fs.
+func AgentFlags(fs *pflag.FlagSet) { addFlags(fs, agentSettings()) }
+
+// LoadAgent reads the agent's configuration from defaults, the --config
+// file, HOMEPORT_* environment variables and the flags in fs that were
+// set, and validates it. A nil fs reads no flags.
+func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
+	if fs == nil {
+		fs = pflag.NewFlagSet("agent", pflag.ContinueOnError)
+	}
+	l, err := newLoader(fs, agentSettings(), relaySettings(), "agent")
+	if err != nil {
+		return Agent{}, err
+	}
+	c := Agent{
+		Relay:            l.str("relay"),
+		Token:            l.str("token"),
+		CAFile:           l.str("ca_file"),
+		ServerName:       l.str("server_name"),
+		ID:               l.str("id"),
+		DialTimeout:      l.duration("dial_timeout", 100*time.Millisecond, 5*time.Minute),
+		HandshakeTimeout: l.duration("handshake_timeout", time.Second, 5*time.Minute),
+		ReconnectMax:     l.duration("reconnect_max", time.Second, time.Hour),
+		AccessLog:        l.bool("access_log"),
+		Session:          l.session(),
+		Log:              l.log(),
+	}
+	switch host, port, err := net.SplitHostPort(c.Relay); {
+	case c.Relay == "":
+		l.fail("relay", fmt.Errorf("missing: give the relay's address, e.g. --relay vps.example.com:7000 (the relay prints the whole command on its first start)"))
+	case err != nil || host == "":
+		l.fail("relay", fmt.Errorf("%q: want HOST:PORT, e.g. vps.example.com:7000", c.Relay))
+	default:
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+			l.fail("relay", fmt.Errorf("%q: port %q is not a number from 1 to 65535", c.Relay, port))
+		}
+	}
+	switch {
+	case c.Token == "":
+		l.fail("token", fmt.Errorf("missing: give the token the relay printed (--token, or HOMEPORT_TOKEN to keep it out of the process list)"))
+	case len(c.Token) < MinSecretLen:
+		l.fail("token", fmt.Errorf("shorter than %d characters, so no relay accepts it; copy the whole token the relay printed", MinSecretLen))
+	}
+	if fp := l.str("fingerprint"); fp != "" {
+		if c.Fingerprint, err = NormalizeFingerprint(fp); err != nil {
+			l.fail("fingerprint", err)
+		}
+	}
+	switch {
+	case c.Fingerprint == "" && c.CAFile == "" && l.str("fingerprint") == "":
+		l.fail("fingerprint", fmt.Errorf("missing: give the fingerprint the relay printed (or ca_file to verify the relay by a CA)"))
+	case l.str("fingerprint") != "" && c.CAFile != "":
+		l.fail("ca_file", fmt.Errorf("give either fingerprint or ca_file, not both"))
+	case c.ServerName != "" && c.CAFile == "":
+		l.fail("server_name", fmt.Errorf("only used with ca_file; a fingerprint pins the key whatever the name"))
+	}
+	if c.ID == "" {
+		if c.ID, err = os.Hostname(); err != nil || c.ID == "" {
+			c.ID = "agent"
+		}
+	}
+	if len(c.ID) > 128 {
+		l.fail("id", fmt.Errorf("%q is longer than 128 bytes", c.ID))
+	}
+	c.Tunnels = l.tunnels()
+	if err := l.err(); err != nil {
+		return Agent{}, err
+	}
+	return c, nil
+}
+
+// tunnels reads the tunnel list: spec strings, or sections with name,
+// remote_port and target (and protocol).
+func (l *loader) tunnels() []Tunnel {
+	var out []Tunnel
+	seenName, seenPort := map[string]bool{}, map[uint16]string{}
+	items := l.list("tunnels")
+	for i, item := range items {
+		var t Tunnel
+		var err error
+		if spec, ok := item.(string); ok {
+			t, err = ParseTunnel(spec)
+		} else {
+			t, err = tunnelSection(item)
+		}
+		if err != nil {
+			l.fail("tunnels", fmt.Errorf("item %d: %w", i+1, err))
+			continue
+		}
+		if seenName[t.Name] {
+			l.fail("tunnels", fmt.Errorf("two tunnels are named %q; give each its own NAME=", t.Name))
+		}
+		if other, ok := seenPort[t.RemotePort]; ok {
+			l.fail("tunnels", fmt.Errorf("tunnels %q and %q both use remote port %d", other, t.Name, t.RemotePort))
+		}
+		seenName[t.Name], seenPort[t.RemotePort] = true, t.Name
+		out = append(out, t)
+	}
+	if len(items) == 0 {
+		l.fail("tunnels", fmt.Errorf("none: give at least one, e.g. --tunnel 3390:127.0.0.1:3389"))
+	}
+	return out
+}
+
+func tunnelSection(item any) (Tunnel, error) {
+	m, err := section(item, "name", "protocol", "remote_port", "target")
+	if err != nil {
+		return Tunnel{}, err
+	}
+	t := Tunnel{Protocol: "tcp"}
+	if p, ok := m["protocol"]; ok {
+		t.Protocol = fmt.Sprint(p)
+		if t.Protocol == "udp" {
+			return Tunnel{}, fmt.Errorf("UDP tunnels are not supported yet")
+		}
+	}
+	if rp, ok := m["remote_port"]; ok {
+		if t.RemotePort, err = parsePort(fmt.Sprint(rp)); err != nil {
+			return Tunnel{}, fmt.Errorf("remote_port: %w", err)
+		}
+	}
+	t.Target, _ = m["target"].(string)
+	if n, ok := m["name"]; ok {
+		t.Name = fmt.Sprint(n)
+	} else if t.RemotePort != 0 {
+		t.Name = fmt.Sprintf("%s-%d", t.Protocol, t.RemotePort)
+	}
+	if err := t.validate(); err != nil {
+		return Tunnel{}, err
+	}
+	return t, nil
+}

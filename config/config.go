@@ -1,0 +1,113 @@
+// Package config loads and validates the settings of the relay and the agent.
+//
+// Settings come from, in increasing order of precedence: built-in defaults, a
+// YAML/TOML/JSON file (--config), environment variables (HOMEPORT_…), and
+// command-line flags. Every error names the setting (and the file) it is about.
+package config
+
+import (
+	"fmt"
+	"time"
+)
+
+// Relay is the validated configuration of a relay.
+type Relay struct {
+	// DataDir holds the generated token and the TLS key pair.
+	DataDir string
+	// Listen is the address agents connect to ("listen", default ":7000").
+	Listen string
+	// BindAddr is the host public listeners bind to ("bind_addr", default all).
+	BindAddr string
+	// AllowPorts are the public ports any token may use ("allow_ports").
+	AllowPorts PortRanges
+	// Tokens are the accepted agent credentials. Empty means: use the
+	// token stored in DataDir, generating it on first start.
+	Tokens []Token
+	// TLSCert and TLSKey name a PEM certificate and key to use instead of
+	// the generated self-signed pair.
+	TLSCert, TLSKey string
+	// Advertise is the host:port printed in the agent command.
+	Advertise string
+	// HandshakeTimeout bounds the time from accept to authenticated.
+	HandshakeTimeout time.Duration
+	// Session holds the multiplexer settings shared with the agent.
+	Session Session
+	// ShutdownTimeout bounds how long streams may drain on shutdown.
+	ShutdownTimeout time.Duration
+	// AccessLog logs every visitor connection at Info.
+	AccessLog bool
+	// Log selects level and format of the process log.
+	Log Log
+}
+
+// Token is one accepted agent credential.
+type Token struct {
+	// Name identifies the token in logs; never the secret itself.
+	Name string
+	// Secret is the shared secret. It never crosses the wire.
+	Secret string
+	// Ports, when not empty, further limits the public ports of agents
+	// that log in with this token (intersected with Relay.AllowPorts).
+	Ports PortRanges
+}
+
+// String hides the secret.
+func (t Token) String() string { return fmt.Sprintf("token %q", t.Name) }
+
+// Agent is the validated configuration of an agent.
+type Agent struct {
+	// Relay is the relay's agent address, host:port.
+	Relay string
+	// Token is the shared secret.
+	Token string
+	// Fingerprint pins the relay's public key ("sha256:<hex>").
+	Fingerprint string
+	// CAFile and ServerName verify the relay by a CA instead of a pin.
+	CAFile, ServerName string
+	// ID names this agent; a newer session with the same ID and token
+	// replaces an older one on the relay. Default: the host name.
+	ID string
+	// Tunnels are the services this agent exposes.
+	Tunnels []Tunnel
+	// DialTimeout bounds dialing a tunnel's target.
+	DialTimeout time.Duration
+	// HandshakeTimeout bounds connecting and authenticating to the relay.
+	HandshakeTimeout time.Duration
+	// ReconnectMax caps the reconnect backoff.
+	ReconnectMax time.Duration
+	// Session holds the multiplexer settings shared with the relay.
+	Session Session
+	// AccessLog logs every stream at Info.
+	AccessLog bool
+	// Log selects level and format of the process log.
+	Log Log
+}
+
+// Tunnel is one exposed service.
+type Tunnel struct {
+	// Name identifies the tunnel on the wire and in logs.
+	Name string
+	// Protocol is "tcp".
+	Protocol string
+	// RemotePort is the public port on the relay.
+	RemotePort uint16
+	// Target is the host:port the agent dials for each visitor.
+	Target string
+}
+
+// Session configures the multiplexed session between relay and agent.
+type Session struct {
+	// KeepAlive is the interval between keepalive pings.
+	KeepAlive time.Duration
+	// KeepAliveTimeout is how long a ping may go unanswered before the
+	// session is declared dead.
+	KeepAliveTimeout time.Duration
+	// StreamWindow is the per-stream receive window in bytes.
+	StreamWindow uint32
+}
+
+// Log selects the process log's level and format.
+type Log struct {
+	Level  string // debug, info, warn, error
+	Format string // text, json
+}

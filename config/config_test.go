@@ -1,0 +1,459 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+const fp = "sha256:4f2a9c0d1e8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f"
+
+func TestParsePortRanges(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    PortRanges
+		wantErr string
+	}{
+		{in: "3390", want: PortRanges{{3390, 3390}}},
+		{in: "8000-8100, 3390", want: PortRanges{{3390, 3390}, {8000, 8100}}},
+		{in: "1-10,5-20,21", want: PortRanges{{1, 21}}},
+		{in: "1024-65535", want: PortRanges{{1024, 65535}}},
+		{in: "", wantErr: "no ports"},
+		{in: "0", wantErr: "1 to 65535"},
+		{in: "65536", wantErr: "1 to 65535"},
+		{in: "20-10", wantErr: "ends below"},
+		{in: "abc", wantErr: "1 to 65535"},
+		{in: "10-", wantErr: "1 to 65535"},
+	}
+	for _, tt := range tests {
+		got, err := ParsePortRanges(tt.in)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("ParsePortRanges(%q) = %v, %v; want error containing %q", tt.in, got, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("ParsePortRanges(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+		}
+	}
+	r, _ := ParsePortRanges("3390,8000-8100")
+	for p, want := range map[uint16]bool{3389: false, 3390: true, 3391: false, 8000: true, 8050: true, 8100: true, 8101: false} {
+		if r.Contains(p) != want {
+			t.Errorf("Contains(%d) = %v", p, !want)
+		}
+	}
+	if r.String() != "3390,8000-8100" {
+		t.Errorf("String() = %q", r.String())
+	}
+}
+
+func TestParseTunnel(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    Tunnel
+		wantErr string
+	}{
+		{in: "3390:127.0.0.1:3389", want: Tunnel{Name: "tcp-3390", Protocol: "tcp", RemotePort: 3390, Target: "127.0.0.1:3389"}},
+		{in: "rdp=3390:127.0.0.1:3389", want: Tunnel{Name: "rdp", Protocol: "tcp", RemotePort: 3390, Target: "127.0.0.1:3389"}},
+		{in: "ssh=tcp:2222:nas.lan:22", want: Tunnel{Name: "ssh", Protocol: "tcp", RemotePort: 2222, Target: "nas.lan:22"}},
+		{in: "8080:[::1]:80", want: Tunnel{Name: "tcp-8080", Protocol: "tcp", RemotePort: 8080, Target: "[::1]:80"}},
+		{in: "udp:5353:127.0.0.1:53", wantErr: "UDP tunnels are not supported yet"},
+		{in: "sctp:1:a:1", wantErr: "unknown protocol"},
+		{in: "3390", wantErr: "REMOTE_PORT:HOST:PORT"},
+		{in: "3390:3389", wantErr: "HOST:PORT"},
+		{in: "0:127.0.0.1:3389", wantErr: "1 to 65535"},
+		{in: "3390:127.0.0.1:99999", wantErr: "1 to 65535"},
+		{in: "3390::3389", wantErr: "host missing"},
+		{in: "=3390:127.0.0.1:3389", wantErr: "empty name"},
+		{in: "bad name=3390:127.0.0.1:3389", wantErr: "letters, digits"},
+		{in: strings.Repeat("n", 65) + "=1:a:1", wantErr: "longer than 64"},
+		{in: "3390:::1:3389", wantErr: "HOST:PORT"},
+	}
+	for _, tt := range tests {
+		got, err := ParseTunnel(tt.in)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("ParseTunnel(%q) = %v, %v; want error containing %q", tt.in, got, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("ParseTunnel(%q) = %+v, %v; want %+v", tt.in, got, err, tt.want)
+		}
+		if back, err := ParseTunnel(got.String()); err != nil || back != got {
+			t.Errorf("ParseTunnel(%q) does not read back: %+v, %v", got.String(), back, err)
+		}
+	}
+}
+
+func TestParseValues(t *testing.T) {
+	sizes := map[string]uint64{"0": 0, "4096": 4096, "4MiB": 4 << 20, "256 KiB": 256 << 10, "1g": 1 << 30, "12B": 12}
+	for in, want := range sizes {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "MiB", "4 parsecs", "-1", "1.5MiB", "99999999999999999999"} {
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) succeeded", in)
+		}
+	}
+	if d, err := ParseDuration("1m30s"); err != nil || d != 90*time.Second {
+		t.Errorf("ParseDuration(1m30s) = %v, %v", d, err)
+	}
+	if _, err := ParseDuration("30"); err == nil || !strings.Contains(err.Error(), `"30s"`) {
+		t.Errorf("ParseDuration(30) = %v; want a hint to write 30s", err)
+	}
+	up := strings.ToUpper(strings.TrimPrefix(fp, "sha256:"))
+	var colons []string
+	for i := 0; i < len(up); i += 2 {
+		colons = append(colons, up[i:i+2])
+	}
+	for _, in := range []string{fp, up, strings.Join(colons, ":"), " " + fp + " "} {
+		if got, err := NormalizeFingerprint(in); err != nil || got != fp {
+			t.Errorf("NormalizeFingerprint(%q) = %q, %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", "sha256:", fp[:70], fp + "00", "sha256:" + strings.Repeat("g", 64)} {
+		if _, err := NormalizeFingerprint(in); err == nil {
+			t.Errorf("NormalizeFingerprint(%q) succeeded", in)
+		}
+	}
+}
+
+// cleanEnv removes HOMEPORT_ variables for the test's duration.
+func cleanEnv(t *testing.T) {
+	t.Helper()
+	for _, kv := range os.Environ() {
+		if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, EnvPrefix) {
+			t.Setenv(name, "")
+			os.Unsetenv(name)
+		}
+	}
+}
+
+func writeFile(t *testing.T, name, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func relayFlags(t *testing.T, args ...string) *pflag.FlagSet {
+	t.Helper()
+	fs := pflag.NewFlagSet("relay", pflag.ContinueOnError)
+	RelayFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return fs
+}
+
+func agentFlags(t *testing.T, args ...string) *pflag.FlagSet {
+	t.Helper()
+	fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+	AgentFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return fs
+}
+
+func TestRelayDefaults(t *testing.T) {
+	cleanEnv(t)
+	c, err := LoadRelay(relayFlags(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Relay{
+		DataDir:          DefaultDataDir(),
+		Listen:           ":7000",
+		AllowPorts:       PortRanges{{1024, 65535}},
+		HandshakeTimeout: 10 * time.Second,
+		ShutdownTimeout:  10 * time.Second,
+		AccessLog:        true,
+		Session:          Session{KeepAlive: 10 * time.Second, KeepAliveTimeout: 10 * time.Second, StreamWindow: 4 << 20},
+		Log:              Log{Level: "info", Format: "text"},
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
+	}
+}
+
+// TestPrecedence checks defaults < file < environment < flags, for each
+// file format.
+func TestPrecedence(t *testing.T) {
+	files := map[string]string{
+		"relay.yaml": "listen: \":7001\"\nshutdown_timeout: 3s\nsession:\n  keepalive: 2s\n",
+		"relay.toml": "listen = \":7001\"\nshutdown_timeout = \"3s\"\n[session]\nkeepalive = \"2s\"\n",
+		"relay.json": `{"listen": ":7001", "shutdown_timeout": "3s", "session": {"keepalive": "2s"}}`,
+	}
+	for name, body := range files {
+		t.Run(name, func(t *testing.T) {
+			cleanEnv(t)
+			path := writeFile(t, name, body)
+
+			c, err := LoadRelay(relayFlags(t, "--config", path))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Listen != ":7001" || c.ShutdownTimeout != 3*time.Second || c.Session.KeepAlive != 2*time.Second || c.HandshakeTimeout != 10*time.Second {
+				t.Errorf("file: %+v", c)
+			}
+
+			t.Setenv("HOMEPORT_LISTEN", ":7002")
+			t.Setenv("HOMEPORT_SESSION_KEEPALIVE", "4s")
+			c, err = LoadRelay(relayFlags(t, "--config", path))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Listen != ":7002" || c.Session.KeepAlive != 4*time.Second || c.ShutdownTimeout != 3*time.Second {
+				t.Errorf("env over file: %+v", c)
+			}
+
+			c, err = LoadRelay(relayFlags(t, "--config", path, "--listen", ":7003", "--keepalive", "5s"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Listen != ":7003" || c.Session.KeepAlive != 5*time.Second {
+				t.Errorf("flag over env: %+v", c)
+			}
+
+			// HOMEPORT_CONFIG names the file when --config is absent.
+			t.Setenv("HOMEPORT_CONFIG", path)
+			os.Unsetenv("HOMEPORT_LISTEN")
+			c, err = LoadRelay(relayFlags(t))
+			if err != nil || c.Listen != ":7001" {
+				t.Errorf("HOMEPORT_CONFIG: %+v, %v", c, err)
+			}
+		})
+	}
+}
+
+func TestRelayErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		file string // YAML, "" for none
+		env  map[string]string
+		args []string
+		want []string // substrings of the error
+	}{
+		{name: "unknown key", file: "listen: \":7000\"\nlisten_addr: x\n", want: []string{`unknown setting "listen_addr"`, "relay.yaml"}},
+		{name: "typo suggests", file: "acess_log: true\n", want: []string{`"acess_log"`, `did you mean "access_log"`}},
+		{name: "unknown nested", file: "session:\n  keepalve: 1s\n", want: []string{`"session.keepalve"`, `did you mean "session.keepalive"`}},
+		{name: "agent key", file: "fingerprint: x\n", want: []string{`"fingerprint"`, "other program"}},
+		{name: "section as value", file: "session: 5\n", want: []string{"session must be a section"}},
+		{name: "duration unit", file: "handshake_timeout: 30\n", want: []string{"handshake_timeout in", "relay.yaml", `"30s"`}},
+		{name: "duration range", args: []string{"--handshake-timeout", "1h"}, want: []string{"flag --handshake-timeout", "out of range"}},
+		{name: "bad window", env: map[string]string{"HOMEPORT_SESSION_STREAM_WINDOW": "1KiB"}, want: []string{"HOMEPORT_SESSION_STREAM_WINDOW", "out of range"}},
+		{name: "empty token flag", args: []string{"--token", ""}, want: []string{"flag --token", "empty"}},
+		{name: "empty token file", file: "token: \"\"\n", want: []string{"token in", "empty"}},
+		{name: "empty token env", env: map[string]string{"HOMEPORT_TOKEN": ""}, want: []string{"HOMEPORT_TOKEN", "empty"}},
+		{name: "short token", args: []string{"--token", "short"}, want: []string{"shorter than 16"}},
+		{name: "bad ports", args: []string{"--allow-ports", "80-70"}, want: []string{"flag --allow-ports", "ends below"}},
+		{name: "bad listen", args: []string{"--listen", "7000"}, want: []string{"flag --listen", "HOST:PORT"}},
+		{name: "bad bind", args: []string{"--bind-addr", "example.com"}, want: []string{"not an IP address"}},
+		{name: "cert without key", args: []string{"--tls-cert", "a.pem"}, want: []string{"tls_cert and tls_key"}},
+		{name: "unknown env", env: map[string]string{"HOMEPORT_LISTN": ":1"}, want: []string{"HOMEPORT_LISTN is not a homeport setting", "HOMEPORT_LISTEN"}},
+		{name: "file-only env", env: map[string]string{"HOMEPORT_TOKENS": "x"}, want: []string{"only be set in a config file"}},
+		{name: "bad log level", args: []string{"--log-level", "loud"}, want: []string{"flag --log-level", "debug, info"}},
+		{name: "tokens item", file: "tokens:\n  - name: a\n    secret: 0123456789abcdef\n    port: 1\n", want: []string{"tokens in", `unknown key "port"`}},
+		{name: "tokens dup", file: "tokens:\n  - {name: a, secret: 0123456789abcdef}\n  - {name: a, secret: 0123456789abcdeg}\n", want: []string{`two tokens are named "a"`}},
+		{name: "tokens same secret", file: "tokens:\n  - {name: a, secret: 0123456789abcdef}\n  - {name: b, secret: 0123456789abcdef}\n", want: []string{"same secret"}},
+		{name: "tokens bad ports", file: "tokens:\n  - {name: a, secret: 0123456789abcdef, ports: 0}\n", want: []string{"item 1 (a): ports"}},
+		{name: "two mistakes", args: []string{"--listen", "x", "--log-format", "xml"}, want: []string{"flag --listen", "flag --log-format"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cleanEnv(t)
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			args := tt.args
+			if tt.file != "" {
+				args = append(args, "--config", writeFile(t, "relay.yaml", tt.file))
+			}
+			_, err := LoadRelay(relayFlags(t, args...))
+			if err == nil {
+				t.Fatal("loaded; want an error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestConfigFileErrors(t *testing.T) {
+	cleanEnv(t)
+	if _, err := LoadRelay(relayFlags(t, "--config", filepath.Join(t.TempDir(), "missing.yaml"))); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
+		t.Errorf("missing file: %v", err)
+	}
+	p := writeFile(t, "relay.ini", "listen=:1\n")
+	if _, err := LoadRelay(relayFlags(t, "--config", p)); err == nil || !strings.Contains(err.Error(), ".yaml, .yml, .toml or .json") {
+		t.Errorf("ini file: %v", err)
+	}
+	p = writeFile(t, "relay.yaml", "listen: \":7000\"\n  bad: indent\n")
+	if _, err := LoadRelay(relayFlags(t, "--config", p)); err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "line") {
+		t.Errorf("broken YAML: %v", err)
+	}
+}
+
+func TestRelayTokens(t *testing.T) {
+	cleanEnv(t)
+	p := writeFile(t, "relay.yaml", `
+token: default-secret-0123456789
+tokens:
+  - name: alice
+    secret: alice-secret-0123456789
+    ports: "3390, 8000-8010"
+  - name: bob
+    secret: bob-secret-0123456789ab
+    ports: [2222, "9000-9001"]
+  - secret: anonymous-secret-0123456
+`)
+	c, err := LoadRelay(relayFlags(t, "--config", p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Token{
+		{Name: "default", Secret: "default-secret-0123456789"},
+		{Name: "alice", Secret: "alice-secret-0123456789", Ports: PortRanges{{3390, 3390}, {8000, 8010}}},
+		{Name: "bob", Secret: "bob-secret-0123456789ab", Ports: PortRanges{{2222, 2222}, {9000, 9001}}},
+		{Name: "token-3", Secret: "anonymous-secret-0123456"},
+	}
+	if !reflect.DeepEqual(c.Tokens, want) {
+		t.Errorf("tokens:\n got %+v\nwant %+v", c.Tokens, want)
+	}
+	if s := want[1].String(); strings.Contains(s, "secret") {
+		t.Errorf("Token.String() shows the secret: %s", s)
+	}
+}
+
+func TestAgentLoad(t *testing.T) {
+	base := []string{"--relay", "vps.example.com:7000", "--token", "0123456789abcdef", "--fingerprint", strings.ToUpper(fp[7:])}
+	cleanEnv(t)
+
+	c, err := LoadAgent(agentFlags(t, append(base, "--tunnel", "rdp=3390:127.0.0.1:3389", "--tunnel", "2222:[::1]:22", "--id", "home-pc")...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Agent{
+		Relay: "vps.example.com:7000", Token: "0123456789abcdef", Fingerprint: fp, ID: "home-pc",
+		Tunnels: []Tunnel{
+			{Name: "rdp", Protocol: "tcp", RemotePort: 3390, Target: "127.0.0.1:3389"},
+			{Name: "tcp-2222", Protocol: "tcp", RemotePort: 2222, Target: "[::1]:22"},
+		},
+		DialTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second, ReconnectMax: 30 * time.Second,
+		Session: Session{KeepAlive: 10 * time.Second, KeepAliveTimeout: 10 * time.Second, StreamWindow: 4 << 20},
+		Log:     Log{Level: "info", Format: "text"},
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("agent:\n got %+v\nwant %+v", c, want)
+	}
+
+	// A file's tunnels, as spec strings and as sections; --tunnel replaces them.
+	p := writeFile(t, "agent.yaml", `
+relay: vps.example.com:7000
+token: 0123456789abcdef
+fingerprint: `+fp+`
+tunnels:
+  - rdp=3390:127.0.0.1:3389
+  - name: web
+    remote_port: 8080
+    target: 192.168.1.20:80
+`)
+	c, err = LoadAgent(agentFlags(t, "--config", p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Tunnels) != 2 || c.Tunnels[1] != (Tunnel{Name: "web", Protocol: "tcp", RemotePort: 8080, Target: "192.168.1.20:80"}) {
+		t.Errorf("file tunnels: %+v", c.Tunnels)
+	}
+	c, err = LoadAgent(agentFlags(t, "--config", p, "--tunnel", "2222:127.0.0.1:22"))
+	if err != nil || len(c.Tunnels) != 1 || c.Tunnels[0].RemotePort != 2222 {
+		t.Errorf("--tunnel over file: %+v, %v", c.Tunnels, err)
+	}
+	t.Setenv("HOMEPORT_TUNNELS", "a=1001:127.0.0.1:1, b=1002:127.0.0.1:2")
+	c, err = LoadAgent(agentFlags(t, "--config", p))
+	if err != nil || len(c.Tunnels) != 2 || c.Tunnels[1].Name != "b" {
+		t.Errorf("HOMEPORT_TUNNELS: %+v, %v", c.Tunnels, err)
+	}
+}
+
+func TestAgentErrors(t *testing.T) {
+	ok := []string{"--relay", "vps:7000", "--token", "0123456789abcdef", "--fingerprint", fp, "--tunnel", "3390:127.0.0.1:3389"}
+	tests := []struct {
+		name string
+		args []string
+		file string
+		want []string
+	}{
+		{name: "nothing", want: []string{"relay: missing", "token: missing", "fingerprint: missing", "tunnels"}},
+		{name: "bad relay", args: []string{"--relay", "vps"}, want: []string{"flag --relay", "HOST:PORT"}},
+		{name: "relay port", args: []string{"--relay", "vps:0"}, want: []string{"flag --relay", "1 to 65535"}},
+		{name: "short token", args: []string{"--token", "abc"}, want: []string{"flag --token", "shorter than 16"}},
+		{name: "bad fingerprint", args: []string{"--fingerprint", "sha256:abcd"}, want: []string{"flag --fingerprint", "64 hex"}},
+		{name: "pin and ca", args: []string{"--ca-file", "ca.pem"}, want: []string{"either fingerprint or ca_file"}},
+		{name: "server name alone", args: []string{"--server-name", "x"}, want: []string{"only used with ca_file"}},
+		{name: "bad tunnel", args: []string{"--tunnel", "3390"}, want: []string{"flag --tunnel", "item 2", "REMOTE_PORT:HOST:PORT"}},
+		{name: "dup name", args: []string{"--tunnel", "tcp-3390=3391:127.0.0.1:1"}, want: []string{`two tunnels are named "tcp-3390"`}},
+		{name: "dup port", args: []string{"--tunnel", "x=3390:127.0.0.1:1"}, want: []string{"both use remote port 3390"}},
+		{name: "udp", args: []string{"--tunnel", "udp:53:127.0.0.1:53"}, want: []string{"UDP tunnels are not supported yet"}},
+		{name: "relay key", file: "allow_ports: 1-2\n", want: []string{`"allow_ports"`, "other program"}},
+		{name: "tunnel section key", file: "tunnels:\n  - {name: a, port: 1, target: x:1}\n", want: []string{`unknown key "port"`}},
+		{name: "tunnel section udp", file: "tunnels:\n  - {protocol: udp, remote_port: 1, target: x:1}\n", want: []string{"UDP tunnels are not supported yet"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cleanEnv(t)
+			var args []string
+			if tt.name != "nothing" && tt.file == "" {
+				args = append(args, ok...)
+			}
+			args = append(args, tt.args...)
+			if tt.file != "" {
+				args = append(args, "--config", writeFile(t, "agent.yaml", tt.file))
+			}
+			_, err := LoadAgent(agentFlags(t, args...))
+			if err == nil {
+				t.Fatal("loaded; want an error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestExamples loads the example configurations shipped in deploy/, so
+// they stay true to the code.
+func TestExamples(t *testing.T) {
+	cleanEnv(t)
+	r, err := LoadRelay(relayFlags(t, "--config", "../deploy/relay.example.yaml"))
+	if err != nil {
+		t.Fatalf("relay example: %v", err)
+	}
+	if len(r.Tokens) == 0 {
+		t.Error("relay example defines no tokens")
+	}
+	a, err := LoadAgent(agentFlags(t, "--config", "../deploy/agent.example.yaml"))
+	if err != nil {
+		t.Fatalf("agent example: %v", err)
+	}
+	if len(a.Tunnels) == 0 {
+		t.Error("agent example defines no tunnels")
+	}
+}

@@ -1,0 +1,132 @@
+package config
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// MinSecretLen is the shortest token secret the relay accepts.
+const MinSecretLen = 16
+
+func relaySettings() []setting {
+	s := []setting{
+		{key: "data_dir", flag: "data-dir", kind: kString, usage: "directory for the generated token and TLS key (default " + DefaultDataDir() + ")"},
+		{key: "listen", flag: "listen", short: "l", kind: kString, def: ":7000", usage: "address agents connect to"},
+		{key: "bind_addr", flag: "bind-addr", kind: kString, usage: "IP address public ports listen on (default all)"},
+		{key: "allow_ports", flag: "allow-ports", kind: kPorts, def: "1024-65535", usage: "public ports agents may use, e.g. 3390,8000-8100"},
+		{key: "token", flag: "token", short: "t", kind: kString, usage: "token agents must know (default: generated and kept in the data directory)"},
+		{key: "tokens", kind: kFile, usage: "several tokens, each with a name and optional ports (config file only)"},
+		{key: "tls_cert", flag: "tls-cert", kind: kString, usage: "PEM certificate to present instead of the generated one"},
+		{key: "tls_key", flag: "tls-key", kind: kString, usage: "PEM private key of --tls-cert"},
+		{key: "advertise", flag: "advertise", kind: kString, usage: "host or host:port agents use to reach this relay, for the printed agent command"},
+		{key: "handshake_timeout", flag: "handshake-timeout", kind: kDuration, def: "10s", usage: "time from an agent's connect to authenticated"},
+		{key: "shutdown_timeout", flag: "shutdown-timeout", kind: kDuration, def: "10s", usage: "time open connections may drain on shutdown"},
+		{key: "access_log", flag: "access-log", kind: kBool, def: "true", usage: "log every visitor connection"},
+	}
+	return append(append(s, sessionSettings()...), logSettings()...)
+}
+
+// RelayFlags registers the relay's flags on fs.
+func RelayFlags(fs *pflag.FlagSet) { addFlags(fs, relaySettings()) }
+
+// LoadRelay reads the relay's configuration from defaults, the --config
+// file, HOMEPORT_* environment variables and the flags in fs that were
+// set, and validates it. A nil fs reads no flags.
+func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
+	if fs == nil {
+		fs = pflag.NewFlagSet("relay", pflag.ContinueOnError)
+	}
+	l, err := newLoader(fs, relaySettings(), agentSettings(), "relay")
+	if err != nil {
+		return Relay{}, err
+	}
+	c := Relay{
+		DataDir:          l.str("data_dir"),
+		Listen:           l.str("listen"),
+		BindAddr:         l.str("bind_addr"),
+		AllowPorts:       l.ports("allow_ports"),
+		TLSCert:          l.str("tls_cert"),
+		TLSKey:           l.str("tls_key"),
+		Advertise:        l.str("advertise"),
+		HandshakeTimeout: l.duration("handshake_timeout", time.Second, 5*time.Minute),
+		ShutdownTimeout:  l.duration("shutdown_timeout", 0, time.Hour),
+		AccessLog:        l.bool("access_log"),
+		Session:          l.session(),
+		Log:              l.log(),
+	}
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir()
+	}
+	if err := validHostPort(c.Listen); err != nil {
+		l.fail("listen", err)
+	}
+	if err := validBindAddr(c.BindAddr); err != nil {
+		l.fail("bind_addr", err)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		l.fail("tls_cert", fmt.Errorf("tls_cert and tls_key go together: give both or neither"))
+	}
+	c.Tokens = l.tokens()
+	if err := l.err(); err != nil {
+		return Relay{}, err
+	}
+	return c, nil
+}
+
+// tokens reads token and tokens. No token at all is fine (the relay then
+// generates one), but a token that was given and is empty is an error.
+func (l *loader) tokens() []Token {
+	var out []Token
+	if l.set("token") {
+		secret := l.str("token")
+		if err := checkSecret(secret); err != nil {
+			l.fail("token", err)
+		}
+		out = append(out, Token{Name: "default", Secret: secret})
+	}
+	for i, item := range l.list("tokens") {
+		m, err := section(item, "name", "secret", "ports")
+		if err != nil {
+			l.fail("tokens", fmt.Errorf("item %d: %w", i+1, err))
+			continue
+		}
+		t := Token{Name: fmt.Sprintf("token-%d", i+1)}
+		if n, ok := m["name"]; ok {
+			t.Name = fmt.Sprint(n)
+		}
+		s, _ := m["secret"].(string)
+		if err := checkSecret(s); err != nil {
+			l.fail("tokens", fmt.Errorf("item %d (%s): secret: %w", i+1, t.Name, err))
+		}
+		t.Secret = s
+		if p, ok := m["ports"]; ok {
+			if t.Ports, err = portsValue(p); err != nil {
+				l.fail("tokens", fmt.Errorf("item %d (%s): ports: %w", i+1, t.Name, err))
+			}
+		}
+		out = append(out, t)
+	}
+	names, secrets := map[string]bool{}, map[string]bool{}
+	for _, t := range out {
+		if names[t.Name] {
+			l.fail("tokens", fmt.Errorf("two tokens are named %q", t.Name))
+		}
+		if secrets[t.Secret] && t.Secret != "" {
+			l.fail("tokens", fmt.Errorf("token %q has the same secret as another token", t.Name))
+		}
+		names[t.Name], secrets[t.Secret] = true, true
+	}
+	return out
+}
+
+func checkSecret(s string) error {
+	switch {
+	case s == "":
+		return fmt.Errorf("empty; the relay refuses to run with an empty token (leave it unset to have one generated)")
+	case len(s) < MinSecretLen:
+		return fmt.Errorf("shorter than %d characters; use a long random string, or leave it unset to have one generated", MinSecretLen)
+	}
+	return nil
+}

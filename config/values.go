@@ -1,0 +1,286 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+)
+
+// PortRange is an inclusive range of port numbers.
+type PortRange struct{ Lo, Hi uint16 }
+
+// PortRanges is a set of port ranges; the empty set contains no port.
+type PortRanges []PortRange
+
+// Contains reports whether p lies in one of the ranges.
+func (rs PortRanges) Contains(p uint16) bool {
+	for _, r := range rs {
+		if r.Lo <= p && p <= r.Hi {
+			return true
+		}
+	}
+	return false
+}
+
+// String formats the ranges as ParsePortRanges reads them.
+func (rs PortRanges) String() string {
+	parts := make([]string, len(rs))
+	for i, r := range rs {
+		if r.Lo == r.Hi {
+			parts[i] = strconv.Itoa(int(r.Lo))
+		} else {
+			parts[i] = fmt.Sprintf("%d-%d", r.Lo, r.Hi)
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// ParsePortRanges reads a comma-separated list of ports and ranges, such as
+// "3390, 8000-8100". Ports are 1 to 65535; a range's low end comes first.
+// The result is sorted with overlapping and adjacent ranges merged.
+func ParsePortRanges(s string) (PortRanges, error) {
+	var rs PortRanges
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		lo, hi, isRange := strings.Cut(part, "-")
+		l, err := parsePort(strings.TrimSpace(lo))
+		if err != nil {
+			return nil, fmt.Errorf("%q: %w", part, err)
+		}
+		h := l
+		if isRange {
+			if h, err = parsePort(strings.TrimSpace(hi)); err != nil {
+				return nil, fmt.Errorf("%q: %w", part, err)
+			}
+			if h < l {
+				return nil, fmt.Errorf("%q: range ends below its start", part)
+			}
+		}
+		rs = append(rs, PortRange{l, h})
+	}
+	if len(rs) == 0 {
+		return nil, fmt.Errorf("%q: no ports; want e.g. \"3390\" or \"8000-8100,9000\"", s)
+	}
+	sort.Slice(rs, func(i, j int) bool { return rs[i].Lo < rs[j].Lo })
+	merged := rs[:1]
+	for _, r := range rs[1:] {
+		last := &merged[len(merged)-1]
+		if int(r.Lo) <= int(last.Hi)+1 {
+			last.Hi = max(last.Hi, r.Hi)
+			continue
+		}
+		merged = append(merged, r)
+	}
+	return merged, nil
+}
+
+func parsePort(s string) (uint16, error) {
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("port %q: want a number from 1 to 65535", s)
+	}
+	return uint16(n), nil
+}
+
+// ParseTunnel reads a tunnel in the ssh -R style, [NAME=][tcp:]REMOTE_PORT:HOST:PORT:
+// a visitor connecting to the relay's REMOTE_PORT reaches HOST:PORT as
+// dialed by the agent. An IPv6 HOST is written in brackets
+// ("3390:[::1]:3389"). Without a name, the tunnel is called "tcp-REMOTE_PORT".
+func ParseTunnel(spec string) (Tunnel, error) {
+	const want = "want [NAME=]REMOTE_PORT:HOST:PORT, e.g. 3390:127.0.0.1:3389"
+	s := strings.TrimSpace(spec)
+	var t Tunnel
+	if name, rest, ok := strings.Cut(s, "="); ok {
+		t.Name, s = strings.TrimSpace(name), rest
+		if t.Name == "" {
+			return Tunnel{}, fmt.Errorf("tunnel %q: empty name before '='; %s", spec, want)
+		}
+	}
+	t.Protocol = "tcp"
+	if proto, rest, ok := strings.Cut(s, ":"); ok && proto != "" && !isDigits(proto) {
+		switch strings.ToLower(proto) {
+		case "tcp":
+		case "udp":
+			return Tunnel{}, fmt.Errorf("tunnel %q: UDP tunnels are not supported yet", spec)
+		default:
+			return Tunnel{}, fmt.Errorf("tunnel %q: unknown protocol %q (want tcp); %s", spec, proto, want)
+		}
+		s = rest
+	}
+	port, target, ok := strings.Cut(s, ":")
+	if !ok {
+		return Tunnel{}, fmt.Errorf("tunnel %q: %s", spec, want)
+	}
+	p, err := parsePort(port)
+	if err != nil {
+		return Tunnel{}, fmt.Errorf("tunnel %q: remote %w; %s", spec, err, want)
+	}
+	t.RemotePort = p
+	t.Target = target
+	if t.Name == "" {
+		t.Name = fmt.Sprintf("%s-%d", t.Protocol, p)
+	}
+	if err := t.validate(); err != nil {
+		return Tunnel{}, fmt.Errorf("tunnel %q: %w", spec, err)
+	}
+	return t, nil
+}
+
+// String formats the tunnel as ParseTunnel reads it.
+func (t Tunnel) String() string {
+	return fmt.Sprintf("%s=%d:%s", t.Name, t.RemotePort, t.Target)
+}
+
+// maxNameLen matches the wire protocol's limit on tunnel names.
+const maxNameLen = 64
+
+func (t Tunnel) validate() error {
+	if t.Name == "" {
+		return fmt.Errorf("tunnel has no name")
+	}
+	if len(t.Name) > maxNameLen {
+		return fmt.Errorf("name %q is longer than %d bytes", t.Name, maxNameLen)
+	}
+	for _, r := range t.Name {
+		if !(unicode.IsLetter(r) || unicode.IsDigit(r) || r == '-' || r == '_' || r == '.') {
+			return fmt.Errorf("name %q: use letters, digits, '-', '_' and '.'", t.Name)
+		}
+	}
+	if t.Protocol != "tcp" {
+		return fmt.Errorf("protocol %q: want tcp", t.Protocol)
+	}
+	if t.RemotePort == 0 {
+		return fmt.Errorf("remote port missing")
+	}
+	host, port, err := net.SplitHostPort(t.Target)
+	if err != nil {
+		return fmt.Errorf("target %q: want HOST:PORT (IPv6 in brackets, [::1]:3389)", t.Target)
+	}
+	if host == "" {
+		return fmt.Errorf("target %q: host missing (127.0.0.1 for this machine)", t.Target)
+	}
+	if _, err := parsePort(port); err != nil {
+		return fmt.Errorf("target %q: %w", t.Target, err)
+	}
+	return nil
+}
+
+func isDigits(s string) bool {
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// ParseSize reads a byte count: a plain number, or one with a unit
+// B, KiB, MiB, GiB (or KB, MB, GB, read as powers of 1024, or K, M, G).
+func ParseSize(s string) (uint64, error) {
+	t := strings.TrimSpace(s)
+	i := strings.IndexFunc(t, func(r rune) bool { return !(r >= '0' && r <= '9') })
+	num, unit := t, ""
+	if i >= 0 {
+		num, unit = t[:i], strings.TrimSpace(t[i:])
+	}
+	n, err := strconv.ParseUint(num, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("size %q: want a whole number of bytes, optionally with KiB, MiB or GiB", s)
+	}
+	var mult uint64
+	switch strings.ToLower(unit) {
+	case "", "b":
+		mult = 1
+	case "k", "kb", "kib":
+		mult = 1 << 10
+	case "m", "mb", "mib":
+		mult = 1 << 20
+	case "g", "gb", "gib":
+		mult = 1 << 30
+	default:
+		return 0, fmt.Errorf("size %q: unknown unit %q (want KiB, MiB or GiB)", s, unit)
+	}
+	if n > (1<<63)/mult {
+		return 0, fmt.Errorf("size %q: too large", s)
+	}
+	return n * mult, nil
+}
+
+// ParseDuration reads a duration that must carry a unit ("30s", "1m30s");
+// a bare number is an error, since "30" could mean seconds or nanoseconds.
+func ParseDuration(s string) (time.Duration, error) {
+	t := strings.TrimSpace(s)
+	if isDigits(t) {
+		return 0, fmt.Errorf("duration %q has no unit; write e.g. \"%ss\"", s, t)
+	}
+	d, err := time.ParseDuration(t)
+	if err != nil {
+		return 0, fmt.Errorf("duration %q: want e.g. \"10s\", \"1m30s\", \"500ms\"", s)
+	}
+	return d, nil
+}
+
+// NormalizeFingerprint returns the canonical "sha256:<64 lower-case hex>"
+// form of a key fingerprint. It accepts the hex digits with or without the
+// "sha256:" prefix, in either case, and with ':' separators between bytes.
+func NormalizeFingerprint(s string) (string, error) {
+	h := strings.ToLower(strings.TrimSpace(s))
+	h = strings.TrimPrefix(h, "sha256:")
+	h = strings.ReplaceAll(h, ":", "")
+	if len(h) != 64 || strings.Trim(h, "0123456789abcdef") != "" {
+		return "", fmt.Errorf("fingerprint %q: want sha256: and 64 hex digits, as the relay prints it", s)
+	}
+	return "sha256:" + h, nil
+}
+
+// DefaultDataDir is where the relay keeps its token and key by default:
+// /var/lib/homeport when running as root on Unix, %ProgramData%\homeport
+// on Windows, else homeport in the user's configuration directory.
+func DefaultDataDir() string {
+	if runtime.GOOS == "windows" {
+		if pd := os.Getenv("ProgramData"); pd != "" {
+			return filepath.Join(pd, "homeport")
+		}
+	} else if os.Geteuid() == 0 {
+		return "/var/lib/homeport"
+	}
+	if d, err := os.UserConfigDir(); err == nil {
+		return filepath.Join(d, "homeport")
+	}
+	return "homeport-data"
+}
+
+// validHostPort checks an address of the form host:port where the host may
+// be empty (all addresses) and the port is a number, 0 allowed.
+func validHostPort(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q: want HOST:PORT or :PORT", s)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", s, port)
+	}
+	return nil
+}
+
+// validBindAddr checks that s is empty or an IP address.
+func validBindAddr(s string) error {
+	if s == "" {
+		return nil
+	}
+	if _, err := netip.ParseAddr(s); err != nil {
+		return fmt.Errorf("%q is not an IP address (leave it empty to listen on all)", s)
+	}
+	return nil
+}
