@@ -1,0 +1,290 @@
+// Package agent is the home side of homeport: it dials out to the relay,
+// keeps one authenticated session up (reconnecting forever), registers its
+// tunnels, and connects each visitor stream to that tunnel's local target.
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"time"
+
+	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/tunnel"
+)
+
+// Software is sent to the relay in the hello; cmd/agent sets the version.
+const Software = "homeport-agent"
+
+// Agent keeps a session to the relay and serves its tunnels.
+type Agent struct {
+	cfg      config.Agent
+	tr       tunnel.Transport
+	tls      *tls.Config
+	log      *slog.Logger
+	tunnels  map[string]config.Tunnel
+	software string
+
+	// OnSession, when set, is called after every successful registration
+	// with the relay's answer; tests and status reporting use it.
+	OnSession func(SessionInfo)
+}
+
+// SessionInfo describes an established session.
+type SessionInfo struct {
+	ObservedAddr string // this agent's address as the relay sees it
+	Results      []tunnel.TunnelResult
+}
+
+// Backoff settings.
+const (
+	backoffBase = 500 * time.Millisecond
+	// dialBackoffMax caps the delay after failing to reach the relay at
+	// all: a refused or unanswered TCP connect costs the relay nothing,
+	// and a relay that comes back should be used within seconds.
+	dialBackoffMax = 2 * time.Second
+	// rejectedBackoff is the delay after the relay refused this agent
+	// (wrong token, or another agent took over its id): retrying sooner
+	// would only hammer the relay.
+	rejectedBackoff = 5 * time.Minute
+	// stablePeriod: a session that lived this long resets the backoff.
+	stablePeriod = 30 * time.Second
+)
+
+// New checks cfg and returns an agent. version is reported to the relay.
+func New(cfg config.Agent, tr tunnel.Transport, version string, log *slog.Logger) (*Agent, error) {
+	a := &Agent{
+		cfg:      cfg,
+		tr:       tr,
+		log:      log,
+		tunnels:  make(map[string]config.Tunnel, len(cfg.Tunnels)),
+		software: Software + "/" + version,
+	}
+	if cfg.Token == "" {
+		return nil, errors.New("agent: token: empty")
+	}
+	if len(cfg.Tunnels) == 0 {
+		return nil, errors.New("agent: no tunnels")
+	}
+	for _, t := range cfg.Tunnels {
+		if _, dup := a.tunnels[t.Name]; dup {
+			return nil, fmt.Errorf("agent: tunnel %q: duplicate name", t.Name)
+		}
+		a.tunnels[t.Name] = t
+	}
+	switch {
+	case cfg.Fingerprint != "":
+		conf, err := tunnel.PinnedTLSConfig(cfg.Fingerprint)
+		if err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		a.tls = conf
+	case cfg.CAFile != "":
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("agent: ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("agent: ca_file %s: no PEM certificate in it", cfg.CAFile)
+		}
+		name := cfg.ServerName
+		if name == "" {
+			host, _, err := net.SplitHostPort(cfg.Relay)
+			if err != nil {
+				return nil, fmt.Errorf("agent: relay %q: %w", cfg.Relay, err)
+			}
+			name = host
+		}
+		a.tls = tunnel.CATLSConfig(pool, name)
+	default:
+		return nil, errors.New("agent: neither fingerprint nor ca_file: the relay cannot be verified")
+	}
+	if a.cfg.DialTimeout <= 0 {
+		a.cfg.DialTimeout = 5 * time.Second
+	}
+	if a.cfg.HandshakeTimeout <= 0 {
+		a.cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if a.cfg.ReconnectMax <= 0 {
+		a.cfg.ReconnectMax = 30 * time.Second
+	}
+	return a, nil
+}
+
+// ErrRejected wraps a definitive refusal on the first connection attempt.
+var ErrRejected = errors.New("relay refused this agent")
+
+// Run keeps a session to the relay until ctx ends; it returns nil then.
+// If the very first attempt is refused definitively (wrong token, or the
+// relay's key does not match the pin), Run returns that error with the fix,
+// since retrying cannot help; after a session has once been up, it keeps
+// retrying, slowly for such refusals.
+func (a *Agent) Run(ctx context.Context) error {
+	var (
+		attempt  int
+		everUp   bool
+		dialFail int
+	)
+	for {
+		start := time.Now()
+		err := a.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var delay time.Duration
+		var f *failure
+		errors.As(err, &f)
+		switch {
+		case f != nil && f.stage == stageUp:
+			everUp = true
+			dialFail = 0
+			if time.Since(start) >= stablePeriod {
+				attempt = 0
+			}
+			if f.definitive {
+				delay = rejectedBackoff
+				a.log.Error("session ended by the relay", "err", f.err, "retry_in", delay)
+			} else {
+				delay = jitter(backoffBase, a.cfg.ReconnectMax, attempt)
+				a.log.Warn("session lost; reconnecting", "err", f.err, "retry_in", delay.Round(time.Millisecond))
+			}
+		case f != nil && f.definitive:
+			if !everUp {
+				return fmt.Errorf("%w: %w", ErrRejected, f)
+			}
+			delay = rejectedBackoff
+			a.log.Error("relay refused this agent", "err", f, "retry_in", delay)
+		case f != nil && f.stage == stageDial:
+			delay = jitter(backoffBase, min(dialBackoffMax, a.cfg.ReconnectMax), attempt)
+			if dialFail%30 == 0 { // do not fill the log while the relay is away
+				a.log.Warn("relay unreachable; retrying", "relay", a.cfg.Relay, "err", f.err, "retry_in", delay.Round(time.Millisecond))
+			}
+			dialFail++
+		default:
+			delay = jitter(backoffBase, a.cfg.ReconnectMax, attempt)
+			a.log.Warn("connecting to relay failed; retrying", "relay", a.cfg.Relay, "err", err, "retry_in", delay.Round(time.Millisecond))
+		}
+		attempt++
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// jitter is exponential backoff with full jitter: uniform in
+// [0, min(max, base*2^attempt)], never below a tenth of base.
+func jitter(base, max time.Duration, attempt int) time.Duration {
+	d := base << min(attempt, 16)
+	if d <= 0 || d > max {
+		d = max
+	}
+	return base/10 + rand.N(d)
+}
+
+type stage int
+
+const (
+	stageDial  stage = iota // TCP connect
+	stageSetup              // TLS, authentication, registration
+	stageUp                 // the session was up and ended
+)
+
+// failure is why one session attempt ended.
+type failure struct {
+	stage      stage
+	definitive bool // retrying cannot help without a change of config
+	err        error
+}
+
+func (f *failure) Error() string { return f.err.Error() }
+func (f *failure) Unwrap() error { return f.err }
+
+// session makes one connection to the relay and serves it until it ends.
+func (a *Agent) session(ctx context.Context) error {
+	dctx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
+	defer cancel()
+	c, err := a.tr.Dial(dctx, a.cfg.Relay, a.tls)
+	if err != nil {
+		return &failure{stage: stageDial, err: fmt.Errorf("dial relay %s: %w", a.cfg.Relay, err)}
+	}
+	deadline, _ := dctx.Deadline()
+	_ = c.SetDeadline(deadline)
+	if err := c.Handshake(dctx); err != nil {
+		c.Close()
+		if errors.Is(err, tunnel.ErrFingerprintMismatch) {
+			return &failure{stage: stageSetup, definitive: true, err: fmt.Errorf(
+				"relay %s: %w. If the relay's key was regenerated, copy the new fingerprint from the relay's start-up output; otherwise something is intercepting the connection", a.cfg.Relay, err)}
+		}
+		var ue x509.UnknownAuthorityError
+		var he x509.HostnameError
+		if errors.As(err, &ue) || errors.As(err, &he) {
+			return &failure{stage: stageSetup, definitive: true, err: fmt.Errorf("relay %s: certificate not trusted: %w", a.cfg.Relay, err)}
+		}
+		return &failure{stage: stageSetup, err: fmt.Errorf("relay %s: TLS handshake: %w", a.cfg.Relay, err)}
+	}
+	welcome, err := tunnel.Authenticate(c, []byte(a.cfg.Token), a.cfg.ID, a.software)
+	if err != nil {
+		c.Close()
+		if errors.Is(err, tunnel.ErrAuthFailed) {
+			return &failure{stage: stageSetup, definitive: true, err: fmt.Errorf(
+				"relay %s: %w: the token is wrong; copy it from the relay's start-up output or its data directory", a.cfg.Relay, err)}
+		}
+		var re *tunnel.RejectError
+		if errors.As(err, &re) || errors.Is(err, tunnel.ErrVersion) {
+			return &failure{stage: stageSetup, definitive: true, err: fmt.Errorf("relay %s: %w", a.cfg.Relay, err)}
+		}
+		return &failure{stage: stageSetup, err: fmt.Errorf("relay %s: authenticate: %w", a.cfg.Relay, err)}
+	}
+	sess, err := c.Mux(tunnel.SessionConfig{
+		KeepAlive:        a.cfg.Session.KeepAlive,
+		KeepAliveTimeout: a.cfg.Session.KeepAliveTimeout,
+		StreamWindow:     a.cfg.Session.StreamWindow,
+	})
+	if err != nil {
+		c.Close()
+		return &failure{stage: stageSetup, err: err}
+	}
+	defer sess.Close()
+	ctrl, err := sess.OpenStream(dctx)
+	if err != nil {
+		return &failure{stage: stageSetup, err: fmt.Errorf("open control stream: %w", err)}
+	}
+	reg := &tunnel.Register{}
+	for _, t := range a.cfg.Tunnels {
+		reg.Tunnels = append(reg.Tunnels, tunnel.TunnelRequest{Name: t.Name, Protocol: tunnel.ProtoTCP, RemotePort: t.RemotePort})
+	}
+	if err := tunnel.WriteMessage(ctrl, reg); err != nil {
+		return &failure{stage: stageSetup, err: fmt.Errorf("register tunnels: %w", err)}
+	}
+	var res tunnel.RegisterResult
+	if err := tunnel.ReadInto(ctrl, tunnel.MaxFrameSize, &res); err != nil {
+		return &failure{stage: stageSetup, err: fmt.Errorf("register tunnels: %w", err)}
+	}
+	_ = c.SetDeadline(time.Time{})
+
+	a.log.Info("connected to relay", "relay", a.cfg.Relay, "remote", sess.RemoteAddr().String(), "public_addr", welcome.ObservedAddr)
+	relayHost, _, _ := net.SplitHostPort(a.cfg.Relay)
+	for _, r := range res.Results {
+		t := a.tunnels[r.Name]
+		if r.Code == tunnel.CodeOK {
+			a.log.Info("tunnel ready", "tunnel", r.Name, "public", net.JoinHostPort(relayHost, fmt.Sprint(t.RemotePort)), "target", t.Target)
+		} else {
+			a.log.Error("tunnel refused by relay", "tunnel", r.Name, "port", t.RemotePort, "reason", r.Code.String(), "detail", r.Message)
+		}
+	}
+	if a.OnSession != nil {
+		a.OnSession(SessionInfo{ObservedAddr: welcome.ObservedAddr, Results: res.Results})
+	}
+	return a.serve(ctx, sess, ctrl)
+}

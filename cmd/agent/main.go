@@ -1,0 +1,82 @@
+// Command agent is homeport's home side: run it on the machine behind NAT.
+// It dials out to the relay and carries visitors to local services.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/homeport/homeport/agent"
+	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/internal/cli"
+	"github.com/homeport/homeport/tunnel"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newCommand(os.Stdout, os.Stderr).ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "agent:", err)
+		os.Exit(1)
+	}
+}
+
+func newCommand(stdout, stderr io.Writer) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "homeport agent: reach this machine's services through a relay",
+		Long: `The agent runs on the machine behind NAT. It dials out to the relay, proves
+it knows the token, verifies the relay by its key fingerprint (or a CA),
+and registers its tunnels. Each tunnel is REMOTE_PORT:HOST:PORT, as in
+ssh -R: a connection to the relay's REMOTE_PORT reaches HOST:PORT as
+dialed from this machine. The agent reconnects by itself forever.
+
+The relay prints the exact command on its first start.
+
+Settings come from defaults < --config file < HOMEPORT_* environment
+variables < flags.`,
+		Example: `  agent --relay vps.example.com:7000 --token T --fingerprint sha256:... --tunnel 3390:127.0.0.1:3389
+  agent --relay vps.example.com:7000 --token T --fingerprint sha256:... --tunnel rdp=3390:127.0.0.1:3389 --tunnel ssh=2222:127.0.0.1:22
+  agent --config agent.yaml`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.LoadAgent(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			return run(cmd.Context(), cfg, stderr)
+		},
+	}
+	cmd.SetOut(stdout)
+	cmd.SetErr(stderr)
+	config.AgentFlags(cmd.Flags())
+	cmd.AddCommand(&cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintln(cmd.OutOrStdout(), "homeport agent", cli.Version())
+		},
+	})
+	return cmd
+}
+
+func run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
+	log, err := cli.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		return err
+	}
+	a, err := agent.New(cfg, tunnel.TCPTransport{}, cli.Version(), log)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}

@@ -1,0 +1,95 @@
+// Command relay is homeport's public side: run it on a host with a public
+// address; agents dial out to it and it opens their public ports.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/internal/cli"
+	"github.com/homeport/homeport/relay"
+	"github.com/homeport/homeport/tunnel"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newCommand(os.Stdout, os.Stderr).ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "relay:", err)
+		os.Exit(1)
+	}
+}
+
+func newCommand(stdout, stderr io.Writer) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "relay",
+		Short: "homeport relay: public ports for machines behind NAT",
+		Long: `The relay runs on a host with a public address (a VPS). Agents on machines
+behind NAT dial out to it on the agent port (default :7000), prove they
+know a token, and register tunnels; the relay then listens on each
+tunnel's public port and carries every connection to the agent.
+
+With no settings at all it creates its data directory, generates a token
+and a TLS key (kept there and reused on every start), and prints the
+exact agent command to run on the home machine.
+
+Settings come from defaults < --config file < HOMEPORT_* environment
+variables < flags.`,
+		Example: `  relay
+  relay --listen :7000 --allow-ports 3390,8000-8100
+  relay --config /etc/homeport/relay.yaml`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.LoadRelay(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			return run(cmd.Context(), cfg, stdout, stderr)
+		},
+	}
+	cmd.SetOut(stdout)
+	cmd.SetErr(stderr)
+	config.RelayFlags(cmd.Flags())
+	cmd.AddCommand(&cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintln(cmd.OutOrStdout(), "homeport relay", cli.Version())
+		},
+	})
+	return cmd
+}
+
+func run(ctx context.Context, cfg config.Relay, stdout, stderr io.Writer) error {
+	log, err := cli.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		return err
+	}
+	id, err := relay.LoadIdentity(cfg)
+	if err != nil {
+		return err
+	}
+	for _, f := range id.Created {
+		log.Info("generated", "file", f)
+	}
+	srv, err := relay.New(cfg, id, tunnel.TCPTransport{}, log)
+	if err != nil {
+		return err
+	}
+	addr, err := srv.Listen()
+	if err != nil {
+		return err
+	}
+	printBanner(stdout, cfg, id, addr)
+	return srv.Serve(ctx)
+}

@@ -1,0 +1,302 @@
+// Package relay is the public side of homeport: it accepts agents on the
+// agent port, authenticates them, opens the public ports they register, and
+// carries each visitor connection as one stream to the agent.
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/tunnel"
+)
+
+// Server is a relay.
+type Server struct {
+	cfg     config.Relay
+	id      Identity
+	secrets [][]byte
+	tr      tunnel.Transport
+	log     *slog.Logger
+
+	ln tunnel.Listener
+
+	mu       sync.Mutex
+	sessions map[sessionKey]*agentSession
+	ports    map[uint16]*publicTunnel // TCP port -> owner
+	closing  bool
+
+	handlers sync.WaitGroup // agent connections, in handshake or in session
+	visitors sync.WaitGroup // visitor connections being spliced
+	// visitCtx is the context of visitor splices; it is cancelled when
+	// the shutdown drain time is over.
+	visitCtx    context.Context
+	visitCancel context.CancelFunc
+}
+
+type sessionKey struct {
+	token int
+	agent string
+}
+
+// New returns a relay for cfg and the identity from LoadIdentity.
+func New(cfg config.Relay, id Identity, tr tunnel.Transport, log *slog.Logger) (*Server, error) {
+	if len(id.Tokens) == 0 {
+		return nil, errors.New("relay: no token: refusing to start without one")
+	}
+	s := &Server{
+		cfg:      cfg,
+		id:       id,
+		tr:       tr,
+		log:      log,
+		sessions: make(map[sessionKey]*agentSession),
+		ports:    make(map[uint16]*publicTunnel),
+	}
+	for i, t := range id.Tokens {
+		if t.Secret == "" {
+			return nil, fmt.Errorf("relay: tokens[%d] (%s): empty token: refusing to start", i, t.Name)
+		}
+		s.secrets = append(s.secrets, []byte(t.Secret))
+	}
+	if s.cfg.HandshakeTimeout <= 0 {
+		s.cfg.HandshakeTimeout = 10 * time.Second
+	}
+	s.visitCtx, s.visitCancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// Listen opens the agent port. It is separate from Serve so that the caller
+// knows the address (and any error) before serving.
+func (s *Server) Listen() (net.Addr, error) {
+	ln, err := s.tr.Listen(s.cfg.Listen, tunnel.ServerTLSConfig(s.id.Cert))
+	if err != nil {
+		return nil, fmt.Errorf("agent port %s: %w", s.cfg.Listen, err)
+	}
+	s.ln = ln
+	return ln.Addr(), nil
+}
+
+// Serve accepts agents until ctx ends, then shuts down gracefully: it stops
+// accepting, closes the public ports, lets visitor connections drain for up
+// to cfg.ShutdownTimeout, and ends the sessions. It returns nil after a
+// shutdown through ctx.
+func (s *Server) Serve(ctx context.Context) error {
+	if s.ln == nil {
+		return errors.New("relay: Serve before Listen")
+	}
+	s.log.Info("relay listening for agents", "addr", s.ln.Addr().String(), "fingerprint", s.id.Fingerprint)
+	errc := make(chan error, 1)
+	go func() { errc <- s.acceptLoop(ctx) }()
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	s.shutdown()
+	if err != nil {
+		return err
+	}
+	<-errc
+	return nil
+}
+
+// Run is Listen followed by Serve.
+func (s *Server) Run(ctx context.Context) error {
+	if _, err := s.Listen(); err != nil {
+		return err
+	}
+	return s.Serve(ctx)
+}
+
+func (s *Server) acceptLoop(ctx context.Context) error {
+	var delay time.Duration
+	for {
+		c, err := s.ln.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// Out of descriptors and the like: back off, never spin,
+			// never give up (the net/http pattern).
+			delay = nextAcceptDelay(delay)
+			s.log.Warn("accept agent", "err", err, "retry_in", delay)
+			select {
+			case <-time.After(delay):
+				continue
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		delay = 0
+		s.handlers.Add(1)
+		go func() {
+			defer s.handlers.Done()
+			s.handleAgent(ctx, c)
+		}()
+	}
+}
+
+func nextAcceptDelay(d time.Duration) time.Duration {
+	if d == 0 {
+		return 5 * time.Millisecond
+	}
+	return min(2*d, time.Second)
+}
+
+// shutdown stops everything; see Serve.
+func (s *Server) shutdown() {
+	s.ln.Close()
+	s.mu.Lock()
+	s.closing = true
+	sessions := make([]*agentSession, 0, len(s.sessions))
+	for _, as := range s.sessions {
+		sessions = append(sessions, as)
+	}
+	s.mu.Unlock()
+	for _, as := range sessions {
+		as.closeTunnels()
+	}
+
+	drained := make(chan struct{})
+	go func() { s.visitors.Wait(); close(drained) }()
+	if n := s.cfg.ShutdownTimeout; n > 0 {
+		t := time.NewTimer(n)
+		select {
+		case <-drained:
+		case <-t.C:
+			s.log.Warn("shutdown: drain time over, closing remaining visitor connections", "timeout", n)
+		}
+		t.Stop()
+	}
+	s.visitCancel()
+	<-drained
+	for _, as := range sessions {
+		as.end(tunnel.CodeShutdown, "relay shutting down")
+	}
+	s.handlers.Wait()
+	s.log.Info("relay stopped")
+}
+
+// handleAgent authenticates one agent link and serves its session.
+func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn) {
+	remote := c.RemoteAddr().String()
+	log := s.log.With("agent_addr", remote)
+	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
+	_ = c.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	hsCtx, cancel := context.WithDeadline(ctx, deadline)
+	err := c.Handshake(hsCtx)
+	cancel()
+	if err != nil {
+		stop()
+		c.Close()
+		log.Debug("agent TLS handshake failed", "err", err)
+		return
+	}
+	agent, err := tunnel.AuthenticateAgent(c, s.secrets, remote)
+	if err != nil {
+		stop()
+		c.Close()
+		if errors.Is(err, tunnel.ErrAuthFailed) {
+			log.Warn("agent authentication failed", "err", err)
+		} else {
+			log.Info("agent handshake failed", "err", err)
+		}
+		return
+	}
+	sess, err := c.Mux(s.sessionConfig())
+	if err != nil {
+		stop()
+		c.Close()
+		log.Error("agent session", "err", err)
+		return
+	}
+	// The control stream is the first one the agent opens; it must come
+	// within the handshake deadline too.
+	ctrlCtx, cancel := context.WithDeadline(ctx, deadline)
+	ctrl, err := sess.AcceptStream(ctrlCtx)
+	cancel()
+	stop()
+	if err != nil {
+		sess.Close()
+		log.Info("agent opened no control stream", "err", err)
+		return
+	}
+	_ = c.SetDeadline(time.Time{})
+
+	token := s.id.Tokens[agent.Token]
+	as := newAgentSession(s, sess, ctrl, agent, token, log)
+	if !s.addSession(as) {
+		as.end(tunnel.CodeShutdown, "relay shutting down")
+		return
+	}
+	as.serve(ctx)
+}
+
+func (s *Server) sessionConfig() tunnel.SessionConfig {
+	return tunnel.SessionConfig{
+		KeepAlive:        s.cfg.Session.KeepAlive,
+		KeepAliveTimeout: s.cfg.Session.KeepAliveTimeout,
+		StreamWindow:     s.cfg.Session.StreamWindow,
+	}
+}
+
+// addSession makes as the session of its agent, replacing an older one,
+// whose ports are free when addSession returns.
+func (s *Server) addSession(as *agentSession) bool {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return false
+	}
+	old := s.sessions[as.key]
+	s.sessions[as.key] = as
+	s.mu.Unlock()
+	if old != nil {
+		old.log.Info("agent session replaced by a newer one", "new_addr", as.remote)
+		old.end(tunnel.CodeReplaced, "a newer session of agent "+as.key.agent+" took over")
+	}
+	return true
+}
+
+// removeSession forgets as if it is still the agent's current session.
+func (s *Server) removeSession(as *agentSession) {
+	s.mu.Lock()
+	if s.sessions[as.key] == as {
+		delete(s.sessions, as.key)
+	}
+	s.mu.Unlock()
+}
+
+// claimPort reserves port for t; it fails if another tunnel holds it.
+func (s *Server) claimPort(t *publicTunnel) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing || s.ports[t.port] != nil {
+		return false
+	}
+	s.ports[t.port] = t
+	return true
+}
+
+func (s *Server) releasePort(t *publicTunnel) {
+	s.mu.Lock()
+	if s.ports[t.port] == t {
+		delete(s.ports, t.port)
+	}
+	s.mu.Unlock()
+}
+
+// allowed reports whether token may use port.
+func (s *Server) allowed(token config.Token, port uint16) bool {
+	if !s.cfg.AllowPorts.Contains(port) {
+		return false
+	}
+	return len(token.Ports) == 0 || token.Ports.Contains(port)
+}

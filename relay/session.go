@@ -1,0 +1,285 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"regexp"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/tunnel"
+)
+
+// agentSession is one authenticated agent and the public ports it holds.
+type agentSession struct {
+	srv    *Server
+	key    sessionKey
+	token  config.Token
+	remote string
+	agent  tunnel.Agent
+	sess   tunnel.Session
+	log    *slog.Logger
+
+	ctrlMu sync.Mutex // serialises writes on ctrl
+	ctrl   tunnel.Stream
+
+	mu      sync.Mutex
+	tunnels map[string]*publicTunnel // by name
+	ended   bool
+}
+
+func newAgentSession(s *Server, sess tunnel.Session, ctrl tunnel.Stream, a tunnel.Agent, token config.Token, log *slog.Logger) *agentSession {
+	return &agentSession{
+		srv:     s,
+		key:     sessionKey{token: a.Token, agent: a.ID},
+		token:   token,
+		remote:  sess.RemoteAddr().String(),
+		agent:   a,
+		sess:    sess,
+		ctrl:    ctrl,
+		log:     log.With("agent", a.ID, "token", token.Name),
+		tunnels: make(map[string]*publicTunnel),
+	}
+}
+
+// serve reads control messages until the session ends.
+func (as *agentSession) serve(ctx context.Context) {
+	as.log.Info("agent session up", "software", as.agent.Software)
+	defer as.srv.removeSession(as)
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		as.refuseStreams(ctx)
+	}()
+
+	reason := "agent closed the session"
+	for {
+		m, err := tunnel.ReadMessage(as.ctrl, tunnel.MaxFrameSize)
+		if err != nil {
+			select {
+			case <-as.sess.Done():
+				reason = "session ended"
+			default:
+				reason = fmt.Sprintf("control stream: %v", err)
+			}
+			break
+		}
+		reg, ok := m.(*tunnel.Register)
+		if !ok {
+			reason = fmt.Sprintf("control stream: unexpected %T", m)
+			as.log.Warn("agent sent an unexpected control message; closing session", "type", fmt.Sprintf("%T", m))
+			break
+		}
+		res := as.register(reg)
+		as.ctrlMu.Lock()
+		err = tunnel.WriteMessage(as.ctrl, res)
+		as.ctrlMu.Unlock()
+		if err != nil {
+			reason = fmt.Sprintf("control stream: %v", err)
+			break
+		}
+	}
+	as.end(tunnel.CodeOK, "")
+	wg.Wait()
+	as.log.Info("agent session down", "reason", reason)
+}
+
+// refuseStreams closes every stream the agent opens after the control
+// stream: visitor streams are opened by the relay only.
+func (as *agentSession) refuseStreams(ctx context.Context) {
+	for {
+		st, err := as.sess.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		as.log.Warn("agent opened an unexpected stream; closing it")
+		st.Close()
+	}
+}
+
+// end closes the session's public ports, tells the agent why (when code is
+// not CodeOK) and closes the session. The ports are free when end returns.
+func (as *agentSession) end(code tunnel.Code, msg string) {
+	as.closeTunnels()
+	if code != tunnel.CodeOK {
+		as.ctrlMu.Lock()
+		_ = as.ctrl.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = tunnel.WriteMessage(as.ctrl, &tunnel.GoAway{Code: code, Message: msg})
+		as.ctrlMu.Unlock()
+	}
+	as.sess.Close()
+}
+
+// closeTunnels closes the public listeners and marks the session ended,
+// so no tunnel is registered later.
+func (as *agentSession) closeTunnels() {
+	as.mu.Lock()
+	as.ended = true
+	ts := as.tunnels
+	as.tunnels = map[string]*publicTunnel{}
+	as.mu.Unlock()
+	for _, t := range ts {
+		t.close()
+	}
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// register answers a Register message, tunnel by tunnel.
+func (as *agentSession) register(reg *tunnel.Register) *tunnel.RegisterResult {
+	res := &tunnel.RegisterResult{Results: make([]tunnel.TunnelResult, len(reg.Tunnels))}
+	for i, req := range reg.Tunnels {
+		r := &res.Results[i]
+		r.Name = req.Name
+		r.Code, r.Message = as.open(req)
+		if r.Code == tunnel.CodeOK {
+			as.log.Info("tunnel registered", "tunnel", req.Name, "port", req.RemotePort)
+		} else {
+			as.log.Warn("tunnel refused", "tunnel", req.Name, "port", req.RemotePort, "reason", r.Code.String(), "detail", r.Message)
+		}
+	}
+	return res
+}
+
+// open checks one tunnel request and opens its public port.
+func (as *agentSession) open(req tunnel.TunnelRequest) (tunnel.Code, string) {
+	switch {
+	case !nameRE.MatchString(req.Name):
+		return tunnel.CodeBadRequest, fmt.Sprintf("tunnel name %q: want 1-64 of A-Z a-z 0-9 . _ -", req.Name)
+	case req.Protocol != tunnel.ProtoTCP:
+		return tunnel.CodeBadRequest, fmt.Sprintf("tunnel %q: %v is not supported", req.Name, req.Protocol)
+	case req.RemotePort == 0:
+		return tunnel.CodeBadRequest, fmt.Sprintf("tunnel %q: port 0", req.Name)
+	case !as.srv.allowed(as.token, req.RemotePort):
+		return tunnel.CodePortNotAllowed, fmt.Sprintf("port %d is not allowed for token %q", req.RemotePort, as.token.Name)
+	}
+	t := &publicTunnel{name: req.Name, port: req.RemotePort, owner: as}
+
+	as.mu.Lock()
+	defer as.mu.Unlock()
+	if as.ended {
+		return tunnel.CodeShutdown, "session ended"
+	}
+	if _, dup := as.tunnels[req.Name]; dup {
+		return tunnel.CodeDuplicateName, fmt.Sprintf("tunnel name %q is already registered by this agent", req.Name)
+	}
+	if !as.srv.claimPort(t) {
+		return tunnel.CodePortInUse, fmt.Sprintf("port %d is already used by another tunnel on this relay", req.RemotePort)
+	}
+	addr := net.JoinHostPort(as.srv.cfg.BindAddr, strconv.Itoa(int(req.RemotePort)))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		as.srv.releasePort(t)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return tunnel.CodePortInUse, fmt.Sprintf("port %d is in use by another program on the relay host", req.RemotePort)
+		}
+		return tunnel.CodeInternal, fmt.Sprintf("listen on %s: %v", addr, err)
+	}
+	t.ln = ln
+	as.tunnels[req.Name] = t
+	t.done = make(chan struct{})
+	go t.acceptLoop()
+	return tunnel.CodeOK, ""
+}
+
+// publicTunnel is one public port and the agent session behind it.
+type publicTunnel struct {
+	name  string
+	port  uint16
+	owner *agentSession
+	ln    net.Listener
+	done  chan struct{} // closed when acceptLoop has returned
+}
+
+func (t *publicTunnel) close() {
+	t.ln.Close()
+	<-t.done
+	t.owner.srv.releasePort(t)
+}
+
+func (t *publicTunnel) acceptLoop() {
+	defer close(t.done)
+	srv := t.owner.srv
+	var delay time.Duration
+	for {
+		c, err := t.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			delay = nextAcceptDelay(delay)
+			t.owner.log.Warn("accept visitor", "tunnel", t.name, "err", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		srv.visitors.Add(1)
+		go func() {
+			defer srv.visitors.Done()
+			t.serveVisitor(c.(*net.TCPConn))
+		}()
+	}
+}
+
+// serveVisitor carries one visitor connection over a new stream.
+func (t *publicTunnel) serveVisitor(c *net.TCPConn) {
+	as := t.owner
+	start := time.Now()
+	visitor := c.RemoteAddr().String()
+	ctx := as.srv.visitCtx
+	st, err := as.sess.OpenStream(ctx)
+	if err != nil {
+		c.Close()
+		as.log.Warn("visitor refused: cannot open stream to agent", "tunnel", t.name, "visitor", visitor, "err", err)
+		return
+	}
+	if err := tunnel.WriteMessage(st, &tunnel.Open{Tunnel: t.name, Visitor: visitor}); err != nil {
+		c.Close()
+		st.Close()
+		as.log.Warn("visitor refused: cannot write to agent", "tunnel", t.name, "visitor", visitor, "err", err)
+		return
+	}
+	// The visitor's first bytes flow at once; the agent's answer is read
+	// before anything goes back to the visitor.
+	in, out, err := tunnel.Splice(ctx, c, &openResultReader{Stream: st})
+	level := slog.LevelDebug
+	if as.srv.cfg.AccessLog {
+		level = slog.LevelInfo
+	}
+	var oe *tunnel.OpenError
+	if errors.As(err, &oe) {
+		level = slog.LevelWarn
+	}
+	as.log.Log(context.Background(), level, "visitor connection", "tunnel", t.name, "visitor", visitor,
+		"bytes_in", in, "bytes_out", out, "duration", time.Since(start).Round(time.Millisecond), "err", err)
+}
+
+// openResultReader reads the agent's OpenResult before the first byte of
+// the target's data; a refusal becomes the read error, which ends the
+// splice and closes the visitor's connection.
+type openResultReader struct {
+	tunnel.Stream
+	read bool
+}
+
+func (r *openResultReader) Read(p []byte) (int, error) {
+	if !r.read {
+		r.read = true
+		var res tunnel.OpenResult
+		if err := tunnel.ReadInto(r.Stream, tunnel.MaxFrameSize, &res); err != nil {
+			return 0, fmt.Errorf("agent answer: %w", err)
+		}
+		if res.Code != tunnel.CodeOK {
+			return 0, &tunnel.OpenError{Code: res.Code, Message: res.Message}
+		}
+	}
+	return r.Stream.Read(p)
+}
