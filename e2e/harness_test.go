@@ -1,0 +1,349 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/homeport/homeport/agent"
+	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/relay"
+	"github.com/homeport/homeport/tunnel"
+)
+
+const testToken = "test-token-0123456789abcdef"
+
+// logBuf is a concurrency-safe log sink whose contents tests can search.
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// waitFor polls cond every 10 ms for up to d.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type relayHandle struct {
+	t      *testing.T
+	cfg    config.Relay
+	id     relay.Identity
+	addr   string
+	logs   *logBuf
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func relayConfig(t *testing.T) config.Relay {
+	return config.Relay{
+		DataDir:          t.TempDir(),
+		Listen:           "127.0.0.1:0",
+		BindAddr:         "127.0.0.1",
+		AllowPorts:       config.PortRanges{{Lo: 1024, Hi: 65535}},
+		Tokens:           []config.Token{{Name: "default", Secret: testToken}},
+		HandshakeTimeout: 5 * time.Second,
+		ShutdownTimeout:  2 * time.Second,
+		Session:          config.Session{KeepAlive: 2 * time.Second, KeepAliveTimeout: 2 * time.Second, StreamWindow: 4 << 20},
+		Log:              config.Log{Level: "debug", Format: "text"},
+	}
+}
+
+// startRelay runs a relay in this process; mutate adjusts the config.
+func startRelay(t *testing.T, mutate func(*config.Relay)) *relayHandle {
+	t.Helper()
+	cfg := relayConfig(t)
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	id, err := relay.LoadIdentity(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return runRelay(t, cfg, id)
+}
+
+func runRelay(t *testing.T, cfg config.Relay, id relay.Identity) *relayHandle {
+	t.Helper()
+	logs := &logBuf{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv, err := relay.New(cfg, id, tunnel.TCPTransport{}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := srv.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &relayHandle{t: t, cfg: cfg, id: id, addr: addr.String(), logs: logs, cancel: cancel, done: make(chan error, 1)}
+	go func() { h.done <- srv.Serve(ctx) }()
+	t.Cleanup(func() { h.stop() })
+	return h
+}
+
+// stop shuts the relay down and waits for it.
+func (h *relayHandle) stop() {
+	h.cancel()
+	select {
+	case err := <-h.done:
+		if err != nil {
+			h.t.Errorf("relay Serve: %v", err)
+		}
+		h.done <- nil // later stops return at once
+	case <-time.After(15 * time.Second):
+		h.t.Errorf("relay did not stop")
+	}
+}
+
+type agentHandle struct {
+	t        *testing.T
+	cfg      config.Agent
+	logs     *logBuf
+	sessions chan agent.SessionInfo
+	cancel   context.CancelFunc
+	done     chan error
+}
+
+func agentConfig(r *relayHandle, tunnels ...config.Tunnel) config.Agent {
+	return config.Agent{
+		Relay:            r.addr,
+		Token:            testToken,
+		Fingerprint:      r.id.Fingerprint,
+		ID:               "home-pc",
+		Tunnels:          tunnels,
+		DialTimeout:      2 * time.Second,
+		HandshakeTimeout: 5 * time.Second,
+		ReconnectMax:     2 * time.Second,
+		Session:          config.Session{KeepAlive: 2 * time.Second, KeepAliveTimeout: 2 * time.Second, StreamWindow: 4 << 20},
+	}
+}
+
+// startAgent runs an agent in this process. It does not wait for the
+// session; use waitSession.
+func startAgent(t *testing.T, cfg config.Agent) *agentHandle {
+	t.Helper()
+	logs := &logBuf{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	a, err := agent.New(cfg, tunnel.TCPTransport{}, "test", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &agentHandle{t: t, cfg: cfg, logs: logs, sessions: make(chan agent.SessionInfo, 16), done: make(chan error, 1)}
+	a.OnSession = func(si agent.SessionInfo) {
+		select {
+		case h.sessions <- si:
+		default:
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	go func() { h.done <- a.Run(ctx) }()
+	t.Cleanup(func() { h.stop() })
+	return h
+}
+
+func (h *agentHandle) stop() {
+	h.cancel()
+	select {
+	case <-h.done:
+		h.done <- nil
+	case <-time.After(15 * time.Second):
+		h.t.Errorf("agent did not stop")
+	}
+}
+
+// waitSession waits for the agent's next registration and fails the test
+// unless every tunnel was accepted.
+func (h *agentHandle) waitSession(d time.Duration) agent.SessionInfo {
+	h.t.Helper()
+	si := h.waitAny(d)
+	for _, r := range si.Results {
+		if r.Code != tunnel.CodeOK {
+			h.t.Fatalf("tunnel %s refused: %v: %s", r.Name, r.Code, r.Message)
+		}
+	}
+	return si
+}
+
+func (h *agentHandle) waitAny(d time.Duration) agent.SessionInfo {
+	h.t.Helper()
+	select {
+	case si := <-h.sessions:
+		return si
+	case err := <-h.done:
+		h.t.Fatalf("agent stopped: %v\nagent log:\n%s", err, h.logs)
+	case <-time.After(d):
+		h.t.Fatalf("no session within %v\nagent log:\n%s", d, h.logs)
+	}
+	return agent.SessionInfo{}
+}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort(t *testing.T) uint16 {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return uint16(l.Addr().(*net.TCPAddr).Port)
+}
+
+func tcpTunnel(name string, port uint16, target string) config.Tunnel {
+	return config.Tunnel{Name: name, Protocol: "tcp", RemotePort: port, Target: target}
+}
+
+func publicAddr(port uint16) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))) }
+
+// serve runs handle for every connection to a new loopback listener until
+// the test ends, and returns the listener's address.
+func serve(t *testing.T, handle func(*net.TCPConn)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	conns := map[net.Conn]struct{}{}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = struct{}{}
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				handle(c.(*net.TCPConn))
+				c.Close()
+				mu.Lock()
+				delete(conns, c)
+				mu.Unlock()
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return l.Addr().String()
+}
+
+// echo copies everything back and half-closes when the client does.
+func echo(c *net.TCPConn) {
+	io.Copy(c, c)
+	c.CloseWrite()
+}
+
+// dial connects to addr with a deadline for the whole exchange.
+func dial(t *testing.T, addr string) *net.TCPConn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
+}
+
+// roundTrip sends msg, half-closes, and returns everything read back.
+func roundTrip(addr string, msg []byte) ([]byte, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(msg)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		errc <- err
+	}()
+	got, rerr := io.ReadAll(c)
+	if werr := <-errc; werr != nil {
+		return got, werr
+	}
+	return got, rerr
+}
+
+// expectEcho checks one echo round trip through addr.
+func expectEcho(t *testing.T, addr string) {
+	t.Helper()
+	msg := []byte("ping through the tunnel")
+	got, err := roundTrip(addr, msg)
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo via %s: got %q, %v", addr, got, err)
+	}
+}
+
+// expectClosed checks that a connection to addr is refused or closed
+// without data within d.
+func expectClosed(t *testing.T, addr string, d time.Duration) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, d)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(d))
+	c.Write([]byte("x"))
+	n, err := c.Read(make([]byte, 16))
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("connection to %s still open after %v", addr, d)
+	}
+	if n > 0 {
+		t.Fatalf("connection to %s returned data", addr)
+	}
+}
+
+func contains(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
+}
