@@ -381,9 +381,9 @@ func TestGarbageAfterAuth(t *testing.T) {
 	a.waitSession(10 * time.Second)
 
 	for _, junk := range [][]byte{
-		[]byte("\x10\xff\xffjunk"),              // oversized frame
-		[]byte("\x7f\x00\x00"),                  // unknown type
-		[]byte("\x10\x00\x04\x00\x05ab"),        // malformed register
+		[]byte("\x10\xff\xffjunk"),                  // oversized frame
+		[]byte("\x7f\x00\x00"),                      // unknown type
+		[]byte("\x10\x00\x04\x00\x05ab"),            // malformed register
 		[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), // not our protocol at all
 	} {
 		conf, err := tunnel.PinnedTLSConfig(r.id.Fingerprint)

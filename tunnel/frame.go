@@ -89,8 +89,8 @@ func readFrame(r io.Reader, limit int) (typ byte, payload []byte, err error) {
 // enc builds a payload. Strings are uint16-length-prefixed.
 type enc struct{ b []byte }
 
-func (e *enc) u8(v byte)     { e.b = append(e.b, v) }
-func (e *enc) u16(v uint16)  { e.b = binary.BigEndian.AppendUint16(e.b, v) }
+func (e *enc) u8(v byte)      { e.b = append(e.b, v) }
+func (e *enc) u16(v uint16)   { e.b = binary.BigEndian.AppendUint16(e.b, v) }
 func (e *enc) bytes(v []byte) { e.b = append(e.b, v...) }
 func (e *enc) str(s string) {
 	if len(s) > MaxFrameSize {
