@@ -22,21 +22,20 @@ const (
 
 // serve handles the relay's streams until the session ends or ctx ends.
 // It always returns a *failure of stageUp, or nil when ctx ended.
+//
+// When ctx ends, the agent drains: it tells the relay to close its public
+// ports, refuses streams that were already on their way, lets the open
+// connections finish for up to shutdownDrain, then closes the session.
 func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stream) error {
-	var (
-		wg       sync.WaitGroup
-		goaway   = make(chan *tunnel.GoAway, 1)
-		spliceCx context.Context
-		cancel   context.CancelFunc
-	)
-	spliceCx, cancel = context.WithCancel(context.WithoutCancel(ctx))
+	spliceCx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 
 	// The control stream carries the relay's later words: GoAway, and
-	// answers to registrations.
-	wg.Add(1)
+	// answers to registrations. Its reader ends with the session.
+	goaway := make(chan *tunnel.GoAway, 1)
+	ctrlDone := make(chan struct{})
 	go func() {
-		defer wg.Done()
+		defer close(ctrlDone)
 		for {
 			m, err := tunnel.ReadMessage(ctrl, tunnel.MaxFrameSize)
 			if err != nil {
@@ -55,36 +54,55 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 		}
 	}()
 
-	acceptErr := make(chan error, 1)
-	wg.Add(1)
+	// Streams are accepted until the session ends, also while draining,
+	// so that a visitor who raced with the shutdown gets a clear refusal
+	// instead of waiting. streams counts the served ones; draining,
+	// under mu, stops new Adds before streams.Wait begins.
+	var (
+		streams   sync.WaitGroup
+		mu        sync.Mutex
+		draining  bool
+		acceptErr = make(chan error, 1)
+	)
 	go func() {
-		defer wg.Done()
 		for {
-			st, err := sess.AcceptStream(ctx)
+			st, err := sess.AcceptStream(context.WithoutCancel(ctx))
 			if err != nil {
 				acceptErr <- err
 				return
 			}
-			wg.Add(1)
+			mu.Lock()
+			if draining {
+				mu.Unlock()
+				refuse(st, tunnel.CodeShutdown, "agent shutting down")
+				continue
+			}
+			streams.Add(1)
+			mu.Unlock()
 			go func() {
-				defer wg.Done()
+				defer streams.Done()
 				a.handleStream(spliceCx, st)
 			}()
 		}
 	}()
+	stopStreams := func() {
+		mu.Lock()
+		draining = true
+		mu.Unlock()
+	}
 
-	var result error
 	select {
 	case <-ctx.Done():
-		// Graceful: no new streams (AcceptStream returns on ctx), let
-		// the open ones finish for a bounded time, then close.
+		_ = ctrl.SetWriteDeadline(time.Now().Add(time.Second))
+		if err := tunnel.WriteMessage(ctrl, &tunnel.GoAway{Code: tunnel.CodeShutdown, Message: "agent shutting down"}); err != nil {
+			a.log.Debug("telling the relay about shutdown", "err", err)
+		}
+		stopStreams()
 		drained := make(chan struct{})
 		go func() {
-			<-acceptErr
-			wg.Wait()
+			streams.Wait()
 			close(drained)
 		}()
-		// ctrl and the session stay open while draining.
 		t := time.NewTimer(shutdownDrain)
 		select {
 		case <-drained:
@@ -96,12 +114,12 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 		cancel()
 		sess.Close()
 		<-drained
+		<-acceptErr
+		<-ctrlDone
 		return nil
 	case <-sess.Done():
-		result = &failure{stage: stageUp, err: errors.New("session closed")}
-	case err := <-acceptErr:
-		acceptErr <- err // for nobody; keeps the channel's value
-		result = &failure{stage: stageUp, err: err}
+	case <-acceptErr:
+		acceptErr <- nil // for the wait below
 	}
 	// Give a GoAway that raced with the session's end a moment to land.
 	var ga *tunnel.GoAway
@@ -109,9 +127,12 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 	case ga = <-goaway:
 	case <-time.After(50 * time.Millisecond):
 	}
+	stopStreams()
 	sess.Close()
 	cancel()
-	wg.Wait()
+	streams.Wait()
+	<-acceptErr
+	<-ctrlDone
 	if ga != nil {
 		f := &failure{stage: stageUp, err: fmt.Errorf("relay: %s: %s", ga.Code, ga.Message)}
 		// Another agent with our id took over: coming straight back
@@ -122,7 +143,15 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 		}
 		return f
 	}
-	return result
+	return &failure{stage: stageUp, err: errors.New("session closed")}
+}
+
+// refuse answers a visitor stream with a refusal and closes it, without
+// waiting on a relay that does not read.
+func refuse(st tunnel.Stream, code tunnel.Code, msg string) {
+	_ = st.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = tunnel.WriteMessage(st, &tunnel.OpenResult{Code: code, Message: msg})
+	st.Close()
 }
 
 // handleStream connects one visitor stream to its tunnel's target.
@@ -139,8 +168,7 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream) {
 	log := a.log.With("tunnel", open.Tunnel, "visitor", open.Visitor)
 	t, ok := a.tunnels[open.Tunnel]
 	if !ok {
-		_ = tunnel.WriteMessage(st, &tunnel.OpenResult{Code: tunnel.CodeUnknownTunnel, Message: fmt.Sprintf("agent has no tunnel %q", open.Tunnel)})
-		st.Close()
+		refuse(st, tunnel.CodeUnknownTunnel, fmt.Sprintf("agent has no tunnel %q", open.Tunnel))
 		log.Warn("relay asked for an unknown tunnel")
 		return
 	}
@@ -148,8 +176,7 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream) {
 	c, err := d.DialContext(ctx, "tcp", t.Target)
 	if err != nil {
 		msg := fmt.Sprintf("tunnel %q: dial %s: %v", t.Name, t.Target, err)
-		_ = tunnel.WriteMessage(st, &tunnel.OpenResult{Code: tunnel.CodeDialFailed, Message: msg})
-		st.Close()
+		refuse(st, tunnel.CodeDialFailed, msg)
 		log.Warn("target unreachable", "target", t.Target, "err", err)
 		return
 	}

@@ -318,13 +318,29 @@ func expectEcho(t *testing.T, addr string) {
 	}
 }
 
-// expectClosed checks that a connection to addr is refused or closed
-// without data within d.
+// expectClosed checks that within d connections to addr are refused or
+// closed without data. It retries, since a port closes asynchronously.
 func expectClosed(t *testing.T, addr string, d time.Duration) {
 	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		open, why := probe(addr, time.Until(deadline))
+		if !open {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("connection to %s: %s after %v", addr, why, d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// probe reports whether addr accepts a connection and answers a byte.
+func probe(addr string, d time.Duration) (open bool, why string) {
+	d = max(d, 100*time.Millisecond)
 	c, err := net.DialTimeout("tcp", addr, d)
 	if err != nil {
-		return
+		return false, ""
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(d))
@@ -332,11 +348,12 @@ func expectClosed(t *testing.T, addr string, d time.Duration) {
 	n, err := c.Read(make([]byte, 16))
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		t.Fatalf("connection to %s still open after %v", addr, d)
+		return true, "still open"
 	}
 	if n > 0 {
-		t.Fatalf("connection to %s returned data", addr)
+		return true, "returned data"
 	}
+	return false, ""
 }
 
 func contains(s string, subs ...string) bool {

@@ -450,3 +450,49 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	r.stop()
 }
+
+// TestAgentGracefulShutdown: a stopping agent has the relay close its
+// ports at once, lets open connections finish, and then exits.
+func TestAgentGracefulShutdown(t *testing.T) {
+	leak.Check(t)
+	target := serve(t, echo)
+	r := startRelay(t, nil)
+	port := freePort(t)
+	a := startAgent(t, agentConfig(r, tcpTunnel("echo", port, target)))
+	a.waitSession(10 * time.Second)
+
+	c := dial(t, publicAddr(port))
+	buf := make([]byte, 6)
+	if _, err := c.Write([]byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	a.cancel()
+	expectClosed(t, publicAddr(port), 2*time.Second)
+	waitFor(t, 2*time.Second, "relay log of the agent going away", func() bool {
+		return contains(r.logs.String(), "agent going away")
+	})
+	if _, err := c.Write([]byte("during")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "during" {
+		t.Fatalf("open connection during drain: %q, %v", buf, err)
+	}
+	select {
+	case <-a.done:
+		t.Fatal("agent exited with a connection still open")
+	default:
+	}
+	c.CloseWrite()
+	if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+		t.Fatalf("after half-close: %q, %v", rest, err)
+	}
+	select {
+	case err := <-a.done:
+		a.done <- err
+	case <-time.After(3 * time.Second):
+		t.Fatal("agent did not exit after its last connection ended")
+	}
+}

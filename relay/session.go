@@ -72,6 +72,13 @@ func (as *agentSession) serve(ctx context.Context) {
 			}
 			break
 		}
+		if ga, ok := m.(*tunnel.GoAway); ok {
+			// The agent is shutting down: no new visitors, while the
+			// open connections drain until it closes the session.
+			as.closeTunnels()
+			as.log.Info("agent going away; its ports are closed", "detail", ga.Message)
+			continue
+		}
 		reg, ok := m.(*tunnel.Register)
 		if !ok {
 			reason = fmt.Sprintf("control stream: unexpected %T", m)
