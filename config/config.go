@@ -110,4 +110,5 @@ type Session struct {
 type Log struct {
 	Level  string // debug, info, warn, error
 	Format string // text, json
+	File   string // append to this file; "" means standard error
 }

@@ -456,6 +456,7 @@ func logSettings() []setting {
 	return []setting{
 		{key: "log.level", flag: "log-level", kind: kString, def: "info", usage: "log level: debug, info, warn or error"},
 		{key: "log.format", flag: "log-format", kind: kString, def: "text", usage: "log format: text or json"},
+		{key: "log.file", flag: "log-file", kind: kString, usage: "append the log to this file instead of standard error (for services)"},
 	}
 }
 
@@ -470,7 +471,7 @@ func sessionSettings() []setting {
 }
 
 func (l *loader) log() Log {
-	lg := Log{Level: strings.ToLower(l.str("log.level")), Format: strings.ToLower(l.str("log.format"))}
+	lg := Log{Level: strings.ToLower(l.str("log.level")), Format: strings.ToLower(l.str("log.format")), File: l.str("log.file")}
 	switch lg.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -491,3 +492,30 @@ func (l *loader) session() Session {
 		StreamWindow:     uint32(l.size("session.stream_window", 256<<10, 256<<20)),
 	}
 }
+
+// Setting describes one configuration key, for documentation and tests.
+type Setting struct {
+	Key     string // in a config file; '.' separates sections
+	Flag    string // command-line flag without dashes; "" when file-only
+	Env     string // environment variable; "" when file-only
+	Default string // "" when none or computed
+	Usage   string
+}
+
+func describe(settings []setting) []Setting {
+	out := make([]Setting, 0, len(settings))
+	for _, s := range settings {
+		d := Setting{Key: s.key, Flag: s.flag, Default: s.def, Usage: s.usage}
+		if s.kind != kFile {
+			d.Env = s.env()
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// RelaySettings lists the relay's settings.
+func RelaySettings() []Setting { return describe(relaySettings()) }
+
+// AgentSettings lists the agent's settings.
+func AgentSettings() []Setting { return describe(agentSettings()) }

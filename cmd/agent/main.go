@@ -11,17 +11,26 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/homeport/homeport/agent"
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/cli"
+	"github.com/homeport/homeport/internal/service"
 	"github.com/homeport/homeport/tunnel"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := newCommand(os.Stdout, os.Stderr).ExecuteContext(ctx); err != nil {
+	// Started by the Windows service manager: it stops us, not signals.
+	handled, err := service.Run(cli.ServiceName("agent"), func(ctx context.Context) error {
+		return newCommand(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	})
+	if !handled {
+		err = newCommand(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "agent:", err)
 		os.Exit(1)
 	}
@@ -58,6 +67,15 @@ variables < flags.`,
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
 	config.AgentFlags(cmd.Flags())
+	cmd.AddCommand(cli.ServiceCommand("agent", func(args []string) error {
+		fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+		config.AgentFlags(fs)
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		_, err := config.LoadAgent(fs)
+		return err
+	}))
 	cmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
@@ -70,10 +88,11 @@ variables < flags.`,
 }
 
 func run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
-	log, err := cli.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	log, closeLog, err := cli.OpenLog(stderr, cfg.Log)
 	if err != nil {
 		return err
 	}
+	defer closeLog.Close()
 	a, err := agent.New(cfg, tunnel.TCPTransport{}, cli.Version(), log)
 	if err != nil {
 		return err

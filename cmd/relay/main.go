@@ -11,9 +11,11 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/cli"
+	"github.com/homeport/homeport/internal/service"
 	"github.com/homeport/homeport/relay"
 	"github.com/homeport/homeport/tunnel"
 )
@@ -21,7 +23,14 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := newCommand(os.Stdout, os.Stderr).ExecuteContext(ctx); err != nil {
+	// Started by the Windows service manager: it stops us, not signals.
+	handled, err := service.Run(cli.ServiceName("relay"), func(ctx context.Context) error {
+		return newCommand(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	})
+	if !handled {
+		err = newCommand(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "relay:", err)
 		os.Exit(1)
 	}
@@ -59,6 +68,15 @@ variables < flags.`,
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
 	config.RelayFlags(cmd.Flags())
+	cmd.AddCommand(cli.ServiceCommand("relay", func(args []string) error {
+		fs := pflag.NewFlagSet("relay", pflag.ContinueOnError)
+		config.RelayFlags(fs)
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		_, err := config.LoadRelay(fs)
+		return err
+	}))
 	cmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
@@ -71,10 +89,11 @@ variables < flags.`,
 }
 
 func run(ctx context.Context, cfg config.Relay, stdout, stderr io.Writer) error {
-	log, err := cli.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	log, closeLog, err := cli.OpenLog(stderr, cfg.Log)
 	if err != nil {
 		return err
 	}
+	defer closeLog.Close()
 	id, err := relay.LoadIdentity(cfg)
 	if err != nil {
 		return err

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"runtime/debug"
 	"strings"
+
+	"github.com/homeport/homeport/config"
 )
 
 // version is set at link time: -ldflags "-X github.com/homeport/homeport/internal/cli.version=v1.2.3".
@@ -41,3 +44,27 @@ func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	}
 	return nil, fmt.Errorf("log format %q: want text or json", format)
 }
+
+// OpenLog returns the process logger described by c: to c.File when set
+// (appended, created 0600), else to stderr. The caller closes the closer
+// when the process ends.
+func OpenLog(stderr io.Writer, c config.Log) (*slog.Logger, io.Closer, error) {
+	w, closer := stderr, io.Closer(nopCloser{})
+	if c.File != "" {
+		f, err := os.OpenFile(c.File, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, nil, fmt.Errorf("log file: %w", err)
+		}
+		w, closer = f, f
+	}
+	log, err := NewLogger(w, c.Level, c.Format)
+	if err != nil {
+		closer.Close()
+		return nil, nil, err
+	}
+	return log, closer, nil
+}
+
+type nopCloser struct{}
+
+func (nopCloser) Close() error { return nil }
