@@ -6,7 +6,7 @@ package service
 import "errors"
 
 // ErrUnsupported is returned by Install and Uninstall outside Windows.
-var ErrUnsupported = errors.New("Windows services only; on Linux use the systemd units in deploy/systemd")
+var ErrUnsupported = errors.New("services are installed this way on Windows only; on Linux use the systemd units in deploy/systemd")
 
 // Spec describes a service to install.
 type Spec struct {
