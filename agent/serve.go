@@ -39,6 +39,13 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 		for {
 			m, err := tunnel.ReadMessage(ctrl, tunnel.MaxFrameSize)
 			if err != nil {
+				// A broken control stream leaves the agent deaf to the
+				// relay: start over with a new session, unless this one
+				// is already ending or draining.
+				if ctx.Err() == nil && !isDone(sess.Done()) {
+					a.log.Warn("control stream from the relay failed; reconnecting", "err", err)
+					sess.Close()
+				}
 				return
 			}
 			switch m := m.(type) {
@@ -193,4 +200,13 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream) {
 	}
 	log.Log(context.Background(), level, "visitor connection", "target", t.Target,
 		"bytes_in", in, "bytes_out", out, "duration", time.Since(start).Round(time.Millisecond), "err", err)
+}
+
+func isDone(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }

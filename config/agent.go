@@ -128,6 +128,9 @@ func (l *loader) tunnels() []Tunnel {
 	if len(items) == 0 {
 		l.fail("tunnels", fmt.Errorf("none: give at least one, e.g. --tunnel 3390:127.0.0.1:3389"))
 	}
+	if len(items) > MaxTunnels {
+		l.fail("tunnels", fmt.Errorf("%d tunnels: one agent may have at most %d", len(items), MaxTunnels))
+	}
 	return out
 }
 
@@ -144,7 +147,7 @@ func tunnelSection(item any) (Tunnel, error) {
 		}
 	}
 	if rp, ok := m["remote_port"]; ok {
-		if t.RemotePort, err = parsePort(fmt.Sprint(rp)); err != nil {
+		if t.RemotePort, err = parsePort(numText(rp)); err != nil {
 			return Tunnel{}, fmt.Errorf("remote_port: %w", err)
 		}
 	}

@@ -71,7 +71,8 @@ func TestParseTunnel(t *testing.T) {
 		{in: "3390:127.0.0.1:99999", wantErr: "1 to 65535"},
 		{in: "3390::3389", wantErr: "host missing"},
 		{in: "=3390:127.0.0.1:3389", wantErr: "empty name"},
-		{in: "bad name=3390:127.0.0.1:3389", wantErr: "letters, digits"},
+		{in: "bad name=3390:127.0.0.1:3389", wantErr: "use A-Z, a-z, 0-9"},
+		{in: "prüfung=3390:127.0.0.1:3389", wantErr: "use A-Z, a-z, 0-9"},
 		{in: strings.Repeat("n", 65) + "=1:a:1", wantErr: "longer than 64"},
 		{in: "3390:::1:3389", wantErr: "HOST:PORT"},
 	}
@@ -455,5 +456,31 @@ func TestExamples(t *testing.T) {
 	}
 	if len(a.Tunnels) == 0 {
 		t.Error("agent example defines no tunnels")
+	}
+}
+
+// TestFileValueForms: JSON numbers of any size, upper-case extensions, and
+// an empty variable that must not take the blame for the file's mistake.
+func TestFileValueForms(t *testing.T) {
+	cleanEnv(t)
+	path := writeFile(t, "relay.json", `{"allow_ports": [10000, "20000-20010"], "session": {"stream_window": 4194304}}`)
+	c, err := LoadRelay(relayFlags(t, "--config", path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Session.StreamWindow != 4194304 || !c.AllowPorts.Contains(10000) || !c.AllowPorts.Contains(20005) {
+		t.Errorf("json numbers: %+v", c)
+	}
+
+	path = writeFile(t, "RELAY.YAML", "listen: \":7005\"\n")
+	if c, err := LoadRelay(relayFlags(t, "--config", path)); err != nil || c.Listen != ":7005" {
+		t.Errorf("upper-case extension: %v, %+v", err, c)
+	}
+
+	path = writeFile(t, "relay.yaml", "listen: \"7000\"\n")
+	t.Setenv("HOMEPORT_LISTEN", "")
+	_, err = LoadRelay(relayFlags(t, "--config", path))
+	if err == nil || !strings.Contains(err.Error(), "listen in "+path) || strings.Contains(err.Error(), "HOMEPORT_LISTEN") {
+		t.Errorf("empty variable over a bad file value: %v", err)
 	}
 }

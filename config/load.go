@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -120,6 +121,7 @@ func newLoader(fs *pflag.FlagSet, settings, other []setting, program string) (*l
 	}
 	l.fv = viper.New()
 	l.fv.SetConfigFile(l.file)
+	l.fv.SetConfigType(strings.TrimPrefix(strings.ToLower(filepath.Ext(l.file)), "."))
 	if err := l.fv.ReadInConfig(); err != nil {
 		var pe viper.ConfigParseError
 		if errors.As(err, &pe) {
@@ -257,10 +259,13 @@ func (l *loader) where(key string) string {
 	if f := l.flag(key); f != nil {
 		return "flag --" + f.Name
 	}
-	if _, ok := os.LookupEnv(s.env()); ok && s.kind != kFile {
+	// An empty variable counts as unset, so the file's value is the one
+	// read; it is named only when nothing else gave the setting.
+	inFile := l.fv != nil && l.fv.IsSet(key)
+	if v, ok := os.LookupEnv(s.env()); ok && (v != "" || !inFile) && s.kind != kFile {
 		return "environment variable " + s.env()
 	}
-	if l.fv != nil && l.fv.IsSet(key) {
+	if inFile {
 		return key + " in " + l.file
 	}
 	if s.def != "" {
@@ -318,7 +323,7 @@ func (l *loader) scalar(key string) (string, bool) {
 	case string:
 		return v, true
 	case bool, int, int64, uint64, float64:
-		return fmt.Sprint(v), true
+		return numText(v), true
 	}
 	l.fail(key, fmt.Errorf("want a single value, not a list or section"))
 	return "", false
@@ -386,6 +391,15 @@ func (l *loader) ports(key string) PortRanges {
 	return r
 }
 
+// numText writes a value from a file as text. JSON numbers arrive as
+// float64, which fmt would write as 1e+04; whole ones stay digits.
+func numText(v any) string {
+	if f, ok := v.(float64); ok {
+		return strconv.FormatFloat(f, 'f', -1, 64)
+	}
+	return fmt.Sprint(v)
+}
+
 // portsValue reads ports given as text ("3390,8000-8100"), a number, or a
 // list of either.
 func portsValue(v any) (PortRanges, error) {
@@ -393,7 +407,7 @@ func portsValue(v any) (PortRanges, error) {
 	case []any:
 		parts := make([]string, len(v))
 		for i, p := range v {
-			parts[i] = fmt.Sprint(p)
+			parts[i] = numText(p)
 		}
 		return ParsePortRanges(strings.Join(parts, ","))
 	case []string:
@@ -401,7 +415,7 @@ func portsValue(v any) (PortRanges, error) {
 	case string:
 		return ParsePortRanges(v)
 	case int, int64, uint64, float64:
-		return ParsePortRanges(fmt.Sprint(v))
+		return ParsePortRanges(numText(v))
 	}
 	return nil, fmt.Errorf("want ports such as \"3390,8000-8100\", got %T", v)
 }

@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 )
 
 // PortRange is an inclusive range of port numbers.
@@ -142,8 +141,11 @@ func (t Tunnel) String() string {
 	return fmt.Sprintf("%s=%d:%s", t.Name, t.RemotePort, t.Target)
 }
 
-// maxNameLen matches the wire protocol's limit on tunnel names.
-const maxNameLen = 64
+// Limits of the wire protocol (tunnel.MaxNameLen, tunnel.MaxTunnels).
+const (
+	maxNameLen = 64
+	MaxTunnels = 128
+)
 
 func (t Tunnel) validate() error {
 	if t.Name == "" {
@@ -153,8 +155,8 @@ func (t Tunnel) validate() error {
 		return fmt.Errorf("name %q is longer than %d bytes", t.Name, maxNameLen)
 	}
 	for _, r := range t.Name {
-		if !(unicode.IsLetter(r) || unicode.IsDigit(r) || r == '-' || r == '_' || r == '.') {
-			return fmt.Errorf("name %q: use letters, digits, '-', '_' and '.'", t.Name)
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return fmt.Errorf("name %q: use A-Z, a-z, 0-9, '-', '_' and '.'", t.Name)
 		}
 	}
 	if t.Protocol != "tcp" {

@@ -119,8 +119,8 @@ func ensureToken(path string) (secret string, created bool, err error) {
 	b, err := os.ReadFile(path)
 	if err == nil {
 		secret = strings.TrimSpace(string(b))
-		if secret == "" {
-			return "", false, fmt.Errorf("%s: empty token; remove the file to generate a new one", path)
+		if len(secret) < config.MinSecretLen {
+			return "", false, fmt.Errorf("%s: token shorter than %d characters; put a longer one there, or remove the file to generate a new one", path, config.MinSecretLen)
 		}
 		return secret, false, nil
 	}

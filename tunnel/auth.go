@@ -62,6 +62,9 @@ func exportKey(c Conn) ([]byte, error) {
 	if !cs.HandshakeComplete {
 		return nil, errors.New("TLS handshake not complete")
 	}
+	if cs.NegotiatedProtocol != ALPN {
+		return nil, fmt.Errorf("peer does not speak %s (TLS application protocol %q): %w", ALPN, cs.NegotiatedProtocol, ErrVersion)
+	}
 	return cs.ExportKeyingMaterial(ekmLabel, nil, 32)
 }
 

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"fmt"
 	"io"
+	"unicode/utf8"
 )
 
 // Field limits enforced by the decoder.
@@ -11,7 +12,7 @@ const (
 	MaxIDLen      = 128  // agent id, software version
 	MaxAddrLen    = 128  // textual network address
 	MaxMessageLen = 1024 // human-readable reason
-	MaxTunnels    = 256  // tunnels in one Register
+	MaxTunnels    = 128  // tunnels in one Register: 128 of the longest names fit in a frame
 	nonceLen      = 32
 	macLen        = 32
 )
@@ -178,12 +179,36 @@ func (m *Register) decode(d *dec) {
 }
 
 func (m *RegisterResult) encode(e *enc) {
+	// Messages are shortened, evenly, so that the answer to any valid
+	// Register fits in one frame.
+	fixed := 2
+	for _, r := range m.Results {
+		fixed += 2 + len(r.Name) + 1 + 2
+	}
+	per := MaxMessageLen
+	if n := len(m.Results); n > 0 {
+		per = min(per, (MaxFrameSize-fixed)/n)
+	}
 	e.u16(uint16(len(m.Results)))
 	for _, r := range m.Results {
 		e.str(r.Name)
 		e.u8(byte(r.Code))
-		e.str(r.Message)
+		e.str(clip(r.Message, per))
 	}
+}
+
+// clip shortens s to at most n bytes without splitting a UTF-8 sequence.
+func clip(s string, n int) string {
+	if n <= 0 {
+		return ""
+	}
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 func (m *RegisterResult) decode(d *dec) {
@@ -202,19 +227,23 @@ func (m *RegisterResult) decode(d *dec) {
 	}
 }
 
-func (m *GoAway) encode(e *enc) { e.u8(byte(m.Code)); e.str(m.Message) }
+func (m *GoAway) encode(e *enc) { e.u8(byte(m.Code)); e.str(clip(m.Message, MaxMessageLen)) }
 func (m *GoAway) decode(d *dec) { m.Code = Code(d.u8()); m.Message = d.str(MaxMessageLen) }
 
 func (m *Open) encode(e *enc) { e.str(m.Tunnel); e.str(m.Visitor) }
 func (m *Open) decode(d *dec) { m.Tunnel = d.str(MaxNameLen); m.Visitor = d.str(MaxAddrLen) }
 
-func (m *OpenResult) encode(e *enc) { e.u8(byte(m.Code)); e.str(m.Message) }
+func (m *OpenResult) encode(e *enc) { e.u8(byte(m.Code)); e.str(clip(m.Message, MaxMessageLen)) }
 func (m *OpenResult) decode(d *dec) { m.Code = Code(d.u8()); m.Message = d.str(MaxMessageLen) }
 
 func (m *Welcome) encode(e *enc) { e.str(m.ObservedAddr) }
 func (m *Welcome) decode(d *dec) { m.ObservedAddr = d.str(MaxAddrLen) }
 
-func (m *Reject) encode(e *enc) { e.u8(byte(m.Code)); e.str(m.Message) }
+// A Reject is read before authentication, under MaxAuthFrameSize.
+func (m *Reject) encode(e *enc) {
+	e.u8(byte(m.Code))
+	e.str(clip(m.Message, MaxAuthFrameSize-1-2))
+}
 func (m *Reject) decode(d *dec) { m.Code = Code(d.u8()); m.Message = d.str(MaxMessageLen) }
 
 func (m *challenge) encode(e *enc) { e.u8(m.Version); e.bytes(m.Nonce[:]) }

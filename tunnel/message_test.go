@@ -3,10 +3,12 @@ package tunnel
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"reflect"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // sampleMessages is one valid value of every message type; it seeds the
@@ -115,9 +117,9 @@ func TestReadIntoWrongType(t *testing.T) {
 }
 
 func TestWriteMessageTooLarge(t *testing.T) {
-	m := &RegisterResult{}
-	for range 40 {
-		m.Results = append(m.Results, TunnelResult{Name: "n", Message: strings.Repeat("m", 1000)})
+	m := &Register{}
+	for i := range MaxTunnels * 2 {
+		m.Tunnels = append(m.Tunnels, TunnelRequest{Name: fmt.Sprintf("%064d", i), Protocol: ProtoTCP, RemotePort: 1})
 	}
 	if err := WriteMessage(io.Discard, m); !errors.Is(err, ErrFrameTooLarge) {
 		t.Fatalf("got %v, want ErrFrameTooLarge", err)
@@ -153,4 +155,33 @@ func FuzzReadMessage(f *testing.F) {
 			t.Fatalf("re-encode changed the message: %#v vs %#v", m, m2)
 		}
 	})
+}
+
+// TestRegisterResultFits: the answer to the largest valid Register, with
+// long reasons, still fits in one frame and decodes.
+func TestRegisterResultFits(t *testing.T) {
+	res := &RegisterResult{}
+	for i := range MaxTunnels {
+		name := fmt.Sprintf("%064d", i)
+		res.Results = append(res.Results, TunnelResult{Name: name, Code: CodePortInUse, Message: strings.Repeat("é", MaxMessageLen)})
+	}
+	var buf bytes.Buffer
+	if err := WriteMessage(&buf, res); err != nil {
+		t.Fatal(err)
+	}
+	var got RegisterResult
+	if err := ReadInto(&buf, MaxFrameSize, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Results) != MaxTunnels || got.Results[0].Message == "" || !utf8.ValidString(got.Results[0].Message) {
+		t.Fatalf("decoded %d results, first message %q", len(got.Results), got.Results[0].Message)
+	}
+	// A Reject must fit the agent's pre-authentication limit.
+	buf.Reset()
+	if err := WriteMessage(&buf, &Reject{Code: CodeAuthFailed, Message: strings.Repeat("x", MaxMessageLen)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadMessage(&buf, MaxAuthFrameSize); err != nil {
+		t.Fatal(err)
+	}
 }
