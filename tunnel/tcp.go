@@ -88,19 +88,7 @@ func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
 }
 
 func yamuxConfig(cfg SessionConfig) *yamux.Config {
-	def := DefaultSessionConfig()
-	if cfg.KeepAlive <= 0 {
-		cfg.KeepAlive = def.KeepAlive
-	}
-	if cfg.KeepAliveTimeout <= 0 {
-		cfg.KeepAliveTimeout = def.KeepAliveTimeout
-	}
-	if cfg.StreamWindow < 256<<10 {
-		cfg.StreamWindow = def.StreamWindow
-	}
-	if cfg.AcceptBacklog <= 0 {
-		cfg.AcceptBacklog = def.AcceptBacklog
-	}
+	cfg = normalizeSessionConfig(cfg)
 	return &yamux.Config{
 		AcceptBacklog:          cfg.AcceptBacklog,
 		EnableKeepAlive:        true,

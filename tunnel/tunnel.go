@@ -104,6 +104,24 @@ func DefaultSessionConfig() SessionConfig {
 	}
 }
 
+// normalizeSessionConfig replaces unset or unusable values with defaults.
+func normalizeSessionConfig(cfg SessionConfig) SessionConfig {
+	def := DefaultSessionConfig()
+	if cfg.KeepAlive <= 0 {
+		cfg.KeepAlive = def.KeepAlive
+	}
+	if cfg.KeepAliveTimeout <= 0 {
+		cfg.KeepAliveTimeout = def.KeepAliveTimeout
+	}
+	if cfg.StreamWindow < 256<<10 {
+		cfg.StreamWindow = def.StreamWindow
+	}
+	if cfg.AcceptBacklog <= 0 {
+		cfg.AcceptBacklog = def.AcceptBacklog
+	}
+	return cfg
+}
+
 // ALPN is the TLS application protocol of homeport's control links.
 const ALPN = "homeport/1"
 

@@ -1,0 +1,520 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// QUICTransport carries sessions over QUIC (RFC 9000), whose TLS 1.3
+// handshake is the same as over TCP: same certificate, same pinning, same
+// ALPN. Each visitor connection is one QUIC stream.
+//
+// QUIC applies keepalive and idle timeout when a connection is made, not
+// when it becomes a session, so they are part of the transport: Session
+// here wins over the SessionConfig given to Mux.
+type QUICTransport struct {
+	// Session sets keepalive (QUIC's default is none, and NATs forget idle
+	// UDP flows after about 30 s), idle timeout (KeepAlive +
+	// KeepAliveTimeout) and stream windows.
+	Session SessionConfig
+	// HandshakeTimeout bounds the QUIC handshake (10 s when zero).
+	HandshakeTimeout time.Duration
+	// ResetKey, on the relay, is the stateless reset key: an agent whose
+	// connection the relay no longer knows (after a restart) learns so
+	// within a round trip instead of an idle timeout. Keep it across
+	// restarts; nil disables stateless resets.
+	ResetKey *quic.StatelessResetKey
+}
+
+var _ Transport = QUICTransport{}
+
+// Stream limits. The relay opens one stream per visitor, so the agent
+// accepts many; the agent opens only its control stream (and a few for
+// future use), so the relay accepts few.
+const (
+	quicAgentMaxIncomingStreams = 1 << 16
+	quicRelayMaxIncomingStreams = 16
+)
+
+// quicAuthMarker is the first byte on the authentication stream: a QUIC
+// stream is invisible to the peer until data is sent on it, and the relay
+// speaks first.
+const quicAuthMarker = 'h'
+
+// QUIC error codes sent on connections and streams.
+const (
+	quicCodeClosed quic.ApplicationErrorCode = 0
+	quicCodeAbort  quic.StreamErrorCode      = 1
+)
+
+func (t QUICTransport) config(relay bool) *quic.Config {
+	cfg := normalizeSessionConfig(t.Session)
+	hs := t.HandshakeTimeout
+	if hs <= 0 {
+		hs = 10 * time.Second
+	}
+	incoming := int64(quicAgentMaxIncomingStreams)
+	if relay {
+		incoming = quicRelayMaxIncomingStreams
+	}
+	return &quic.Config{
+		HandshakeIdleTimeout:       hs,
+		MaxIdleTimeout:             cfg.KeepAlive + cfg.KeepAliveTimeout,
+		KeepAlivePeriod:            cfg.KeepAlive,
+		MaxStreamReceiveWindow:     uint64(cfg.StreamWindow),
+		MaxConnectionReceiveWindow: max(4*uint64(cfg.StreamWindow), 16<<20),
+		MaxIncomingStreams:         incoming,
+		MaxIncomingUniStreams:      -1,
+		EnableDatagrams:            true,
+	}
+}
+
+// Dial prepares a QUIC link to a relay: it resolves the address and opens
+// a UDP socket. The QUIC and TLS handshakes run in Handshake.
+func (t QUICTransport) Dial(ctx context.Context, addr string, conf *tls.Config) (Conn, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, err
+	}
+	pn, err := net.DefaultResolver.LookupPort(ctx, "udp", port)
+	if err != nil {
+		return nil, err
+	}
+	ip := ips[0]
+	for _, a := range ips {
+		if a.Is4() || a.Is4In6() {
+			ip = a
+			break
+		}
+	}
+	raddr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip.Unmap(), uint16(pn)))
+	network := "udp6"
+	if raddr.IP.To4() != nil {
+		network = "udp4"
+	}
+	udp, err := net.ListenUDP(network, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &quicLink{
+		client:  true,
+		tr:      newQUICSocket(udp, nil),
+		raddr:   raddr,
+		tlsConf: conf,
+		qconf:   t.config(false),
+	}, nil
+}
+
+// Listen accepts agents on a UDP address. quic-go runs the handshakes in
+// its own goroutines; Accept returns links whose QUIC handshake is done.
+func (t QUICTransport) Listen(addr string, conf *tls.Config) (Listener, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	udp, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return nil, err
+	}
+	sock := newQUICSocket(udp, t.ResetKey)
+	ln, err := sock.tr.Listen(conf, t.config(true))
+	if err != nil {
+		sock.release()
+		return nil, err
+	}
+	return &quicListener{ln: ln, sock: sock}, nil
+}
+
+// quicSocket is a UDP socket with its quic.Transport, shared by a listener
+// and the connections it accepted. Closing the transport would end every
+// connection, so the socket closes when its last user is done: a relay
+// that stops accepting agents can still drain the sessions it has.
+type quicSocket struct {
+	udp  *net.UDPConn
+	tr   *quic.Transport
+	mu   sync.Mutex
+	refs int
+}
+
+func newQUICSocket(udp *net.UDPConn, key *quic.StatelessResetKey) *quicSocket {
+	return &quicSocket{udp: udp, tr: &quic.Transport{Conn: udp, StatelessResetKey: key}, refs: 1}
+}
+
+func (s *quicSocket) acquire() {
+	s.mu.Lock()
+	s.refs++
+	s.mu.Unlock()
+}
+
+func (s *quicSocket) release() {
+	s.mu.Lock()
+	s.refs--
+	last := s.refs == 0
+	s.mu.Unlock()
+	if last {
+		s.tr.Close()
+		s.udp.Close()
+	}
+}
+
+type quicListener struct {
+	ln     *quic.Listener
+	sock   *quicSocket
+	closed sync.Once
+}
+
+func (l *quicListener) Accept(ctx context.Context) (Conn, error) {
+	c, err := l.ln.Accept(ctx)
+	if err != nil {
+		if errors.Is(err, quic.ErrServerClosed) {
+			return nil, fmt.Errorf("%w: %w", net.ErrClosed, err)
+		}
+		return nil, err
+	}
+	l.sock.acquire()
+	return &quicLink{conn: c, sock: l.sock}, nil
+}
+
+func (l *quicListener) Addr() net.Addr { return l.ln.Addr() }
+
+func (l *quicListener) Close() error {
+	var err error
+	l.closed.Do(func() {
+		err = l.ln.Close()
+		l.sock.release()
+	})
+	return err
+}
+
+// quicLink is a QUIC connection before it becomes a session. Its
+// handshake channel is the first bidirectional stream, opened by the agent.
+type quicLink struct {
+	client  bool
+	raddr   *net.UDPAddr // client: where to dial
+	tlsConf *tls.Config
+	qconf   *quic.Config
+
+	// sock is the UDP socket: the client's own, or the listener's.
+	sock *quicSocket
+	tr   *quicSocket // client only, until Handshake hands it to sock
+
+	mu       sync.Mutex
+	conn     *quic.Conn
+	auth     *quic.Stream
+	deadline time.Time
+	closed   bool
+}
+
+var _ Conn = (*quicLink)(nil)
+
+func (l *quicLink) Handshake(ctx context.Context) error {
+	l.mu.Lock()
+	dl := l.deadline
+	l.mu.Unlock()
+	if !dl.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, dl)
+		defer cancel()
+	}
+	if l.client {
+		return l.clientHandshake(ctx)
+	}
+	return l.serverHandshake(ctx)
+}
+
+func (l *quicLink) clientHandshake(ctx context.Context) error {
+	l.mu.Lock()
+	sock := l.tr
+	l.tr, l.sock = nil, sock
+	closed := l.closed
+	l.mu.Unlock()
+	if closed || sock == nil {
+		return net.ErrClosed
+	}
+	c, err := sock.tr.Dial(ctx, l.raddr, l.tlsConf, l.qconf)
+	if err != nil {
+		return err
+	}
+	if !l.setConn(c) {
+		return net.ErrClosed
+	}
+	st, err := c.OpenStreamSync(ctx)
+	if err != nil {
+		return err
+	}
+	l.setAuth(st)
+	if _, err := st.Write([]byte{quicAuthMarker}); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (l *quicLink) serverHandshake(ctx context.Context) error {
+	st, err := l.conn.AcceptStream(ctx)
+	if err != nil {
+		return err
+	}
+	l.setAuth(st)
+	var b [1]byte
+	if _, err := st.Read(b[:]); err != nil {
+		return err
+	}
+	if b[0] != quicAuthMarker {
+		return fmt.Errorf("%w: bad first byte %#x on the authentication stream", ErrMalformed, b[0])
+	}
+	return nil
+}
+
+func (l *quicLink) setConn(c *quic.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		c.CloseWithError(quicCodeClosed, "")
+		return false
+	}
+	l.conn = c
+	return true
+}
+
+func (l *quicLink) setAuth(st *quic.Stream) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.auth = st
+	if !l.deadline.IsZero() {
+		_ = st.SetDeadline(l.deadline)
+	}
+}
+
+func (l *quicLink) stream() (*quic.Stream, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.auth == nil {
+		return nil, errors.New("QUIC link: handshake not done")
+	}
+	return l.auth, nil
+}
+
+func (l *quicLink) Read(p []byte) (int, error) {
+	st, err := l.stream()
+	if err != nil {
+		return 0, err
+	}
+	return st.Read(p)
+}
+
+func (l *quicLink) Write(p []byte) (int, error) {
+	st, err := l.stream()
+	if err != nil {
+		return 0, err
+	}
+	return st.Write(p)
+}
+
+func (l *quicLink) ConnectionState() tls.ConnectionState {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn == nil {
+		return tls.ConnectionState{}
+	}
+	return l.conn.ConnectionState().TLS
+}
+
+func (l *quicLink) SetDeadline(t time.Time) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.deadline = t
+	if l.auth != nil {
+		return l.auth.SetDeadline(t)
+	}
+	return nil
+}
+
+func (l *quicLink) LocalAddr() net.Addr {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.conn != nil:
+		return l.conn.LocalAddr()
+	case l.tr != nil:
+		return l.tr.udp.LocalAddr()
+	}
+	return l.sock.udp.LocalAddr()
+}
+
+func (l *quicLink) RemoteAddr() net.Addr {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn != nil {
+		return l.conn.RemoteAddr()
+	}
+	return l.raddr
+}
+
+func (l *quicLink) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	c, sock, tr := l.conn, l.sock, l.tr
+	l.mu.Unlock()
+	if c != nil {
+		c.CloseWithError(quicCodeClosed, "")
+	}
+	if sock != nil {
+		sock.release()
+	}
+	if tr != nil {
+		tr.release()
+	}
+	return nil
+}
+
+// Mux ends the authentication stream and returns the connection as a
+// Session. cfg is not used: the transport's Session applied at connect.
+func (l *quicLink) Mux(SessionConfig) (Session, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || l.conn == nil || l.auth == nil {
+		return nil, errors.New("QUIC link: Mux before a complete handshake")
+	}
+	// Everything written so far (the last authentication message) is
+	// still delivered; nothing more is read.
+	l.auth.CancelRead(quicCodeAbort)
+	_ = l.auth.Close()
+	l.closed = true // the session owns conn and socket now
+	return &quicSession{conn: l.conn, sock: l.sock}, nil
+}
+
+type quicSession struct {
+	conn    *quic.Conn
+	sock    *quicSocket
+	streams atomic.Int64
+	once    sync.Once
+}
+
+var _ Session = (*quicSession)(nil)
+
+func (s *quicSession) wrap(st *quic.Stream) Stream {
+	s.streams.Add(1)
+	return &quicStream{st: st, local: s.conn.LocalAddr(), remote: s.conn.RemoteAddr(), done: func() { s.streams.Add(-1) }}
+}
+
+func (s *quicSession) mapErr(err error) error {
+	if s.conn.Context().Err() != nil {
+		return fmt.Errorf("%w: %w", ErrSessionClosed, err)
+	}
+	return err
+}
+
+func (s *quicSession) OpenStream(ctx context.Context) (Stream, error) {
+	st, err := s.conn.OpenStreamSync(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, s.mapErr(err)
+	}
+	return s.wrap(st), nil
+}
+
+func (s *quicSession) AcceptStream(ctx context.Context) (Stream, error) {
+	st, err := s.conn.AcceptStream(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, s.mapErr(err)
+	}
+	return s.wrap(st), nil
+}
+
+func (s *quicSession) Done() <-chan struct{} { return s.conn.Context().Done() }
+func (s *quicSession) NumStreams() int       { return int(s.streams.Load()) }
+func (s *quicSession) LocalAddr() net.Addr   { return s.conn.LocalAddr() }
+func (s *quicSession) RemoteAddr() net.Addr  { return s.conn.RemoteAddr() }
+
+func (s *quicSession) Close() error {
+	s.once.Do(func() {
+		s.conn.CloseWithError(quicCodeClosed, "")
+		s.sock.release()
+	})
+	return nil
+}
+
+// quicStream adapts a QUIC stream to Stream. QUIC's Close is a half-close
+// (FIN), which is our CloseWrite. Our Close ends both directions: reading
+// stops at once (STOP_SENDING to the peer), and the write side ends with a
+// FIN after the data already written, or with a reset when a Write is
+// still in progress, since that can only be an abort (quic-go forbids
+// closing a stream concurrently with a Write).
+type quicStream struct {
+	st            *quic.Stream
+	local, remote net.Addr
+	done          func()
+
+	wmu     sync.Mutex // held by Write and CloseWrite
+	finSent bool       // under wmu
+	closed  atomic.Bool
+}
+
+var _ Stream = (*quicStream)(nil)
+
+func (s *quicStream) Read(p []byte) (int, error) { return s.st.Read(p) }
+
+func (s *quicStream) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.closed.Load() || s.finSent {
+		return 0, net.ErrClosed
+	}
+	return s.st.Write(p)
+}
+
+func (s *quicStream) CloseWrite() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.closed.Load() || s.finSent {
+		return nil
+	}
+	s.finSent = true
+	return s.st.Close()
+}
+
+func (s *quicStream) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	defer s.done()
+	s.st.CancelRead(quicCodeAbort)
+	if !s.wmu.TryLock() {
+		s.st.CancelWrite(quicCodeAbort)
+		return nil
+	}
+	defer s.wmu.Unlock()
+	if s.finSent {
+		return nil
+	}
+	s.finSent = true
+	return s.st.Close()
+}
+
+func (s *quicStream) LocalAddr() net.Addr                { return s.local }
+func (s *quicStream) RemoteAddr() net.Addr               { return s.remote }
+func (s *quicStream) SetDeadline(t time.Time) error      { return s.st.SetDeadline(t) }
+func (s *quicStream) SetReadDeadline(t time.Time) error  { return s.st.SetReadDeadline(t) }
+func (s *quicStream) SetWriteDeadline(t time.Time) error { return s.st.SetWriteDeadline(t) }
