@@ -13,6 +13,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/homeport/homeport/config"
@@ -25,7 +27,9 @@ const Software = "homeport-agent"
 // Agent keeps a session to the relay and serves its tunnels.
 type Agent struct {
 	cfg      config.Agent
-	tr       tunnel.Transport
+	tcp      tunnel.Transport
+	quic     tunnel.Transport
+	policy   quicPolicy // transport: auto
 	tls      *tls.Config
 	log      *slog.Logger
 	tunnels  map[string]config.Tunnel
@@ -38,6 +42,7 @@ type Agent struct {
 
 // SessionInfo describes an established session.
 type SessionInfo struct {
+	Transport    string // config.TransportTCP or config.TransportQUIC
 	ObservedAddr string // this agent's address as the relay sees it
 	Results      []tunnel.TunnelResult
 }
@@ -58,10 +63,9 @@ const (
 )
 
 // New checks cfg and returns an agent. version is reported to the relay.
-func New(cfg config.Agent, tr tunnel.Transport, version string, log *slog.Logger) (*Agent, error) {
+func New(cfg config.Agent, version string, log *slog.Logger) (*Agent, error) {
 	a := &Agent{
 		cfg:      cfg,
-		tr:       tr,
 		log:      log,
 		tunnels:  make(map[string]config.Tunnel, len(cfg.Tunnels)),
 		software: Software + "/" + version,
@@ -115,6 +119,14 @@ func New(cfg config.Agent, tr tunnel.Transport, version string, log *slog.Logger
 	if a.cfg.ReconnectMax <= 0 {
 		a.cfg.ReconnectMax = 30 * time.Second
 	}
+	switch a.cfg.Transport {
+	case "":
+		a.cfg.Transport = config.TransportAuto
+	case config.TransportAuto, config.TransportTCP, config.TransportQUIC:
+	default:
+		return nil, fmt.Errorf("agent: transport %q: want auto, tcp or quic", a.cfg.Transport)
+	}
+	a.tcp, a.quic = a.transports()
 	return a, nil
 }
 
@@ -142,6 +154,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		var f *failure
 		errors.As(err, &f)
 		switch {
+		case errors.Is(err, errUpgrade):
+			attempt, delay = 0, 0
 		case f != nil && f.stage == stageUp:
 			everUp = true
 			dialFail = 0
@@ -212,26 +226,25 @@ func (f *failure) Unwrap() error { return f.err }
 
 // session makes one connection to the relay and serves it until it ends.
 func (a *Agent) session(ctx context.Context) error {
+	auto := a.cfg.Transport == config.TransportAuto
+	name := config.TransportTCP
+	if a.cfg.Transport == config.TransportQUIC || auto && a.policy.usable(time.Now()) {
+		name = config.TransportQUIC
+	}
 	dctx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
 	defer cancel()
-	c, err := a.tr.Dial(dctx, a.cfg.Relay, a.tls)
-	if err != nil {
-		return &failure{stage: stageDial, err: fmt.Errorf("dial relay %s: %w", a.cfg.Relay, err)}
+	c, f := a.connect(dctx, name)
+	if f != nil && auto && name == config.TransportQUIC && !f.definitive && ctx.Err() == nil {
+		pause := a.policy.failed(time.Now())
+		a.log.Warn("QUIC to the relay failed; using TCP", "relay", a.cfg.Relay, "err", f.err, "retry_quic_in", pause.Round(time.Second))
+		name = config.TransportTCP
+		c, f = a.connect(dctx, name)
 	}
-	deadline, _ := dctx.Deadline()
-	_ = c.SetDeadline(deadline)
-	if err := c.Handshake(dctx); err != nil {
-		c.Close()
-		if errors.Is(err, tunnel.ErrFingerprintMismatch) {
-			return &failure{stage: stageSetup, definitive: true, err: fmt.Errorf(
-				"relay %s: %w. If the relay's key was regenerated, copy the new fingerprint from the relay's start-up output; otherwise something is intercepting the connection", a.cfg.Relay, err)}
-		}
-		var ue x509.UnknownAuthorityError
-		var he x509.HostnameError
-		if errors.As(err, &ue) || errors.As(err, &he) {
-			return &failure{stage: stageSetup, definitive: true, err: fmt.Errorf("relay %s: certificate not trusted: %w", a.cfg.Relay, err)}
-		}
-		return &failure{stage: stageSetup, err: fmt.Errorf("relay %s: TLS handshake: %w", a.cfg.Relay, err)}
+	if f != nil {
+		return f
+	}
+	if name == config.TransportQUIC && auto {
+		a.policy.worked()
 	}
 	welcome, err := tunnel.Authenticate(c, []byte(a.cfg.Token), a.cfg.ID, a.software)
 	if err != nil {
@@ -273,7 +286,7 @@ func (a *Agent) session(ctx context.Context) error {
 	}
 	_ = c.SetDeadline(time.Time{})
 
-	a.log.Info("connected to relay", "relay", a.cfg.Relay, "remote", sess.RemoteAddr().String(), "public_addr", welcome.ObservedAddr)
+	a.log.Info("connected to relay", "relay", a.cfg.Relay, "transport", name, "remote", sess.RemoteAddr().String(), "public_addr", welcome.ObservedAddr)
 	relayHost, _, _ := net.SplitHostPort(a.cfg.Relay)
 	for _, r := range res.Results {
 		t := a.tunnels[r.Name]
@@ -284,7 +297,66 @@ func (a *Agent) session(ctx context.Context) error {
 		}
 	}
 	if a.OnSession != nil {
-		a.OnSession(SessionInfo{ObservedAddr: welcome.ObservedAddr, Results: res.Results})
+		a.OnSession(SessionInfo{Transport: name, ObservedAddr: welcome.ObservedAddr, Results: res.Results})
 	}
-	return a.serve(ctx, sess, ctrl)
+	start := time.Now()
+	var watched sync.WaitGroup
+	var upgraded atomic.Bool
+	if auto && name == config.TransportTCP {
+		watched.Add(1)
+		go func() {
+			defer watched.Done()
+			a.watchQUIC(ctx, sess, func() {
+				upgraded.Store(true)
+				sess.Close()
+			})
+		}()
+	}
+	err = a.serve(ctx, sess, ctrl)
+	sess.Close()
+	watched.Wait()
+	if upgraded.Load() && ctx.Err() == nil {
+		return &failure{stage: stageUp, err: errUpgrade}
+	}
+	if auto && name == config.TransportQUIC && ctx.Err() == nil {
+		if failed, pause := a.policy.ended(time.Since(start), time.Now()); failed {
+			a.log.Warn("QUIC sessions keep ending within a minute; using TCP", "retry_quic_in", pause.Round(time.Second))
+		}
+	}
+	return err
+}
+
+// connect dials the relay over the named transport and runs the TLS
+// handshake, which verifies the relay.
+func (a *Agent) connect(ctx context.Context, name string) (tunnel.Conn, *failure) {
+	tr := a.tcp
+	if name == config.TransportQUIC {
+		tr = a.quic
+	}
+	c, err := tr.Dial(ctx, a.cfg.Relay, a.tls)
+	if err != nil {
+		return nil, &failure{stage: stageDial, err: fmt.Errorf("dial relay %s (%s): %w", a.cfg.Relay, name, err)}
+	}
+	deadline, _ := ctx.Deadline()
+	_ = c.SetDeadline(deadline)
+	if err := c.Handshake(ctx); err != nil {
+		c.Close()
+		if errors.Is(err, tunnel.ErrFingerprintMismatch) {
+			return nil, &failure{stage: stageSetup, definitive: true, err: fmt.Errorf(
+				"relay %s: %w. If the relay's key was regenerated, copy the new fingerprint from the relay's start-up output; otherwise something is intercepting the connection", a.cfg.Relay, err)}
+		}
+		var ue x509.UnknownAuthorityError
+		var he x509.HostnameError
+		if errors.As(err, &ue) || errors.As(err, &he) {
+			return nil, &failure{stage: stageSetup, definitive: true, err: fmt.Errorf("relay %s: certificate not trusted: %w", a.cfg.Relay, err)}
+		}
+		// Over QUIC, no answer at all is what an unreachable relay
+		// looks like (UDP has no connection refused to report).
+		var ne net.Error
+		if name == config.TransportQUIC && (errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()) {
+			return nil, &failure{stage: stageDial, err: fmt.Errorf("relay %s (quic): no answer: %w", a.cfg.Relay, err)}
+		}
+		return nil, &failure{stage: stageSetup, err: fmt.Errorf("relay %s (%s): TLS handshake: %w", a.cfg.Relay, name, err)}
+	}
+	return c, nil
 }

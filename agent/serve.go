@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/homeport/homeport/tunnel"
@@ -33,6 +34,10 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 	// The control stream carries the relay's later words: GoAway, and
 	// answers to registrations. Its reader ends with the session.
 	goaway := make(chan *tunnel.GoAway, 1)
+	// leaving is set once the relay announced the session's end; streams
+	// that end with a session that ended otherwise were cut.
+	var leaving atomic.Bool
+	lost := func() bool { return isDone(sess.Done()) && !leaving.Load() }
 	ctrlDone := make(chan struct{})
 	go func() {
 		defer close(ctrlDone)
@@ -50,6 +55,7 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 			}
 			switch m := m.(type) {
 			case *tunnel.GoAway:
+				leaving.Store(true)
 				select {
 				case goaway <- m:
 				default:
@@ -88,7 +94,7 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 			mu.Unlock()
 			go func() {
 				defer streams.Done()
-				a.handleStream(spliceCx, st)
+				a.handleStream(spliceCx, tunnel.CutAware(st, lost))
 			}()
 		}
 	}()

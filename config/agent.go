@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -13,6 +14,7 @@ import (
 func agentSettings() []setting {
 	s := []setting{
 		{key: "relay", flag: "relay", short: "r", kind: kString, usage: "relay's agent address, HOST:PORT"},
+		{key: "transport", flag: "transport", kind: kString, def: "auto", usage: "how to reach the relay: quic, tcp (TLS over TCP), or auto (QUIC, falling back to TCP when UDP is blocked)"},
 		{key: "token", flag: "token", short: "t", kind: kString, usage: "token the relay printed"},
 		{key: "fingerprint", flag: "fingerprint", short: "f", kind: kString, usage: "relay key fingerprint the relay printed (sha256:...)"},
 		{key: "ca_file", flag: "ca-file", kind: kString, usage: "verify the relay by this PEM CA instead of a fingerprint"},
@@ -82,6 +84,11 @@ func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
 		l.fail("ca_file", fmt.Errorf("give either fingerprint or ca_file, not both"))
 	case c.ServerName != "" && c.CAFile == "":
 		l.fail("server_name", fmt.Errorf("only used with ca_file; a fingerprint pins the key whatever the name"))
+	}
+	switch c.Transport = strings.ToLower(l.str("transport")); c.Transport {
+	case TransportAuto, TransportTCP, TransportQUIC:
+	default:
+		l.fail("transport", fmt.Errorf("%q: want auto, tcp or quic", c.Transport))
 	}
 	if c.ID == "" {
 		if c.ID, err = os.Hostname(); err != nil || c.ID == "" {

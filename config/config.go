@@ -36,6 +36,9 @@ type Relay struct {
 	ShutdownTimeout time.Duration
 	// AccessLog logs every visitor connection at Info.
 	AccessLog bool
+	// QUIC also accepts agents over QUIC on UDP, same port number as
+	// Listen ("quic", default true).
+	QUIC bool
 	// Log selects level and format of the process log.
 	Log Log
 }
@@ -54,10 +57,20 @@ type Token struct {
 // String hides the secret.
 func (t Token) String() string { return fmt.Sprintf("token %q", t.Name) }
 
+// Agent transports.
+const (
+	TransportAuto = "auto"
+	TransportTCP  = "tcp"
+	TransportQUIC = "quic"
+)
+
 // Agent is the validated configuration of an agent.
 type Agent struct {
 	// Relay is the relay's agent address, host:port.
 	Relay string
+	// Transport is how the agent reaches the relay: TransportAuto (the
+	// default), TransportTCP or TransportQUIC.
+	Transport string
 	// Token is the shared secret.
 	Token string
 	// Fingerprint pins the relay's public key ("sha256:<hex>").

@@ -181,6 +181,7 @@ func TestRelayDefaults(t *testing.T) {
 		HandshakeTimeout: 10 * time.Second,
 		ShutdownTimeout:  10 * time.Second,
 		AccessLog:        true,
+		QUIC:             true,
 		Session:          Session{KeepAlive: 10 * time.Second, KeepAliveTimeout: 10 * time.Second, StreamWindow: 4 << 20},
 		Log:              Log{Level: "info", Format: "text"},
 	}
@@ -350,7 +351,7 @@ func TestAgentLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Agent{
-		Relay: "vps.example.com:7000", Token: "0123456789abcdef", Fingerprint: fp, ID: "home-pc",
+		Relay: "vps.example.com:7000", Transport: TransportAuto, Token: "0123456789abcdef", Fingerprint: fp, ID: "home-pc",
 		Tunnels: []Tunnel{
 			{Name: "rdp", Protocol: "tcp", RemotePort: 3390, Target: "127.0.0.1:3389"},
 			{Name: "tcp-2222", Protocol: "tcp", RemotePort: 2222, Target: "[::1]:22"},
@@ -403,6 +404,7 @@ func TestAgentErrors(t *testing.T) {
 		{name: "nothing", want: []string{"relay: missing", "token: missing", "fingerprint: missing", "tunnels"}},
 		{name: "bad relay", args: []string{"--relay", "vps"}, want: []string{"flag --relay", "HOST:PORT"}},
 		{name: "relay port", args: []string{"--relay", "vps:0"}, want: []string{"flag --relay", "1 to 65535"}},
+		{name: "bad transport", args: []string{"--transport", "udp"}, want: []string{"flag --transport", "want auto, tcp or quic"}},
 		{name: "short token", args: []string{"--token", "abc"}, want: []string{"flag --token", "shorter than 16"}},
 		{name: "bad fingerprint", args: []string{"--fingerprint", "sha256:abcd"}, want: []string{"flag --fingerprint", "64 hex"}},
 		{name: "pin and ca", args: []string{"--ca-file", "ca.pem"}, want: []string{"either fingerprint or ca_file"}},

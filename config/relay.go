@@ -24,6 +24,7 @@ func relaySettings() []setting {
 		{key: "handshake_timeout", flag: "handshake-timeout", kind: kDuration, def: "10s", usage: "time from an agent's connect to authenticated"},
 		{key: "shutdown_timeout", flag: "shutdown-timeout", kind: kDuration, def: "10s", usage: "time open connections may drain on shutdown"},
 		{key: "access_log", flag: "access-log", kind: kBool, def: "true", usage: "log every visitor connection"},
+		{key: "quic", flag: "quic", kind: kBool, def: "true", usage: "also accept agents over QUIC, on the listen port number over UDP"},
 	}
 	return append(append(s, sessionSettings()...), logSettings()...)
 }
@@ -53,6 +54,7 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 		HandshakeTimeout: l.duration("handshake_timeout", time.Second, 5*time.Minute),
 		ShutdownTimeout:  l.duration("shutdown_timeout", 0, time.Hour),
 		AccessLog:        l.bool("access_log"),
+		QUIC:             l.bool("quic"),
 		Session:          l.session(),
 		Log:              l.log(),
 	}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -51,14 +52,35 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// transports are the agent transports every in-process end-to-end test
+// runs over; the relay serves both at once.
+var transports = []string{config.TransportTCP, config.TransportQUIC}
+
+// forEachTransport runs test once per transport, as a subtest.
+func forEachTransport(t *testing.T, test func(t *testing.T, tr string)) {
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) { test(t, tr) })
+	}
+}
+
+// transportFor returns the tunnel.Transport of an agent transport name.
+func transportFor(tr string) tunnel.Transport {
+	if tr == config.TransportQUIC {
+		return tunnel.QUICTransport{}
+	}
+	return tunnel.TCPTransport{}
+}
+
 type relayHandle struct {
-	t      *testing.T
-	cfg    config.Relay
-	id     relay.Identity
-	addr   string
-	logs   *logBuf
-	cancel context.CancelFunc
-	done   chan error
+	t *testing.T
+	// transport is what agentConfig makes agents use.
+	transport string
+	cfg       config.Relay
+	id        relay.Identity
+	addr      string
+	logs      *logBuf
+	cancel    context.CancelFunc
+	done      chan error
 }
 
 func relayConfig(t *testing.T) config.Relay {
@@ -70,9 +92,18 @@ func relayConfig(t *testing.T) config.Relay {
 		Tokens:           []config.Token{{Name: "default", Secret: testToken}},
 		HandshakeTimeout: 5 * time.Second,
 		ShutdownTimeout:  2 * time.Second,
+		QUIC:             true,
 		Session:          config.Session{KeepAlive: 2 * time.Second, KeepAliveTimeout: 2 * time.Second, StreamWindow: 4 << 20},
 		Log:              config.Log{Level: "debug", Format: "text"},
 	}
+}
+
+// startRelayOver is startRelay whose agents (from agentConfig) use tr.
+func startRelayOver(t *testing.T, tr string, mutate func(*config.Relay)) *relayHandle {
+	t.Helper()
+	r := startRelay(t, mutate)
+	r.transport = tr
+	return r
 }
 
 // startRelay runs a relay in this process; mutate adjusts the config.
@@ -93,7 +124,7 @@ func runRelay(t *testing.T, cfg config.Relay, id relay.Identity) *relayHandle {
 	t.Helper()
 	logs := &logBuf{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	srv, err := relay.New(cfg, id, tunnel.TCPTransport{}, log)
+	srv, err := relay.New(cfg, id, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,6 +165,7 @@ type agentHandle struct {
 func agentConfig(r *relayHandle, tunnels ...config.Tunnel) config.Agent {
 	return config.Agent{
 		Relay:            r.addr,
+		Transport:        cmp.Or(r.transport, config.TransportTCP),
 		Token:            testToken,
 		Fingerprint:      r.id.Fingerprint,
 		ID:               "home-pc",
@@ -151,7 +183,7 @@ func startAgent(t *testing.T, cfg config.Agent) *agentHandle {
 	t.Helper()
 	logs := &logBuf{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	a, err := agent.New(cfg, tunnel.TCPTransport{}, "test", log)
+	a, err := agent.New(cfg, "test", log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,14 +21,16 @@ import (
 
 // TestIntegrity64MiB sends 64 MiB through the tunnel to an echo target
 // and back, both directions at once, and compares sha256 sums.
-func TestIntegrity64MiB(t *testing.T) {
+func TestIntegrity64MiB(t *testing.T) { forEachTransport(t, testIntegrity64MiB) }
+
+func testIntegrity64MiB(t *testing.T, tr string) {
 	leak.Check(t)
 	size := int64(64 << 20)
 	if testing.Short() {
 		size = 8 << 20
 	}
 	target := serve(t, echo)
-	r := startRelay(t, nil)
+	r := startRelayOver(t, tr, nil)
 	port := freePort(t)
 	a := startAgent(t, agentConfig(r, tcpTunnel("echo", port, target)))
 	a.waitSession(10 * time.Second)
@@ -56,7 +58,9 @@ func TestIntegrity64MiB(t *testing.T) {
 
 // TestHalfClose: EOF travels through the tunnel in each direction while
 // the other direction keeps working.
-func TestHalfClose(t *testing.T) {
+func TestHalfClose(t *testing.T) { forEachTransport(t, testHalfClose) }
+
+func testHalfClose(t *testing.T, tr string) {
 	leak.Check(t)
 	// Target 1 reads the request to EOF, then answers: the visitor's
 	// half-close must reach it.
@@ -73,7 +77,7 @@ func TestHalfClose(t *testing.T) {
 		req, _ := io.ReadAll(c)
 		c.Write(req) // fails: the write side is closed; the visitor must not get it
 	})
-	r := startRelay(t, nil)
+	r := startRelayOver(t, tr, nil)
 	p1, p2 := freePort(t), freePort(t)
 	a := startAgent(t, agentConfig(r, tcpTunnel("answer", p1, requestThenAnswer), tcpTunnel("banner", p2, bannerThenRead)))
 	a.waitSession(10 * time.Second)
@@ -95,14 +99,16 @@ func TestHalfClose(t *testing.T) {
 }
 
 // TestConcurrentVisitors: 500 visitors at once, each with its own data.
-func TestConcurrentVisitors(t *testing.T) {
+func TestConcurrentVisitors(t *testing.T) { forEachTransport(t, testConcurrentVisitors) }
+
+func testConcurrentVisitors(t *testing.T, tr string) {
 	leak.Check(t)
 	n := 500
 	if testing.Short() {
 		n = 100
 	}
 	target := serve(t, echo)
-	r := startRelay(t, nil)
+	r := startRelayOver(t, tr, nil)
 	port := freePort(t)
 	a := startAgent(t, agentConfig(r, tcpTunnel("echo", port, target)))
 	a.waitSession(10 * time.Second)
@@ -133,11 +139,13 @@ func TestConcurrentVisitors(t *testing.T) {
 
 // TestTargetDown: the visitor is closed promptly and both sides say why;
 // the session and other tunnels are unaffected.
-func TestTargetDown(t *testing.T) {
+func TestTargetDown(t *testing.T) { forEachTransport(t, testTargetDown) }
+
+func testTargetDown(t *testing.T, tr string) {
 	leak.Check(t)
 	target := serve(t, echo)
 	down := publicAddr(freePort(t)) // nothing listens there
-	r := startRelay(t, nil)
+	r := startRelayOver(t, tr, nil)
 	pDown, pUp := freePort(t), freePort(t)
 	a := startAgent(t, agentConfig(r, tcpTunnel("down", pDown, down), tcpTunnel("up", pUp, target)))
 	a.waitSession(10 * time.Second)
@@ -158,15 +166,17 @@ func TestTargetDown(t *testing.T) {
 
 // TestBadCredentials: a wrong token or fingerprint stops the agent at once
 // with an error that says what to fix; the relay keeps serving others.
-func TestBadCredentials(t *testing.T) {
+func TestBadCredentials(t *testing.T) { forEachTransport(t, testBadCredentials) }
+
+func testBadCredentials(t *testing.T, tr string) {
 	leak.Check(t)
 	target := serve(t, echo)
-	r := startRelay(t, nil)
+	r := startRelayOver(t, tr, nil)
 	good := freePort(t)
 	a := startAgent(t, agentConfig(r, tcpTunnel("good", good, target)))
 	a.waitSession(10 * time.Second)
 
-	other := startRelay(t, nil) // a relay with another key
+	other := startRelayOver(t, tr, nil) // a relay with another key
 	tests := []struct {
 		name   string
 		mutate func(*config.Agent)
@@ -201,7 +211,9 @@ func TestBadCredentials(t *testing.T) {
 
 // TestRegistrationRefusals: each bad tunnel gets its own reason; the good
 // tunnel of the same agent works.
-func TestRegistrationRefusals(t *testing.T) {
+func TestRegistrationRefusals(t *testing.T) { forEachTransport(t, testRegistrationRefusals) }
+
+func testRegistrationRefusals(t *testing.T, tr string) {
 	leak.Check(t)
 	target := serve(t, echo)
 	taken, err := net.Listen("tcp", "127.0.0.1:0") // a port another program holds
@@ -211,7 +223,7 @@ func TestRegistrationRefusals(t *testing.T) {
 	defer taken.Close()
 	takenPort := uint16(taken.Addr().(*net.TCPAddr).Port)
 
-	r := startRelay(t, func(c *config.Relay) {
+	r := startRelayOver(t, tr, func(c *config.Relay) {
 		c.Tokens = []config.Token{{Name: "default", Secret: testToken, Ports: config.PortRanges{{Lo: 1024, Hi: 65535}}}}
 		c.AllowPorts = config.PortRanges{{Lo: 1024, Hi: 65535}}
 	})
@@ -245,11 +257,13 @@ func TestRegistrationRefusals(t *testing.T) {
 
 // TestTokenPortLimits: one relay, two people: each token only reaches its
 // own ports.
-func TestTokenPortLimits(t *testing.T) {
+func TestTokenPortLimits(t *testing.T) { forEachTransport(t, testTokenPortLimits) }
+
+func testTokenPortLimits(t *testing.T, tr string) {
 	leak.Check(t)
 	target := serve(t, echo)
 	pA, pB := freePort(t), freePort(t)
-	r := startRelay(t, func(c *config.Relay) {
+	r := startRelayOver(t, tr, func(c *config.Relay) {
 		c.Tokens = []config.Token{
 			{Name: "alice", Secret: "alice-token-0123456789", Ports: config.PortRanges{{Lo: pA, Hi: pA}}},
 			{Name: "bob", Secret: "bob-token-0123456789ab", Ports: config.PortRanges{{Lo: pB, Hi: pB}}},
@@ -270,10 +284,12 @@ func TestTokenPortLimits(t *testing.T) {
 
 // TestRelayRestart: the agent reconnects by itself after the relay comes
 // back on the same address, with the same identity.
-func TestRelayRestart(t *testing.T) {
+func TestRelayRestart(t *testing.T) { forEachTransport(t, testRelayRestart) }
+
+func testRelayRestart(t *testing.T, tr string) {
 	leak.Check(t)
 	target := serve(t, echo)
-	r := startRelay(t, nil)
+	r := startRelayOver(t, tr, nil)
 	port := freePort(t)
 	a := startAgent(t, agentConfig(r, tcpTunnel("echo", port, target)))
 	a.waitSession(10 * time.Second)
@@ -293,10 +309,12 @@ func TestRelayRestart(t *testing.T) {
 
 // TestSessionReplacement: a newer session of the same agent takes the
 // ports over at once; the old one is told why.
-func TestSessionReplacement(t *testing.T) {
+func TestSessionReplacement(t *testing.T) { forEachTransport(t, testSessionReplacement) }
+
+func testSessionReplacement(t *testing.T, tr string) {
 	leak.Check(t)
 	target := serve(t, echo)
-	r := startRelay(t, nil)
+	r := startRelayOver(t, tr, nil)
 	port := freePort(t)
 	cfg := agentConfig(r, tcpTunnel("echo", port, target))
 	old := startAgent(t, cfg)
@@ -320,10 +338,12 @@ func TestSessionReplacement(t *testing.T) {
 
 // TestSessionEndFreesPorts: when the agent goes away the relay closes its
 // public ports at once.
-func TestSessionEndFreesPorts(t *testing.T) {
+func TestSessionEndFreesPorts(t *testing.T) { forEachTransport(t, testSessionEndFreesPorts) }
+
+func testSessionEndFreesPorts(t *testing.T, tr string) {
 	leak.Check(t)
 	target := serve(t, echo)
-	r := startRelay(t, nil)
+	r := startRelayOver(t, tr, nil)
 	port := freePort(t)
 	a := startAgent(t, agentConfig(r, tcpTunnel("echo", port, target)))
 	a.waitSession(10 * time.Second)
@@ -341,10 +361,12 @@ func TestSessionEndFreesPorts(t *testing.T) {
 
 // TestSilentPeer: a peer that connects to the agent port and never speaks
 // is dropped at the handshake deadline; a real agent is served meanwhile.
-func TestSilentPeer(t *testing.T) {
+func TestSilentPeer(t *testing.T) { forEachTransport(t, testSilentPeer) }
+
+func testSilentPeer(t *testing.T, tr string) {
 	leak.Check(t)
 	target := serve(t, echo)
-	r := startRelay(t, func(c *config.Relay) { c.HandshakeTimeout = 500 * time.Millisecond })
+	r := startRelayOver(t, tr, func(c *config.Relay) { c.HandshakeTimeout = 500 * time.Millisecond })
 	var silent []net.Conn
 	for range 20 {
 		c, err := net.Dial("tcp", r.addr)
@@ -372,10 +394,12 @@ func TestSilentPeer(t *testing.T) {
 
 // TestGarbageAfterAuth: an authenticated peer that sends garbage on the
 // control stream loses its own session only.
-func TestGarbageAfterAuth(t *testing.T) {
+func TestGarbageAfterAuth(t *testing.T) { forEachTransport(t, testGarbageAfterAuth) }
+
+func testGarbageAfterAuth(t *testing.T, tr string) {
 	leak.Check(t)
 	target := serve(t, echo)
-	r := startRelay(t, nil)
+	r := startRelayOver(t, tr, nil)
 	port := freePort(t)
 	a := startAgent(t, agentConfig(r, tcpTunnel("echo", port, target)))
 	a.waitSession(10 * time.Second)
@@ -391,7 +415,7 @@ func TestGarbageAfterAuth(t *testing.T) {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		c, err := tunnel.TCPTransport{}.Dial(ctx, r.addr, conf)
+		c, err := transportFor(tr).Dial(ctx, r.addr, conf)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -415,6 +439,7 @@ func TestGarbageAfterAuth(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatalf("relay kept a session that sent %q", junk)
 		}
+		sess.Close()
 		cancel()
 	}
 	expectEcho(t, publicAddr(port))
@@ -422,10 +447,12 @@ func TestGarbageAfterAuth(t *testing.T) {
 
 // TestGracefulShutdown: on shutdown the relay stops accepting, lets an
 // open connection finish within the drain time, then stops.
-func TestGracefulShutdown(t *testing.T) {
+func TestGracefulShutdown(t *testing.T) { forEachTransport(t, testGracefulShutdown) }
+
+func testGracefulShutdown(t *testing.T, tr string) {
 	leak.Check(t)
 	target := serve(t, echo)
-	r := startRelay(t, func(c *config.Relay) { c.ShutdownTimeout = 5 * time.Second })
+	r := startRelayOver(t, tr, func(c *config.Relay) { c.ShutdownTimeout = 5 * time.Second })
 	port := freePort(t)
 	a := startAgent(t, agentConfig(r, tcpTunnel("echo", port, target)))
 	a.waitSession(10 * time.Second)
@@ -453,10 +480,12 @@ func TestGracefulShutdown(t *testing.T) {
 
 // TestAgentGracefulShutdown: a stopping agent has the relay close its
 // ports at once, lets open connections finish, and then exits.
-func TestAgentGracefulShutdown(t *testing.T) {
+func TestAgentGracefulShutdown(t *testing.T) { forEachTransport(t, testAgentGracefulShutdown) }
+
+func testAgentGracefulShutdown(t *testing.T, tr string) {
 	leak.Check(t)
 	target := serve(t, echo)
-	r := startRelay(t, nil)
+	r := startRelayOver(t, tr, nil)
 	port := freePort(t)
 	a := startAgent(t, agentConfig(r, tcpTunnel("echo", port, target)))
 	a.waitSession(10 * time.Second)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -21,10 +22,11 @@ type Server struct {
 	cfg     config.Relay
 	id      Identity
 	secrets [][]byte
-	tr      tunnel.Transport
 	log     *slog.Logger
 
-	ln tunnel.Listener
+	// lns are the agent port's listeners: TCP, and QUIC on the same port
+	// number over UDP.
+	lns []tunnel.Listener
 
 	mu       sync.Mutex
 	sessions map[sessionKey]*agentSession
@@ -45,14 +47,13 @@ type sessionKey struct {
 }
 
 // New returns a relay for cfg and the identity from LoadIdentity.
-func New(cfg config.Relay, id Identity, tr tunnel.Transport, log *slog.Logger) (*Server, error) {
+func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
 	if len(id.Tokens) == 0 {
 		return nil, errors.New("relay: no token: refusing to start without one")
 	}
 	s := &Server{
 		cfg:      cfg,
 		id:       id,
-		tr:       tr,
 		log:      log,
 		sessions: make(map[sessionKey]*agentSession),
 		ports:    make(map[uint16]*publicTunnel),
@@ -70,15 +71,47 @@ func New(cfg config.Relay, id Identity, tr tunnel.Transport, log *slog.Logger) (
 	return s, nil
 }
 
-// Listen opens the agent port. It is separate from Serve so that the caller
-// knows the address (and any error) before serving.
+// Listen opens the agent port: TCP, and with QUIC on, UDP with the same
+// port number (when listen asks for any free port, one free for both). It
+// is separate from Serve so that the caller knows the address (and any
+// error) before serving. The address returned is the TCP one.
 func (s *Server) Listen() (net.Addr, error) {
-	ln, err := s.tr.Listen(s.cfg.Listen, tunnel.ServerTLSConfig(s.id.Cert))
+	conf := tunnel.ServerTLSConfig(s.id.Cert)
+	var quicTr tunnel.QUICTransport
+	if s.cfg.QUIC {
+		key, err := tunnel.StatelessResetKey(s.id.Cert)
+		if err != nil {
+			return nil, err
+		}
+		quicTr = tunnel.QUICTransport{Session: s.sessionConfig(), HandshakeTimeout: s.cfg.HandshakeTimeout, ResetKey: key,
+			OnSmallBuffers: func(rcv, snd int) {
+				s.log.Warn("UDP buffers are small for QUIC", "receive_kib", rcv>>10, "send_kib", snd>>10, "hint", tunnel.UDPBufferHint)
+			}}
+	}
+	host, port, err := net.SplitHostPort(s.cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("agent port %s: %w", s.cfg.Listen, err)
 	}
-	s.ln = ln
-	return ln.Addr(), nil
+	for attempt := 0; ; attempt++ {
+		ln, err := tunnel.TCPTransport{}.Listen(s.cfg.Listen, conf)
+		if err != nil {
+			return nil, fmt.Errorf("agent port %s: %w", s.cfg.Listen, err)
+		}
+		if !s.cfg.QUIC {
+			s.lns = []tunnel.Listener{ln}
+			return ln.Addr(), nil
+		}
+		tcpPort := ln.Addr().(*net.TCPAddr).Port
+		qln, err := quicTr.Listen(net.JoinHostPort(host, strconv.Itoa(tcpPort)), conf)
+		if err == nil {
+			s.lns = []tunnel.Listener{ln, qln}
+			return ln.Addr(), nil
+		}
+		ln.Close()
+		if port != "0" || attempt == 10 {
+			return nil, fmt.Errorf("agent port %s, UDP for QUIC: %w (set quic: false to accept agents over TCP only)", s.cfg.Listen, err)
+		}
+	}
 }
 
 // Serve accepts agents until ctx ends, then shuts down gracefully: it stops
@@ -86,24 +119,29 @@ func (s *Server) Listen() (net.Addr, error) {
 // to cfg.ShutdownTimeout, and ends the sessions. It returns nil after a
 // shutdown through ctx.
 func (s *Server) Serve(ctx context.Context) error {
-	if s.ln == nil {
+	if len(s.lns) == 0 {
 		return errors.New("relay: Serve before Listen")
 	}
-	s.log.Info("relay listening for agents", "addr", s.ln.Addr().String(), "fingerprint", s.id.Fingerprint)
-	errc := make(chan error, 1)
-	go func() { errc <- s.acceptLoop(ctx) }()
+	for _, ln := range s.lns {
+		s.log.Info("relay listening for agents", "addr", ln.Addr().String(), "transport", transportName(ln), "fingerprint", s.id.Fingerprint)
+	}
+	errc := make(chan error, len(s.lns))
+	for _, ln := range s.lns {
+		go func() { errc <- s.acceptLoop(ctx, ln) }()
+	}
 
 	var err error
+	pending := len(s.lns)
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
+		pending--
 	}
 	s.shutdown()
-	if err != nil {
-		return err
+	for ; pending > 0; pending-- {
+		err = errors.Join(err, <-errc)
 	}
-	<-errc
-	return nil
+	return err
 }
 
 // Run is Listen followed by Serve.
@@ -114,10 +152,17 @@ func (s *Server) Run(ctx context.Context) error {
 	return s.Serve(ctx)
 }
 
-func (s *Server) acceptLoop(ctx context.Context) error {
+func transportName(ln tunnel.Listener) string {
+	if _, ok := ln.Addr().(*net.UDPAddr); ok {
+		return "quic"
+	}
+	return "tcp"
+}
+
+func (s *Server) acceptLoop(ctx context.Context, ln tunnel.Listener) error {
 	var delay time.Duration
 	for {
-		c, err := s.ln.Accept(ctx)
+		c, err := ln.Accept(ctx)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
@@ -151,7 +196,9 @@ func nextAcceptDelay(d time.Duration) time.Duration {
 
 // shutdown stops everything; see Serve.
 func (s *Server) shutdown() {
-	s.ln.Close()
+	for _, ln := range s.lns {
+		ln.Close()
+	}
 	s.mu.Lock()
 	s.closing = true
 	sessions := make([]*agentSession, 0, len(s.sessions))

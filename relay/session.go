@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,6 +29,9 @@ type agentSession struct {
 
 	ctrlMu sync.Mutex // serialises writes on ctrl
 	ctrl   tunnel.Stream
+	// leaving is set once the agent announced its end (GoAway): a
+	// session that ends after that ended cleanly.
+	leaving atomic.Bool
 
 	mu      sync.Mutex
 	tunnels map[string]*publicTunnel // by name
@@ -75,6 +79,7 @@ func (as *agentSession) serve(ctx context.Context) {
 		if ga, ok := m.(*tunnel.GoAway); ok {
 			// The agent is shutting down: no new visitors, while the
 			// open connections drain until it closes the session.
+			as.leaving.Store(true)
 			as.closeTunnels()
 			as.log.Info("agent going away; its ports are closed", "detail", ga.Message)
 			continue
@@ -123,6 +128,16 @@ func (as *agentSession) end(code tunnel.Code, msg string) {
 		as.ctrlMu.Unlock()
 	}
 	as.sess.Close()
+}
+
+// lost reports whether the session ended without the agent saying so.
+func (as *agentSession) lost() bool {
+	select {
+	case <-as.sess.Done():
+		return !as.leaving.Load()
+	default:
+		return false
+	}
 }
 
 // closeTunnels closes the public listeners and marks the session ended,
@@ -256,6 +271,7 @@ func (t *publicTunnel) serveVisitor(c *net.TCPConn) {
 	}
 	// The visitor's first bytes flow at once; the agent's answer is read
 	// before anything goes back to the visitor.
+	st = tunnel.CutAware(st, as.lost)
 	in, out, err := tunnel.Splice(ctx, c, &openResultReader{Stream: st})
 	level := slog.LevelDebug
 	if as.srv.cfg.AccessLog {
@@ -289,4 +305,11 @@ func (r *openResultReader) Read(p []byte) (int, error) {
 		}
 	}
 	return r.Stream.Read(p)
+}
+
+// Abort resets the stream when the splice is cut (see tunnel.Splice).
+func (r *openResultReader) Abort() {
+	if a, ok := r.Stream.(interface{ Abort() }); ok {
+		a.Abort()
+	}
 }

@@ -2,7 +2,10 @@ package tunnel
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -33,6 +36,28 @@ type QUICTransport struct {
 	// within a round trip instead of an idle timeout. Keep it across
 	// restarts; nil disables stateless resets.
 	ResetKey *quic.StatelessResetKey
+	// OnSmallBuffers, when set, is called for a UDP socket whose kernel
+	// buffers stayed below what QUIC needs for full speed (quic-go asks
+	// for 7 MiB; the kernel caps it at net.core.rmem_max/wmem_max).
+	OnSmallBuffers func(rcv, snd int)
+}
+
+// quicWantBuffer is the UDP buffer size quic-go asks the kernel for.
+const quicWantBuffer = 7 << 20
+
+// UDPBufferHint is the advice to log with OnSmallBuffers.
+const UDPBufferHint = "raise the kernel's UDP buffer limits for QUIC: sysctl -w net.core.rmem_max=7500000 net.core.wmem_max=7500000 (and put them in /etc/sysctl.d/ to keep them)"
+
+// checkBuffers calls OnSmallBuffers if udp's buffers are small. quic-go
+// sets them when the socket is first used.
+func (t QUICTransport) checkBuffers(udp *net.UDPConn) {
+	if t.OnSmallBuffers == nil {
+		return
+	}
+	rcv, snd, err := udpBuffers(udp)
+	if err == nil && (rcv < quicWantBuffer || snd < quicWantBuffer) {
+		t.OnSmallBuffers(rcv, snd)
+	}
 }
 
 var _ Transport = QUICTransport{}
@@ -111,6 +136,7 @@ func (t QUICTransport) Dial(ctx context.Context, addr string, conf *tls.Config) 
 	}
 	return &quicLink{
 		client:  true,
+		check:   t.checkBuffers,
 		tr:      newQUICSocket(udp, nil),
 		raddr:   raddr,
 		tlsConf: conf,
@@ -135,6 +161,7 @@ func (t QUICTransport) Listen(addr string, conf *tls.Config) (Listener, error) {
 		sock.release()
 		return nil, err
 	}
+	t.checkBuffers(udp)
 	return &quicListener{ln: ln, sock: sock}, nil
 }
 
@@ -206,6 +233,7 @@ type quicLink struct {
 	raddr   *net.UDPAddr // client: where to dial
 	tlsConf *tls.Config
 	qconf   *quic.Config
+	check   func(*net.UDPConn) // client: buffer check once the socket is set up
 
 	// sock is the UDP socket: the client's own, or the listener's.
 	sock *quicSocket
@@ -247,6 +275,9 @@ func (l *quicLink) clientHandshake(ctx context.Context) error {
 	c, err := sock.tr.Dial(ctx, l.raddr, l.tlsConf, l.qconf)
 	if err != nil {
 		return err
+	}
+	if l.check != nil {
+		l.check(sock.udp)
 	}
 	if !l.setConn(c) {
 		return net.ErrClosed
@@ -373,7 +404,7 @@ func (l *quicLink) Close() error {
 	c, sock, tr := l.conn, l.sock, l.tr
 	l.mu.Unlock()
 	if c != nil {
-		c.CloseWithError(quicCodeClosed, "")
+		closeConn(c)
 	}
 	if sock != nil {
 		sock.release()
@@ -450,10 +481,35 @@ func (s *quicSession) RemoteAddr() net.Addr  { return s.conn.RemoteAddr() }
 
 func (s *quicSession) Close() error {
 	s.once.Do(func() {
-		s.conn.CloseWithError(quicCodeClosed, "")
+		closeConn(s.conn)
 		s.sock.release()
 	})
 	return nil
+}
+
+// Lingering close: quic-go's CloseWithError drops stream data that is not
+// sent yet, so a Reject or GoAway written just before closing could be
+// lost. The receiver of such a final message closes the connection when it
+// has read it; so the closer waits for that, a few round trips at most.
+const (
+	lingerMin = 50 * time.Millisecond
+	lingerMax = time.Second
+)
+
+func closeConn(c *quic.Conn) {
+	select {
+	case <-c.Context().Done():
+		return
+	default:
+	}
+	d := min(max(4*c.ConnectionStats().SmoothedRTT, lingerMin), lingerMax)
+	t := time.NewTimer(d)
+	select {
+	case <-c.Context().Done():
+	case <-t.C:
+	}
+	t.Stop()
+	c.CloseWithError(quicCodeClosed, "")
 }
 
 // quicStream adapts a QUIC stream to Stream. QUIC's Close is a half-close
@@ -513,8 +569,34 @@ func (s *quicStream) Close() error {
 	return s.st.Close()
 }
 
+// Abort resets both directions: the peer sees an error, not an end of
+// stream, so a cut transfer never looks complete.
+func (s *quicStream) Abort() {
+	if s.closed.Swap(true) {
+		return
+	}
+	defer s.done()
+	s.st.CancelRead(quicCodeAbort)
+	s.st.CancelWrite(quicCodeAbort)
+}
+
 func (s *quicStream) LocalAddr() net.Addr                { return s.local }
 func (s *quicStream) RemoteAddr() net.Addr               { return s.remote }
 func (s *quicStream) SetDeadline(t time.Time) error      { return s.st.SetDeadline(t) }
 func (s *quicStream) SetReadDeadline(t time.Time) error  { return s.st.SetReadDeadline(t) }
 func (s *quicStream) SetWriteDeadline(t time.Time) error { return s.st.SetWriteDeadline(t) }
+
+// StatelessResetKey derives the relay's QUIC stateless reset key from its
+// private key, so that it survives restarts without a file of its own and
+// changes when the key does.
+func StatelessResetKey(cert tls.Certificate) (*quic.StatelessResetKey, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		return nil, fmt.Errorf("stateless reset key: %w", err)
+	}
+	m := hmac.New(sha256.New, der)
+	m.Write([]byte("homeport quic stateless reset key v1"))
+	var k quic.StatelessResetKey
+	copy(k[:], m.Sum(nil))
+	return &k, nil
+}

@@ -50,6 +50,11 @@ func Splice(ctx context.Context, a, b HalfCloser) (aToB, bToA int64, err error) 
 	abort := func(err error) {
 		once.Do(func() {
 			cause = err
+			if err != nil {
+				// A cut must not look like an end: reset both ends.
+				reset(a)
+				reset(b)
+			}
 			a.Close()
 			b.Close()
 		})
@@ -63,6 +68,17 @@ func Splice(ctx context.Context, a, b HalfCloser) (aToB, bToA int64, err error) 
 	bToA = <-done
 	abort(nil) // both directions ended: release both ends
 	return aToB, bToA, cause
+}
+
+// reset makes the coming Close abortive where the end supports it: a TCP
+// connection sends RST instead of FIN, a stream resets.
+func reset(c HalfCloser) {
+	switch c := c.(type) {
+	case interface{ SetLinger(int) error }:
+		_ = c.SetLinger(0)
+	case interface{ Abort() }:
+		c.Abort()
+	}
 }
 
 // pipe copies src to dst. On EOF it half-closes dst; on error it aborts the
@@ -115,5 +131,38 @@ func pipe(dst, src HalfCloser, halfDone *atomic.Bool, abort func(error)) int64 {
 			abort(fmt.Errorf("close write: %w", err))
 		}
 		return n
+	}
+}
+
+// ErrStreamCut is read from a stream whose session ended without notice
+// while the stream was open.
+var ErrStreamCut = errors.New("session lost, stream cut")
+
+// CutAware wraps a stream of a session that may die: an end of stream read
+// once lost reports true is ErrStreamCut instead of io.EOF. A multiplexer
+// ends the streams of a dead session with a plain EOF (yamux does), which
+// would pass a cut transfer off as a complete one; lost tells the two
+// apart by whether the peer announced its leaving (a GoAway) first.
+func CutAware(st Stream, lost func() bool) Stream {
+	return &cutAware{Stream: st, lost: lost}
+}
+
+type cutAware struct {
+	Stream
+	lost func() bool
+}
+
+func (c *cutAware) Read(p []byte) (int, error) {
+	n, err := c.Stream.Read(p)
+	if err == io.EOF && c.lost() {
+		err = ErrStreamCut
+	}
+	return n, err
+}
+
+// Abort resets the stream where the transport can (see Splice).
+func (c *cutAware) Abort() {
+	if a, ok := c.Stream.(interface{ Abort() }); ok {
+		a.Abort()
 	}
 }

@@ -491,3 +491,24 @@ func TestSessionDoneOnPeerClose(t *testing.T) {
 		})
 	}
 }
+
+// TestQUICSmallBuffers: a UDP socket whose kernel buffers are below what
+// QUIC wants is reported, with sizes, so the relay can log the fix.
+func TestQUICSmallBuffers(t *testing.T) {
+	if _, _, err := udpBuffers(nil); errors.Is(err, errors.ErrUnsupported) {
+		t.Skip("buffer sizes not readable on this system")
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	if err := udp.SetReadBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	var got [2]int
+	QUICTransport{OnSmallBuffers: func(rcv, snd int) { got = [2]int{rcv, snd} }}.checkBuffers(udp)
+	if got[0] < 32<<10 || got[0] >= quicWantBuffer {
+		t.Fatalf("OnSmallBuffers got receive buffer %d, want about 64 KiB", got[0])
+	}
+}

@@ -17,10 +17,12 @@ import (
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/cli"
 	"github.com/homeport/homeport/internal/service"
-	"github.com/homeport/homeport/tunnel"
 )
 
 func main() {
+	// quic-go prints its own unstructured warning about small UDP
+	// buffers; homeport logs it, with the fix, through OnSmallBuffers.
+	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// Started by the Windows service manager: it stops us, not signals.
@@ -93,7 +95,7 @@ func run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 		return err
 	}
 	defer closeLog.Close()
-	a, err := agent.New(cfg, tunnel.TCPTransport{}, cli.Version(), log)
+	a, err := agent.New(cfg, cli.Version(), log)
 	if err != nil {
 		return err
 	}

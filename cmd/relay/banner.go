@@ -31,7 +31,11 @@ func printBanner(w io.Writer, cfg config.Relay, id relay.Identity, listen net.Ad
 	if len(cfg.Tokens) == 0 {
 		token = id.Tokens[0].Secret
 	}
-	fmt.Fprintf(w, "\nhomeport relay ready; agents connect to %s\n", listen)
+	over := "TCP"
+	if cfg.QUIC {
+		over = "TCP, and QUIC over UDP: open both in the firewall"
+	}
+	fmt.Fprintf(w, "\nhomeport relay ready; agents connect to %s (%s)\n", listen, over)
 	fmt.Fprintf(w, "relay key fingerprint: %s\n\n", id.Fingerprint)
 	fmt.Fprintf(w, "On the home machine, run (change the tunnel to the service you want to reach):\n\n")
 	fmt.Fprintf(w, "  agent --relay %s --token %s --fingerprint %s --tunnel 3390:127.0.0.1:3389\n\n", relayAddr, token, id.Fingerprint)

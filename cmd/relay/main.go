@@ -17,10 +17,12 @@ import (
 	"github.com/homeport/homeport/internal/cli"
 	"github.com/homeport/homeport/internal/service"
 	"github.com/homeport/homeport/relay"
-	"github.com/homeport/homeport/tunnel"
 )
 
 func main() {
+	// quic-go prints its own unstructured warning about small UDP
+	// buffers; homeport logs it, with the fix, through OnSmallBuffers.
+	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// Started by the Windows service manager: it stops us, not signals.
@@ -101,7 +103,7 @@ func run(ctx context.Context, cfg config.Relay, stdout, stderr io.Writer) error 
 	for _, f := range id.Created {
 		log.Info("generated", "file", f)
 	}
-	srv, err := relay.New(cfg, id, tunnel.TCPTransport{}, log)
+	srv, err := relay.New(cfg, id, log)
 	if err != nil {
 		return err
 	}

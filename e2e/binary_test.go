@@ -1,0 +1,579 @@
+//go:build unix
+
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/relay"
+)
+
+// The tests in this file run the relay and agent commands as built for
+// users, as separate processes, and look only at what a user sees: the
+// printed banner, the exit codes, the logs, the ports and the data
+// directory.
+
+// binProcTimeout bounds the life of every started process: a hung test
+// never leaves one behind.
+const binProcTimeout = 2 * time.Minute
+
+var (
+	binDir     string // the built commands; removed by TestMain
+	binOnce    sync.Once
+	binErr     error // why building failed
+	binMissing bool  // there is no go command to build with
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "homeport-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// binPath returns the path of the built command name ("relay" or
+// "agent"). The commands are built on first use, once per run, so that a
+// run of only the in-process tests does not pay for the build.
+func binPath(t *testing.T, name string) string {
+	t.Helper()
+	binOnce.Do(func() {
+		start := time.Now()
+		binErr = binBuild(binDir)
+		if binErr == nil {
+			t.Logf("built relay and agent in %v", time.Since(start).Round(time.Millisecond))
+		}
+	})
+	switch {
+	case binMissing:
+		t.Skipf("cannot build the commands: %v", binErr)
+	case binErr != nil:
+		t.Fatal(binErr)
+	}
+	return filepath.Join(binDir, name)
+}
+
+// binBuild builds ./cmd/relay and ./cmd/agent into dir, with the race
+// detector when this test binary has it, so that a race in the commands
+// fails the tests as well (the race runtime exits with status 66).
+func binBuild(dir string) error {
+	gocmd, err := exec.LookPath("go")
+	if err != nil {
+		binMissing = true
+		return err
+	}
+	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	if binRace() {
+		args = append(args, "-race")
+	}
+	args = append(args, "github.com/homeport/homeport/cmd/relay", "github.com/homeport/homeport/cmd/agent")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, gocmd, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// binRace reports whether this test binary was built with -race.
+func binRace() bool {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return false
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "-race" {
+			return s.Value == "true"
+		}
+	}
+	return false
+}
+
+// binEnv is this process's environment without HOMEPORT_ variables, which
+// would change the commands' settings. Unless GORACE says otherwise, a
+// race-enabled command waits 100 ms instead of a second at exit for
+// reports from other goroutines.
+func binEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, config.EnvPrefix) {
+			env = append(env, kv)
+		}
+	}
+	if _, ok := os.LookupEnv("GORACE"); !ok {
+		env = append(env, "GORACE=atexit_sleep_ms=100")
+	}
+	return env
+}
+
+// binProc is a running relay or agent process.
+type binProc struct {
+	t      *testing.T
+	name   string
+	cmd    *exec.Cmd
+	stdout logBuf
+	stderr logBuf
+	done   chan struct{} // closed when the process has exited
+	state  *os.ProcessState
+}
+
+// binStart starts the command name with args. The process is killed when
+// the test ends, if it is still running; its output is logged if the test
+// failed.
+func binStart(t *testing.T, name string, args ...string) *binProc {
+	t.Helper()
+	path := binPath(t, name)
+	ctx, cancel := context.WithTimeout(context.Background(), binProcTimeout)
+	p := &binProc{t: t, name: name, done: make(chan struct{})}
+	p.cmd = exec.CommandContext(ctx, path, args...)
+	p.cmd.Env = binEnv()
+	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	p.cmd.WaitDelay = 5 * time.Second
+	if err := p.cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	go func() {
+		defer cancel()
+		_ = p.cmd.Wait()
+		p.state = p.cmd.ProcessState
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		if p.running() {
+			_ = p.cmd.Process.Kill()
+		}
+		select {
+		case <-p.done:
+		case <-time.After(15 * time.Second):
+			t.Errorf("%s (pid %d) did not exit after SIGKILL", name, p.cmd.Process.Pid)
+		}
+		if strings.Contains(p.stderr.String(), "WARNING: DATA RACE") {
+			t.Errorf("%s: data race", name)
+		}
+		if t.Failed() {
+			t.Logf("%s %s\n--- stdout:\n%s--- stderr:\n%s", name, strings.Join(args, " "), &p.stdout, &p.stderr)
+		}
+	})
+	return p
+}
+
+func (p *binProc) running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// exitCode waits up to d for the process to exit and returns its status
+// (-1 when a signal ended it).
+func (p *binProc) exitCode(d time.Duration) int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+		return p.state.ExitCode()
+	case <-time.After(d):
+		p.t.Fatalf("%s still running after %v", p.name, d)
+	}
+	return 0
+}
+
+func (p *binProc) signal(sig os.Signal) {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		p.t.Fatalf("%s: %v", p.name, err)
+	}
+}
+
+// await polls cond for up to d; the process exiting first fails the test.
+func (p *binProc) await(d time.Duration, what string, cond func() bool) {
+	p.t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if !p.running() {
+			if cond() {
+				return
+			}
+			p.t.Fatalf("%s exited (%v) while waiting for %s", p.name, p.state, what)
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// count is how often s occurs in the process's standard error (its log).
+func (p *binProc) count(s string) int { return strings.Count(p.stderr.String(), s) }
+
+// binRun runs name with args to completion (at most d) and returns its
+// exit status and output.
+func binRun(t *testing.T, d time.Duration, name string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	p := binStart(t, name, args...)
+	code = p.exitCode(d)
+	return code, p.stdout.String(), p.stderr.String()
+}
+
+// binBanner is what the relay's banner tells the operator to run.
+type binBanner struct {
+	relay, token, fingerprint string
+}
+
+var binBannerRE = regexp.MustCompile(`(?m)^  agent --relay (\S+) --token (\S+) --fingerprint (\S+) --tunnel 3390:127\.0\.0\.1:3389$`)
+
+// binStartRelay starts the relay on 127.0.0.1:port with data directory
+// dataDir and returns it with the agent command its banner printed.
+func binStartRelay(t *testing.T, dataDir string, port uint16) (*binProc, binBanner) {
+	t.Helper()
+	p := binStart(t, "relay",
+		"--data-dir", dataDir,
+		"--listen", publicAddr(port),
+		"--bind-addr", "127.0.0.1",
+		"--advertise", "127.0.0.1")
+	var m []string
+	p.await(15*time.Second, "the relay's banner", func() bool {
+		m = binBannerRE.FindStringSubmatch(p.stdout.String())
+		return m != nil
+	})
+	return p, binBanner{relay: m[1], token: m[2], fingerprint: m[3]}
+}
+
+// binStartAgent starts an agent with the banner's credentials and the
+// given tunnels (REMOTE_PORT:HOST:PORT), plus extra arguments.
+func binStartAgent(t *testing.T, b binBanner, tunnels []string, extra ...string) *binProc {
+	t.Helper()
+	args := []string{"--relay", b.relay, "--token", b.token, "--fingerprint", b.fingerprint}
+	for _, tn := range tunnels {
+		args = append(args, "--tunnel", tn)
+	}
+	return binStart(t, "agent", append(args, extra...)...)
+}
+
+// binAwaitTunnels waits until the agent has logged n tunnel registrations
+// in total.
+func binAwaitTunnels(a *binProc, n int, d time.Duration) {
+	a.t.Helper()
+	a.await(d, fmt.Sprintf("registration %d of the agent's tunnel", n), func() bool {
+		return a.count(`msg="tunnel ready"`) >= n
+	})
+}
+
+func binTunnel(port uint16, target string) string { return fmt.Sprintf("%d:%s", port, target) }
+
+// binRefused reports whether a connection to addr is refused.
+func binRefused(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err == nil {
+		c.Close()
+		return false
+	}
+	return errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// TestBinaryFirstStart: a relay started with no token or key creates its
+// data directory, prints the agent command, and that exact command gives
+// a working tunnel.
+func TestBinaryFirstStart(t *testing.T) {
+	leak.Check(t)
+	target := serve(t, echo)
+	dataDir := filepath.Join(t.TempDir(), "data") // does not exist yet
+	relayPort, public := freePort(t), freePort(t)
+
+	r, b := binStartRelay(t, dataDir, relayPort)
+	if b.relay != publicAddr(relayPort) {
+		t.Errorf("banner: --relay %s, want %s", b.relay, publicAddr(relayPort))
+	}
+	if _, err := config.NormalizeFingerprint(b.fingerprint); err != nil || !strings.HasPrefix(b.fingerprint, "sha256:") {
+		t.Errorf("banner: --fingerprint %q: %v", b.fingerprint, err)
+	}
+	if len(b.token) < config.MinSecretLen {
+		t.Errorf("banner: --token %q is too short", b.token)
+	}
+
+	// The data directory holds the token and key pair, readable by the
+	// relay's user only; the printed token is the stored one.
+	st, err := os.Stat(dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		t.Errorf("%s: mode %v, want no access for group and others", dataDir, st.Mode().Perm())
+	}
+	for _, f := range []string{relay.TokenFile, relay.CertFile, relay.KeyFile} {
+		path := filepath.Join(dataDir, f)
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Error(err)
+			continue
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, want 0600", path, st.Mode().Perm())
+		}
+		if !contains(r.stderr.String(), "generated", path) {
+			t.Errorf("relay log does not mention generating %s", path)
+		}
+	}
+	if tok, err := os.ReadFile(filepath.Join(dataDir, relay.TokenFile)); err != nil || strings.TrimSpace(string(tok)) != b.token {
+		t.Errorf("token file %q (%v) is not the printed token", tok, err)
+	}
+	if entries, _ := os.ReadDir(dataDir); len(entries) != 3 {
+		t.Errorf("data directory holds %d entries, want 3 (no temporary files left)", len(entries))
+	}
+
+	a := binStartAgent(t, b, []string{binTunnel(public, target)})
+	binAwaitTunnels(a, 1, 15*time.Second)
+
+	data := make([]byte, 8<<20)
+	rand.NewChaCha8([32]byte{42}).Read(data)
+	start := time.Now()
+	got, err := roundTrip(publicAddr(public), data)
+	if err != nil {
+		t.Fatalf("8 MiB through the tunnel: %v", err)
+	}
+	if len(got) != len(data) || sha256.Sum256(got) != sha256.Sum256(data) {
+		t.Fatalf("got %d of %d bytes back, or a different sha256", len(got), len(data))
+	}
+	t.Logf("8 MiB there and back in %v", time.Since(start).Round(time.Millisecond))
+
+	// The secret is printed for the operator once, never logged.
+	for _, p := range []*binProc{r, a} {
+		if strings.Contains(p.stderr.String(), b.token) {
+			t.Errorf("%s log contains the token", p.name)
+		}
+	}
+	if !r.running() || !a.running() {
+		t.Fatal("relay or agent exited")
+	}
+}
+
+// TestBinaryRestart: a relay stopped with SIGTERM exits 0 and, started
+// again on its data directory, has the same token and key; the running
+// agent comes back by itself.
+func TestBinaryRestart(t *testing.T) {
+	leak.Check(t)
+	target := serve(t, echo)
+	dataDir := t.TempDir()
+	relayPort, public := freePort(t), freePort(t)
+
+	r1, b1 := binStartRelay(t, dataDir, relayPort)
+	a := binStartAgent(t, b1, []string{binTunnel(public, target)})
+	binAwaitTunnels(a, 1, 15*time.Second)
+	expectEcho(t, publicAddr(public))
+
+	start := time.Now()
+	r1.signal(syscall.SIGTERM)
+	if code := r1.exitCode(15 * time.Second); code != 0 {
+		t.Fatalf("relay exited with status %d after SIGTERM", code)
+	}
+	t.Logf("relay stopped %v after SIGTERM", time.Since(start).Round(time.Millisecond))
+	if !strings.Contains(r1.stderr.String(), `msg="relay stopped"`) {
+		t.Error(`relay did not log "relay stopped"`)
+	}
+	waitFor(t, 2*time.Second, "public port refused", func() bool { return binRefused(publicAddr(public)) })
+	a.await(5*time.Second, "the agent noticing the relay went away", func() bool {
+		return a.count("session lost; reconnecting") >= 1
+	})
+
+	r2, b2 := binStartRelay(t, dataDir, relayPort)
+	back := time.Now()
+	if b2 != b1 {
+		t.Errorf("second start printed %+v, first %+v", b2, b1)
+	}
+	if strings.Contains(r2.stderr.String(), "generated") {
+		t.Errorf("second start generated files again")
+	}
+	binAwaitTunnels(a, 2, 15*time.Second)
+	t.Logf("agent back %v after the relay restarted", time.Since(back).Round(time.Millisecond))
+	expectEcho(t, publicAddr(public))
+	if !a.running() {
+		t.Fatal("agent exited")
+	}
+}
+
+// TestBinaryBadCredentials: an agent with a wrong token or fingerprint
+// exits with status 1 at once and says what to fix, without printing the
+// secret, over every transport; the relay keeps serving the good agent.
+func TestBinaryBadCredentials(t *testing.T) {
+	leak.Check(t)
+	target := serve(t, echo)
+	r, b := binStartRelay(t, t.TempDir(), freePort(t))
+	good := freePort(t)
+	a := binStartAgent(t, b, []string{binTunnel(good, target)}, "--id", "good")
+	binAwaitTunnels(a, 1, 15*time.Second)
+
+	otherKey := sha256.Sum256([]byte("some other relay's key"))
+	tests := []struct {
+		name, token, fingerprint string
+		says                     []string
+	}{
+		{"wrong token", "wrong-token-0123456789abcdef", b.fingerprint,
+			[]string{"relay refused this agent", "authentication failed", "the token is wrong"}},
+		{"wrong fingerprint", b.token, fmt.Sprintf("sha256:%x", otherKey),
+			[]string{"relay refused this agent", "does not match the pinned fingerprint", "copy the new fingerprint"}},
+	}
+	for _, tt := range tests {
+		for _, transport := range []string{config.TransportAuto, config.TransportTCP, config.TransportQUIC} {
+			t.Run(tt.name+" over "+transport, func(t *testing.T) {
+				binExpectRefused(t, b, target, tt.token, tt.fingerprint, transport, tt.says)
+			})
+		}
+	}
+	waitFor(t, 5*time.Second, "relay log of the failed login", func() bool {
+		return contains(r.stderr.String(), "agent authentication failed", "intruder")
+	})
+	if !r.running() || !a.running() {
+		t.Fatal("relay or good agent exited")
+	}
+	expectEcho(t, publicAddr(good))
+}
+
+// binExpectRefused runs an agent with the given credentials against the
+// relay of b and checks that it exits with status 1 at once, and that its
+// last line says all of says.
+func binExpectRefused(t *testing.T, b binBanner, target, token, fingerprint, transport string, says []string) {
+	t.Helper()
+	start := time.Now()
+	code, _, stderr := binRun(t, 10*time.Second, "agent",
+		"--relay", b.relay, "--token", token, "--fingerprint", fingerprint, "--transport", transport,
+		"--id", "intruder", "--tunnel", binTunnel(freePort(t), target))
+	if code != 1 {
+		t.Errorf("agent exited with status %d, want 1", code)
+	}
+	t.Logf("agent exited after %v", time.Since(start).Round(time.Millisecond))
+	// main prints the error last, prefixed with the program name.
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "agent: ") || !contains(last, says...) {
+		t.Errorf("agent's last word: %q; want it to say %q", last, says)
+	}
+	if strings.Contains(stderr, b.token) || strings.Contains(stderr, token) {
+		t.Error("agent printed a token")
+	}
+}
+
+// TestBinaryBadConfig: a bad configuration file stops the command with
+// status 1 and an error naming the file and the setting, without a usage
+// dump. An unknown key stops loading at once; wrong values are reported
+// all together, one per line.
+func TestBinaryBadConfig(t *testing.T) {
+	leak.Check(t)
+	okAgent := "relay: 127.0.0.1:1\ntoken: " + testToken + "\nfingerprint: sha256:" + strings.Repeat("ab", 32) + "\ntunnels: [\"4000:127.0.0.1:1\"]\n"
+	tests := []struct {
+		name, program, file, content string
+		says                         []string
+	}{
+		{"relay unknown key", "relay", "relay.yaml", "listne: 127.0.0.1:7000\n",
+			[]string{`unknown setting "listne"`, `did you mean "listen"`}},
+		{"relay bad duration", "relay", "relay.yaml", "handshake_timeout: 10 seconds\n",
+			[]string{"handshake_timeout in ", `duration "10 seconds"`}},
+		{"relay duration without unit", "relay", "relay.toml", "[session]\nkeepalive = \"15\"\n",
+			[]string{"session.keepalive in ", `"15" has no unit`}},
+		{"relay unknown key and bad duration", "relay", "relay.yaml", "shutdown_timeout: soon\nadvertize: vps.example.com\n",
+			[]string{`unknown setting "advertize"`, `did you mean "advertise"`}},
+		{"relay several bad values", "relay", "relay.yaml", "handshake_timeout: 10 seconds\nshutdown_timeout: 5\nlog:\n  level: loud\n",
+			[]string{"handshake_timeout in ", "\nshutdown_timeout in ", `"5" has no unit`, "\nlog.level in ", `"loud"`}},
+		{"agent setting of the relay", "agent", "agent.yaml", okAgent + "allow_ports: 3390\n",
+			[]string{`unknown setting "allow_ports"`, "setting of the other program"}},
+		{"agent bad duration", "agent", "agent.json",
+			`{"relay": "127.0.0.1:1", "token": "` + testToken + `", "fingerprint": "sha256:` + strings.Repeat("ab", 32) + `", "tunnels": ["4000:127.0.0.1:1"], "reconnect_max": "1 minute"}`,
+			[]string{"reconnect_max in ", `duration "1 minute"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), tt.file)
+			if err := os.WriteFile(path, []byte(tt.content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			args := []string{"--config", path}
+			if tt.program == "relay" {
+				// Harmless should the file be accepted after all.
+				args = append(args, "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0")
+			}
+			code, stdout, stderr := binRun(t, 10*time.Second, tt.program, args...)
+			if code != 1 {
+				t.Errorf("%s exited with status %d, want 1", tt.program, code)
+			}
+			if !contains(stderr, append([]string{tt.program + ": ", path}, tt.says...)...) {
+				t.Errorf("%s's error: %q; want the file %s and %q", tt.program, stderr, path, tt.says)
+			}
+			if strings.Contains(stdout+stderr, "Usage:") {
+				t.Errorf("%s printed its usage for a bad file", tt.program)
+			}
+		})
+	}
+}
+
+// TestBinaryVersionHelp: version and --help work without any settings.
+func TestBinaryVersionHelp(t *testing.T) {
+	leak.Check(t)
+	for _, program := range []string{"relay", "agent"} {
+		code, stdout, stderr := binRun(t, 10*time.Second, program, "version")
+		if code != 0 || !regexp.MustCompile(`^homeport `+program+` \S+\n$`).MatchString(stdout) || stderr != "" {
+			t.Errorf("%s version: status %d, stdout %q, stderr %q", program, code, stdout, stderr)
+		}
+	}
+	help := map[string][]string{
+		"agent": {"Usage:", "agent [flags]", "--relay", "--token", "--fingerprint", "--tunnel", "--config", "HOMEPORT_TOKEN", "REMOTE_PORT:HOST:PORT"},
+		"relay": {"Usage:", "relay [flags]", "--data-dir", "--listen", "--allow-ports", "--advertise", "--config", "HOMEPORT_LISTEN"},
+	}
+	for program, says := range help {
+		code, stdout, stderr := binRun(t, 10*time.Second, program, "--help")
+		if code != 0 || !contains(stdout, says...) || stderr != "" {
+			t.Errorf("%s --help: status %d, stderr %q, stdout:\n%s\nwant it to mention %q", program, code, stderr, stdout, says)
+		}
+	}
+}
+
+// TestBinaryAgentSIGTERM: an agent stopped with SIGTERM exits 0 promptly
+// and the relay closes its public port at once.
+func TestBinaryAgentSIGTERM(t *testing.T) {
+	leak.Check(t)
+	target := serve(t, echo)
+	r, b := binStartRelay(t, t.TempDir(), freePort(t))
+	public := freePort(t)
+	a := binStartAgent(t, b, []string{binTunnel(public, target)}, "--id", "home-pc")
+	binAwaitTunnels(a, 1, 15*time.Second)
+	expectEcho(t, publicAddr(public))
+
+	start := time.Now()
+	a.signal(syscall.SIGTERM)
+	if code := a.exitCode(5 * time.Second); code != 0 {
+		t.Fatalf("agent exited with status %d after SIGTERM", code)
+	}
+	t.Logf("agent exited %v after SIGTERM", time.Since(start).Round(time.Millisecond))
+	waitFor(t, 3*time.Second, "public port refused", func() bool { return binRefused(publicAddr(public)) })
+	waitFor(t, 3*time.Second, "relay log of the agent going away", func() bool {
+		log := r.stderr.String()
+		return contains(log, "agent going away; its ports are closed", "home-pc") && contains(log, "agent session down")
+	})
+	if !r.running() {
+		t.Fatal("relay exited")
+	}
+	if strings.Contains(r.stderr.String(), "level=ERROR") {
+		t.Errorf("relay logged an error for an agent's ordinary shutdown")
+	}
+}
