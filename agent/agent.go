@@ -275,7 +275,11 @@ func (a *Agent) session(ctx context.Context) error {
 	}
 	reg := &tunnel.Register{}
 	for _, t := range a.cfg.Tunnels {
-		reg.Tunnels = append(reg.Tunnels, tunnel.TunnelRequest{Name: t.Name, Protocol: tunnel.ProtoTCP, RemotePort: t.RemotePort})
+		proto := tunnel.ProtoTCP
+		if t.Protocol == "udp" {
+			proto = tunnel.ProtoUDP
+		}
+		reg.Tunnels = append(reg.Tunnels, tunnel.TunnelRequest{Name: t.Name, Protocol: proto, RemotePort: t.RemotePort})
 	}
 	if err := tunnel.WriteMessage(ctrl, reg); err != nil {
 		return &failure{stage: stageSetup, err: fmt.Errorf("register tunnels: %w", err)}
@@ -291,7 +295,7 @@ func (a *Agent) session(ctx context.Context) error {
 	for _, r := range res.Results {
 		t := a.tunnels[r.Name]
 		if r.Code == tunnel.CodeOK {
-			a.log.Info("tunnel ready", "tunnel", r.Name, "public", net.JoinHostPort(relayHost, fmt.Sprint(t.RemotePort)), "target", t.Target)
+			a.log.Info("tunnel ready", "tunnel", r.Name, "protocol", t.Protocol, "public", net.JoinHostPort(relayHost, fmt.Sprint(t.RemotePort)), "target", t.Target)
 		} else {
 			a.log.Error("tunnel refused by relay", "tunnel", r.Name, "port", t.RemotePort, "reason", r.Code.String(), "detail", r.Message)
 		}

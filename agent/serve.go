@@ -67,6 +67,19 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 		}
 	}()
 
+	// UDP flows: datagrams that arrive outside their stream (QUIC) are
+	// delivered through the flow table.
+	flows := newFlowTable(sess)
+	dgDone := make(chan struct{})
+	go func() {
+		defer close(dgDone)
+		flows.receive(spliceCx)
+	}()
+	defer func() {
+		cancel()
+		<-dgDone
+	}()
+
 	// Streams are accepted until the session ends, also while draining,
 	// so that a visitor who raced with the shutdown gets a clear refusal
 	// instead of waiting. streams counts the served ones; draining,
@@ -94,7 +107,7 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 			mu.Unlock()
 			go func() {
 				defer streams.Done()
-				a.handleStream(spliceCx, tunnel.CutAware(st, lost))
+				a.handleStream(spliceCx, tunnel.CutAware(st, lost), flows)
 			}()
 		}
 	}()
@@ -168,19 +181,31 @@ func refuse(st tunnel.Stream, code tunnel.Code, msg string) {
 }
 
 // handleStream connects one visitor stream to its tunnel's target.
-func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream) {
+func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowTable) {
 	start := time.Now()
 	_ = st.SetReadDeadline(start.Add(openTimeout))
-	var open tunnel.Open
-	if err := tunnel.ReadInto(st, tunnel.MaxFrameSize, &open); err != nil {
+	m, err := tunnel.ReadMessage(st, tunnel.MaxFrameSize)
+	if err != nil {
 		st.Close()
 		a.log.Warn("bad stream from relay", "err", err)
 		return
 	}
 	_ = st.SetReadDeadline(time.Time{})
+	var open tunnel.Open
+	switch m := m.(type) {
+	case *tunnel.Open:
+		open = *m
+	case *tunnel.OpenFlow:
+		a.handleFlow(ctx, st, m, flows)
+		return
+	default:
+		st.Close()
+		a.log.Warn("bad stream from relay", "err", fmt.Errorf("first frame %T: %w", m, tunnel.ErrUnexpected))
+		return
+	}
 	log := a.log.With("tunnel", open.Tunnel, "visitor", open.Visitor)
 	t, ok := a.tunnels[open.Tunnel]
-	if !ok {
+	if !ok || t.Protocol != "tcp" {
 		refuse(st, tunnel.CodeUnknownTunnel, fmt.Sprintf("agent has no tunnel %q", open.Tunnel))
 		log.Warn("relay asked for an unknown tunnel")
 		return

@@ -109,7 +109,13 @@ func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
 // remote_port and target (and protocol).
 func (l *loader) tunnels() []Tunnel {
 	var out []Tunnel
-	seenName, seenPort := map[string]bool{}, map[uint16]string{}
+	// A TCP and a UDP tunnel may share a port number (RDP uses 3389 on
+	// both); two of one protocol may not.
+	type protoPort struct {
+		proto string
+		port  uint16
+	}
+	seenName, seenPort := map[string]bool{}, map[protoPort]string{}
 	items := l.list("tunnels")
 	for i, item := range items {
 		var t Tunnel
@@ -126,10 +132,11 @@ func (l *loader) tunnels() []Tunnel {
 		if seenName[t.Name] {
 			l.fail("tunnels", fmt.Errorf("two tunnels are named %q; give each its own NAME=", t.Name))
 		}
-		if other, ok := seenPort[t.RemotePort]; ok {
-			l.fail("tunnels", fmt.Errorf("tunnels %q and %q both use remote port %d", other, t.Name, t.RemotePort))
+		pp := protoPort{t.Protocol, t.RemotePort}
+		if other, ok := seenPort[pp]; ok {
+			l.fail("tunnels", fmt.Errorf("tunnels %q and %q both use remote %s port %d", other, t.Name, t.Protocol, t.RemotePort))
 		}
-		seenName[t.Name], seenPort[t.RemotePort] = true, t.Name
+		seenName[t.Name], seenPort[pp] = true, t.Name
 		out = append(out, t)
 	}
 	if len(items) == 0 {
@@ -148,10 +155,7 @@ func tunnelSection(item any) (Tunnel, error) {
 	}
 	t := Tunnel{Protocol: "tcp"}
 	if p, ok := m["protocol"]; ok {
-		t.Protocol = fmt.Sprint(p)
-		if t.Protocol == "udp" {
-			return Tunnel{}, fmt.Errorf("UDP tunnels are not supported yet")
-		}
+		t.Protocol = strings.ToLower(fmt.Sprint(p))
 	}
 	if rp, ok := m["remote_port"]; ok {
 		if t.RemotePort, err = parsePort(numText(rp)); err != nil {

@@ -39,6 +39,11 @@ type Relay struct {
 	// QUIC also accepts agents over QUIC on UDP, same port number as
 	// Listen ("quic", default true).
 	QUIC bool
+	// UDPFlowTimeout is how long a UDP tunnel keeps a visitor address's
+	// flow without a datagram either way ("udp_flow_timeout").
+	UDPFlowTimeout time.Duration
+	// UDPMaxFlows caps the flows of one UDP tunnel ("udp_max_flows").
+	UDPMaxFlows int
 	// Log selects level and format of the process log.
 	Log Log
 }

@@ -63,7 +63,9 @@ func TestParseTunnel(t *testing.T) {
 		{in: "rdp=3390:127.0.0.1:3389", want: Tunnel{Name: "rdp", Protocol: "tcp", RemotePort: 3390, Target: "127.0.0.1:3389"}},
 		{in: "ssh=tcp:2222:nas.lan:22", want: Tunnel{Name: "ssh", Protocol: "tcp", RemotePort: 2222, Target: "nas.lan:22"}},
 		{in: "8080:[::1]:80", want: Tunnel{Name: "tcp-8080", Protocol: "tcp", RemotePort: 8080, Target: "[::1]:80"}},
-		{in: "udp:5353:127.0.0.1:53", wantErr: "UDP tunnels are not supported yet"},
+		{in: "udp:5353:127.0.0.1:53", want: Tunnel{Name: "udp-5353", Protocol: "udp", RemotePort: 5353, Target: "127.0.0.1:53"}},
+		{in: "dns=UDP:5353:[::1]:53", want: Tunnel{Name: "dns", Protocol: "udp", RemotePort: 5353, Target: "[::1]:53"}},
+		{in: "sctp:5353:127.0.0.1:53", wantErr: "want tcp or udp"},
 		{in: "sctp:1:a:1", wantErr: "unknown protocol"},
 		{in: "3390", wantErr: "REMOTE_PORT:HOST:PORT"},
 		{in: "3390:3389", wantErr: "HOST:PORT"},
@@ -182,6 +184,8 @@ func TestRelayDefaults(t *testing.T) {
 		ShutdownTimeout:  10 * time.Second,
 		AccessLog:        true,
 		QUIC:             true,
+		UDPFlowTimeout:   time.Minute,
+		UDPMaxFlows:      1024,
 		Session:          Session{KeepAlive: 10 * time.Second, KeepAliveTimeout: 10 * time.Second, StreamWindow: 4 << 20},
 		Log:              Log{Level: "info", Format: "text"},
 	}
@@ -411,11 +415,11 @@ func TestAgentErrors(t *testing.T) {
 		{name: "server name alone", args: []string{"--server-name", "x"}, want: []string{"only used with ca_file"}},
 		{name: "bad tunnel", args: []string{"--tunnel", "3390"}, want: []string{"flag --tunnel", "item 2", "REMOTE_PORT:HOST:PORT"}},
 		{name: "dup name", args: []string{"--tunnel", "tcp-3390=3391:127.0.0.1:1"}, want: []string{`two tunnels are named "tcp-3390"`}},
-		{name: "dup port", args: []string{"--tunnel", "x=3390:127.0.0.1:1"}, want: []string{"both use remote port 3390"}},
-		{name: "udp", args: []string{"--tunnel", "udp:53:127.0.0.1:53"}, want: []string{"UDP tunnels are not supported yet"}},
+		{name: "dup port", args: []string{"--tunnel", "x=3390:127.0.0.1:1"}, want: []string{"both use remote tcp port 3390"}},
+		{name: "same udp port twice", args: []string{"--tunnel", "udp:5353:127.0.0.1:53", "--tunnel", "b=udp:5353:127.0.0.1:54"}, want: []string{"both use remote udp port 5353"}},
 		{name: "relay key", file: "allow_ports: 1-2\n", want: []string{`"allow_ports"`, "other program"}},
 		{name: "tunnel section key", file: "tunnels:\n  - {name: a, port: 1, target: x:1}\n", want: []string{`unknown key "port"`}},
-		{name: "tunnel section udp", file: "tunnels:\n  - {protocol: udp, remote_port: 1, target: x:1}\n", want: []string{"UDP tunnels are not supported yet"}},
+		{name: "tunnel section protocol", file: "tunnels:\n  - {protocol: sctp, remote_port: 1, target: x:1}\n", want: []string{"want tcp or udp"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

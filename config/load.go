@@ -26,6 +26,7 @@ const (
 	kBool
 	kDuration
 	kSize
+	kInt
 	kPorts
 	kList // repeatable flag; comma-separated in the environment
 	kFile // a structured list that only a config file can hold
@@ -364,6 +365,23 @@ func (l *loader) duration(key string, lo, hi time.Duration) time.Duration {
 		l.fail(key, fmt.Errorf("%v is out of range: want %v to %v", d, lo, hi))
 	}
 	return d
+}
+
+// int reads a whole number and checks it lies in [lo, hi].
+func (l *loader) int(key string, lo, hi int) int {
+	s, ok := l.scalar(key)
+	if !ok {
+		return 0
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		l.fail(key, fmt.Errorf("%q: want a whole number", s))
+		return 0
+	}
+	if n < lo || n > hi {
+		l.fail(key, fmt.Errorf("%d is out of range: want %d to %d", n, lo, hi))
+	}
+	return n
 }
 
 // size reads a byte count and checks it lies in [lo, hi].

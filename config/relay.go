@@ -25,6 +25,8 @@ func relaySettings() []setting {
 		{key: "shutdown_timeout", flag: "shutdown-timeout", kind: kDuration, def: "10s", usage: "time open connections may drain on shutdown"},
 		{key: "access_log", flag: "access-log", kind: kBool, def: "true", usage: "log every visitor connection"},
 		{key: "quic", flag: "quic", kind: kBool, def: "true", usage: "also accept agents over QUIC, on the listen port number over UDP"},
+		{key: "udp_flow_timeout", flag: "udp-flow-timeout", kind: kDuration, def: "60s", usage: "a UDP tunnel forgets a visitor address after this long without a datagram"},
+		{key: "udp_max_flows", flag: "udp-max-flows", kind: kInt, def: "1024", usage: "most visitor addresses one UDP tunnel serves at once"},
 	}
 	return append(append(s, sessionSettings()...), logSettings()...)
 }
@@ -55,6 +57,8 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 		ShutdownTimeout:  l.duration("shutdown_timeout", 0, time.Hour),
 		AccessLog:        l.bool("access_log"),
 		QUIC:             l.bool("quic"),
+		UDPFlowTimeout:   l.duration("udp_flow_timeout", time.Second, 24*time.Hour),
+		UDPMaxFlows:      l.int("udp_max_flows", 1, 1<<20),
 		Session:          l.session(),
 		Log:              l.log(),
 	}

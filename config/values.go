@@ -92,12 +92,13 @@ func parsePort(s string) (uint16, error) {
 	return uint16(n), nil
 }
 
-// ParseTunnel reads a tunnel in the ssh -R style, [NAME=][tcp:]REMOTE_PORT:HOST:PORT:
+// ParseTunnel reads a tunnel in the ssh -R style, [NAME=][PROTO:]REMOTE_PORT:HOST:PORT:
 // a visitor connecting to the relay's REMOTE_PORT reaches HOST:PORT as
-// dialed by the agent. An IPv6 HOST is written in brackets
-// ("3390:[::1]:3389"). Without a name, the tunnel is called "tcp-REMOTE_PORT".
+// dialed by the agent. PROTO is tcp (the default) or udp. An IPv6 HOST is
+// written in brackets ("3390:[::1]:3389"). Without a name, the tunnel is
+// called "PROTO-REMOTE_PORT" ("tcp-3390", "udp-5353").
 func ParseTunnel(spec string) (Tunnel, error) {
-	const want = "want [NAME=]REMOTE_PORT:HOST:PORT, e.g. 3390:127.0.0.1:3389"
+	const want = "want [NAME=][tcp:|udp:]REMOTE_PORT:HOST:PORT, e.g. 3390:127.0.0.1:3389 or udp:5353:127.0.0.1:53"
 	s := strings.TrimSpace(spec)
 	var t Tunnel
 	if name, rest, ok := strings.Cut(s, "="); ok {
@@ -108,12 +109,11 @@ func ParseTunnel(spec string) (Tunnel, error) {
 	}
 	t.Protocol = "tcp"
 	if proto, rest, ok := strings.Cut(s, ":"); ok && proto != "" && !isDigits(proto) {
-		switch strings.ToLower(proto) {
-		case "tcp":
-		case "udp":
-			return Tunnel{}, fmt.Errorf("tunnel %q: UDP tunnels are not supported yet", spec)
+		switch p := strings.ToLower(proto); p {
+		case "tcp", "udp":
+			t.Protocol = p
 		default:
-			return Tunnel{}, fmt.Errorf("tunnel %q: unknown protocol %q (want tcp); %s", spec, proto, want)
+			return Tunnel{}, fmt.Errorf("tunnel %q: unknown protocol %q (want tcp or udp); %s", spec, proto, want)
 		}
 		s = rest
 	}
@@ -138,6 +138,9 @@ func ParseTunnel(spec string) (Tunnel, error) {
 
 // String formats the tunnel as ParseTunnel reads it.
 func (t Tunnel) String() string {
+	if t.Protocol == "udp" {
+		return fmt.Sprintf("%s=udp:%d:%s", t.Name, t.RemotePort, t.Target)
+	}
 	return fmt.Sprintf("%s=%d:%s", t.Name, t.RemotePort, t.Target)
 }
 
@@ -159,8 +162,8 @@ func (t Tunnel) validate() error {
 			return fmt.Errorf("name %q: use A-Z, a-z, 0-9, '-', '_' and '.'", t.Name)
 		}
 	}
-	if t.Protocol != "tcp" {
-		return fmt.Errorf("protocol %q: want tcp", t.Protocol)
+	if t.Protocol != "tcp" && t.Protocol != "udp" {
+		return fmt.Errorf("protocol %q: want tcp or udp", t.Protocol)
 	}
 	if t.RemotePort == 0 {
 		return fmt.Errorf("remote port missing")

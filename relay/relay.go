@@ -30,7 +30,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[sessionKey]*agentSession
-	ports    map[uint16]*publicTunnel // TCP port -> owner
+	ports    map[portKey]any // public port -> the tunnel holding it
 	closing  bool
 
 	handlers sync.WaitGroup // agent connections, in handshake or in session
@@ -56,7 +56,7 @@ func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
 		id:       id,
 		log:      log,
 		sessions: make(map[sessionKey]*agentSession),
-		ports:    make(map[uint16]*publicTunnel),
+		ports:    make(map[portKey]any),
 	}
 	for i, t := range id.Tokens {
 		if t.Secret == "" {
@@ -66,6 +66,12 @@ func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
 	}
 	if s.cfg.HandshakeTimeout <= 0 {
 		s.cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if s.cfg.UDPFlowTimeout <= 0 {
+		s.cfg.UDPFlowTimeout = time.Minute
+	}
+	if s.cfg.UDPMaxFlows <= 0 {
+		s.cfg.UDPMaxFlows = 1024
 	}
 	s.visitCtx, s.visitCancel = context.WithCancel(context.Background())
 	return s, nil
@@ -321,21 +327,27 @@ func (s *Server) removeSession(as *agentSession) {
 	s.mu.Unlock()
 }
 
-// claimPort reserves port for t; it fails if another tunnel holds it.
-func (s *Server) claimPort(t *publicTunnel) bool {
+// portKey is a public port: TCP and UDP ports of one number are distinct.
+type portKey struct {
+	proto tunnel.Protocol
+	port  uint16
+}
+
+// claimPort reserves k for owner; it fails if another tunnel holds it.
+func (s *Server) claimPort(k portKey, owner any) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing || s.ports[t.port] != nil {
+	if s.closing || s.ports[k] != nil {
 		return false
 	}
-	s.ports[t.port] = t
+	s.ports[k] = owner
 	return true
 }
 
-func (s *Server) releasePort(t *publicTunnel) {
+func (s *Server) releasePort(k portKey, owner any) {
 	s.mu.Lock()
-	if s.ports[t.port] == t {
-		delete(s.ports, t.port)
+	if s.ports[k] == owner {
+		delete(s.ports, k)
 	}
 	s.mu.Unlock()
 }

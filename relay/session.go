@@ -33,8 +33,13 @@ type agentSession struct {
 	// session that ends after that ended cleanly.
 	leaving atomic.Bool
 
+	// UDP flows of this session by number, for session datagrams.
+	nextFlow atomic.Uint32
+	flowMu   sync.Mutex
+	flows    map[uint32]*udpFlow
+
 	mu      sync.Mutex
-	tunnels map[string]*publicTunnel // by name
+	tunnels map[string]portTunnel // by name
 	ended   bool
 }
 
@@ -48,7 +53,8 @@ func newAgentSession(s *Server, sess tunnel.Session, ctrl tunnel.Stream, a tunne
 		sess:    sess,
 		ctrl:    ctrl,
 		log:     log.With("agent", a.ID, "token", token.Name),
-		tunnels: make(map[string]*publicTunnel),
+		tunnels: make(map[string]portTunnel),
+		flows:   make(map[uint32]*udpFlow),
 	}
 }
 
@@ -58,10 +64,14 @@ func (as *agentSession) serve(ctx context.Context) {
 	defer as.srv.removeSession(as)
 
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		as.refuseStreams(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		as.receiveDatagrams(ctx)
 	}()
 
 	reason := "agent closed the session"
@@ -146,7 +156,7 @@ func (as *agentSession) closeTunnels() {
 	as.mu.Lock()
 	as.ended = true
 	ts := as.tunnels
-	as.tunnels = map[string]*publicTunnel{}
+	as.tunnels = map[string]portTunnel{}
 	as.mu.Unlock()
 	for _, t := range ts {
 		t.close()
@@ -176,15 +186,13 @@ func (as *agentSession) open(req tunnel.TunnelRequest) (tunnel.Code, string) {
 	switch {
 	case !nameRE.MatchString(req.Name):
 		return tunnel.CodeBadRequest, fmt.Sprintf("tunnel name %q: want 1-64 of A-Z a-z 0-9 . _ -", req.Name)
-	case req.Protocol != tunnel.ProtoTCP:
+	case req.Protocol != tunnel.ProtoTCP && req.Protocol != tunnel.ProtoUDP:
 		return tunnel.CodeBadRequest, fmt.Sprintf("tunnel %q: %v is not supported", req.Name, req.Protocol)
 	case req.RemotePort == 0:
 		return tunnel.CodeBadRequest, fmt.Sprintf("tunnel %q: port 0", req.Name)
 	case !as.srv.allowed(as.token, req.RemotePort):
 		return tunnel.CodePortNotAllowed, fmt.Sprintf("port %d is not allowed for token %q", req.RemotePort, as.token.Name)
 	}
-	t := &publicTunnel{name: req.Name, port: req.RemotePort, owner: as}
-
 	as.mu.Lock()
 	defer as.mu.Unlock()
 	if as.ended {
@@ -193,23 +201,46 @@ func (as *agentSession) open(req tunnel.TunnelRequest) (tunnel.Code, string) {
 	if _, dup := as.tunnels[req.Name]; dup {
 		return tunnel.CodeDuplicateName, fmt.Sprintf("tunnel name %q is already registered by this agent", req.Name)
 	}
-	if !as.srv.claimPort(t) {
-		return tunnel.CodePortInUse, fmt.Sprintf("port %d is already used by another tunnel on this relay", req.RemotePort)
+	key := portKey{req.Protocol, req.RemotePort}
+	var owner any = req.Name + "@" + as.remote // placeholder until the tunnel exists
+	if !as.srv.claimPort(key, owner) {
+		return tunnel.CodePortInUse, fmt.Sprintf("%v port %d is already used by another tunnel on this relay", req.Protocol, req.RemotePort)
 	}
 	addr := net.JoinHostPort(as.srv.cfg.BindAddr, strconv.Itoa(int(req.RemotePort)))
+	var t portTunnel
+	var err error
+	if req.Protocol == tunnel.ProtoUDP {
+		t, err = as.listenUDP(req.Name, req.RemotePort, addr)
+	} else {
+		t, err = as.listenTCP(req.Name, req.RemotePort, addr)
+	}
+	if err != nil {
+		as.srv.releasePort(key, owner)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return tunnel.CodePortInUse, fmt.Sprintf("%v port %d is in use by another program on the relay host", req.Protocol, req.RemotePort)
+		}
+		return tunnel.CodeInternal, fmt.Sprintf("listen on %v %s: %v", req.Protocol, addr, err)
+	}
+	as.srv.mu.Lock()
+	as.srv.ports[key] = t
+	as.srv.mu.Unlock()
+	as.tunnels[req.Name] = t
+	return tunnel.CodeOK, ""
+}
+
+// portTunnel is a tunnel's public port, TCP or UDP.
+type portTunnel interface {
+	close() // stop serving and free the port
+}
+
+func (as *agentSession) listenTCP(name string, port uint16, addr string) (portTunnel, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		as.srv.releasePort(t)
-		if errors.Is(err, syscall.EADDRINUSE) {
-			return tunnel.CodePortInUse, fmt.Sprintf("port %d is in use by another program on the relay host", req.RemotePort)
-		}
-		return tunnel.CodeInternal, fmt.Sprintf("listen on %s: %v", addr, err)
+		return nil, err
 	}
-	t.ln = ln
-	as.tunnels[req.Name] = t
-	t.done = make(chan struct{})
+	t := &publicTunnel{name: name, port: port, owner: as, ln: ln, done: make(chan struct{})}
 	go t.acceptLoop()
-	return tunnel.CodeOK, ""
+	return t, nil
 }
 
 // publicTunnel is one public port and the agent session behind it.
@@ -224,7 +255,7 @@ type publicTunnel struct {
 func (t *publicTunnel) close() {
 	t.ln.Close()
 	<-t.done
-	t.owner.srv.releasePort(t)
+	t.owner.srv.releasePort(portKey{tunnel.ProtoTCP, t.port}, t)
 }
 
 func (t *publicTunnel) acceptLoop() {

@@ -40,6 +40,7 @@ const (
 	msgGoAway         byte = 0x12 // relay -> agent, control stream
 	msgOpen           byte = 0x20 // relay -> agent, first frame of a visitor stream
 	msgOpenResult     byte = 0x21 // agent -> relay, first frame back on a visitor stream
+	msgOpenFlow       byte = 0x22 // relay -> agent, first frame of a UDP flow stream
 )
 
 // Errors of the frame layer.
@@ -91,6 +92,7 @@ type enc struct{ b []byte }
 
 func (e *enc) u8(v byte)      { e.b = append(e.b, v) }
 func (e *enc) u16(v uint16)   { e.b = binary.BigEndian.AppendUint16(e.b, v) }
+func (e *enc) u32(v uint32)   { e.b = binary.BigEndian.AppendUint32(e.b, v) }
 func (e *enc) bytes(v []byte) { e.b = append(e.b, v...) }
 func (e *enc) str(s string) {
 	if len(s) > MaxFrameSize {
@@ -129,6 +131,16 @@ func (d *dec) u16() uint16 {
 	}
 	v := binary.BigEndian.Uint16(d.b)
 	d.b = d.b[2:]
+	return v
+}
+
+func (d *dec) u32() uint32 {
+	if d.err != nil || len(d.b) < 4 {
+		d.fail()
+		return 0
+	}
+	v := binary.BigEndian.Uint32(d.b)
+	d.b = d.b[4:]
 	return v
 }
 

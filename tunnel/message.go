@@ -64,12 +64,15 @@ type Protocol uint8
 // Tunnel protocols. The numeric values are part of the wire protocol.
 const (
 	ProtoTCP Protocol = 1
+	ProtoUDP Protocol = 2
 )
 
 func (p Protocol) String() string {
 	switch p {
 	case ProtoTCP:
 		return "tcp"
+	case ProtoUDP:
+		return "udp"
 	}
 	return fmt.Sprintf("protocol %d", uint8(p))
 }
@@ -114,6 +117,15 @@ type Open struct {
 	Visitor string // the visitor's address as the relay sees it
 }
 
+// OpenFlow is the first frame of a UDP flow's stream, relay to agent: the
+// datagrams of one visitor address on a UDP tunnel. Flow numbers the flow
+// within the session, for datagrams sent outside the stream (QUIC).
+type OpenFlow struct {
+	Tunnel  string
+	Visitor string
+	Flow    uint32
+}
+
 // OpenResult is the agent's first frame on a visitor stream.
 type OpenResult struct {
 	Code    Code
@@ -147,6 +159,7 @@ func (*Register) msgType() byte       { return msgRegister }
 func (*RegisterResult) msgType() byte { return msgRegisterResult }
 func (*GoAway) msgType() byte         { return msgGoAway }
 func (*Open) msgType() byte           { return msgOpen }
+func (*OpenFlow) msgType() byte       { return msgOpenFlow }
 func (*OpenResult) msgType() byte     { return msgOpenResult }
 func (*Welcome) msgType() byte        { return msgWelcome }
 func (*Reject) msgType() byte         { return msgReject }
@@ -230,6 +243,13 @@ func (m *RegisterResult) decode(d *dec) {
 func (m *GoAway) encode(e *enc) { e.u8(byte(m.Code)); e.str(clip(m.Message, MaxMessageLen)) }
 func (m *GoAway) decode(d *dec) { m.Code = Code(d.u8()); m.Message = d.str(MaxMessageLen) }
 
+func (m *OpenFlow) encode(e *enc) { e.str(m.Tunnel); e.str(m.Visitor); e.u32(m.Flow) }
+func (m *OpenFlow) decode(d *dec) {
+	m.Tunnel = d.str(MaxNameLen)
+	m.Visitor = d.str(MaxAddrLen)
+	m.Flow = d.u32()
+}
+
 func (m *Open) encode(e *enc) { e.str(m.Tunnel); e.str(m.Visitor) }
 func (m *Open) decode(d *dec) { m.Tunnel = d.str(MaxNameLen); m.Visitor = d.str(MaxAddrLen) }
 
@@ -287,6 +307,8 @@ func newMessage(typ byte) Message {
 		return new(Open)
 	case msgOpenResult:
 		return new(OpenResult)
+	case msgOpenFlow:
+		return new(OpenFlow)
 	}
 	return nil
 }

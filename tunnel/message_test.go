@@ -24,6 +24,8 @@ func sampleMessages() []Message {
 		&RegisterResult{Results: []TunnelResult{{Name: "rdp", Code: CodeOK}, {Name: "ssh", Code: CodePortNotAllowed, Message: "port 2222 is not allowed"}}},
 		&GoAway{Code: CodeReplaced, Message: "newer session"},
 		&Open{Tunnel: "rdp", Visitor: "[2001:db8::1]:40000"},
+		&OpenFlow{Tunnel: "dns", Visitor: "198.51.100.7:5353", Flow: 1 << 31},
+		&Register{Tunnels: []TunnelRequest{{Name: "rdp", Protocol: ProtoTCP, RemotePort: 3390}, {Name: "rdp-udp", Protocol: ProtoUDP, RemotePort: 3390}}},
 		&OpenResult{Code: CodeDialFailed, Message: "connection refused"},
 	}
 }

@@ -438,7 +438,27 @@ type quicSession struct {
 	once    sync.Once
 }
 
-var _ Session = (*quicSession)(nil)
+var _ DatagramSession = (*quicSession)(nil)
+
+func (s *quicSession) SendDatagram(b []byte) error {
+	err := s.conn.SendDatagram(b)
+	var tl *quic.DatagramTooLargeError
+	if errors.As(err, &tl) {
+		return fmt.Errorf("%w (%d bytes, path allows %d)", ErrDatagramTooLarge, len(b), tl.MaxDatagramPayloadSize)
+	}
+	return err
+}
+
+func (s *quicSession) ReceiveDatagram(ctx context.Context) ([]byte, error) {
+	b, err := s.conn.ReceiveDatagram(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, s.mapErr(err)
+	}
+	return b, nil
+}
 
 func (s *quicSession) wrap(st *quic.Stream) Stream {
 	s.streams.Add(1)

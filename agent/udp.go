@@ -1,0 +1,177 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/homeport/homeport/tunnel"
+)
+
+// flowTable holds a session's UDP flows by number, for datagrams that the
+// relay sends outside their stream (QUIC DATAGRAM frames).
+type flowTable struct {
+	ds    tunnel.DatagramSession // nil over TCP
+	mu    sync.Mutex
+	flows map[uint32]*net.UDPConn
+}
+
+func newFlowTable(sess tunnel.Session) *flowTable {
+	ds, _ := sess.(tunnel.DatagramSession)
+	return &flowTable{ds: ds, flows: make(map[uint32]*net.UDPConn)}
+}
+
+func (ft *flowTable) add(id uint32, c *net.UDPConn) bool {
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	if ft.flows[id] != nil {
+		return false
+	}
+	ft.flows[id] = c
+	return true
+}
+
+func (ft *flowTable) remove(id uint32, c *net.UDPConn) {
+	ft.mu.Lock()
+	if ft.flows[id] == c {
+		delete(ft.flows, id)
+	}
+	ft.mu.Unlock()
+}
+
+// receive hands session datagrams to their flows' targets until the
+// session or ctx ends.
+func (ft *flowTable) receive(ctx context.Context) {
+	if ft.ds == nil {
+		return
+	}
+	for {
+		b, err := ft.ds.ReceiveDatagram(ctx)
+		if err != nil {
+			return
+		}
+		id, p, err := tunnel.ParseFlowDatagram(b)
+		if err != nil {
+			continue
+		}
+		ft.mu.Lock()
+		c := ft.flows[id]
+		ft.mu.Unlock()
+		if c != nil {
+			_, _ = c.Write(p)
+		}
+	}
+}
+
+// handleFlow carries one UDP flow: the visitor's datagrams go to the
+// target from a socket of the flow's own, and the target's replies go back
+// on the stream, or as session datagrams where they fit. The flow ends when
+// the relay ends the stream (the visitor went quiet) or the session ends.
+func (a *Agent) handleFlow(ctx context.Context, st tunnel.Stream, open *tunnel.OpenFlow, flows *flowTable) {
+	start := time.Now()
+	log := a.log.With("tunnel", open.Tunnel, "visitor", open.Visitor)
+	t, ok := a.tunnels[open.Tunnel]
+	if !ok || t.Protocol != "udp" {
+		refuse(st, tunnel.CodeUnknownTunnel, fmt.Sprintf("agent has no UDP tunnel %q", open.Tunnel))
+		log.Warn("relay asked for an unknown UDP tunnel")
+		return
+	}
+	raddr, err := net.ResolveUDPAddr("udp", t.Target)
+	var c *net.UDPConn
+	if err == nil {
+		c, err = net.DialUDP("udp", nil, raddr)
+	}
+	if err != nil {
+		refuse(st, tunnel.CodeDialFailed, fmt.Sprintf("tunnel %q: %s: %v", t.Name, t.Target, err))
+		log.Warn("UDP target unusable", "target", t.Target, "err", err)
+		return
+	}
+	defer c.Close()
+	if !flows.add(open.Flow, c) {
+		refuse(st, tunnel.CodeBadRequest, fmt.Sprintf("flow %d is already open", open.Flow))
+		return
+	}
+	defer flows.remove(open.Flow, c)
+	if err := tunnel.WriteMessage(st, &tunnel.OpenResult{Code: tunnel.CodeOK}); err != nil {
+		st.Close()
+		return
+	}
+	stop := context.AfterFunc(ctx, func() { st.Close(); c.Close() })
+	defer stop()
+
+	var in, out atomic.Int64
+	replies := make(chan error, 1)
+	go func() { replies <- a.flowReplies(st, c, open.Flow, flows.ds, &out) }()
+
+	// Relay to target: datagrams framed on the stream (session datagrams
+	// go through flows.receive).
+	buf := make([]byte, tunnel.MaxDatagram)
+	var err2 error
+	for {
+		n, err := tunnel.ReadDatagram(st, buf)
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				err2 = err
+			}
+			break
+		}
+		in.Add(1)
+		_, _ = c.Write(buf[:n])
+	}
+	c.Close() // ends flowReplies
+	st.Close()
+	if err := <-replies; err2 == nil {
+		err2 = err
+	}
+	level := slog.LevelDebug
+	if a.cfg.AccessLog {
+		level = slog.LevelInfo
+	}
+	log.Log(context.Background(), level, "UDP visitor flow", "target", t.Target,
+		"datagrams_in", in.Load(), "datagrams_out", out.Load(), "duration", time.Since(start).Round(time.Millisecond), "end", err2)
+}
+
+// flowReplies sends the target's datagrams to the relay until the flow's
+// socket is closed.
+func (a *Agent) flowReplies(st tunnel.Stream, c *net.UDPConn, id uint32, ds tunnel.DatagramSession, out *atomic.Int64) error {
+	buf := make([]byte, tunnel.MaxDatagram+1)
+	var dg []byte
+	errs := 0
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// ICMP port unreachable from the target: nobody listens
+			// (yet); UDP goes on, without spinning on an error that stays.
+			if errs++; errs > 3 {
+				time.Sleep(10 * time.Millisecond)
+			}
+			continue
+		}
+		errs = 0
+		if n > tunnel.MaxDatagram {
+			continue
+		}
+		out.Add(1)
+		if ds != nil {
+			dg = tunnel.AppendFlowDatagram(dg[:0], id, buf[:n])
+			err := ds.SendDatagram(dg)
+			if err == nil {
+				continue
+			}
+			if !errors.Is(err, tunnel.ErrDatagramTooLarge) {
+				return err
+			}
+		}
+		if err := tunnel.WriteDatagram(st, buf[:n]); err != nil {
+			return err
+		}
+	}
+}

@@ -1,0 +1,357 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/homeport/homeport/tunnel"
+)
+
+// A UDP tunnel: one public UDP socket; each visitor address is a flow,
+// carried to the agent as one stream (see tunnel/udp.go), which dials the
+// target from a socket of its own per flow, so replies find their visitor.
+// Flows end after udp_flow_timeout without a datagram either way, and a
+// tunnel serves at most udp_max_flows of them; datagrams from further
+// visitors are dropped until a flow ends.
+
+// flowQueue is how many datagrams may wait for a flow's stream; more are
+// dropped, as a congested network would.
+const flowQueue = 128
+
+type udpTunnel struct {
+	name  string
+	port  uint16
+	owner *agentSession
+	pc    *net.UDPConn
+
+	mu      sync.Mutex
+	flows   map[netip.AddrPort]*udpFlow
+	dropped int // datagrams dropped since the last warning
+	closed  bool
+
+	wg   sync.WaitGroup // read loop, janitor, flows
+	stop chan struct{}
+}
+
+func (as *agentSession) listenUDP(name string, port uint16, addr string) (portTunnel, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	pc, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return nil, err
+	}
+	t := &udpTunnel{name: name, port: port, owner: as, pc: pc, flows: make(map[netip.AddrPort]*udpFlow), stop: make(chan struct{})}
+	t.wg.Add(2)
+	go t.readLoop()
+	go t.janitor()
+	return t, nil
+}
+
+func (t *udpTunnel) close() {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return
+	}
+	t.closed = true
+	flows := make([]*udpFlow, 0, len(t.flows))
+	for _, f := range t.flows {
+		flows = append(flows, f)
+	}
+	t.mu.Unlock()
+	close(t.stop)
+	t.pc.Close()
+	for _, f := range flows {
+		f.end("tunnel closed")
+	}
+	t.wg.Wait()
+	t.owner.srv.releasePort(portKey{tunnel.ProtoUDP, t.port}, t)
+}
+
+func (t *udpTunnel) readLoop() {
+	defer t.wg.Done()
+	buf := make([]byte, tunnel.MaxDatagram+1)
+	errs := 0
+	for {
+		n, from, err := t.pc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// ICMP errors from earlier sends and the like: go on,
+			// without spinning on an error that stays.
+			if errs++; errs > 3 {
+				time.Sleep(10 * time.Millisecond)
+			}
+			continue
+		}
+		errs = 0
+		if n > tunnel.MaxDatagram {
+			continue
+		}
+		f := t.flow(from.Addr().Unmap(), from.Port())
+		if f == nil {
+			continue
+		}
+		f.enqueue(buf[:n])
+	}
+}
+
+// flow returns the flow of a visitor address, creating it if the cap
+// allows; nil means the datagram is dropped.
+func (t *udpTunnel) flow(addr netip.Addr, port uint16) *udpFlow {
+	visitor := netip.AddrPortFrom(addr, port)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if f := t.flows[visitor]; f != nil {
+		return f
+	}
+	if t.closed {
+		return nil
+	}
+	srv := t.owner.srv
+	if len(t.flows) >= srv.cfg.UDPMaxFlows {
+		if t.dropped++; t.dropped == 1 {
+			t.owner.log.Warn("UDP tunnel at its flow limit; dropping datagrams from new visitors", "tunnel", t.name, "flows", len(t.flows), "udp_max_flows", srv.cfg.UDPMaxFlows)
+		}
+		return nil
+	}
+	t.dropped = 0
+	f := &udpFlow{t: t, visitor: visitor, id: t.owner.nextFlow.Add(1), queue: make(chan []byte, flowQueue), done: make(chan struct{}), start: time.Now()}
+	f.touch()
+	t.flows[visitor] = f
+	t.owner.addFlow(f)
+	t.wg.Add(1)
+	go f.run()
+	return f
+}
+
+func (t *udpTunnel) remove(f *udpFlow) {
+	t.mu.Lock()
+	if t.flows[f.visitor] == f {
+		delete(t.flows, f.visitor)
+	}
+	t.mu.Unlock()
+	t.owner.removeFlow(f)
+}
+
+// janitor ends flows that have been idle for udp_flow_timeout.
+func (t *udpTunnel) janitor() {
+	defer t.wg.Done()
+	timeout := t.owner.srv.cfg.UDPFlowTimeout
+	tick := time.NewTicker(min(max(timeout/4, 10*time.Millisecond), time.Second))
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case <-tick.C:
+		}
+		var idle []*udpFlow
+		t.mu.Lock()
+		for _, f := range t.flows {
+			if time.Since(f.lastActive()) >= timeout {
+				idle = append(idle, f)
+			}
+		}
+		t.mu.Unlock()
+		for _, f := range idle {
+			f.end("idle")
+		}
+	}
+}
+
+// udpFlow is one visitor address on a UDP tunnel.
+type udpFlow struct {
+	t       *udpTunnel
+	visitor netip.AddrPort
+	id      uint32
+	queue   chan []byte
+	start   time.Time
+
+	last    atomic.Int64 // unix nanoseconds of the last datagram either way
+	ready   atomic.Bool  // the agent accepted the flow: datagrams may bypass the stream
+	in, out atomic.Int64 // datagrams from and to the visitor
+
+	once   sync.Once
+	done   chan struct{}
+	reason string // why the flow ended, set before done is closed
+}
+
+func (f *udpFlow) touch()                { f.last.Store(time.Now().UnixNano()) }
+func (f *udpFlow) lastActive() time.Time { return time.Unix(0, f.last.Load()) }
+
+// enqueue hands a visitor's datagram to the flow, or drops it when the
+// flow is behind.
+func (f *udpFlow) enqueue(p []byte) {
+	f.touch()
+	select {
+	case f.queue <- append([]byte(nil), p...):
+	case <-f.done:
+	default:
+	}
+}
+
+func (f *udpFlow) end(reason string) {
+	f.once.Do(func() {
+		f.reason = reason
+		close(f.done)
+	})
+}
+
+// run opens the flow's stream and carries datagrams to the agent; a
+// second goroutine carries the agent's datagrams back.
+func (f *udpFlow) run() {
+	t := f.t
+	as := t.owner
+	defer t.wg.Done()
+	defer t.remove(f)
+	ctx, cancel := context.WithCancel(as.srv.visitCtx)
+	defer cancel()
+	go func() {
+		select {
+		case <-f.done:
+		case <-as.sess.Done():
+			f.end("session ended")
+		}
+		cancel()
+	}()
+
+	st, err := as.sess.OpenStream(ctx)
+	if err != nil {
+		f.end("cannot open stream to agent: " + err.Error())
+		as.log.Warn("UDP visitor dropped: cannot open stream to agent", "tunnel", t.name, "visitor", f.visitor.String(), "err", err)
+		return
+	}
+	stop := context.AfterFunc(ctx, func() { st.Close() })
+	defer stop()
+	defer st.Close()
+	if err := tunnel.WriteMessage(st, &tunnel.OpenFlow{Tunnel: t.name, Visitor: f.visitor.String(), Flow: f.id}); err != nil {
+		f.end("cannot write to agent: " + err.Error())
+		return
+	}
+	replies := make(chan struct{})
+	go func() {
+		defer close(replies)
+		f.readReplies(st)
+	}()
+
+	ds, _ := as.sess.(tunnel.DatagramSession)
+	var buf []byte
+	for {
+		select {
+		case <-f.done:
+			st.Close() // the agent sees the end and frees its socket
+			<-replies
+			f.logEnd()
+			return
+		case p := <-f.queue:
+			f.in.Add(1)
+			if ds != nil && f.ready.Load() {
+				buf = tunnel.AppendFlowDatagram(buf[:0], f.id, p)
+				err := ds.SendDatagram(buf)
+				if err == nil {
+					continue
+				}
+				if !errors.Is(err, tunnel.ErrDatagramTooLarge) {
+					f.end("session datagram: " + err.Error())
+					continue
+				}
+			}
+			if err := tunnel.WriteDatagram(st, p); err != nil {
+				f.end("stream to agent: " + err.Error())
+			}
+		}
+	}
+}
+
+// readReplies reads the agent's answer, then its datagrams for the
+// visitor, until the stream ends.
+func (f *udpFlow) readReplies(st tunnel.Stream) {
+	var res tunnel.OpenResult
+	if err := tunnel.ReadInto(st, tunnel.MaxFrameSize, &res); err != nil {
+		f.end("agent answer: " + err.Error())
+		return
+	}
+	if res.Code != tunnel.CodeOK {
+		f.end((&tunnel.OpenError{Code: res.Code, Message: res.Message}).Error())
+		return
+	}
+	f.ready.Store(true)
+	buf := make([]byte, tunnel.MaxDatagram)
+	for {
+		n, err := tunnel.ReadDatagram(st, buf)
+		if err != nil {
+			f.end("stream from agent ended")
+			return
+		}
+		f.reply(buf[:n])
+	}
+}
+
+// reply sends one of the target's datagrams to the visitor.
+func (f *udpFlow) reply(p []byte) {
+	f.touch()
+	f.out.Add(1)
+	_, _ = f.t.pc.WriteToUDPAddrPort(p, f.visitor)
+}
+
+func (f *udpFlow) logEnd() {
+	as := f.t.owner
+	level := slog.LevelDebug
+	if as.srv.cfg.AccessLog {
+		level = slog.LevelInfo
+	}
+	as.log.Log(context.Background(), level, "UDP visitor flow", "tunnel", f.t.name, "visitor", f.visitor.String(),
+		"datagrams_in", f.in.Load(), "datagrams_out", f.out.Load(), "duration", time.Since(f.start).Round(time.Millisecond), "end", f.reason)
+}
+
+// Session-level bookkeeping of flows, for datagrams that arrive outside
+// their stream.
+
+func (as *agentSession) addFlow(f *udpFlow) {
+	as.flowMu.Lock()
+	as.flows[f.id] = f
+	as.flowMu.Unlock()
+}
+
+func (as *agentSession) removeFlow(f *udpFlow) {
+	as.flowMu.Lock()
+	if as.flows[f.id] == f {
+		delete(as.flows, f.id)
+	}
+	as.flowMu.Unlock()
+}
+
+// receiveDatagrams delivers the agent's session datagrams to their flows
+// until the session ends.
+func (as *agentSession) receiveDatagrams(ctx context.Context) {
+	ds, ok := as.sess.(tunnel.DatagramSession)
+	if !ok {
+		return
+	}
+	for {
+		b, err := ds.ReceiveDatagram(ctx)
+		if err != nil {
+			return
+		}
+		id, p, err := tunnel.ParseFlowDatagram(b)
+		if err != nil {
+			continue
+		}
+		as.flowMu.Lock()
+		f := as.flows[id]
+		as.flowMu.Unlock()
+		if f != nil {
+			f.reply(p)
+		}
+	}
+}
