@@ -229,9 +229,13 @@ func (s *Server) shutdown() {
 	}
 	s.visitCancel()
 	<-drained
+	// In parallel: ending a session may wait a moment for the agent to
+	// take its GoAway (see tunnel's lingering QUIC close).
+	var ended sync.WaitGroup
 	for _, as := range sessions {
-		as.end(tunnel.CodeShutdown, "relay shutting down")
+		ended.Go(func() { as.end(tunnel.CodeShutdown, "relay shutting down") })
 	}
+	ended.Wait()
 	s.handlers.Wait()
 	s.log.Info("relay stopped")
 }

@@ -32,9 +32,10 @@ type QUICTransport struct {
 	// HandshakeTimeout bounds the QUIC handshake (10 s when zero).
 	HandshakeTimeout time.Duration
 	// ResetKey, on the relay, is the stateless reset key: an agent whose
-	// connection the relay no longer knows (after a restart) learns so
-	// within a round trip instead of an idle timeout. Keep it across
-	// restarts; nil disables stateless resets.
+	// connection the relay no longer knows (after a restart) learns so at
+	// its next packet (within a keepalive period, see heartbeat) instead
+	// of an idle timeout. Keep it across restarts; nil disables stateless
+	// resets.
 	ResetKey *quic.StatelessResetKey
 	// OnSmallBuffers, when set, is called for a UDP socket whose kernel
 	// buffers stayed below what QUIC needs for full speed (quic-go asks
@@ -428,8 +429,34 @@ func (l *quicLink) Mux(SessionConfig) (Session, error) {
 	l.auth.CancelRead(quicCodeAbort)
 	_ = l.auth.Close()
 	l.closed = true // the session owns conn and socket now
+	if l.client && l.qconf != nil && l.qconf.KeepAlivePeriod > 0 {
+		go heartbeat(l.conn, l.qconf.KeepAlivePeriod)
+	}
 	return &quicSession{conn: l.conn, sock: l.sock}, nil
 }
+
+// heartbeat sends the agent's keepalive as a padded session datagram of
+// flow 0 (no flow has that number). QUIC's own keepalive PING makes a
+// packet too small for a stateless reset (quic-go answers packets of more
+// than 42 bytes only), so an idle agent would not learn of a relay restart
+// before its idle timeout; this one does, within a keepalive period.
+func heartbeat(c *quic.Conn, period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	b := AppendFlowDatagram(nil, 0, make([]byte, heartbeatPad))
+	for {
+		select {
+		case <-c.Context().Done():
+			return
+		case <-t.C:
+			_ = c.SendDatagram(b)
+		}
+	}
+}
+
+// heartbeatPad makes the heartbeat's packet comfortably larger than the
+// smallest one a stateless reset answers.
+const heartbeatPad = 40
 
 type quicSession struct {
 	conn    *quic.Conn
