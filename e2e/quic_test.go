@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -552,4 +553,45 @@ func testQUICRelayRestartReset(t *testing.T, pad bool) {
 	if t.Failed() {
 		t.Logf("agent log:\n%s", a.logs)
 	}
+}
+
+// TestQUICKeepaliveDeadPeer: over QUIC, a network that silently drops
+// everything (no ICMP, nothing) is noticed by both ends through keepalive
+// and idle timeout: the relay frees the port, the agent reconnects once
+// packets flow again.
+func TestQUICKeepaliveDeadPeer(t *testing.T) {
+	leak.Check(t)
+	ka := config.Session{KeepAlive: 300 * time.Millisecond, KeepAliveTimeout: 600 * time.Millisecond, StreamWindow: 4 << 20}
+	target := serve(t, echo)
+	r := startRelayOver(t, config.TransportQUIC, func(c *config.Relay) { c.Session = ka })
+	fwd := startUDPFwd(t, r.addr)
+	var blackhole atomic.Bool
+	fwd.onPacket(func(_ udpFwdDir, _ netip.AddrPort, _ int, b []byte) []byte {
+		if blackhole.Load() {
+			return nil
+		}
+		return b
+	})
+	port := freePort(t)
+	cfg := agentConfig(r, tcpTunnel("echo", port, target))
+	cfg.Relay = fwd.addr()
+	cfg.Session = ka
+	a := startAgent(t, cfg)
+	a.waitSession(10 * time.Second)
+	expectEcho(t, publicAddr(port))
+
+	blackhole.Store(true)
+	start := time.Now()
+	expectClosed(t, publicAddr(port), 10*time.Second)
+	t.Logf("relay freed the public port %v after the network died", time.Since(start).Round(time.Millisecond))
+	waitFor(t, 10*time.Second, "agent noticing the dead session", func() bool {
+		return contains(a.logs.String(), "session lost; reconnecting")
+	})
+	t.Logf("agent noticed %v after the network died", time.Since(start).Round(time.Millisecond))
+
+	blackhole.Store(false)
+	back := time.Now()
+	a.waitSession(10 * time.Second)
+	t.Logf("agent back %v after the network came back", time.Since(back).Round(time.Millisecond))
+	expectEcho(t, publicAddr(port))
 }
