@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -13,32 +14,41 @@ import (
 	"github.com/homeport/homeport/tunnel"
 )
 
+// flowSocketBuffer is the kernel receive buffer asked for a flow's socket.
+const flowSocketBuffer = 1 << 20
+
 // flowTable holds a session's UDP flows by number, for datagrams that the
 // relay sends outside their stream (QUIC DATAGRAM frames).
 type flowTable struct {
 	ds    tunnel.DatagramSession // nil over TCP
 	mu    sync.Mutex
-	flows map[uint32]*net.UDPConn
+	flows map[uint32]*agentFlow
+}
+
+// agentFlow is a flow's socket toward the target.
+type agentFlow struct {
+	c       *net.UDPConn
+	in, out atomic.Int64 // datagrams to and from the target
 }
 
 func newFlowTable(sess tunnel.Session) *flowTable {
 	ds, _ := sess.(tunnel.DatagramSession)
-	return &flowTable{ds: ds, flows: make(map[uint32]*net.UDPConn)}
+	return &flowTable{ds: ds, flows: make(map[uint32]*agentFlow)}
 }
 
-func (ft *flowTable) add(id uint32, c *net.UDPConn) bool {
+func (ft *flowTable) add(id uint32, f *agentFlow) bool {
 	ft.mu.Lock()
 	defer ft.mu.Unlock()
 	if ft.flows[id] != nil {
 		return false
 	}
-	ft.flows[id] = c
+	ft.flows[id] = f
 	return true
 }
 
-func (ft *flowTable) remove(id uint32, c *net.UDPConn) {
+func (ft *flowTable) remove(id uint32, f *agentFlow) {
 	ft.mu.Lock()
-	if ft.flows[id] == c {
+	if ft.flows[id] == f {
 		delete(ft.flows, id)
 	}
 	ft.mu.Unlock()
@@ -60,10 +70,11 @@ func (ft *flowTable) receive(ctx context.Context) {
 			continue
 		}
 		ft.mu.Lock()
-		c := ft.flows[id]
+		f := ft.flows[id]
 		ft.mu.Unlock()
-		if c != nil {
-			_, _ = c.Write(p)
+		if f != nil {
+			f.in.Add(1)
+			_, _ = f.c.Write(p)
 		}
 	}
 }
@@ -92,11 +103,15 @@ func (a *Agent) handleFlow(ctx context.Context, st tunnel.Stream, open *tunnel.O
 		return
 	}
 	defer c.Close()
-	if !flows.add(open.Flow, c) {
+	// Kernel buffers are only used while datagrams wait, so a generous
+	// limit costs an idle flow nothing.
+	_ = c.SetReadBuffer(flowSocketBuffer)
+	f := &agentFlow{c: c}
+	if !flows.add(open.Flow, f) {
 		refuse(st, tunnel.CodeBadRequest, fmt.Sprintf("flow %d is already open", open.Flow))
 		return
 	}
-	defer flows.remove(open.Flow, c)
+	defer flows.remove(open.Flow, f)
 	if err := tunnel.WriteMessage(st, &tunnel.OpenResult{Code: tunnel.CodeOK}); err != nil {
 		st.Close()
 		return
@@ -104,36 +119,35 @@ func (a *Agent) handleFlow(ctx context.Context, st tunnel.Stream, open *tunnel.O
 	stop := context.AfterFunc(ctx, func() { st.Close(); c.Close() })
 	defer stop()
 
-	var in, out atomic.Int64
 	replies := make(chan error, 1)
-	go func() { replies <- a.flowReplies(st, c, open.Flow, flows.ds, &out) }()
+	go func() { replies <- a.flowReplies(st, c, open.Flow, flows.ds, &f.out) }()
 
 	// Relay to target: datagrams framed on the stream (session datagrams
 	// go through flows.receive).
 	buf := make([]byte, tunnel.MaxDatagram)
-	var err2 error
+	end := "relay ended the flow"
 	for {
 		n, err := tunnel.ReadDatagram(st, buf)
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				err2 = err
+			if !errors.Is(err, io.EOF) {
+				end = err.Error()
 			}
 			break
 		}
-		in.Add(1)
+		f.in.Add(1)
 		_, _ = c.Write(buf[:n])
 	}
 	c.Close() // ends flowReplies
 	st.Close()
-	if err := <-replies; err2 == nil {
-		err2 = err
+	if err := <-replies; err != nil {
+		end = "to relay: " + err.Error()
 	}
 	level := slog.LevelDebug
 	if a.cfg.AccessLog {
 		level = slog.LevelInfo
 	}
 	log.Log(context.Background(), level, "UDP visitor flow", "target", t.Target,
-		"datagrams_in", in.Load(), "datagrams_out", out.Load(), "duration", time.Since(start).Round(time.Millisecond), "end", err2)
+		"datagrams_in", f.in.Load(), "datagrams_out", f.out.Load(), "duration", time.Since(start).Round(time.Millisecond), "end", end)
 }
 
 // flowReplies sends the target's datagrams to the relay until the flow's

@@ -24,6 +24,9 @@ import (
 // dropped, as a congested network would.
 const flowQueue = 128
 
+// udpSocketBuffer is the kernel buffer asked for a public UDP socket.
+const udpSocketBuffer = 4 << 20
+
 type udpTunnel struct {
 	name  string
 	port  uint16
@@ -48,6 +51,11 @@ func (as *agentSession) listenUDP(name string, port uint16, addr string) (portTu
 	if err != nil {
 		return nil, err
 	}
+	// Bursts of visitors' datagrams wait here for the read loop; the
+	// kernel's default (about 200 KiB) holds only three large ones. The
+	// kernel caps this at net.core.rmem_max.
+	_ = pc.SetReadBuffer(udpSocketBuffer)
+	_ = pc.SetWriteBuffer(udpSocketBuffer)
 	t := &udpTunnel{name: name, port: port, owner: as, pc: pc, flows: make(map[netip.AddrPort]*udpFlow), stop: make(chan struct{})}
 	t.wg.Add(2)
 	go t.readLoop()
@@ -200,10 +208,17 @@ func (f *udpFlow) enqueue(p []byte) {
 	}
 }
 
+// end ends the flow. It leaves the tunnel's table at once, so that the
+// visitor's next datagram starts a new flow and the cap counts live flows.
 func (f *udpFlow) end(reason string) {
 	f.once.Do(func() {
 		f.reason = reason
 		close(f.done)
+		f.t.mu.Lock()
+		if f.t.flows[f.visitor] == f {
+			delete(f.t.flows, f.visitor)
+		}
+		f.t.mu.Unlock()
 	})
 }
 
@@ -236,6 +251,7 @@ func (f *udpFlow) run() {
 	defer st.Close()
 	if err := tunnel.WriteMessage(st, &tunnel.OpenFlow{Tunnel: t.name, Visitor: f.visitor.String(), Flow: f.id}); err != nil {
 		f.end("cannot write to agent: " + err.Error())
+		f.logEnd()
 		return
 	}
 	replies := make(chan struct{})
