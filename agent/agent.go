@@ -273,20 +273,25 @@ func (a *Agent) session(ctx context.Context) error {
 	if err != nil {
 		return &failure{stage: stageSetup, err: fmt.Errorf("open control stream: %w", err)}
 	}
-	reg := &tunnel.Register{}
+	var reqs []tunnel.TunnelRequest
 	for _, t := range a.cfg.Tunnels {
 		proto := tunnel.ProtoTCP
 		if t.Protocol == "udp" {
 			proto = tunnel.ProtoUDP
 		}
-		reg.Tunnels = append(reg.Tunnels, tunnel.TunnelRequest{Name: t.Name, Protocol: proto, RemotePort: t.RemotePort})
+		reqs = append(reqs, tunnel.TunnelRequest{Name: t.Name, Protocol: proto, RemotePort: t.RemotePort, Allow: t.Allow, Deny: t.Deny})
 	}
-	if err := tunnel.WriteMessage(ctrl, reg); err != nil {
-		return &failure{stage: stageSetup, err: fmt.Errorf("register tunnels: %w", err)}
-	}
+	// One Register per frame's worth of tunnels; the relay answers each.
 	var res tunnel.RegisterResult
-	if err := tunnel.ReadInto(ctrl, tunnel.MaxFrameSize, &res); err != nil {
-		return &failure{stage: stageSetup, err: fmt.Errorf("register tunnels: %w", err)}
+	for _, reg := range tunnel.SplitRegister(reqs) {
+		if err := tunnel.WriteMessage(ctrl, reg); err != nil {
+			return &failure{stage: stageSetup, err: fmt.Errorf("register tunnels: %w", err)}
+		}
+		var part tunnel.RegisterResult
+		if err := tunnel.ReadInto(ctrl, tunnel.MaxFrameSize, &part); err != nil {
+			return &failure{stage: stageSetup, err: fmt.Errorf("register tunnels: %w", err)}
+		}
+		res.Results = append(res.Results, part.Results...)
 	}
 	_ = c.SetDeadline(time.Time{})
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -218,6 +219,14 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowT
 		log.Warn("target unreachable", "target", t.Target, "err", err)
 		return
 	}
+	if t.ProxyProtocol != "" {
+		if err := writeProxyHeader(c, t.ProxyProtocol, open); err != nil {
+			c.Close()
+			refuse(st, tunnel.CodeDialFailed, fmt.Sprintf("tunnel %q: %v", t.Name, err))
+			log.Warn("PROXY header not sent", "target", t.Target, "err", err)
+			return
+		}
+	}
 	if err := tunnel.WriteMessage(st, &tunnel.OpenResult{Code: tunnel.CodeOK}); err != nil {
 		c.Close()
 		st.Close()
@@ -240,4 +249,25 @@ func isDone(c <-chan struct{}) bool {
 	default:
 		return false
 	}
+}
+
+// writeProxyHeader sends the PROXY protocol header for a visitor to c,
+// within the dial timeout's bounds.
+func writeProxyHeader(c net.Conn, version string, open tunnel.Open) error {
+	visitor, err := netip.ParseAddrPort(open.Visitor)
+	if err != nil {
+		return fmt.Errorf("visitor address %q: %w", open.Visitor, err)
+	}
+	public, err := netip.ParseAddrPort(open.Public)
+	if err != nil {
+		return fmt.Errorf("relay address %q: %w", open.Public, err)
+	}
+	h, err := proxyHeader(version, visitor, public)
+	if err != nil {
+		return err
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, err = c.Write(h)
+	_ = c.SetWriteDeadline(time.Time{})
+	return err
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -149,7 +150,7 @@ func (l *loader) tunnels() []Tunnel {
 }
 
 func tunnelSection(item any) (Tunnel, error) {
-	m, err := section(item, "name", "protocol", "remote_port", "target")
+	m, err := section(item, "name", "protocol", "remote_port", "target", "allow", "deny", "proxy_protocol")
 	if err != nil {
 		return Tunnel{}, err
 	}
@@ -168,8 +169,59 @@ func tunnelSection(item any) (Tunnel, error) {
 	} else if t.RemotePort != 0 {
 		t.Name = fmt.Sprintf("%s-%d", t.Protocol, t.RemotePort)
 	}
+	for _, k := range []struct {
+		key string
+		dst *[]netip.Prefix
+	}{{"allow", &t.Allow}, {"deny", &t.Deny}} {
+		if v, ok := m[k.key]; ok {
+			if *k.dst, err = prefixList(v); err != nil {
+				return Tunnel{}, fmt.Errorf("%s: %w", k.key, err)
+			}
+		}
+	}
+	if v, ok := m["proxy_protocol"]; ok {
+		t.ProxyProtocol = strings.ToLower(fmt.Sprint(v))
+	}
 	if err := t.validate(); err != nil {
 		return Tunnel{}, err
 	}
 	return t, nil
+}
+
+// prefixList reads networks: CIDRs ("192.0.2.0/24", "2001:db8::/32") or
+// single addresses, as a list or one comma-separated string.
+func prefixList(v any) ([]netip.Prefix, error) {
+	var items []string
+	switch v := v.(type) {
+	case string:
+		items = strings.Split(v, ",")
+	case []any:
+		for _, x := range v {
+			items = append(items, fmt.Sprint(x))
+		}
+	case []string:
+		items = v
+	default:
+		return nil, fmt.Errorf("want a list of networks, e.g. [192.0.2.0/24, \"2001:db8::/32\"]")
+	}
+	var out []netip.Prefix
+	for _, it := range items {
+		it = strings.TrimSpace(it)
+		if it == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(it)
+		if err != nil {
+			a, aerr := netip.ParseAddr(it)
+			if aerr != nil {
+				return nil, fmt.Errorf("%q: want a network like 192.0.2.0/24 or an address", it)
+			}
+			p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	if len(out) > MaxPrefixes {
+		return nil, fmt.Errorf("%d networks: at most %d", len(out), MaxPrefixes)
+	}
+	return out, nil
 }

@@ -7,6 +7,7 @@ package config
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 )
 
@@ -44,6 +45,9 @@ type Relay struct {
 	UDPFlowTimeout time.Duration
 	// UDPMaxFlows caps the flows of one UDP tunnel ("udp_max_flows").
 	UDPMaxFlows int
+	// Guard limits what one source may do on the agent port and on the
+	// public ports.
+	Guard Guard
 	// Log selects level and format of the process log.
 	Log Log
 }
@@ -61,6 +65,31 @@ type Token struct {
 
 // String hides the secret.
 func (t Token) String() string { return fmt.Sprintf("token %q", t.Name) }
+
+// Guard holds the relay's limits against hostile sources.
+type Guard struct {
+	// MaxHandshakes caps agent connections not yet authenticated, in
+	// all ("agent_port.max_handshakes") and from one IP address (or IPv6
+	// /64) ("agent_port.max_handshakes_per_ip"). Connections over the cap
+	// are closed at once.
+	MaxHandshakes, MaxHandshakesPerIP int
+	// AuthBanAfter failed authentications from one address within
+	// AuthBanFor ban it for AuthBanFor ("agent_port.ban_after",
+	// "agent_port.ban_for"); 0 disables.
+	AuthBanAfter int
+	AuthBanFor   time.Duration
+	// VisitorMaxConns caps one visitor address's open connections (UDP:
+	// flows) per tunnel ("visitors.max_conns_per_ip").
+	VisitorMaxConns int
+	// VisitorRate and VisitorBurst limit one visitor address's new
+	// connections per tunnel: VisitorRate a minute on average, up to
+	// VisitorBurst at once ("visitors.rate", "visitors.burst").
+	VisitorRate, VisitorBurst int
+	// VisitorBanAfter refusals ban the address from the tunnel for
+	// VisitorBanFor ("visitors.ban_after", "visitors.ban_for"); 0 disables.
+	VisitorBanAfter int
+	VisitorBanFor   time.Duration
+}
 
 // Agent transports.
 const (
@@ -105,13 +134,23 @@ type Agent struct {
 type Tunnel struct {
 	// Name identifies the tunnel on the wire and in logs.
 	Name string
-	// Protocol is "tcp".
+	// Protocol is "tcp" or "udp".
 	Protocol string
 	// RemotePort is the public port on the relay.
 	RemotePort uint16
 	// Target is the host:port the agent dials for each visitor.
 	Target string
+	// Allow, when not empty, lists the only visitor networks the relay
+	// lets in; Deny lists networks it keeps out (Deny wins). The relay
+	// refuses other visitors before any byte reaches the agent.
+	Allow, Deny []netip.Prefix
+	// ProxyProtocol is "", "v1" or "v2": send a PROXY protocol header with
+	// the visitor's address to the target (TCP tunnels).
+	ProxyProtocol string
 }
+
+// MaxPrefixes is the most networks one tunnel's Allow or Deny may list.
+const MaxPrefixes = 32
 
 // Session configures the multiplexed session between relay and agent.
 type Session struct {

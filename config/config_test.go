@@ -1,6 +1,7 @@
 package config
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -86,10 +87,10 @@ func TestParseTunnel(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || got != tt.want {
+		if err != nil || !reflect.DeepEqual(got, tt.want) {
 			t.Errorf("ParseTunnel(%q) = %+v, %v; want %+v", tt.in, got, err, tt.want)
 		}
-		if back, err := ParseTunnel(got.String()); err != nil || back != got {
+		if back, err := ParseTunnel(got.String()); err != nil || !reflect.DeepEqual(back, got) {
 			t.Errorf("ParseTunnel(%q) does not read back: %+v, %v", got.String(), back, err)
 		}
 	}
@@ -186,8 +187,10 @@ func TestRelayDefaults(t *testing.T) {
 		QUIC:             true,
 		UDPFlowTimeout:   time.Minute,
 		UDPMaxFlows:      1024,
-		Session:          Session{KeepAlive: 10 * time.Second, KeepAliveTimeout: 10 * time.Second, StreamWindow: 4 << 20},
-		Log:              Log{Level: "info", Format: "text"},
+		Guard: Guard{MaxHandshakes: 1024, MaxHandshakesPerIP: 16, AuthBanAfter: 5, AuthBanFor: 15 * time.Minute,
+			VisitorMaxConns: 32, VisitorRate: 60, VisitorBurst: 20, VisitorBanAfter: 50, VisitorBanFor: 10 * time.Minute},
+		Session: Session{KeepAlive: 10 * time.Second, KeepAliveTimeout: 10 * time.Second, StreamWindow: 4 << 20},
+		Log:     Log{Level: "info", Format: "text"},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
@@ -378,12 +381,19 @@ tunnels:
   - name: web
     remote_port: 8080
     target: 192.168.1.20:80
+    allow: [198.51.100.0/24, "2001:db8::/32", 203.0.113.9]
+    deny: "198.51.100.66"
+    proxy_protocol: v2
 `)
 	c, err = LoadAgent(agentFlags(t, "--config", p))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Tunnels) != 2 || c.Tunnels[1] != (Tunnel{Name: "web", Protocol: "tcp", RemotePort: 8080, Target: "192.168.1.20:80"}) {
+	wantWeb := Tunnel{Name: "web", Protocol: "tcp", RemotePort: 8080, Target: "192.168.1.20:80",
+		Allow:         []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8::/32"), netip.MustParsePrefix("203.0.113.9/32")},
+		Deny:          []netip.Prefix{netip.MustParsePrefix("198.51.100.66/32")},
+		ProxyProtocol: "v2"}
+	if len(c.Tunnels) != 2 || !reflect.DeepEqual(c.Tunnels[1], wantWeb) {
 		t.Errorf("file tunnels: %+v", c.Tunnels)
 	}
 	c, err = LoadAgent(agentFlags(t, "--config", p, "--tunnel", "2222:127.0.0.1:22"))
@@ -419,6 +429,9 @@ func TestAgentErrors(t *testing.T) {
 		{name: "same udp port twice", args: []string{"--tunnel", "udp:5353:127.0.0.1:53", "--tunnel", "b=udp:5353:127.0.0.1:54"}, want: []string{"both use remote udp port 5353"}},
 		{name: "relay key", file: "allow_ports: 1-2\n", want: []string{`"allow_ports"`, "other program"}},
 		{name: "tunnel section key", file: "tunnels:\n  - {name: a, port: 1, target: x:1}\n", want: []string{`unknown key "port"`}},
+		{name: "bad allow", file: "tunnels:\n  - {remote_port: 3390, target: x:1, allow: [10.0.0.0/33]}\n", want: []string{"allow:", "want a network"}},
+		{name: "proxy on udp", file: "tunnels:\n  - {protocol: udp, remote_port: 53, target: x:1, proxy_protocol: v1}\n", want: []string{"proxy_protocol: only for TCP"}},
+		{name: "proxy version", file: "tunnels:\n  - {remote_port: 3390, target: x:1, proxy_protocol: v3}\n", want: []string{"want v1 or v2"}},
 		{name: "tunnel section protocol", file: "tunnels:\n  - {protocol: sctp, remote_port: 1, target: x:1}\n", want: []string{"want tcp or udp"}},
 	}
 	for _, tt := range tests {

@@ -27,6 +27,15 @@ func relaySettings() []setting {
 		{key: "quic", flag: "quic", kind: kBool, def: "true", usage: "also accept agents over QUIC, on the listen port number over UDP"},
 		{key: "udp_flow_timeout", flag: "udp-flow-timeout", kind: kDuration, def: "60s", usage: "a UDP tunnel forgets a visitor address after this long without a datagram"},
 		{key: "udp_max_flows", flag: "udp-max-flows", kind: kInt, def: "1024", usage: "most visitor addresses one UDP tunnel serves at once"},
+		{key: "agent_port.max_handshakes", flag: "max-handshakes", kind: kInt, def: "1024", usage: "agent connections not yet authenticated, in all; more are closed at once"},
+		{key: "agent_port.max_handshakes_per_ip", flag: "max-handshakes-per-ip", kind: kInt, def: "16", usage: "agent connections not yet authenticated from one IP address (IPv6: /64)"},
+		{key: "agent_port.ban_after", flag: "auth-ban-after", kind: kInt, def: "5", usage: "failed agent logins from one address that ban it (0: never)"},
+		{key: "agent_port.ban_for", flag: "auth-ban-for", kind: kDuration, def: "15m", usage: "how long an address is banned after failed logins, and the window they count in"},
+		{key: "visitors.max_conns_per_ip", flag: "visitor-max-conns", kind: kInt, def: "32", usage: "open connections (UDP: flows) one visitor address may have on one tunnel"},
+		{key: "visitors.rate", flag: "visitor-rate", kind: kInt, def: "60", usage: "new connections a minute one visitor address may open on one tunnel, on average"},
+		{key: "visitors.burst", flag: "visitor-burst", kind: kInt, def: "20", usage: "new connections one visitor address may open at once on one tunnel"},
+		{key: "visitors.ban_after", flag: "visitor-ban-after", kind: kInt, def: "50", usage: "refused connections that ban a visitor address from a tunnel (0: never)"},
+		{key: "visitors.ban_for", flag: "visitor-ban-for", kind: kDuration, def: "10m", usage: "how long a visitor address stays banned"},
 	}
 	return append(append(s, sessionSettings()...), logSettings()...)
 }
@@ -59,8 +68,19 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 		QUIC:             l.bool("quic"),
 		UDPFlowTimeout:   l.duration("udp_flow_timeout", time.Second, 24*time.Hour),
 		UDPMaxFlows:      l.int("udp_max_flows", 1, 1<<20),
-		Session:          l.session(),
-		Log:              l.log(),
+		Guard: Guard{
+			MaxHandshakes:      l.int("agent_port.max_handshakes", 1, 1<<20),
+			MaxHandshakesPerIP: l.int("agent_port.max_handshakes_per_ip", 1, 1<<20),
+			AuthBanAfter:       l.int("agent_port.ban_after", 0, 1<<20),
+			AuthBanFor:         l.duration("agent_port.ban_for", time.Second, 30*24*time.Hour),
+			VisitorMaxConns:    l.int("visitors.max_conns_per_ip", 1, 1<<20),
+			VisitorRate:        l.int("visitors.rate", 1, 1<<20),
+			VisitorBurst:       l.int("visitors.burst", 1, 1<<20),
+			VisitorBanAfter:    l.int("visitors.ban_after", 0, 1<<20),
+			VisitorBanFor:      l.duration("visitors.ban_for", time.Second, 30*24*time.Hour),
+		},
+		Session: l.session(),
+		Log:     l.log(),
 	}
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir()

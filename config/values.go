@@ -165,6 +165,14 @@ func (t Tunnel) validate() error {
 	if t.Protocol != "tcp" && t.Protocol != "udp" {
 		return fmt.Errorf("protocol %q: want tcp or udp", t.Protocol)
 	}
+	switch t.ProxyProtocol {
+	case "", "v1", "v2":
+	default:
+		return fmt.Errorf("proxy_protocol %q: want v1 or v2", t.ProxyProtocol)
+	}
+	if t.ProxyProtocol != "" && t.Protocol != "tcp" {
+		return fmt.Errorf("proxy_protocol: only for TCP tunnels")
+	}
 	if t.RemotePort == 0 {
 		return fmt.Errorf("remote port missing")
 	}

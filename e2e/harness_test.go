@@ -93,8 +93,11 @@ func relayConfig(t *testing.T) config.Relay {
 		HandshakeTimeout: 5 * time.Second,
 		ShutdownTimeout:  2 * time.Second,
 		QUIC:             true,
-		Session:          config.Session{KeepAlive: 2 * time.Second, KeepAliveTimeout: 2 * time.Second, StreamWindow: 4 << 20},
-		Log:              config.Log{Level: "debug", Format: "text"},
+		// Tests play many visitors from one loopback address: limits
+		// per source are off unless a test sets them.
+		Guard:   config.Guard{MaxHandshakesPerIP: 1 << 20, VisitorMaxConns: 1 << 20, VisitorRate: 1 << 20, VisitorBurst: 1 << 20},
+		Session: config.Session{KeepAlive: 2 * time.Second, KeepAliveTimeout: 2 * time.Second, StreamWindow: 4 << 20},
+		Log:     config.Log{Level: "debug", Format: "text"},
 	}
 }
 

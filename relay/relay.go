@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -23,6 +24,7 @@ type Server struct {
 	id      Identity
 	secrets [][]byte
 	log     *slog.Logger
+	hs      *handshakeGuard
 
 	// lns are the agent port's listeners: TCP, and QUIC on the same port
 	// number over UDP.
@@ -73,6 +75,8 @@ func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
 	if s.cfg.UDPMaxFlows <= 0 {
 		s.cfg.UDPMaxFlows = 1024
 	}
+	s.cfg.Guard = withGuardDefaults(s.cfg.Guard)
+	s.hs = newHandshakeGuard(s.cfg.Guard)
 	s.visitCtx, s.visitCancel = context.WithCancel(context.Background())
 	return s, nil
 }
@@ -185,10 +189,18 @@ func (s *Server) acceptLoop(ctx context.Context, ln tunnel.Listener) error {
 			}
 		}
 		delay = 0
+		// Refused at once, before any handshake: a blocking limit would
+		// let a flood starve real agents.
+		ip := addrOf(c.RemoteAddr())
+		if ok, why := s.hs.admit(ip); !ok {
+			c.Close()
+			s.log.Debug("agent connection refused", "agent_addr", c.RemoteAddr().String(), "reason", why)
+			continue
+		}
 		s.handlers.Add(1)
 		go func() {
 			defer s.handlers.Done()
-			s.handleAgent(ctx, c)
+			s.handleAgent(ctx, c, ip)
 		}()
 	}
 }
@@ -241,9 +253,22 @@ func (s *Server) shutdown() {
 }
 
 // handleAgent authenticates one agent link and serves its session.
-func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn) {
+func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, ip netip.Addr) {
 	remote := c.RemoteAddr().String()
 	log := s.log.With("agent_addr", remote)
+	// The login ends (for the handshake guard) at the first return or
+	// once authenticated.
+	failed, loginDone := false, false
+	endLogin := func() {
+		if loginDone {
+			return
+		}
+		loginDone = true
+		if s.hs.done(ip, failed) {
+			log.Warn("agent address banned after failed logins", "ban_for", s.cfg.Guard.AuthBanFor)
+		}
+	}
+	defer endLogin()
 	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
 	_ = c.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
@@ -257,10 +282,14 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn) {
 		return
 	}
 	agent, err := tunnel.AuthenticateAgent(c, s.secrets, remote)
+	if err == nil {
+		endLogin()
+	}
 	if err != nil {
 		stop()
 		c.Close()
 		if errors.Is(err, tunnel.ErrAuthFailed) {
+			failed = true
 			log.Warn("agent authentication failed", "err", err)
 		} else {
 			log.Info("agent handshake failed", "err", err)

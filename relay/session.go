@@ -209,10 +209,11 @@ func (as *agentSession) open(req tunnel.TunnelRequest) (tunnel.Code, string) {
 	addr := net.JoinHostPort(as.srv.cfg.BindAddr, strconv.Itoa(int(req.RemotePort)))
 	var t portTunnel
 	var err error
+	guard := newVisitorGuard(as.srv.cfg.Guard, req.Allow, req.Deny)
 	if req.Protocol == tunnel.ProtoUDP {
-		t, err = as.listenUDP(req.Name, req.RemotePort, addr)
+		t, err = as.listenUDP(req.Name, req.RemotePort, addr, guard)
 	} else {
-		t, err = as.listenTCP(req.Name, req.RemotePort, addr)
+		t, err = as.listenTCP(req.Name, req.RemotePort, addr, guard)
 	}
 	if err != nil {
 		as.srv.releasePort(key, owner)
@@ -233,12 +234,12 @@ type portTunnel interface {
 	close() // stop serving and free the port
 }
 
-func (as *agentSession) listenTCP(name string, port uint16, addr string) (portTunnel, error) {
+func (as *agentSession) listenTCP(name string, port uint16, addr string, guard *visitorGuard) (portTunnel, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	t := &publicTunnel{name: name, port: port, owner: as, ln: ln, done: make(chan struct{})}
+	t := &publicTunnel{name: name, port: port, owner: as, ln: ln, guard: guard, done: make(chan struct{})}
 	go t.acceptLoop()
 	return t, nil
 }
@@ -249,6 +250,7 @@ type publicTunnel struct {
 	port  uint16
 	owner *agentSession
 	ln    net.Listener
+	guard *visitorGuard
 	done  chan struct{} // closed when acceptLoop has returned
 }
 
@@ -274,10 +276,20 @@ func (t *publicTunnel) acceptLoop() {
 			continue
 		}
 		delay = 0
+		tc := c.(*net.TCPConn)
+		ip := addrOf(c.RemoteAddr())
+		if ok, why, banned := t.guard.admit(ip); !ok {
+			// A reset, not a clean close: nothing was served.
+			_ = tc.SetLinger(0)
+			tc.Close()
+			t.owner.logRefusal(t.name, c.RemoteAddr().String(), why, banned)
+			continue
+		}
 		srv.visitors.Add(1)
 		go func() {
 			defer srv.visitors.Done()
-			t.serveVisitor(c.(*net.TCPConn))
+			defer t.guard.release(ip)
+			t.serveVisitor(tc)
 		}()
 	}
 }
@@ -294,7 +306,7 @@ func (t *publicTunnel) serveVisitor(c *net.TCPConn) {
 		as.log.Warn("visitor refused: cannot open stream to agent", "tunnel", t.name, "visitor", visitor, "err", err)
 		return
 	}
-	if err := tunnel.WriteMessage(st, &tunnel.Open{Tunnel: t.name, Visitor: visitor}); err != nil {
+	if err := tunnel.WriteMessage(st, &tunnel.Open{Tunnel: t.name, Visitor: visitor, Public: c.LocalAddr().String()}); err != nil {
 		c.Close()
 		st.Close()
 		as.log.Warn("visitor refused: cannot write to agent", "tunnel", t.name, "visitor", visitor, "err", err)
@@ -343,4 +355,18 @@ func (r *openResultReader) Abort() {
 	if a, ok := r.Stream.(interface{ Abort() }); ok {
 		a.Abort()
 	}
+}
+
+// logRefusal logs a visitor the guard turned away: at the access log's
+// level, and a ban always.
+func (as *agentSession) logRefusal(tunnelName, visitor, why string, banned bool) {
+	if banned {
+		as.log.Warn("visitor address banned from tunnel", "tunnel", tunnelName, "visitor", visitor, "reason", why, "ban_for", as.srv.cfg.Guard.VisitorBanFor)
+		return
+	}
+	level := slog.LevelDebug
+	if as.srv.cfg.AccessLog {
+		level = slog.LevelInfo
+	}
+	as.log.Log(context.Background(), level, "visitor refused", "tunnel", tunnelName, "visitor", visitor, "reason", why)
 }

@@ -32,6 +32,7 @@ type udpTunnel struct {
 	port  uint16
 	owner *agentSession
 	pc    *net.UDPConn
+	guard *visitorGuard // per visitor address: lists, flows, rate
 
 	mu      sync.Mutex
 	flows   map[netip.AddrPort]*udpFlow
@@ -42,7 +43,7 @@ type udpTunnel struct {
 	stop chan struct{}
 }
 
-func (as *agentSession) listenUDP(name string, port uint16, addr string) (portTunnel, error) {
+func (as *agentSession) listenUDP(name string, port uint16, addr string, guard *visitorGuard) (portTunnel, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, err
@@ -56,7 +57,7 @@ func (as *agentSession) listenUDP(name string, port uint16, addr string) (portTu
 	// kernel caps this at net.core.rmem_max.
 	_ = pc.SetReadBuffer(udpSocketBuffer)
 	_ = pc.SetWriteBuffer(udpSocketBuffer)
-	t := &udpTunnel{name: name, port: port, owner: as, pc: pc, flows: make(map[netip.AddrPort]*udpFlow), stop: make(chan struct{})}
+	t := &udpTunnel{name: name, port: port, owner: as, pc: pc, guard: guard, flows: make(map[netip.AddrPort]*udpFlow), stop: make(chan struct{})}
 	t.wg.Add(2)
 	go t.readLoop()
 	go t.janitor()
@@ -133,6 +134,15 @@ func (t *udpTunnel) flow(addr netip.Addr, port uint16) *udpFlow {
 		return nil
 	}
 	t.dropped = 0
+	if ok, why, banned := t.guard.admit(addr); !ok {
+		// Every datagram of a refused source comes here: log bans only.
+		if banned {
+			t.owner.logRefusal(t.name, visitor.String(), why, banned)
+		} else {
+			t.owner.log.Debug("UDP visitor refused", "tunnel", t.name, "visitor", visitor.String(), "reason", why)
+		}
+		return nil
+	}
 	f := &udpFlow{t: t, visitor: visitor, id: t.owner.nextFlow.Add(1), queue: make(chan []byte, flowQueue), done: make(chan struct{}), start: time.Now()}
 	f.touch()
 	t.flows[visitor] = f
@@ -149,6 +159,7 @@ func (t *udpTunnel) remove(f *udpFlow) {
 	}
 	t.mu.Unlock()
 	t.owner.removeFlow(f)
+	t.guard.release(f.visitor.Addr())
 }
 
 // janitor ends flows that have been idle for udp_flow_timeout.

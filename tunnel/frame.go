@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 )
 
 // Wire format (docs/wire.md): every control message is one frame,
@@ -90,9 +91,21 @@ func readFrame(r io.Reader, limit int) (typ byte, payload []byte, err error) {
 // enc builds a payload. Strings are uint16-length-prefixed.
 type enc struct{ b []byte }
 
-func (e *enc) u8(v byte)      { e.b = append(e.b, v) }
-func (e *enc) u16(v uint16)   { e.b = binary.BigEndian.AppendUint16(e.b, v) }
-func (e *enc) u32(v uint32)   { e.b = binary.BigEndian.AppendUint32(e.b, v) }
+func (e *enc) u8(v byte)    { e.b = append(e.b, v) }
+func (e *enc) u16(v uint16) { e.b = binary.BigEndian.AppendUint16(e.b, v) }
+func (e *enc) u32(v uint32) { e.b = binary.BigEndian.AppendUint32(e.b, v) }
+
+// prefixes writes a network list: count u8, then per network its prefix
+// length u8, address length u8 (4 or 16) and address.
+func (e *enc) prefixes(ps []netip.Prefix) {
+	e.u8(byte(len(ps)))
+	for _, p := range ps {
+		a := p.Addr().AsSlice()
+		e.u8(byte(p.Bits()))
+		e.u8(byte(len(a)))
+		e.b = append(e.b, a...)
+	}
+}
 func (e *enc) bytes(v []byte) { e.b = append(e.b, v...) }
 func (e *enc) str(s string) {
 	if len(s) > MaxFrameSize {
@@ -142,6 +155,32 @@ func (d *dec) u32() uint32 {
 	v := binary.BigEndian.Uint32(d.b)
 	d.b = d.b[4:]
 	return v
+}
+
+// prefixes reads what enc.prefixes wrote; nil for none.
+func (d *dec) prefixes() []netip.Prefix {
+	n := int(d.u8())
+	if n > MaxPrefixes {
+		d.fail()
+		return nil
+	}
+	var out []netip.Prefix
+	for i := 0; i < n && d.err == nil; i++ {
+		bits := int(d.u8())
+		l := int(d.u8())
+		if l != 4 && l != 16 {
+			d.fail()
+			return nil
+		}
+		a, _ := netip.AddrFromSlice(d.fixed(l))
+		p, err := a.Prefix(bits)
+		if d.err != nil || err != nil || p.Bits() != bits || p.Addr() != a {
+			d.fail() // not a valid, masked network
+			return nil
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 func (d *dec) fixed(n int) []byte {

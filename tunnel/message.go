@@ -3,6 +3,7 @@ package tunnel
 import (
 	"fmt"
 	"io"
+	"net/netip"
 	"unicode/utf8"
 )
 
@@ -89,6 +90,37 @@ type TunnelRequest struct {
 	Name       string
 	Protocol   Protocol
 	RemotePort uint16
+	// Allow, when not empty, lists the only visitor networks the relay
+	// lets in; Deny the ones it keeps out. At most MaxPrefixes each.
+	Allow, Deny []netip.Prefix
+}
+
+// MaxPrefixes is the most networks in one TunnelRequest's Allow or Deny.
+const MaxPrefixes = 32
+
+// size is the request's encoded size.
+func (t TunnelRequest) size() int {
+	n := 2 + len(t.Name) + 1 + 2 + 2
+	for _, p := range append(t.Allow[:len(t.Allow):len(t.Allow)], t.Deny...) {
+		n += 2 + p.Addr().BitLen()/8
+	}
+	return n
+}
+
+// SplitRegister packs tunnel requests into as few Register messages as
+// fit a frame each, in order.
+func SplitRegister(reqs []TunnelRequest) []*Register {
+	var out []*Register
+	cur, size := &Register{}, 2
+	for _, r := range reqs {
+		if len(cur.Tunnels) > 0 && (size+r.size() > MaxFrameSize || len(cur.Tunnels) == MaxTunnels) {
+			out = append(out, cur)
+			cur, size = &Register{}, 2
+		}
+		cur.Tunnels = append(cur.Tunnels, r)
+		size += r.size()
+	}
+	return append(out, cur)
 }
 
 // Register is the agent's list of tunnels.
@@ -115,6 +147,7 @@ type GoAway struct {
 type Open struct {
 	Tunnel  string
 	Visitor string // the visitor's address as the relay sees it
+	Public  string // the relay's address the visitor connected to
 }
 
 // OpenFlow is the first frame of a UDP flow's stream, relay to agent: the
@@ -172,6 +205,8 @@ func (m *Register) encode(e *enc) {
 		e.str(t.Name)
 		e.u8(byte(t.Protocol))
 		e.u16(t.RemotePort)
+		e.prefixes(t.Allow)
+		e.prefixes(t.Deny)
 	}
 }
 
@@ -187,6 +222,8 @@ func (m *Register) decode(d *dec) {
 		t.Name = d.str(MaxNameLen)
 		t.Protocol = Protocol(d.u8())
 		t.RemotePort = d.u16()
+		t.Allow = d.prefixes()
+		t.Deny = d.prefixes()
 		m.Tunnels = append(m.Tunnels, t)
 	}
 }
@@ -250,8 +287,12 @@ func (m *OpenFlow) decode(d *dec) {
 	m.Flow = d.u32()
 }
 
-func (m *Open) encode(e *enc) { e.str(m.Tunnel); e.str(m.Visitor) }
-func (m *Open) decode(d *dec) { m.Tunnel = d.str(MaxNameLen); m.Visitor = d.str(MaxAddrLen) }
+func (m *Open) encode(e *enc) { e.str(m.Tunnel); e.str(m.Visitor); e.str(m.Public) }
+func (m *Open) decode(d *dec) {
+	m.Tunnel = d.str(MaxNameLen)
+	m.Visitor = d.str(MaxAddrLen)
+	m.Public = d.str(MaxAddrLen)
+}
 
 func (m *OpenResult) encode(e *enc) { e.u8(byte(m.Code)); e.str(clip(m.Message, MaxMessageLen)) }
 func (m *OpenResult) decode(d *dec) { m.Code = Code(d.u8()); m.Message = d.str(MaxMessageLen) }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -23,9 +24,10 @@ func sampleMessages() []Message {
 		&Register{Tunnels: []TunnelRequest{}},
 		&RegisterResult{Results: []TunnelResult{{Name: "rdp", Code: CodeOK}, {Name: "ssh", Code: CodePortNotAllowed, Message: "port 2222 is not allowed"}}},
 		&GoAway{Code: CodeReplaced, Message: "newer session"},
-		&Open{Tunnel: "rdp", Visitor: "[2001:db8::1]:40000"},
+		&Open{Tunnel: "rdp", Visitor: "[2001:db8::1]:40000", Public: "[2001:db8::7]:3390"},
 		&OpenFlow{Tunnel: "dns", Visitor: "198.51.100.7:5353", Flow: 1 << 31},
-		&Register{Tunnels: []TunnelRequest{{Name: "rdp", Protocol: ProtoTCP, RemotePort: 3390}, {Name: "rdp-udp", Protocol: ProtoUDP, RemotePort: 3390}}},
+		&Register{Tunnels: []TunnelRequest{{Name: "rdp", Protocol: ProtoTCP, RemotePort: 3390}, {Name: "rdp-udp", Protocol: ProtoUDP, RemotePort: 3390,
+			Allow: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8::/32")}, Deny: []netip.Prefix{netip.MustParsePrefix("198.51.100.66/32")}}}},
 		&OpenResult{Code: CodeDialFailed, Message: "connection refused"},
 	}
 }
@@ -185,5 +187,40 @@ func TestRegisterResultFits(t *testing.T) {
 	}
 	if _, err := ReadMessage(&buf, MaxAuthFrameSize); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSplitRegister: tunnels with long network lists are spread over as
+// many Register messages as needed, each of which fits a frame.
+func TestSplitRegister(t *testing.T) {
+	var reqs []TunnelRequest
+	for i := range MaxTunnels {
+		r := TunnelRequest{Name: fmt.Sprintf("%064d", i), Protocol: ProtoTCP, RemotePort: uint16(1000 + i)}
+		for j := range MaxPrefixes {
+			r.Allow = append(r.Allow, netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0xd, 0xb8, byte(j)}), 48))
+		}
+		reqs = append(reqs, r)
+	}
+	regs := SplitRegister(reqs)
+	if len(regs) < 2 {
+		t.Fatalf("%d messages for %d large requests", len(regs), len(reqs))
+	}
+	var got []TunnelRequest
+	for _, m := range regs {
+		var buf bytes.Buffer
+		if err := WriteMessage(&buf, m); err != nil {
+			t.Fatal(err)
+		}
+		var back Register
+		if err := ReadInto(&buf, MaxFrameSize, &back); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, back.Tunnels...)
+	}
+	if !reflect.DeepEqual(got, reqs) {
+		t.Fatal("split registers do not carry the requests unchanged")
+	}
+	if n := len(SplitRegister(reqs[:3])); n != 1 {
+		t.Fatalf("3 requests in %d messages", n)
 	}
 }

@@ -240,6 +240,8 @@ type quicLink struct {
 	sock *quicSocket
 	tr   *quicSocket // client only, until Handshake hands it to sock
 
+	wrote atomic.Bool // something was written: Close lingers for it
+
 	mu       sync.Mutex
 	conn     *quic.Conn
 	auth     *quic.Stream
@@ -352,6 +354,7 @@ func (l *quicLink) Write(p []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	l.wrote.Store(true)
 	return st.Write(p)
 }
 
@@ -405,7 +408,11 @@ func (l *quicLink) Close() error {
 	c, sock, tr := l.conn, l.sock, l.tr
 	l.mu.Unlock()
 	if c != nil {
-		closeConn(c)
+		if l.wrote.Load() {
+			closeConn(c)
+		} else {
+			c.CloseWithError(quicCodeClosed, "")
+		}
 	}
 	if sock != nil {
 		sock.release()
