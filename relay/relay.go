@@ -94,6 +94,7 @@ func (s *Server) Listen() (net.Addr, error) {
 			return nil, err
 		}
 		quicTr = tunnel.QUICTransport{Session: s.sessionConfig(), HandshakeTimeout: s.cfg.HandshakeTimeout, ResetKey: key,
+			MaxHandshakes: s.cfg.Guard.MaxHandshakes,
 			OnSmallBuffers: func(rcv, snd int) {
 				s.log.Warn("UDP buffers are small for QUIC", "receive_kib", rcv>>10, "send_kib", snd>>10, "hint", tunnel.UDPBufferHint)
 			}}

@@ -37,6 +37,12 @@ type QUICTransport struct {
 	// of an idle timeout. Keep it across restarts; nil disables stateless
 	// resets.
 	ResetKey *quic.StatelessResetKey
+	// MaxHandshakes, on the relay, caps QUIC handshakes in progress
+	// (before a connection reaches Accept); more are refused at once.
+	// Above a quarter of it, new clients must first prove their address
+	// with a Retry, so a flood from spoofed addresses builds no state.
+	// 0: no cap.
+	MaxHandshakes int
 	// OnSmallBuffers, when set, is called for a UDP socket whose kernel
 	// buffers stayed below what QUIC needs for full speed (quic-go asks
 	// for 7 MiB; the kernel caps it at net.core.rmem_max/wmem_max).
@@ -157,6 +163,20 @@ func (t QUICTransport) Listen(addr string, conf *tls.Config) (Listener, error) {
 		return nil, err
 	}
 	sock := newQUICSocket(udp, t.ResetKey)
+	hs := &handshakes{}
+	if t.MaxHandshakes > 0 {
+		limit, retryAbove := int64(t.MaxHandshakes), int64(max(t.MaxHandshakes/4, 1))
+		sock.tr.VerifySourceAddress = func(net.Addr) bool { return hs.n.Load() >= retryAbove }
+		sock.tr.ConnContext = func(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
+			if hs.n.Add(1) > limit {
+				hs.n.Add(-1)
+				return nil, errTooManyHandshakes
+			}
+			tok := &handshakeToken{n: &hs.n}
+			context.AfterFunc(ctx, tok.done) // a handshake that failed
+			return context.WithValue(ctx, handshakeKey{}, tok), nil
+		}
+	}
 	ln, err := sock.tr.Listen(conf, t.config(true))
 	if err != nil {
 		sock.release()
@@ -165,6 +185,22 @@ func (t QUICTransport) Listen(addr string, conf *tls.Config) (Listener, error) {
 	t.checkBuffers(udp)
 	return &quicListener{ln: ln, sock: sock}, nil
 }
+
+var errTooManyHandshakes = errors.New("too many QUIC handshakes in progress")
+
+// handshakes counts QUIC handshakes in progress on a listener.
+type handshakes struct{ n atomic.Int64 }
+
+type handshakeKey struct{}
+
+// handshakeToken is one handshake in progress; done ends it once, when
+// the connection is accepted or when it failed.
+type handshakeToken struct {
+	n    *atomic.Int64
+	once sync.Once
+}
+
+func (h *handshakeToken) done() { h.once.Do(func() { h.n.Add(-1) }) }
 
 // quicSocket is a UDP socket with its quic.Transport, shared by a listener
 // and the connections it accepted. Closing the transport would end every
@@ -211,6 +247,9 @@ func (l *quicListener) Accept(ctx context.Context) (Conn, error) {
 			return nil, fmt.Errorf("%w: %w", net.ErrClosed, err)
 		}
 		return nil, err
+	}
+	if tok, ok := c.Context().Value(handshakeKey{}).(*handshakeToken); ok {
+		tok.done()
 	}
 	l.sock.acquire()
 	return &quicLink{conn: c, sock: l.sock}, nil

@@ -512,3 +512,93 @@ func TestQUICSmallBuffers(t *testing.T) {
 		t.Fatalf("OnSmallBuffers got receive buffer %d, want about 64 KiB", got[0])
 	}
 }
+
+// TestQUICHandshakeCap: QUIC handshakes in progress at the relay are
+// capped; one over the cap is refused at once, and the count returns to
+// zero once the handshakes end.
+func TestQUICHandshakeCap(t *testing.T) {
+	leak.Check(t)
+	cert, fp := testCert(t)
+	ln, err := QUICTransport{MaxHandshakes: 4}.Listen("127.0.0.1:0", ServerTLSConfig(cert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	go func() { // accept and drop what completes
+		for {
+			c, err := ln.Accept(ctx)
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+
+	// Clients whose own side of the handshake stalls hold the relay's
+	// side in progress.
+	release := make(chan struct{})
+	stalled := make(chan struct{}, 8)
+	stalling, err := PinnedTLSConfig(fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verify := stalling.VerifyConnection
+	stalling.VerifyConnection = func(cs tls.ConnectionState) error {
+		stalled <- struct{}{}
+		<-release
+		return verify(cs)
+	}
+	type result struct{ err error }
+	done := make(chan result, 4)
+	for range 4 {
+		go func() {
+			c, err := QUICTransport{}.Dial(ctx, ln.Addr().String(), stalling)
+			if err == nil {
+				err = c.Handshake(ctx)
+				c.Close()
+			}
+			done <- result{err}
+		}()
+	}
+	for range 4 {
+		select {
+		case <-stalled:
+		case <-ctx.Done():
+			t.Fatal("handshakes did not start")
+		}
+	}
+	// The server's count runs from the Initial on; give the last one a
+	// moment to be counted.
+	time.Sleep(100 * time.Millisecond)
+	pinned, _ := PinnedTLSConfig(fp)
+	c, err := QUICTransport{HandshakeTimeout: 3 * time.Second}.Dial(ctx, ln.Addr().String(), pinned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = c.Handshake(ctx)
+	c.Close()
+	if err == nil {
+		t.Fatal("fifth handshake admitted over a cap of 4")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("fifth handshake refused only after %v: %v", d, err)
+	}
+	close(release)
+	for range 4 {
+		if r := <-done; r.err != nil {
+			t.Fatalf("stalled handshake, released: %v", r.err)
+		}
+	}
+	// All handshakes ended: a new one gets in.
+	c, err = QUICTransport{}.Dial(ctx, ln.Addr().String(), pinned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Handshake(ctx); err != nil {
+		t.Fatalf("handshake after the others ended: %v", err)
+	}
+	c.Close()
+}
