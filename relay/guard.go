@@ -76,7 +76,28 @@ type handshakeGuard struct {
 	mu      sync.Mutex
 	pending int
 	sources map[netip.Addr]*loginState
+	// trusted holds sources that logged in successfully lately: they may
+	// go past the global cap (by trustedReserve), so that a flood from
+	// elsewhere cannot keep a known agent from logging in again.
+	trusted map[netip.Addr]time.Time
 }
+
+// Trusted sources: how long a good login is remembered, how many sources
+// are, and how many logins they may have past the global cap.
+const (
+	trustedFor     = 24 * time.Hour
+	maxTrusted     = 4096
+	trustedReserve = 64
+)
+
+// loginResult is how a login admitted by a handshakeGuard ended.
+type loginResult int
+
+const (
+	loginAborted loginResult = iota // closed, timed out, malformed: no verdict
+	loginFailed                     // wrong token
+	loginOK
+)
 
 type loginState struct {
 	pending     int
@@ -86,7 +107,16 @@ type loginState struct {
 }
 
 func newHandshakeGuard(cfg config.Guard) *handshakeGuard {
-	return &handshakeGuard{cfg: cfg, now: time.Now, sources: make(map[netip.Addr]*loginState)}
+	return &handshakeGuard{cfg: cfg, now: time.Now, sources: make(map[netip.Addr]*loginState), trusted: make(map[netip.Addr]time.Time)}
+}
+
+// banned reports whether ip is banned now.
+func (g *handshakeGuard) banned(ip netip.Addr) bool {
+	now := g.now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	st := g.sources[sourceKey(ip)]
+	return st != nil && now.Before(st.bannedUntil)
 }
 
 // admit counts a new connection from ip, or says why it is refused.
@@ -99,7 +129,8 @@ func (g *handshakeGuard) admit(ip netip.Addr) (ok bool, why string) {
 	switch {
 	case st != nil && now.Before(st.bannedUntil):
 		return false, "banned after failed logins"
-	case g.pending >= g.cfg.MaxHandshakes:
+	case g.pending >= g.cfg.MaxHandshakes+trustedReserve,
+		g.pending >= g.cfg.MaxHandshakes && now.Sub(g.trusted[k]) > trustedFor:
 		return false, "too many logins in progress"
 	case st != nil && st.pending >= g.cfg.MaxHandshakesPerIP:
 		return false, "too many logins in progress from this address"
@@ -115,9 +146,11 @@ func (g *handshakeGuard) admit(ip netip.Addr) (ok bool, why string) {
 	return true, ""
 }
 
-// done ends a login admitted before. failed reports a wrong token; the
-// result says whether that got the source banned.
-func (g *handshakeGuard) done(ip netip.Addr, failed bool) (banned bool) {
+// done ends a login admitted before; banned reports that a wrong token
+// got the source banned. Only a successful login clears the failures
+// counted: connections that end without a verdict leave them be.
+func (g *handshakeGuard) done(ip netip.Addr, res loginResult) (banned bool) {
+	failed := res == loginFailed
 	k := sourceKey(ip)
 	now := g.now()
 	g.mu.Lock()
@@ -139,8 +172,11 @@ func (g *handshakeGuard) done(ip netip.Addr, failed bool) (banned bool) {
 			banned = true
 		}
 	}
-	if !failed {
+	if res == loginOK {
 		st.fails = 0
+		if _, ok := g.trusted[k]; ok || len(g.trusted) < maxTrusted {
+			g.trusted[k] = now
+		}
 	}
 	if st.pending == 0 && st.fails == 0 && !now.Before(st.bannedUntil) {
 		delete(g.sources, k)
@@ -159,6 +195,15 @@ func (g *handshakeGuard) sweep(now time.Time) {
 		}
 		if st.pending == 0 && !now.Before(st.bannedUntil) && (st.fails == 0 || now.Sub(st.since) > g.cfg.AuthBanFor) {
 			delete(g.sources, k)
+		}
+	}
+	n = 0
+	for k, t := range g.trusted {
+		if n++; n > 8 {
+			return
+		}
+		if now.Sub(t) > trustedFor {
+			delete(g.trusted, k)
 		}
 	}
 }

@@ -41,10 +41,10 @@ func TestHandshakeGuard(t *testing.T) {
 	if ok, why := g.admit(addr("198.51.100.4")); ok || why != "too many logins in progress" {
 		t.Fatalf("fifth login: %v %q", ok, why)
 	}
-	g.done(a, false)
-	g.done(b, false)
-	g.done(addr("198.51.100.3"), false)
-	g.done(a, false)
+	g.done(a, loginOK)
+	g.done(b, loginOK)
+	g.done(addr("198.51.100.3"), loginOK)
+	g.done(a, loginOK)
 
 	// IPv6 counts by /64.
 	if ok, _ := g.admit(addr("2001:db8:1:2::1")); !ok {
@@ -56,20 +56,25 @@ func TestHandshakeGuard(t *testing.T) {
 	if ok, _ := g.admit(addr("2001:db8:1:2:abcd::1")); ok {
 		t.Fatal("third login from one /64 admitted")
 	}
-	g.done(addr("2001:db8:1:2::1"), false)
-	g.done(addr("2001:db8:1:2::ffff"), false)
+	g.done(addr("2001:db8:1:2::1"), loginOK)
+	g.done(addr("2001:db8:1:2::ffff"), loginOK)
 
 	// Failed logins ban, within the window only.
 	fail := func(ip netip.Addr) bool {
 		if ok, why := g.admit(ip); !ok {
 			t.Fatalf("admit %v: %s", ip, why)
 		}
-		return g.done(ip, true)
+		return g.done(ip, loginFailed)
 	}
 	fail(a)
 	clk.add(2 * time.Minute) // the first failure is out of the window
 	fail(a)
 	fail(a)
+	// A connection that ends without a verdict does not clear them.
+	if ok, _ := g.admit(a); !ok {
+		t.Fatal("admit")
+	}
+	g.done(a, loginAborted)
 	if !fail(a) {
 		t.Fatal("third failure within the window did not ban")
 	}
@@ -79,19 +84,43 @@ func TestHandshakeGuard(t *testing.T) {
 	if ok, _ := g.admit(b); !ok {
 		t.Fatal("another address refused during a's ban")
 	}
-	g.done(b, false)
+	g.done(b, loginOK)
 	clk.add(time.Minute)
 	if ok, _ := g.admit(a); !ok {
 		t.Fatal("ban did not expire")
 	}
-	g.done(a, false)
+	g.done(a, loginOK)
 	if g.pending != 0 {
 		t.Fatalf("%d logins still pending", g.pending)
 	}
-	clk.add(time.Hour)
-	g.sweep(clk.now())
-	if len(g.sources) != 0 {
-		t.Fatalf("%d sources remembered after everything expired", len(g.sources))
+	clk.add(25 * time.Hour)
+	for range 10 {
+		g.sweep(clk.now())
+	}
+	if len(g.sources) != 0 || len(g.trusted) != 0 {
+		t.Fatalf("%d sources, %d trusted remembered after everything expired", len(g.sources), len(g.trusted))
+	}
+}
+
+// TestHandshakeGuardTrusted: a source that logged in before gets past a
+// global cap filled by others.
+func TestHandshakeGuardTrusted(t *testing.T) {
+	g := newHandshakeGuard(config.Guard{MaxHandshakes: 2, MaxHandshakesPerIP: 2})
+	home := addr("198.51.100.10")
+	if ok, _ := g.admit(home); !ok {
+		t.Fatal("first login refused")
+	}
+	g.done(home, loginOK)
+	for _, ip := range []string{"203.0.113.1", "203.0.113.2"} {
+		if ok, _ := g.admit(addr(ip)); !ok {
+			t.Fatalf("%s refused", ip)
+		}
+	}
+	if ok, _ := g.admit(addr("203.0.113.3")); ok {
+		t.Fatal("stranger admitted over the cap")
+	}
+	if ok, why := g.admit(home); !ok {
+		t.Fatalf("known agent kept out by the flood: %s", why)
 	}
 }
 

@@ -95,6 +95,13 @@ func (s *Server) Listen() (net.Addr, error) {
 		}
 		quicTr = tunnel.QUICTransport{Session: s.sessionConfig(), HandshakeTimeout: s.cfg.HandshakeTimeout, ResetKey: key,
 			MaxHandshakes: s.cfg.Guard.MaxHandshakes,
+			Refuse: func(a net.Addr) bool {
+				if !s.hs.banned(addrOf(a)) {
+					return false
+				}
+				s.log.Debug("agent connection refused", "agent_addr", a.String(), "transport", "quic", "reason", "banned after failed logins")
+				return true
+			},
 			OnSmallBuffers: func(rcv, snd int) {
 				s.log.Warn("UDP buffers are small for QUIC", "receive_kib", rcv>>10, "send_kib", snd>>10, "hint", tunnel.UDPBufferHint)
 			}}
@@ -259,13 +266,13 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, ip netip.Addr) 
 	log := s.log.With("agent_addr", remote)
 	// The login ends (for the handshake guard) at the first return or
 	// once authenticated.
-	failed, loginDone := false, false
+	result, loginDone := loginAborted, false
 	endLogin := func() {
 		if loginDone {
 			return
 		}
 		loginDone = true
-		if s.hs.done(ip, failed) {
+		if s.hs.done(ip, result) {
 			log.Warn("agent address banned after failed logins", "ban_for", s.cfg.Guard.AuthBanFor)
 		}
 	}
@@ -284,13 +291,14 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, ip netip.Addr) 
 	}
 	agent, err := tunnel.AuthenticateAgent(c, s.secrets, remote)
 	if err == nil {
+		result = loginOK
 		endLogin()
 	}
 	if err != nil {
 		stop()
 		c.Close()
 		if errors.Is(err, tunnel.ErrAuthFailed) {
-			failed = true
+			result = loginFailed
 			log.Warn("agent authentication failed", "err", err)
 		} else {
 			log.Info("agent handshake failed", "err", err)

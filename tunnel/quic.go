@@ -43,6 +43,9 @@ type QUICTransport struct {
 	// with a Retry, so a flood from spoofed addresses builds no state.
 	// 0: no cap.
 	MaxHandshakes int
+	// Refuse, on the relay, when set, refuses a client's handshake
+	// before it starts (a banned address).
+	Refuse func(remote net.Addr) bool
 	// OnSmallBuffers, when set, is called for a UDP socket whose kernel
 	// buffers stayed below what QUIC needs for full speed (quic-go asks
 	// for 7 MiB; the kernel caps it at net.core.rmem_max/wmem_max).
@@ -164,10 +167,16 @@ func (t QUICTransport) Listen(addr string, conf *tls.Config) (Listener, error) {
 	}
 	sock := newQUICSocket(udp, t.ResetKey)
 	hs := &handshakes{}
-	if t.MaxHandshakes > 0 {
+	if t.MaxHandshakes > 0 || t.Refuse != nil {
 		limit, retryAbove := int64(t.MaxHandshakes), int64(max(t.MaxHandshakes/4, 1))
+		if limit <= 0 {
+			limit, retryAbove = 1<<62, 1<<62
+		}
 		sock.tr.VerifySourceAddress = func(net.Addr) bool { return hs.n.Load() >= retryAbove }
-		sock.tr.ConnContext = func(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
+		sock.tr.ConnContext = func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+			if t.Refuse != nil && t.Refuse(info.RemoteAddr) {
+				return nil, errRefused
+			}
 			if hs.n.Add(1) > limit {
 				hs.n.Add(-1)
 				return nil, errTooManyHandshakes
@@ -186,7 +195,10 @@ func (t QUICTransport) Listen(addr string, conf *tls.Config) (Listener, error) {
 	return &quicListener{ln: ln, sock: sock}, nil
 }
 
-var errTooManyHandshakes = errors.New("too many QUIC handshakes in progress")
+var (
+	errTooManyHandshakes = errors.New("too many QUIC handshakes in progress")
+	errRefused           = errors.New("QUIC client refused")
+)
 
 // handshakes counts QUIC handshakes in progress on a listener.
 type handshakes struct{ n atomic.Int64 }

@@ -526,12 +526,21 @@ func TestQUICHandshakeCap(t *testing.T) {
 	defer ln.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	go func() { // accept and drop what completes
+	accepted := make(chan Conn, 16)
+	go func() { // accept, and close at the end what completes
+		defer close(accepted)
 		for {
 			c, err := ln.Accept(ctx)
 			if err != nil {
 				return
 			}
+			accepted <- c
+		}
+	}()
+	defer func() {
+		ln.Close()
+		cancel()
+		for c := range accepted {
 			c.Close()
 		}
 	}()
