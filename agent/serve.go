@@ -74,7 +74,7 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 	dgDone := make(chan struct{})
 	go func() {
 		defer close(dgDone)
-		flows.receive(spliceCx)
+		flows.receive(spliceCx, sess)
 	}()
 	defer func() {
 		cancel()

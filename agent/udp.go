@@ -56,19 +56,8 @@ func (ft *flowTable) remove(id uint32, f *agentFlow) {
 
 // receive hands session datagrams to their flows' targets until the
 // session or ctx ends.
-func (ft *flowTable) receive(ctx context.Context) {
-	if ft.ds == nil {
-		return
-	}
-	for {
-		b, err := ft.ds.ReceiveDatagram(ctx)
-		if err != nil {
-			return
-		}
-		id, p, err := tunnel.ParseFlowDatagram(b)
-		if err != nil {
-			continue
-		}
+func (ft *flowTable) receive(ctx context.Context, sess tunnel.Session) {
+	tunnel.ReceiveFlowDatagrams(ctx, sess, func(id uint32, p []byte) {
 		ft.mu.Lock()
 		f := ft.flows[id]
 		ft.mu.Unlock()
@@ -76,7 +65,7 @@ func (ft *flowTable) receive(ctx context.Context) {
 			f.in.Add(1)
 			_, _ = f.c.Write(p)
 		}
-	}
+	})
 }
 
 // handleFlow carries one UDP flow: the visitor's datagrams go to the

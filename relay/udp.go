@@ -361,24 +361,12 @@ func (as *agentSession) removeFlow(f *udpFlow) {
 // receiveDatagrams delivers the agent's session datagrams to their flows
 // until the session ends.
 func (as *agentSession) receiveDatagrams(ctx context.Context) {
-	ds, ok := as.sess.(tunnel.DatagramSession)
-	if !ok {
-		return
-	}
-	for {
-		b, err := ds.ReceiveDatagram(ctx)
-		if err != nil {
-			return
-		}
-		id, p, err := tunnel.ParseFlowDatagram(b)
-		if err != nil {
-			continue
-		}
+	tunnel.ReceiveFlowDatagrams(ctx, as.sess, func(id uint32, p []byte) {
 		as.flowMu.Lock()
 		f := as.flows[id]
 		as.flowMu.Unlock()
 		if f != nil {
 			f.reply(p)
 		}
-	}
+	})
 }

@@ -85,3 +85,22 @@ func ParseFlowDatagram(b []byte) (flow uint32, p []byte, err error) {
 	}
 	return binary.BigEndian.Uint32(b), b[4:], nil
 }
+
+// ReceiveFlowDatagrams reads sess's session datagrams until the session or
+// ctx ends, and hands each to deliver with its flow number; malformed ones
+// are dropped. A session without datagrams returns at once.
+func ReceiveFlowDatagrams(ctx context.Context, sess Session, deliver func(flow uint32, p []byte)) {
+	ds, ok := sess.(DatagramSession)
+	if !ok {
+		return
+	}
+	for {
+		b, err := ds.ReceiveDatagram(ctx)
+		if err != nil {
+			return
+		}
+		if flow, p, err := ParseFlowDatagram(b); err == nil {
+			deliver(flow, p)
+		}
+	}
+}
