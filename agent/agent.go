@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/ddns"
+	"github.com/homeport/homeport/internal/ddnsrun"
 	"github.com/homeport/homeport/tunnel"
 )
 
@@ -34,6 +36,11 @@ type Agent struct {
 	log      *slog.Logger
 	tunnels  map[string]config.Tunnel
 	software string
+
+	// ddns is the dynamic DNS updater (nil: off); relayAddr feeds its
+	// relay source with the address the relay sees this agent at.
+	ddns      *ddns.Updater
+	relayAddr *ddnsrun.RelayAddr
 
 	// OnSession, when set, is called after every successful registration
 	// with the relay's answer; tests and status reporting use it.
@@ -127,7 +134,35 @@ func New(cfg config.Agent, version string, log *slog.Logger) (*Agent, error) {
 		return nil, fmt.Errorf("agent: transport %q: want auto, tcp or quic", a.cfg.Transport)
 	}
 	a.tcp, a.quic = a.transports()
+	if cfg.DDNS != nil {
+		a.relayAddr = ddnsrun.NewRelayAddr()
+		u, err := ddnsrun.New(cfg.DDNS, ddnsrun.Options{Log: log, Relay: a.relayAddr, UserAgent: ddns.UserAgent(version)})
+		if err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		a.ddns = u
+	}
 	return a, nil
+}
+
+// runDDNS runs the dynamic DNS updater, if configured, until ctx ends;
+// the returned function stops it and waits.
+func (a *Agent) runDDNS(ctx context.Context) (stop func()) {
+	if a.ddns == nil {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := a.ddns.Run(ctx); err != nil {
+			a.log.Error("ddns: updater stopped; the tunnels keep running", "err", err)
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 // ErrRejected wraps a definitive refusal on the first connection attempt.
@@ -144,6 +179,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		everUp   bool
 		dialFail int
 	)
+	defer a.runDDNS(ctx)()
 	for {
 		start := time.Now()
 		err := a.session(ctx)
@@ -296,6 +332,11 @@ func (a *Agent) session(ctx context.Context) error {
 	_ = c.SetDeadline(time.Time{})
 
 	a.log.Info("connected to relay", "relay", a.cfg.Relay, "transport", name, "remote", sess.RemoteAddr().String(), "public_addr", welcome.ObservedAddr)
+	if a.relayAddr != nil {
+		if err := a.relayAddr.Set(welcome.ObservedAddr); err != nil {
+			a.log.Warn("ddns: relay source", "err", err)
+		}
+	}
 	relayHost, _, _ := net.SplitHostPort(a.cfg.Relay)
 	for _, r := range res.Results {
 		t := a.tunnels[r.Name]

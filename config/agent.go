@@ -26,6 +26,7 @@ func agentSettings() []setting {
 		{key: "handshake_timeout", flag: "handshake-timeout", kind: kDuration, def: "10s", usage: "time to connect and authenticate to the relay"},
 		{key: "reconnect_max", flag: "reconnect-max", kind: kDuration, def: "30s", usage: "longest wait between reconnect attempts"},
 		{key: "access_log", flag: "access-log", kind: kBool, def: "false", usage: "log every tunneled connection"},
+		ddnsSetting(),
 	}
 	return append(append(s, sessionSettings()...), logSettings()...)
 }
@@ -100,8 +101,49 @@ func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
 		l.fail("id", fmt.Errorf("%q is longer than 128 bytes", c.ID))
 	}
 	c.Tunnels = l.tunnels()
+	c.DDNS = l.ddns(ddnsAgent)
 	if err := l.err(); err != nil {
 		return Agent{}, err
+	}
+	return c, nil
+}
+
+// AgentDDNS is the configuration of "agent ddns", which runs only the
+// dynamic DNS updater: the ddns section and the log settings of the
+// agent's configuration.
+type AgentDDNS struct {
+	DDNS *DDNS // never nil
+	Log  Log
+}
+
+// AgentDDNSFlags registers the flags of "agent ddns" on fs: --config and
+// the log settings.
+func AgentDDNSFlags(fs *pflag.FlagSet) { addFlags(fs, logSettings()) }
+
+// LoadAgentDDNS reads the configuration of "agent ddns" from the same
+// sources as LoadAgent. It reads only the ddns section, which it requires,
+// and the log settings: the relay, the token and the tunnels are not
+// needed, and other settings of the agent are accepted and ignored. The
+// relay source cannot work without a session to the relay; sources
+// default to http.
+func LoadAgentDDNS(fs *pflag.FlagSet) (AgentDDNS, error) {
+	if fs == nil {
+		fs = pflag.NewFlagSet("agent ddns", pflag.ContinueOnError)
+	}
+	l, err := newLoader(fs, agentSettings(), relaySettings(), "agent")
+	if err != nil {
+		return AgentDDNS{}, err
+	}
+	c := AgentDDNS{Log: l.log(), DDNS: l.ddns(ddnsStandalone)}
+	if c.DDNS == nil && len(l.errs) == 0 {
+		where := "the config file"
+		if l.file != "" {
+			where = l.file
+		}
+		l.fail("ddns", fmt.Errorf("missing: agent ddns needs a ddns section in %s (--config FILE)", where))
+	}
+	if err := l.err(); err != nil {
+		return AgentDDNS{}, err
 	}
 	return c, nil
 }

@@ -48,6 +48,8 @@ type Relay struct {
 	// Guard limits what one source may do on the agent port and on the
 	// public ports.
 	Guard Guard
+	// DDNS configures the dynamic DNS updater ("ddns"); nil: off.
+	DDNS *DDNS
 	// Log selects level and format of the process log.
 	Log Log
 }
@@ -126,6 +128,8 @@ type Agent struct {
 	Session Session
 	// AccessLog logs every stream at Info.
 	AccessLog bool
+	// DDNS configures the dynamic DNS updater ("ddns"); nil: off.
+	DDNS *DDNS
 	// Log selects level and format of the process log.
 	Log Log
 }

@@ -36,6 +36,7 @@ func relaySettings() []setting {
 		{key: "visitors.burst", flag: "visitor-burst", kind: kInt, def: "20", usage: "new connections one visitor address may open at once on one tunnel"},
 		{key: "visitors.ban_after", flag: "visitor-ban-after", kind: kInt, def: "50", usage: "refused connections that ban a visitor address from a tunnel (0: never)"},
 		{key: "visitors.ban_for", flag: "visitor-ban-for", kind: kDuration, def: "10m", usage: "how long a visitor address stays banned"},
+		ddnsSetting(),
 	}
 	return append(append(s, sessionSettings()...), logSettings()...)
 }
@@ -95,6 +96,7 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 		l.fail("tls_cert", fmt.Errorf("tls_cert and tls_key go together: give both or neither"))
 	}
 	c.Tokens = l.tokens()
+	c.DDNS = l.ddns(ddnsRelay)
 	if err := l.err(); err != nil {
 		return Relay{}, err
 	}

@@ -89,6 +89,11 @@ type Updater struct {
 	ConfirmTimeout time.Duration
 	RetryMax       time.Duration    // cap of the retry backoff; 0: DefaultRetryMax
 	Now            func() time.Time // nil: time.Now; tests inject a clock
+	// Wake, if set, makes Run start a round at once when it receives,
+	// asking the source even if it is backing off after a failure: a
+	// source that learns of a new address (the agent, when the relay sees
+	// it at a new one) sends on it. Writes still keep MinWriteInterval.
+	Wake <-chan struct{}
 
 	syncMu sync.Mutex // one round at a time; guards the fields below
 	inited bool
@@ -239,10 +244,11 @@ func (u *Updater) publish() {
 	}
 }
 
-// Run syncs every Interval, and sooner when a retry is due, until ctx
-// ends (it then returns nil). It returns at once if the configuration is
-// invalid, and when the provider refuses the credentials or blocks the
-// client (errors.Is ErrAuth or ErrAbuse), after logging so.
+// Run syncs every Interval, and sooner when a retry is due or Wake
+// receives, until ctx ends (it then returns nil). It returns at once if
+// the configuration is invalid, and when the provider refuses the
+// credentials or blocks the client (errors.Is ErrAuth or ErrAbuse), after
+// logging so.
 func (u *Updater) Run(ctx context.Context) error {
 	if err := u.Validate(); err != nil {
 		return err
@@ -262,6 +268,11 @@ func (u *Updater) Run(ctx context.Context) error {
 			t.Stop()
 			return nil
 		case <-t.C:
+		case <-u.Wake:
+			t.Stop()
+			u.syncMu.Lock()
+			u.sourceNext = time.Time{}
+			u.syncMu.Unlock()
 		}
 	}
 }

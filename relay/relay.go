@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/ddns"
+	"github.com/homeport/homeport/internal/ddnsrun"
 	"github.com/homeport/homeport/tunnel"
 )
 
@@ -29,6 +31,9 @@ type Server struct {
 	// lns are the agent port's listeners: TCP, and QUIC on the same port
 	// number over UDP.
 	lns []tunnel.Listener
+
+	// ddns is the dynamic DNS updater; nil: off.
+	ddns *ddns.Updater
 
 	mu       sync.Mutex
 	sessions map[sessionKey]*agentSession
@@ -78,6 +83,13 @@ func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
 	s.cfg.Guard = withGuardDefaults(s.cfg.Guard)
 	s.hs = newHandshakeGuard(s.cfg.Guard)
 	s.visitCtx, s.visitCancel = context.WithCancel(context.Background())
+	if cfg.DDNS != nil {
+		u, err := ddnsrun.New(cfg.DDNS, ddnsrun.Options{Log: log})
+		if err != nil {
+			return nil, fmt.Errorf("relay: %w", err)
+		}
+		s.ddns = u
+	}
 	return s, nil
 }
 
@@ -147,6 +159,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	for _, ln := range s.lns {
 		go func() { errc <- s.acceptLoop(ctx, ln) }()
 	}
+	defer s.runDDNS(ctx)()
 
 	var err error
 	pending := len(s.lns)
@@ -160,6 +173,26 @@ func (s *Server) Serve(ctx context.Context) error {
 		err = errors.Join(err, <-errc)
 	}
 	return err
+}
+
+// runDDNS runs the dynamic DNS updater, if configured, until ctx ends;
+// the returned function stops it and waits.
+func (s *Server) runDDNS(ctx context.Context) (stop func()) {
+	if s.ddns == nil {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := s.ddns.Run(ctx); err != nil {
+			s.log.Error("ddns: updater stopped; the relay keeps running", "err", err)
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 // Run is Listen followed by Serve.

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/homeport/homeport/agent"
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/cli"
+	"github.com/homeport/homeport/internal/ddnsrun"
 	"github.com/homeport/homeport/internal/service"
 )
 
@@ -78,6 +80,7 @@ variables < flags.`,
 		_, err := config.LoadAgent(fs)
 		return err
 	}))
+	cmd.AddCommand(ddnsCommand(stdout, stderr))
 	cmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
@@ -100,4 +103,63 @@ func run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 		return err
 	}
 	return a.Run(ctx)
+}
+
+// ddnsCommand is "agent ddns": the dynamic DNS updater alone.
+func ddnsCommand(stdout, stderr io.Writer) *cobra.Command {
+	var once bool
+	cmd := &cobra.Command{
+		Use:   "ddns",
+		Short: "Run only the dynamic DNS updater of the config file's ddns section",
+		Long: `Runs only the dynamic DNS updater, from the ddns section of the agent's
+configuration file: no relay, token or tunnels are needed, and the
+agent's other settings are ignored. It keeps the names pointing at this
+host's public address until stopped.
+
+The relay source needs the agent's session to the relay, so it is left
+out here; sources default to http.
+
+With --once it runs one round, prints the state of every name and
+record type, and exits with status 1 if any is not in sync: a way to
+test a configuration.`,
+		Example: `  agent ddns --config agent.yaml
+  agent ddns --config agent.yaml --once`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.LoadAgentDDNS(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			return runDDNS(cmd.Context(), cfg, once, stdout, stderr)
+		},
+	}
+	cmd.SetOut(stdout)
+	cmd.SetErr(stderr)
+	config.AgentDDNSFlags(cmd.Flags())
+	cmd.Flags().BoolVar(&once, "once", false, "run one round, print the state of every name and exit: 0 if all are in sync, 1 if not")
+	return cmd
+}
+
+// errNotSynced ends "agent ddns --once" with status 1 after the report.
+var errNotSynced = errors.New("ddns: not every record is in sync")
+
+func runDDNS(ctx context.Context, cfg config.AgentDDNS, once bool, stdout, stderr io.Writer) error {
+	log, closeLog, err := cli.OpenLog(stderr, cfg.Log)
+	if err != nil {
+		return err
+	}
+	defer closeLog.Close()
+	u, err := ddnsrun.New(cfg.DDNS, ddnsrun.Options{Log: log})
+	if err != nil {
+		return err
+	}
+	if !once {
+		return u.Run(ctx)
+	}
+	if !ddnsrun.Report(stdout, u.Sync(ctx)) {
+		return errNotSynced
+	}
+	return nil
 }

@@ -1,0 +1,300 @@
+package ddnsrun
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/ddns"
+)
+
+func base(provider string) *config.DDNS {
+	return &config.DDNS{
+		Names:            []config.DDNSName{{Name: "home.example.com", IPv4: true, IPv6: true}},
+		Sources:          []config.DDNSSource{{Kind: config.DDNSSourceHTTP}},
+		HTTPURLs:         config.DefaultHTTPURLs,
+		Interval:         5 * time.Minute,
+		ForceRefresh:     24 * time.Hour,
+		MinWriteInterval: time.Minute,
+		Provider:         provider,
+	}
+}
+
+// TestNewProviders builds every provider from its configuration; nothing
+// is contacted.
+func TestNewProviders(t *testing.T) {
+	tests := []func(*config.DDNS){
+		func(c *config.DDNS) { c.Cloudflare = &config.DDNSCloudflare{APIToken: "t", Zone: "example.com"} },
+		func(c *config.DDNS) {
+			c.AliDNS = &config.DDNSAliDNS{AccessKeyID: "id", AccessKeySecret: "s", Zone: "example.com"}
+		},
+		func(c *config.DDNS) {
+			c.Route53 = &config.DDNSRoute53{AccessKeyID: "AKIA", SecretAccessKey: "s", Zone: "example.com"}
+		},
+		func(c *config.DDNS) {
+			c.Names[0].Name = "myhome.duckdns.org"
+			c.DuckDNS = &config.DDNSDuckDNS{Token: "01234567-89ab-cdef-0123-456789abcdef"}
+		},
+		func(c *config.DDNS) {
+			c.DNSPod = &config.DDNSDNSPod{SecretID: "id", SecretKey: "s", Zone: "example.com"}
+		},
+		func(c *config.DDNS) {
+			c.RFC2136 = &config.DDNSRFC2136{Server: "127.0.0.1:53", Zone: "example.com", KeyName: "k", KeySecret: "c2VjcmV0"}
+		},
+		func(c *config.DDNS) {
+			c.DynDNS2 = &config.DDNSDynDNS2{Server: "https://dyn.example.net", Username: "u", Password: "p", Nameserver: "ns1.example.net"}
+		},
+		func(c *config.DDNS) {
+			c.Webhook = &config.DDNSWebhook{URL: "https://hook.example.net/{name}", Headers: map[string]config.Secret{"x-key": "k"}, Nameserver: "ns1.example.net"}
+		},
+	}
+	for i, set := range tests {
+		name := config.DDNSProviders[i]
+		t.Run(name, func(t *testing.T) {
+			c := base(name)
+			set(c)
+			u, err := New(c, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := u.Provider.(timeoutProvider); !ok {
+				t.Errorf("provider %T is not bounded by a timeout", u.Provider)
+			}
+		})
+	}
+
+	// The provider's own checks come through.
+	c := base("rfc2136")
+	c.RFC2136 = &config.DDNSRFC2136{Server: "127.0.0.1:53", Zone: "example.com", KeyName: "k", KeySecret: "!!"}
+	if _, err := New(c, Options{}); err == nil || !strings.HasPrefix(err.Error(), "ddns: rfc2136: ") {
+		t.Errorf("bad secret: %v", err)
+	}
+	c = base("cloudflare")
+	if _, err := New(c, Options{}); err == nil || !strings.Contains(err.Error(), "ddns.cloudflare: missing") {
+		t.Errorf("no section: %v", err)
+	}
+}
+
+func TestNewSettings(t *testing.T) {
+	c := base("dyndns2")
+	c.DynDNS2 = &config.DDNSDynDNS2{Server: "https://dyn.example.net", Username: "u", Password: "p", Nameserver: "ns1.example.net"}
+	c.Names = append(c.Names, config.DDNSName{Name: "v6.example.com", IPv6: true, TTL: time.Hour})
+	c.ForceRefresh = 0
+	u, err := New(c, Options{UserAgent: "homeport-ddns/1.2.3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.ForceRefresh >= 0 || u.Interval != 5*time.Minute || u.MinWriteInterval != time.Minute {
+		t.Errorf("intervals %v %v %v", u.Interval, u.ForceRefresh, u.MinWriteInterval)
+	}
+	if want := []ddns.NameConfig{{Name: "home.example.com", IPv4: true, IPv6: true}, {Name: "v6.example.com", IPv6: true, TTL: time.Hour}}; len(u.Names) != 2 || u.Names[0] != want[0] || u.Names[1] != want[1] {
+		t.Errorf("names %+v", u.Names)
+	}
+	if d := u.Provider.(timeoutProvider).p.(*ddns.DynDNS2); d.UserAgent != "homeport-ddns/1.2.3" || d.Password != "p" {
+		t.Errorf("dyndns2 %+v", d)
+	}
+	// http is asked over each family.
+	if got := u.Source.Name(); got != "first of (http (IPv4), http (IPv6))" {
+		t.Errorf("source %q", got)
+	}
+	c.Names = c.Names[1:]
+	if u, _ = New(c, Options{}); u.Source.Name() != "http (IPv6)" {
+		t.Errorf("IPv6 names only: source %q", u.Source.Name())
+	}
+	if u.Wake != nil {
+		t.Error("Wake set without a relay source")
+	}
+}
+
+func TestNewRelaySource(t *testing.T) {
+	c := base("cloudflare")
+	c.Cloudflare = &config.DDNSCloudflare{APIToken: "t", Zone: "example.com"}
+	c.Sources = []config.DDNSSource{{Kind: config.DDNSSourceRelay}, {Kind: config.DDNSSourceInterface, Interface: "eth0"}, {Kind: config.DDNSSourceCommand, Command: []string{"/bin/myip", "--secret"}}}
+	ra := NewRelayAddr()
+	u, err := New(c, Options{Relay: ra})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := u.Source.Name(); got != "first of (relay, interface eth0, command myip)" {
+		t.Errorf("source %q", got)
+	}
+	if u.Wake == nil {
+		t.Error("no Wake with a relay source")
+	}
+
+	// Without a session ("agent ddns") the relay source is left out.
+	var logs bytes.Buffer
+	u, err = New(c, Options{Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := u.Source.Name(); got != "first of (interface eth0, command myip)" || !strings.Contains(logs.String(), "the relay source is left out") {
+		t.Errorf("source %q, log %s", got, logs.String())
+	}
+	c.Sources = c.Sources[:1]
+	if _, err := New(c, Options{}); err == nil || !strings.Contains(err.Error(), "no source left") {
+		t.Errorf("relay source only, no session: %v", err)
+	}
+}
+
+func TestRelayAddr(t *testing.T) {
+	ra := NewRelayAddr()
+	ra.firstWait = 50 * time.Millisecond
+	src := ra.Source()
+	ctx := context.Background()
+
+	// The first question waits for the first session, then gives up.
+	start := time.Now()
+	if _, err := src.Addrs(ctx); err == nil || !strings.Contains(err.Error(), "source relay: no session with the relay yet") {
+		t.Errorf("before a session: %v", err)
+	}
+	if time.Since(start) < 50*time.Millisecond {
+		t.Error("the first question did not wait")
+	}
+	start = time.Now()
+	if _, err := src.Addrs(ctx); err == nil || time.Since(start) > 40*time.Millisecond {
+		t.Errorf("second question: %v after %v", err, time.Since(start))
+	}
+
+	for _, bad := range []string{"", "relay", "203.0.113.5:x:y"} {
+		if err := ra.Set(bad); err == nil {
+			t.Errorf("Set(%q) accepted", bad)
+		}
+	}
+	if err := ra.Set("[::ffff:203.0.113.5]:4000"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ra.Wake():
+	default:
+		t.Error("no wake for the first address")
+	}
+	if err := ra.Set("203.0.113.5:4001"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ra.Wake():
+		t.Error("wake for the same address on another port")
+	default:
+	}
+	got, err := src.Addrs(ctx)
+	if err != nil || len(got) != 1 || got[0] != netip.MustParseAddr("203.0.113.5") {
+		t.Errorf("Addrs = %v, %v", got, err)
+	}
+
+	// A new address wakes the updater, unless the source has told it
+	// already.
+	ra.Set("[2001:db8::7]:4000")
+	if got, _ := src.Addrs(ctx); got[0] != netip.MustParseAddr("2001:db8::7") {
+		t.Errorf("Addrs = %v", got)
+	}
+	select {
+	case <-ra.Wake():
+		t.Error("wake left after the source gave the new address")
+	default:
+	}
+	ra.Set("198.51.100.1")
+	select {
+	case <-ra.Wake():
+	default:
+		t.Error("no wake for a new address")
+	}
+}
+
+// TestRelayAddrFirstSession: the first question is answered as soon as
+// the first session reports the address.
+func TestRelayAddrFirstSession(t *testing.T) {
+	ra := NewRelayAddr()
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		ra.Set("203.0.113.9:1234")
+	}()
+	got, err := ra.Source().Addrs(context.Background())
+	if err != nil || len(got) != 1 || got[0] != netip.MustParseAddr("203.0.113.9") {
+		t.Errorf("Addrs = %v, %v", got, err)
+	}
+}
+
+func TestReport(t *testing.T) {
+	var b bytes.Buffer
+	ok := Report(&b, []ddns.Status{
+		{Name: "home.example.com", Type: "A", Synced: true, Current: []netip.Addr{netip.MustParseAddr("203.0.113.5")}, LastCheck: time.Now()},
+		{Name: "home.example.com", Type: "AAAA", LastError: errors.New("source http gave no public IPv6 address")},
+		{Name: "v6.example.com", Type: "AAAA", LastError: errors.New("refused"), LastCheck: time.Now()},
+	})
+	want := "home.example.com A: ok, 203.0.113.5\n" +
+		"home.example.com AAAA: FAILED: source http gave no public IPv6 address (not read from the provider)\n" +
+		"v6.example.com AAAA: FAILED: refused (the provider shows no address)\n"
+	if ok || b.String() != want {
+		t.Errorf("Report = %v\n%s\nwant\n%s", ok, b.String(), want)
+	}
+	if Report(&b, nil) {
+		t.Error("an empty report counts as success")
+	}
+}
+
+// TestDocExamplesBuild builds the updater of every ddns example in the
+// configuration reference and the README, so that none fails at start
+// for a reason the configuration loader does not check.
+func TestDocExamplesBuild(t *testing.T) {
+	for _, v := range os.Environ() {
+		if name, _, _ := strings.Cut(v, "="); strings.HasPrefix(name, config.EnvPrefix) {
+			t.Setenv(name, "")
+			os.Unsetenv(name)
+		}
+	}
+	fill := strings.NewReplacer("<the token>", "0123456789abcdef0123", `"sha256:…"`, `"sha256:4f2a9c0d1e8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f"`)
+	n := 0
+	for _, doc := range []string{"../../docs/configuration.md", "../../README.md"} {
+		b, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, m := range regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(string(b), -1) {
+			if !strings.Contains(m[1], "ddns:") {
+				continue
+			}
+			n++
+			path := filepath.Join(t.TempDir(), "example.yaml")
+			if err := os.WriteFile(path, []byte(fill.Replace(m[1])), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+			var c *config.DDNS
+			if strings.HasPrefix(m[1], "relay:") {
+				config.AgentFlags(fs)
+				fs.Parse([]string{"--config", path})
+				a, err := config.LoadAgent(fs)
+				if err != nil {
+					t.Fatalf("%s: YAML example %d: %v", doc, i+1, err)
+				}
+				c = a.DDNS
+			} else {
+				config.RelayFlags(fs)
+				fs.Parse([]string{"--config", path})
+				r, err := config.LoadRelay(fs)
+				if err != nil {
+					t.Fatalf("%s: YAML example %d: %v", doc, i+1, err)
+				}
+				c = r.DDNS
+			}
+			if _, err := New(c, Options{Relay: NewRelayAddr()}); err != nil {
+				t.Errorf("%s: YAML example %d: %v", doc, i+1, err)
+			}
+		}
+	}
+	if n < 12 {
+		t.Errorf("%d ddns examples; want one per provider at least", n)
+	}
+}
