@@ -57,16 +57,19 @@ type SessionInfo struct {
 // Backoff settings.
 const (
 	backoffBase = 500 * time.Millisecond
-	// dialBackoffMax caps the delay after failing to reach the relay at
-	// all: a refused or unanswered TCP connect costs the relay nothing,
-	// and a relay that comes back should be used within seconds.
-	dialBackoffMax = 2 * time.Second
+	// dialBackoffBase and dialBackoffMax set the delay after failing to
+	// reach the relay at all: a refused or unanswered connect costs the
+	// relay nothing, and a relay that comes back should be used within a
+	// second.
+	dialBackoffBase = 250 * time.Millisecond
+	dialBackoffMax  = time.Second
 	// rejectedBackoff is the delay after the relay refused this agent
 	// (wrong token, or another agent took over its id): retrying sooner
 	// would only hammer the relay.
 	rejectedBackoff = 5 * time.Minute
-	// stablePeriod: a session that lived this long resets the backoff.
-	stablePeriod = 30 * time.Second
+	// stablePeriod: a session that lived this long resets the backoff;
+	// shorter ones (a relay that drops agents at once) keep it growing.
+	stablePeriod = 2 * time.Second
 )
 
 // New checks cfg and returns an agent. version is reported to the relay.
@@ -195,6 +198,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		case f != nil && f.stage == stageUp:
 			everUp = true
 			dialFail = 0
+			// A session that was up for a while means the relay was fine:
+			// the next attempt starts with the shortest delay again.
 			if time.Since(start) >= stablePeriod {
 				attempt = 0
 			}
@@ -212,7 +217,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			delay = rejectedBackoff
 			a.log.Error("relay refused this agent", "err", f, "retry_in", delay)
 		case f != nil && f.stage == stageDial:
-			delay = jitter(backoffBase, min(dialBackoffMax, a.cfg.ReconnectMax), attempt)
+			delay = jitter(dialBackoffBase, min(dialBackoffMax, a.cfg.ReconnectMax), attempt)
 			if dialFail%30 == 0 { // do not fill the log while the relay is away
 				a.log.Warn("relay unreachable; retrying", "relay", a.cfg.Relay, "err", f.err, "retry_in", delay.Round(time.Millisecond))
 			}

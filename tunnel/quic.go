@@ -488,16 +488,17 @@ func (l *quicLink) Mux(SessionConfig) (Session, error) {
 	_ = l.auth.Close()
 	l.closed = true // the session owns conn and socket now
 	if l.client && l.qconf != nil && l.qconf.KeepAlivePeriod > 0 {
-		go heartbeat(l.conn, l.qconf.KeepAlivePeriod)
+		go heartbeat(l.conn, min(l.qconf.KeepAlivePeriod, heartbeatMax))
 	}
 	return &quicSession{conn: l.conn, sock: l.sock}, nil
 }
 
-// heartbeat sends the agent's keepalive as a padded session datagram of
-// flow 0 (no flow has that number). QUIC's own keepalive PING makes a
-// packet too small for a stateless reset (quic-go answers packets of more
-// than 42 bytes only), so an idle agent would not learn of a relay restart
-// before its idle timeout; this one does, within a keepalive period.
+// heartbeat sends a padded session datagram of flow 0 (no flow has that
+// number) every period. QUIC's own keepalive PING makes a packet too small
+// for a stateless reset (quic-go answers packets of more than 42 bytes
+// only), so an idle agent would not learn of a relay restart before its
+// idle timeout; this one does, within a period. It also keeps NAT
+// mappings fresh, so a router that lost them learns them again at once.
 func heartbeat(c *quic.Conn, period time.Duration) {
 	t := time.NewTicker(period)
 	defer t.Stop()
@@ -513,8 +514,14 @@ func heartbeat(c *quic.Conn, period time.Duration) {
 }
 
 // heartbeatPad makes the heartbeat's packet comfortably larger than the
-// smallest one a stateless reset answers.
-const heartbeatPad = 40
+// smallest one a stateless reset answers. heartbeatMax is the longest
+// period between heartbeats: how long an idle agent may take to notice a
+// restarted relay (a relay that comes back is used within about that),
+// at the cost of one small packet (about 80 bytes on the wire) a second.
+const (
+	heartbeatPad = 40
+	heartbeatMax = time.Second
+)
 
 type quicSession struct {
 	conn    *quic.Conn
