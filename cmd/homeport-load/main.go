@@ -1,0 +1,276 @@
+// Command homeport-load measures homeport's tunnel against a direct
+// loopback connection to the same target, in the same run: bulk
+// throughput, request/response latency, connection churn, memory per
+// connection and CPU time per gigabyte.
+//
+// It builds (or takes) the real relay and agent binaries, starts them on
+// loopback with a tunnel to a target it serves itself (echo, sink and
+// source) in a process of its own, and prints one table: each figure through the tunnel, the same
+// figure over the direct path, their ratio, and the target figure it
+// should meet.
+//
+//	go run ./cmd/homeport-load                      # both transports, defaults
+//	go run ./cmd/homeport-load --quick              # a short smoke run
+//	go run ./cmd/homeport-load --transport tcp --json load.json
+//
+// Memory and CPU figures come from Linux's /proc; elsewhere the command
+// says it is not supported.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// options are the command's settings.
+type options struct {
+	transports   []string
+	duration     time.Duration
+	repeat       int
+	rtts         int
+	conns        []int
+	streams      int
+	churnWorkers int
+	jsonPath     string
+	relayBin     string
+	agentBin     string
+	keep         bool
+}
+
+func main() {
+	if len(os.Args) == 2 && os.Args[1] == targetArg {
+		if err := runTarget(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "homeport-load target:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	opts, err := parseFlags(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "homeport-load:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err = run(ctx, opts, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "homeport-load:", err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	fs := flag.NewFlagSet("homeport-load", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		opts      options
+		transport = fs.String("transport", "both", "agent transport to measure: tcp, quic or both")
+		conns     = fs.String("conns", "1000,10000", "levels of idle tunneled connections for the memory figures, comma-separated")
+		quick     = fs.Bool("quick", false, "a short smoke run: --duration 1s --repeat 1 --conns 1000 --rtts 2000 (flags given win)")
+	)
+	fs.DurationVar(&opts.duration, "duration", 5*time.Second, "length of each bulk and churn run")
+	fs.IntVar(&opts.repeat, "repeat", 3, "runs of each measurement; the table shows the median")
+	fs.IntVar(&opts.rtts, "rtts", 20000, "round trips per latency run, spread over its connections")
+	fs.IntVar(&opts.streams, "streams", 8, "parallel streams of the multi-stream bulk runs")
+	fs.IntVar(&opts.churnWorkers, "churn-workers", 16, "workers of the churn runs")
+	fs.StringVar(&opts.jsonPath, "json", "", "also write the results as JSON to this file")
+	fs.StringVar(&opts.relayBin, "relay-bin", "", "relay binary to run (default: build ./cmd/relay)")
+	fs.StringVar(&opts.agentBin, "agent-bin", "", "agent binary to run (default: build ./cmd/agent)")
+	fs.BoolVar(&opts.keep, "keep", false, "keep the working directory (relay and agent logs) and print its path")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: homeport-load [flags]\n\n"+
+			"Runs a relay and an agent on loopback and measures the tunnel against a\n"+
+			"direct connection to the same target. Needs Linux.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return opts, err
+	}
+	if fs.NArg() > 0 {
+		return opts, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if *quick {
+		if !set["duration"] {
+			opts.duration = time.Second
+		}
+		if !set["repeat"] {
+			opts.repeat = 1
+		}
+		if !set["conns"] {
+			*conns = "1000"
+		}
+		if !set["rtts"] {
+			opts.rtts = 2000
+		}
+	}
+	switch *transport {
+	case "both":
+		opts.transports = []string{"tcp", "quic"}
+	case "tcp", "quic":
+		opts.transports = []string{*transport}
+	default:
+		return opts, fmt.Errorf("--transport %q: want tcp, quic or both", *transport)
+	}
+	var err error
+	if opts.conns, err = parseLevels(*conns); err != nil {
+		return opts, fmt.Errorf("--conns: %w", err)
+	}
+	switch {
+	case opts.duration < 100*time.Millisecond || opts.duration > time.Hour:
+		return opts, fmt.Errorf("--duration %v: want 100ms to 1h", opts.duration)
+	case opts.repeat < 1 || opts.repeat > 100:
+		return opts, fmt.Errorf("--repeat %d: want 1 to 100", opts.repeat)
+	case opts.rtts < 100 || opts.rtts > 10_000_000:
+		return opts, fmt.Errorf("--rtts %d: want 100 to 10000000", opts.rtts)
+	case opts.streams < 2 || opts.streams > 1024:
+		return opts, fmt.Errorf("--streams %d: want 2 to 1024", opts.streams)
+	case opts.churnWorkers < 1 || opts.churnWorkers > 1024:
+		return opts, fmt.Errorf("--churn-workers %d: want 1 to 1024", opts.churnWorkers)
+	case (opts.relayBin == "") != (opts.agentBin == ""):
+		return opts, errors.New("--relay-bin and --agent-bin go together")
+	}
+	return opts, nil
+}
+
+// parseLevels parses a comma-separated list of connection counts; an
+// empty list measures no memory with connections.
+func parseLevels(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 || n > 1_000_000 {
+			return nil, fmt.Errorf("%q: want numbers from 1 to 1000000", f)
+		}
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// run measures and reports. It stops the processes it started and
+// removes its files before it returns, also when ctx ends (Ctrl-C).
+func run(ctx context.Context, opts options, stdout, progress io.Writer) (err error) {
+	if err := supported(); err != nil {
+		return err
+	}
+	m := machine{
+		Cores: runtime.NumCPU(),
+		Go:    runtime.Version(),
+		Date:  time.Now().UTC().Format("2006-01-02 15:04 UTC"),
+	}
+	describeSystem(&m)
+	var notes []string
+
+	// Each idle connection holds a descriptor here, in the relay, the
+	// agent and the target, which inherit the limit.
+	want := uint64(4096)
+	if len(opts.conns) > 0 {
+		want += uint64(slices.Max(opts.conns))
+	}
+	limit, lerr := raiseFileLimit(want)
+	if lerr != nil {
+		fmt.Fprintln(progress, "homeport-load:", lerr)
+		notes = append(notes, lerr.Error())
+	}
+	m.FileLimit = limit
+
+	workDir, err := os.MkdirTemp("", "homeport-load-")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if opts.keep {
+			fmt.Fprintln(progress, "homeport-load: logs kept in", workDir)
+			return
+		}
+		if rerr := os.RemoveAll(workDir); rerr != nil && err == nil {
+			err = rerr
+		}
+	}()
+
+	bins := binaries{relay: opts.relayBin, agent: opts.agentBin}
+	if bins.relay == "" {
+		start := time.Now()
+		fmt.Fprintln(progress, "building relay and agent…")
+		bins.relay, bins.agent, err = buildBinaries(ctx, filepath.Join(workDir, "bin"))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(progress, "built in %v\n", time.Since(start).Round(100*time.Millisecond))
+	}
+	if err := bins.check(); err != nil {
+		return err
+	}
+
+	tg, err := startTargetProc(progress)
+	if err != nil {
+		return err
+	}
+	defer tg.close()
+
+	e := &env{opts: opts, bins: bins, target: tg, workDir: workDir, progress: progress, fileLimit: limit}
+	rep := report{
+		Machine: m,
+		Settings: settings{
+			Transports:   opts.transports,
+			Duration:     opts.duration.String(),
+			Repeat:       opts.repeat,
+			RoundTrips:   opts.rtts,
+			Conns:        opts.conns,
+			Streams:      opts.streams,
+			ChurnWorkers: opts.churnWorkers,
+		},
+		Notes: notes,
+	}
+	failed := 0
+	for _, tr := range opts.transports {
+		start := time.Now()
+		fmt.Fprintf(progress, "== %s\n", tr)
+		rows, trNotes, err := e.measure(ctx, tr)
+		if ctx.Err() != nil {
+			return fmt.Errorf("interrupted; relay, agent and files cleaned up")
+		}
+		if err != nil {
+			failed++
+			rep.Notes = append(rep.Notes, fmt.Sprintf("%s: not measured: %v", tr, err))
+			fmt.Fprintf(progress, "%s failed: %v\n", tr, err)
+			continue
+		}
+		rep.Results = append(rep.Results, rows...)
+		rep.Notes = append(rep.Notes, trNotes...)
+		fmt.Fprintf(progress, "%s done in %v\n", tr, time.Since(start).Round(time.Second))
+	}
+	fmt.Fprintln(progress)
+	if err := writeTable(stdout, rep); err != nil {
+		return err
+	}
+	if opts.jsonPath != "" {
+		if err := writeJSON(opts.jsonPath, rep); err != nil {
+			return err
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d transports could not be measured (see notes)", failed, len(opts.transports))
+	}
+	return nil
+}

@@ -1,0 +1,46 @@
+package main
+
+import (
+	"io"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestParseFlags(t *testing.T) {
+	o, err := parseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(o.transports, []string{"tcp", "quic"}) || o.duration != 5*time.Second || o.repeat != 3 || !slices.Equal(o.conns, []int{1000, 10000}) {
+		t.Errorf("defaults: %+v", o)
+	}
+	o, err = parseFlags([]string{"--quick", "--repeat", "2", "--transport", "quic"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.duration != time.Second || o.repeat != 2 || !slices.Equal(o.conns, []int{1000}) || !slices.Equal(o.transports, []string{"quic"}) {
+		t.Errorf("--quick --repeat 2: %+v", o)
+	}
+	for _, bad := range [][]string{
+		{"--transport", "udp"},
+		{"--conns", "1000,x"},
+		{"--repeat", "0"},
+		{"--relay-bin", "/bin/true"},
+		{"extra"},
+	} {
+		if _, err := parseFlags(bad, io.Discard); err == nil {
+			t.Errorf("parseFlags(%q) accepted", bad)
+		}
+	}
+}
+
+func TestParseLevels(t *testing.T) {
+	got, err := parseLevels(" 10000, 1000,,1000")
+	if err != nil || !slices.Equal(got, []int{1000, 10000}) {
+		t.Errorf("parseLevels = %v, %v", got, err)
+	}
+	if got, err := parseLevels(""); err != nil || len(got) != 0 {
+		t.Errorf("parseLevels(\"\") = %v, %v", got, err)
+	}
+}

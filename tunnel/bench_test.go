@@ -1,0 +1,396 @@
+package tunnel
+
+import (
+	"context"
+	"flag"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"testing"
+	"time"
+)
+
+// Benchmarks of the tunnel's data path against a direct loopback TCP
+// connection, in one process:
+//
+//	direct:    x <-TCP-> y
+//	tcp, quic: x <-TCP-> [Splice] <-stream-> [Splice] <-TCP-> y
+//
+// go test -run '^$' -bench . -benchtime 2s ./tunnel
+//
+// The helpers in transport_test.go take a *testing.T; the ones here are
+// the same constructions for a testing.TB, so that benchmarks can use
+// them.
+
+// benchWrite is the size of each write in BenchmarkSplice.
+const benchWrite = 64 << 10
+
+// benchMsg is the size of a message in BenchmarkPingPong.
+const benchMsg = 64
+
+// BenchmarkSplice sends data one way, x to y, in 64 KiB writes, and
+// reports MB/s. The timer stops when y has read the last byte.
+func BenchmarkSplice(b *testing.B) {
+	b.Run("direct", func(b *testing.B) {
+		x, y := benchTCPPair(b)
+		benchBulk(b, x, y)
+	})
+	for _, tt := range transports {
+		b.Run(tt.name, func(b *testing.B) {
+			x, y, wait := benchSplicedPath(b, tt.tr)
+			benchBulk(b, x, y)
+			x.Close()
+			y.Close()
+			wait()
+		})
+	}
+}
+
+func benchBulk(b *testing.B, x, y *net.TCPConn) {
+	buf := make([]byte, benchWrite)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	drained := make(chan int64, 1)
+	go func() {
+		n, _ := io.CopyBuffer(io.Discard, y, make([]byte, benchWrite))
+		drained <- n
+	}()
+	b.SetBytes(benchWrite)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := x.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	x.CloseWrite()
+	n := <-drained
+	b.StopTimer()
+	if want := int64(b.N) * benchWrite; n != want {
+		b.Fatalf("y read %d bytes, want %d", n, want)
+	}
+}
+
+// BenchmarkPingPong sends a 64-byte message from x, which y echoes; one
+// op is one round trip. p50-ns and p99-ns are the round trips' median and
+// 99th percentile.
+func BenchmarkPingPong(b *testing.B) {
+	b.Run("direct", func(b *testing.B) {
+		x, y := benchTCPPair(b)
+		benchPingPong(b, x, y)
+	})
+	for _, tt := range transports {
+		b.Run(tt.name, func(b *testing.B) {
+			x, y, wait := benchSplicedPath(b, tt.tr)
+			benchPingPong(b, x, y)
+			x.Close()
+			y.Close()
+			wait()
+		})
+	}
+}
+
+func benchPingPong(b *testing.B, x, y *net.TCPConn) {
+	go func() {
+		buf := make([]byte, benchMsg)
+		for {
+			if _, err := io.ReadFull(y, buf); err != nil {
+				y.CloseWrite()
+				return
+			}
+			if _, err := y.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	msg, got := make([]byte, benchMsg), make([]byte, benchMsg)
+	rtt := func() {
+		if _, err := x.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(x, got); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for range 100 { // warm up the path
+		rtt()
+	}
+	samples := make([]time.Duration, 0, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		rtt()
+		samples = append(samples, time.Since(start))
+	}
+	b.StopTimer()
+	slices.Sort(samples)
+	b.ReportMetric(float64(samples[len(samples)/2]), "p50-ns")
+	b.ReportMetric(float64(samples[len(samples)*99/100]), "p99-ns")
+	x.CloseWrite()
+}
+
+// idleConns is the number of connections BenchmarkIdleConns holds.
+const idleConns = 1000
+
+var idleProfile = flag.String("idleprofile", "", "BenchmarkIdleConns: write a heap profile to this file (suffixed with the transport) while the connections are open")
+
+// BenchmarkIdleConns opens 1000 connections through one session, each
+// spliced at both ends as relay and agent do, sends one byte there and
+// back on each, and reports what the idle connections hold: heap and
+// goroutine stack per connection (both splices, both streams and the four
+// TCP ends together). One op opens and closes all of them.
+//
+// What holds the heap: go test -run '^$' -bench IdleConns -benchtime 1x
+// -memprofilerate 1 -idleprofile /tmp/idle ./tunnel, then
+// go tool pprof -sample_index inuse_space -top /tmp/idle-tcp.
+func BenchmarkIdleConns(b *testing.B) {
+	for _, tt := range transports {
+		b.Run(tt.name, func(b *testing.B) {
+			agent, relay := benchSessionPair(b, tt.tr)
+			var heap, stack float64
+			profile := ""
+			if *idleProfile != "" {
+				profile = *idleProfile + "-" + tt.name
+			}
+			for b.Loop() {
+				h, s := benchIdle(b, agent, relay, profile)
+				heap += h
+				stack += s
+			}
+			b.ReportMetric(heap/float64(b.N), "heap-B/conn")
+			b.ReportMetric(stack/float64(b.N), "stack-B/conn")
+		})
+	}
+}
+
+// benchIdle opens idleConns spliced connections over the session, the
+// relay's end opening the streams as it does for visitors, measures the
+// memory they hold, and closes them.
+func benchIdle(b *testing.B, agent, relay Session, profile string) (heapPerConn, stackPerConn float64) {
+	xl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer xl.Close()
+	yl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer yl.Close()
+	ctx := context.Background()
+	before := memNow()
+	var (
+		ends []*net.TCPConn
+		done = make(chan struct{}, 2*idleConns)
+	)
+	for range idleConns {
+		// Relay: a visitor connects, a stream is opened, Splice.
+		x, err := net.Dial("tcp", xl.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		xr, err := xl.Accept()
+		if err != nil {
+			b.Fatal(err)
+		}
+		st1, err := relay.OpenStream(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := st1.Write([]byte{0}); err != nil {
+			b.Fatal(err)
+		}
+		go func() { Splice(ctx, xr.(*net.TCPConn), st1); done <- struct{}{} }()
+		// Agent: the stream is accepted, the target dialed, Splice.
+		st2, err := agent.AcceptStream(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(st2, make([]byte, 1)); err != nil {
+			b.Fatal(err)
+		}
+		yr, err := net.Dial("tcp", yl.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		y, err := yl.Accept()
+		if err != nil {
+			b.Fatal(err)
+		}
+		go func() { Splice(ctx, st2, yr.(*net.TCPConn)); done <- struct{}{} }()
+		// One byte there and back.
+		var one [1]byte
+		if _, err := x.Write(one[:]); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(y, one[:]); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := y.Write(one[:]); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(x, one[:]); err != nil {
+			b.Fatal(err)
+		}
+		ends = append(ends, x.(*net.TCPConn), y.(*net.TCPConn))
+	}
+	after := memNow()
+	b.StopTimer()
+	if profile != "" {
+		writeHeapProfile(b, profile)
+	}
+	for _, c := range ends {
+		c.Close()
+	}
+	for range 2 * idleConns {
+		<-done
+	}
+	b.StartTimer()
+	return float64(after.heap-before.heap) / idleConns, float64(after.stack-before.stack) / idleConns
+}
+
+func writeHeapProfile(b *testing.B, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		b.Fatal(err)
+	}
+}
+
+type memSample struct{ heap, stack int64 }
+
+// memNow returns the live heap and the goroutine stacks, after a GC.
+func memNow() memSample {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return memSample{heap: int64(m.HeapAlloc), stack: int64(m.StackInuse)}
+}
+
+// benchTCPPair returns two connected loopback TCP connections (tcpPair).
+func benchTCPPair(tb testing.TB) (*net.TCPConn, *net.TCPConn) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		ch <- c
+	}()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c := <-ch
+	if c == nil {
+		tb.Fatal("accept failed")
+	}
+	tb.Cleanup(func() { a.Close(); c.Close() })
+	return a.(*net.TCPConn), c.(*net.TCPConn)
+}
+
+// benchSessionPair returns a multiplexed session pair over tr on
+// loopback (pinnedPair, sessionPair): client is the agent's end, server
+// the relay's.
+func benchSessionPair(tb testing.TB, tr Transport) (client, server Session) {
+	tb.Helper()
+	cert, fp := testCert(tb)
+	ln, err := tr.Listen("127.0.0.1:0", ServerTLSConfig(cert))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	conf, err := PinnedTLSConfig(fp)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	type accepted struct {
+		c   Conn
+		err error
+	}
+	ch := make(chan accepted, 1)
+	go func() {
+		c, err := ln.Accept(ctx)
+		if err == nil {
+			if err = c.Handshake(ctx); err != nil {
+				c.Close()
+			}
+		}
+		ch <- accepted{c, err}
+	}()
+	c, err := tr.Dial(ctx, ln.Addr().String(), conf)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := c.Handshake(ctx); err != nil {
+		c.Close()
+		tb.Fatal(err)
+	}
+	s := <-ch
+	if s.err != nil {
+		c.Close()
+		tb.Fatal(s.err)
+	}
+	if client, err = c.Mux(DefaultSessionConfig()); err != nil {
+		tb.Fatal(err)
+	}
+	if server, err = s.c.Mux(DefaultSessionConfig()); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+// benchSplicedPath builds x <-TCP-> [Splice] <-stream-> [Splice] <-TCP-> y
+// (splicedPath), with the stream opened by the relay's end (the server),
+// as for a visitor.
+func benchSplicedPath(tb testing.TB, tr Transport) (x, y *net.TCPConn, wait func()) {
+	tb.Helper()
+	agent, relay := benchSessionPair(tb, tr)
+	x, xr := benchTCPPair(tb)
+	yr, y := benchTCPPair(tb)
+	ctx := context.Background()
+	done := make(chan struct{}, 2)
+	accepted := make(chan Stream, 1)
+	go func() {
+		st, err := agent.AcceptStream(ctx)
+		if err == nil {
+			if _, err = io.ReadFull(st, make([]byte, 1)); err != nil {
+				st.Close()
+			}
+		}
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		accepted <- st
+	}()
+	st1, err := relay.OpenStream(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := st1.Write([]byte{0}); err != nil {
+		tb.Fatal(err)
+	}
+	go func() { Splice(ctx, xr, st1); done <- struct{}{} }()
+	st2 := <-accepted
+	if st2 == nil {
+		tb.Fatal("accepting the stream failed")
+	}
+	go func() { Splice(ctx, st2, yr); done <- struct{}{} }()
+	return x, y, func() { <-done; <-done }
+}
