@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -86,6 +87,7 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 	// instead of waiting. streams counts the served ones; draining,
 	// under mu, stops new Adds before streams.Wait begins.
 	var (
+		refusals  sync.WaitGroup // refuse waits up to a second for the relay
 		streams   sync.WaitGroup
 		mu        sync.Mutex
 		draining  bool
@@ -101,7 +103,11 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 			mu.Lock()
 			if draining {
 				mu.Unlock()
-				refuse(st, tunnel.CodeShutdown, "agent shutting down")
+				refusals.Add(1)
+				go func() {
+					defer refusals.Done()
+					refuse(st, tunnel.CodeShutdown, "agent shutting down")
+				}()
 				continue
 			}
 			streams.Add(1)
@@ -142,6 +148,7 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 		sess.Close()
 		<-drained
 		<-acceptErr
+		refusals.Wait()
 		<-ctrlDone
 		return nil
 	case <-sess.Done():
@@ -159,6 +166,7 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 	cancel()
 	streams.Wait()
 	<-acceptErr
+	refusals.Wait()
 	<-ctrlDone
 	if ga != nil {
 		f := &failure{stage: stageUp, err: fmt.Errorf("relay: %s: %s", ga.Code, ga.Message)}
@@ -173,11 +181,16 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 	return &failure{stage: stageUp, err: errors.New("session closed")}
 }
 
-// refuse answers a visitor stream with a refusal and closes it, without
-// waiting on a relay that does not read.
+// refuse answers a visitor stream with a refusal and closes it. It ends
+// its sending side first and lets the relay read the answer and close
+// (within a second): closing at once stops reading, which over QUIC makes
+// the relay's pending writes fail before it has read why.
 func refuse(st tunnel.Stream, code tunnel.Code, msg string) {
 	_ = st.SetWriteDeadline(time.Now().Add(time.Second))
-	_ = tunnel.WriteMessage(st, &tunnel.OpenResult{Code: code, Message: msg})
+	if tunnel.WriteMessage(st, &tunnel.OpenResult{Code: code, Message: msg}) == nil && st.CloseWrite() == nil {
+		_ = st.SetReadDeadline(time.Now().Add(time.Second))
+		_, _ = io.Copy(io.Discard, st)
+	}
 	st.Close()
 }
 
