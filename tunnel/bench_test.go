@@ -35,12 +35,12 @@ const benchMsg = 64
 // reports MB/s. The timer stops when y has read the last byte.
 func BenchmarkSplice(b *testing.B) {
 	b.Run("direct", func(b *testing.B) {
-		x, y := benchTCPPair(b)
+		x, y := tcpPair(b)
 		benchBulk(b, x, y)
 	})
 	for _, tt := range transports {
 		b.Run(tt.name, func(b *testing.B) {
-			x, y, wait := benchSplicedPath(b, tt.tr)
+			x, y, wait := splicedPath(b, tt.tr)
 			benchBulk(b, x, y)
 			x.Close()
 			y.Close()
@@ -80,12 +80,12 @@ func benchBulk(b *testing.B, x, y *net.TCPConn) {
 // 99th percentile.
 func BenchmarkPingPong(b *testing.B) {
 	b.Run("direct", func(b *testing.B) {
-		x, y := benchTCPPair(b)
+		x, y := tcpPair(b)
 		benchPingPong(b, x, y)
 	})
 	for _, tt := range transports {
 		b.Run(tt.name, func(b *testing.B) {
-			x, y, wait := benchSplicedPath(b, tt.tr)
+			x, y, wait := splicedPath(b, tt.tr)
 			benchPingPong(b, x, y)
 			x.Close()
 			y.Close()
@@ -151,7 +151,7 @@ var idleProfile = flag.String("idleprofile", "", "BenchmarkIdleConns: write a he
 func BenchmarkIdleConns(b *testing.B) {
 	for _, tt := range transports {
 		b.Run(tt.name, func(b *testing.B) {
-			agent, relay := benchSessionPair(b, tt.tr)
+			agent, relay := sessionPair(b, tt.tr)
 			var heap, stack float64
 			profile := ""
 			if *idleProfile != "" {
@@ -274,123 +274,4 @@ func memNow() memSample {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return memSample{heap: int64(m.HeapAlloc), stack: int64(m.StackInuse)}
-}
-
-// benchTCPPair returns two connected loopback TCP connections (tcpPair).
-func benchTCPPair(tb testing.TB) (*net.TCPConn, *net.TCPConn) {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	ch := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		ch <- c
-	}()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	c := <-ch
-	if c == nil {
-		tb.Fatal("accept failed")
-	}
-	tb.Cleanup(func() { a.Close(); c.Close() })
-	return a.(*net.TCPConn), c.(*net.TCPConn)
-}
-
-// benchSessionPair returns a multiplexed session pair over tr on
-// loopback (pinnedPair, sessionPair): client is the agent's end, server
-// the relay's.
-func benchSessionPair(tb testing.TB, tr Transport) (client, server Session) {
-	tb.Helper()
-	cert, fp := testCert(tb)
-	ln, err := tr.Listen("127.0.0.1:0", ServerTLSConfig(cert))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	conf, err := PinnedTLSConfig(fp)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	type accepted struct {
-		c   Conn
-		err error
-	}
-	ch := make(chan accepted, 1)
-	go func() {
-		c, err := ln.Accept(ctx)
-		if err == nil {
-			if err = c.Handshake(ctx); err != nil {
-				c.Close()
-			}
-		}
-		ch <- accepted{c, err}
-	}()
-	c, err := tr.Dial(ctx, ln.Addr().String(), conf)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := c.Handshake(ctx); err != nil {
-		c.Close()
-		tb.Fatal(err)
-	}
-	s := <-ch
-	if s.err != nil {
-		c.Close()
-		tb.Fatal(s.err)
-	}
-	if client, err = c.Mux(DefaultSessionConfig()); err != nil {
-		tb.Fatal(err)
-	}
-	if server, err = s.c.Mux(DefaultSessionConfig()); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { client.Close(); server.Close() })
-	return client, server
-}
-
-// benchSplicedPath builds x <-TCP-> [Splice] <-stream-> [Splice] <-TCP-> y
-// (splicedPath), with the stream opened by the relay's end (the server),
-// as for a visitor.
-func benchSplicedPath(tb testing.TB, tr Transport) (x, y *net.TCPConn, wait func()) {
-	tb.Helper()
-	agent, relay := benchSessionPair(tb, tr)
-	x, xr := benchTCPPair(tb)
-	yr, y := benchTCPPair(tb)
-	ctx := context.Background()
-	done := make(chan struct{}, 2)
-	accepted := make(chan Stream, 1)
-	go func() {
-		st, err := agent.AcceptStream(ctx)
-		if err == nil {
-			if _, err = io.ReadFull(st, make([]byte, 1)); err != nil {
-				st.Close()
-			}
-		}
-		if err != nil {
-			accepted <- nil
-			return
-		}
-		accepted <- st
-	}()
-	st1, err := relay.OpenStream(ctx)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if _, err := st1.Write([]byte{0}); err != nil {
-		tb.Fatal(err)
-	}
-	go func() { Splice(ctx, xr, st1); done <- struct{}{} }()
-	st2 := <-accepted
-	if st2 == nil {
-		tb.Fatal("accepting the stream failed")
-	}
-	go func() { Splice(ctx, st2, yr); done <- struct{}{} }()
-	return x, y, func() { <-done; <-done }
 }

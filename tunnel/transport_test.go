@@ -88,7 +88,7 @@ func linkPair(t *testing.T, tr Transport, clientConf *tls.Config) (client, serve
 }
 
 // pinnedPair is linkPair with a client that pins the server's real key.
-func pinnedPair(t *testing.T, tr Transport) (client, server Conn) {
+func pinnedPair(t testing.TB, tr Transport) (client, server Conn) {
 	t.Helper()
 	cert, fp := testCert(t)
 	ln, err := tr.Listen("127.0.0.1:0", ServerTLSConfig(cert))
@@ -278,7 +278,7 @@ func TestAuthGarbage(t *testing.T) {
 }
 
 // sessionPair returns a multiplexed session pair over tr.
-func sessionPair(t *testing.T, tr Transport) (client, server Session) {
+func sessionPair(t testing.TB, tr Transport) (client, server Session) {
 	t.Helper()
 	c, s := pinnedPair(t, tr)
 	var err error
@@ -293,7 +293,7 @@ func sessionPair(t *testing.T, tr Transport) (client, server Session) {
 }
 
 // tcpPair returns two connected loopback TCP connections.
-func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -319,17 +319,18 @@ func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 
 // splicedPath builds  x <-TCP-> [Splice] <-stream-> [Splice] <-TCP-> y
 // and returns x and y: the data path of a tunnel without relay or agent.
-// The opener writes one byte first, as the relay writes Open: a QUIC
-// stream is invisible to the peer until it carries data.
-func splicedPath(t *testing.T, tr Transport) (x, y *net.TCPConn, wait func()) {
-	cs, ss := sessionPair(t, tr)
+// As for a visitor, the relay's end (the server) opens the stream and
+// writes one byte first, as the relay writes Open: a QUIC stream is
+// invisible to the peer until it carries data.
+func splicedPath(t testing.TB, tr Transport) (x, y *net.TCPConn, wait func()) {
+	agent, relay := sessionPair(t, tr)
 	x, xr := tcpPair(t)
 	yr, y := tcpPair(t)
 	ctx := context.Background()
 	done := make(chan struct{}, 2)
 	accepted := make(chan Stream, 1)
 	go func() {
-		st, err := ss.AcceptStream(ctx)
+		st, err := agent.AcceptStream(ctx)
 		if err == nil {
 			_, err = io.ReadFull(st, make([]byte, 1))
 		}
@@ -340,7 +341,7 @@ func splicedPath(t *testing.T, tr Transport) (x, y *net.TCPConn, wait func()) {
 		}
 		accepted <- st
 	}()
-	st1, err := cs.OpenStream(ctx)
+	st1, err := relay.OpenStream(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
