@@ -93,6 +93,16 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 		draining  bool
 		acceptErr = make(chan error, 1)
 	)
+	// spawn runs f on a goroutine of its own, counted with the streams:
+	// a splice that lasts hours should not keep the stack that dialling
+	// the target grew.
+	spawn := func(f func()) {
+		streams.Add(1) // the caller is a counted stream: never from zero
+		go func() {
+			defer streams.Done()
+			f()
+		}()
+	}
 	go func() {
 		for {
 			st, err := sess.AcceptStream(context.WithoutCancel(ctx))
@@ -114,7 +124,7 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 			mu.Unlock()
 			go func() {
 				defer streams.Done()
-				a.handleStream(spliceCx, tunnel.CutAware(st, lost), flows)
+				a.handleStream(spliceCx, tunnel.CutAware(st, lost), flows, spawn)
 			}()
 		}
 	}()
@@ -195,7 +205,7 @@ func refuse(st tunnel.Stream, code tunnel.Code, msg string) {
 }
 
 // handleStream connects one visitor stream to its tunnel's target.
-func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowTable) {
+func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowTable, spawn func(func())) {
 	start := time.Now()
 	_ = st.SetReadDeadline(start.Add(openTimeout))
 	m, err := tunnel.ReadMessage(st, tunnel.MaxFrameSize)
@@ -246,13 +256,15 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowT
 		log.Debug("stream closed before the target answered", "err", err)
 		return
 	}
-	in, out, err := tunnel.Splice(ctx, st, c.(*net.TCPConn))
-	level := slog.LevelDebug
-	if a.cfg.AccessLog {
-		level = slog.LevelInfo
-	}
-	log.Log(context.Background(), level, "visitor connection", "target", t.Target,
-		"bytes_in", in, "bytes_out", out, "duration", time.Since(start).Round(time.Millisecond), "err", err)
+	spawn(func() {
+		in, out, err := tunnel.Splice(ctx, st, c.(*net.TCPConn))
+		level := slog.LevelDebug
+		if a.cfg.AccessLog {
+			level = slog.LevelInfo
+		}
+		log.Log(context.Background(), level, "visitor connection", "target", t.Target,
+			"bytes_in", in, "bytes_out", out, "duration", time.Since(start).Round(time.Millisecond), "err", err)
+	})
 }
 
 func isDone(c <-chan struct{}) bool {
