@@ -24,17 +24,16 @@ type HalfCloser interface {
 // a half-closed connection carry data the other way for as long as it moves.
 const StallTimeout = 30 * time.Second
 
-// Copy buffers: reads start small, so that an idle connection holds little
-// memory, and switch to a large buffer once a read fills the small one.
+// Copy buffers. A connection waits for data most of its life, so a waiting
+// read uses a small buffer of the pipe's own; a read that fills it means
+// data is flowing, and the pipe takes a large buffer from a pool for as
+// long as reads keep filling it, giving it back before it waits again.
 const (
-	smallBuf = 2 << 10
+	smallBuf = 512
 	largeBuf = 32 << 10
 )
 
-var (
-	smallPool = sync.Pool{New: func() any { b := make([]byte, smallBuf); return &b }}
-	largePool = sync.Pool{New: func() any { b := make([]byte, largeBuf); return &b }}
-)
+var largePool = sync.Pool{New: func() any { b := make([]byte, largeBuf); return &b }}
 
 // Splice copies a to b and b to a until both directions have ended. EOF in
 // one direction becomes CloseWrite on the other end and the opposite
@@ -85,18 +84,19 @@ func reset(c HalfCloser) {
 // splice. Once one direction has ended, every write of the other must make
 // progress within StallTimeout.
 func pipe(dst, src HalfCloser, halfDone *atomic.Bool, abort func(error)) int64 {
-	bp := smallPool.Get().(*[]byte)
-	large := false
+	small := make([]byte, smallBuf)
+	var bp *[]byte // the large buffer, while data flows
 	defer func() {
-		if large {
+		if bp != nil {
 			largePool.Put(bp)
-		} else {
-			smallPool.Put(bp)
 		}
 	}()
 	var n int64
 	for {
-		buf := *bp
+		buf := small
+		if bp != nil {
+			buf = *bp
+		}
 		nr, rerr := src.Read(buf)
 		if nr > 0 {
 			if halfDone.Load() {
@@ -108,9 +108,12 @@ func pipe(dst, src HalfCloser, halfDone *atomic.Bool, abort func(error)) int64 {
 				abort(fmt.Errorf("write: %w", werr))
 				return n
 			}
-			if nr == len(buf) && !large {
-				smallPool.Put(bp)
-				bp, large = largePool.Get().(*[]byte), true
+			switch {
+			case bp == nil && nr == len(buf):
+				bp = largePool.Get().(*[]byte)
+			case bp != nil && nr < len(buf):
+				largePool.Put(bp) // the next read is likely to wait
+				bp = nil
 			}
 		}
 		if rerr == nil {
