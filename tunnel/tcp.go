@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -76,10 +77,11 @@ func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
 	yc := yamuxConfig(cfg)
 	var s *yamux.Session
 	var err error
+	conn := &frameWriter{Conn: c.Conn}
 	if c.client {
-		s, err = yamux.Client(c.Conn, yc)
+		s, err = yamux.Client(conn, yc)
 	} else {
-		s, err = yamux.Server(c.Conn, yc)
+		s, err = yamux.Server(conn, yc)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("yamux: %w", err)
@@ -103,6 +105,45 @@ func yamuxConfig(cfg SessionConfig) *yamux.Config {
 		StreamCloseTimeout: 0,
 		Logger:             log.New(io.Discard, "", 0),
 	}
+}
+
+// frameWriter joins a yamux data frame's 12-byte header to its body in
+// one Write, so that the frame becomes one TLS record and one system call
+// instead of two. yamux writes the header and then, for a data frame with
+// a length, its body, from its one send goroutine; every other write
+// passes straight through.
+type frameWriter struct {
+	net.Conn
+	hdr  [yamuxHeaderSize]byte
+	held bool
+	buf  []byte
+}
+
+const (
+	yamuxHeaderSize = 12
+	yamuxTypeData   = 0
+	frameBufKeep    = 64 << 10 // a larger joining buffer is not kept
+)
+
+func (w *frameWriter) Write(p []byte) (int, error) {
+	if !w.held && len(p) == yamuxHeaderSize && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:]) > 0 {
+		copy(w.hdr[:], p)
+		w.held = true
+		return len(p), nil
+	}
+	if !w.held {
+		return w.Conn.Write(p)
+	}
+	w.held = false
+	w.buf = append(append(w.buf[:0], w.hdr[:]...), p...)
+	_, err := w.Conn.Write(w.buf)
+	if cap(w.buf) > frameBufKeep {
+		w.buf = nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 type yamuxSession struct {

@@ -5,10 +5,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"io"
 	"math/rand/v2"
 	"net"
+	"reflect"
 	"testing"
 	"time"
 
@@ -611,4 +613,51 @@ func TestQUICHandshakeCap(t *testing.T) {
 		t.Fatalf("handshake after the others ended: %v", err)
 	}
 	c.Close()
+}
+
+// writeLog records each Write as one chunk.
+type writeLog struct {
+	net.Conn
+	writes [][]byte
+}
+
+func (w *writeLog) Write(p []byte) (int, error) {
+	w.writes = append(w.writes, append([]byte(nil), p...))
+	return len(p), nil
+}
+
+// TestFrameWriter: a data frame's header and body go out in one write;
+// headers of frames without a body (window updates, pings, a data frame
+// with only flags) at once.
+func TestFrameWriter(t *testing.T) {
+	hdr := func(typ byte, length uint32) []byte {
+		h := make([]byte, 12)
+		h[1] = typ
+		binary.BigEndian.PutUint32(h[8:], length)
+		return h
+	}
+	log := &writeLog{}
+	w := &frameWriter{Conn: log}
+	steps := [][]byte{
+		hdr(0, 5), []byte("hello"), // data frame: joined
+		hdr(1, 65536), // window update: alone
+		hdr(0, 0),     // data frame with flags only (FIN): alone
+		hdr(2, 7),     // ping: alone
+		hdr(0, 3), []byte("bye"),
+	}
+	for _, p := range steps {
+		if n, err := w.Write(p); n != len(p) || err != nil {
+			t.Fatalf("Write(%d bytes) = %d, %v", len(p), n, err)
+		}
+	}
+	want := [][]byte{
+		append(hdr(0, 5), "hello"...),
+		hdr(1, 65536),
+		hdr(0, 0),
+		hdr(2, 7),
+		append(hdr(0, 3), "bye"...),
+	}
+	if !reflect.DeepEqual(log.writes, want) {
+		t.Fatalf("writes:\n got %x\nwant %x", log.writes, want)
+	}
 }
