@@ -144,10 +144,16 @@ type binProc struct {
 // failed.
 func binStart(t *testing.T, name string, args ...string) *binProc {
 	t.Helper()
-	path := binPath(t, name)
+	return binStartVia(t, name, binPath(t, name), args...)
+}
+
+// binStartVia is binStart running program (a built binary, or a shell
+// that execs one) for the binary name.
+func binStartVia(t *testing.T, name, program string, args ...string) *binProc {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), binProcTimeout)
 	p := &binProc{t: t, name: name, done: make(chan struct{})}
-	p.cmd = exec.CommandContext(ctx, path, args...)
+	p.cmd = exec.CommandContext(ctx, program, args...)
 	p.cmd.Env = binEnv()
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 	p.cmd.WaitDelay = 5 * time.Second

@@ -1433,38 +1433,7 @@ func guardBinStartRelay(t *testing.T, dataDir string, port uint16, nofile int, e
 	}
 	args := append([]string{"-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, nofile), path,
 		"--data-dir", dataDir, "--listen", publicAddr(port), "--bind-addr", "127.0.0.1", "--advertise", "127.0.0.1"}, extra...)
-	ctx, cancel := context.WithTimeout(context.Background(), binProcTimeout)
-	p := &binProc{t: t, name: "relay", done: make(chan struct{})}
-	p.cmd = exec.CommandContext(ctx, sh, args...)
-	p.cmd.Env = binEnv()
-	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
-	p.cmd.WaitDelay = 5 * time.Second
-	if err := p.cmd.Start(); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	go func() {
-		defer cancel()
-		_ = p.cmd.Wait()
-		p.state = p.cmd.ProcessState
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		if p.running() {
-			_ = p.cmd.Process.Kill()
-		}
-		select {
-		case <-p.done:
-		case <-time.After(15 * time.Second):
-			t.Errorf("relay (pid %d) did not exit after SIGKILL", p.cmd.Process.Pid)
-		}
-		if strings.Contains(p.stderr.String(), "WARNING: DATA RACE") {
-			t.Errorf("relay: data race")
-		}
-		if t.Failed() {
-			t.Logf("relay %s\n--- stdout:\n%s--- stderr:\n%s", strings.Join(args, " "), &p.stdout, &p.stderr)
-		}
-	})
+	p := binStartVia(t, "relay", sh, args...)
 	var m []string
 	p.await(15*time.Second, "the relay's banner", func() bool {
 		m = binBannerRE.FindStringSubmatch(p.stdout.String())
