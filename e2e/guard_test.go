@@ -180,23 +180,6 @@ func guardLines(log string, subs ...string) []string {
 	return out
 }
 
-// guardFDs counts this process's open descriptors, pipes aside (see
-// internal/leak); -1 where /proc is missing.
-func guardFDs() int {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return -1
-	}
-	n := 0
-	for _, e := range ents {
-		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(l, "pipe:") {
-			continue
-		}
-		n++
-	}
-	return n
-}
-
 // guardWait polls cond every 10 ms for up to d and reports whether it
 // became true.
 func guardWait(d time.Duration, cond func() bool) bool {
@@ -985,7 +968,7 @@ func testGuardPreAuthFlood(t *testing.T) {
 		c.Guard = config.Guard{MaxHandshakes: max(4096, total+64), MaxHandshakesPerIP: (total+sources-1)/sources + 16}
 	})
 	hello := guardPartialHello(t, r.id.Fingerprint, 50)
-	g0, fd0 := guardGoroutines(), guardFDs()
+	g0, fd0 := guardGoroutines(), leak.OpenFDs()
 
 	type floodConn struct {
 		c       *net.TCPConn
@@ -1052,7 +1035,7 @@ func testGuardPreAuthFlood(t *testing.T) {
 				runtime.NumGoroutine(), g0, len(guardLines(r.logs.String(), `msg="agent connection refused"`)), len(guardLines(r.logs.String(), `msg="agent TLS handshake failed"`)))
 		}
 	}
-	gPeak, fdPeak := runtime.NumGoroutine(), guardFDs()
+	gPeak, fdPeak := runtime.NumGoroutine(), leak.OpenFDs()
 	t.Logf("flood: %d idle + %d stalled mid-TLS connections from %d addresses, opened in %v, held by the relay after %v",
 		total-nStalled, nStalled, sources, dialTime.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 
@@ -1120,10 +1103,10 @@ func testGuardPreAuthFlood(t *testing.T) {
 		f.c.Close()
 	}
 	waitFor(t, 10*time.Second, "goroutines and descriptors near their count before the flood", func() bool {
-		return runtime.NumGoroutine() <= g0+guardGoSlack && guardFDs() <= fd0+5
+		return runtime.NumGoroutine() <= g0+guardGoSlack && leak.OpenFDs() <= fd0+5
 	})
 	t.Logf("goroutines: %d before, %d with the flood held, %d after; descriptors: %d, %d, %d",
-		g0, gPeak, runtime.NumGoroutine(), fd0, fdPeak, guardFDs())
+		g0, gPeak, runtime.NumGoroutine(), fd0, fdPeak, leak.OpenFDs())
 	if n := len(guardLines(r.logs.String(), `msg="agent connection refused"`)); n > 0 {
 		t.Errorf("relay refused %d flood connections within the caps", n)
 	}
@@ -1183,7 +1166,7 @@ func TestGuardPreAuthJunk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g0, fd0 := guardGoroutines(), guardFDs()
+	g0, fd0 := guardGoroutines(), leak.OpenFDs()
 
 	const random, afterTLS, workers = 200, 200, 8
 	prompt := 2 * time.Second
@@ -1207,9 +1190,9 @@ func TestGuardPreAuthJunk(t *testing.T) {
 		random, afterTLS, time.Since(start).Round(time.Millisecond), time.Duration(slowest[0].Load()).Round(time.Millisecond), time.Duration(slowest[1].Load()).Round(time.Millisecond))
 
 	waitFor(t, 10*time.Second, "goroutines and descriptors near their count before the junk", func() bool {
-		return runtime.NumGoroutine() <= g0+guardGoSlack && guardFDs() <= fd0+5
+		return runtime.NumGoroutine() <= g0+guardGoSlack && leak.OpenFDs() <= fd0+5
 	})
-	t.Logf("goroutines: %d before, %d after; descriptors: %d, %d", g0, runtime.NumGoroutine(), fd0, guardFDs())
+	t.Logf("goroutines: %d before, %d after; descriptors: %d, %d", g0, runtime.NumGoroutine(), fd0, leak.OpenFDs())
 	log := r.logs.String()
 	if n := len(guardLines(log, `msg="agent TLS handshake failed"`)); n < random {
 		t.Errorf("relay logged %d failed TLS handshakes, want at least %d", n, random)

@@ -19,11 +19,11 @@ const settle = 10 * time.Second
 // Call it first in a test; it cannot be used with t.Parallel.
 func Check(t testing.TB) {
 	t.Helper()
-	g0, fd0 := runtime.NumGoroutine(), openFDs()
+	g0, fd0 := runtime.NumGoroutine(), OpenFDs()
 	t.Cleanup(func() {
 		deadline := time.Now().Add(settle)
 		for {
-			g, fd := runtime.NumGoroutine(), openFDs()
+			g, fd := runtime.NumGoroutine(), OpenFDs()
 			if g <= g0 && fd <= fd0 {
 				return
 			}
@@ -38,11 +38,11 @@ func Check(t testing.TB) {
 	})
 }
 
-// openFDs counts this process's open file descriptors (-1 where /proc is
+// OpenFDs counts this process's open file descriptors (-1 where /proc is
 // missing, which turns the descriptor check off). Pipes are not counted:
 // the runtime caches pipe pairs for splice(2) in a pool that only the
 // garbage collector empties.
-func openFDs() int {
+func OpenFDs() int {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		return -1
