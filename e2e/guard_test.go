@@ -1297,47 +1297,18 @@ func guardServeProxy(t *testing.T) *guardProxyTarget {
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 	p := &guardProxyTarget{addr: l.Addr().String(), seen: make(chan guardProxySeen, 16)}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]bool{}
-	wg.Go(func() {
-		for {
-			c, err := pl.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			wg.Go(func() {
-				defer func() {
-					c.Close()
-					mu.Lock()
-					delete(conns, c)
-					mu.Unlock()
-				}()
-				pc := c.(*proxyproto.Conn)
-				h := pc.ProxyHeader()
-				if h == nil {
-					t.Errorf("PROXY target: no header from %v", pc.Raw().RemoteAddr())
-					return
-				}
-				p.seen <- guardProxySeen{remote: pc.RemoteAddr().String(), local: pc.LocalAddr().String(), version: h.Version}
-				io.Copy(pc, pc)
-				if tc, ok := pc.TCPConn(); ok {
-					tc.CloseWrite()
-				}
-			})
+	serveOn(t, pl, func(c net.Conn) {
+		pc := c.(*proxyproto.Conn)
+		h := pc.ProxyHeader()
+		if h == nil {
+			t.Errorf("PROXY target: no header from %v", pc.Raw().RemoteAddr())
+			return
 		}
-	})
-	t.Cleanup(func() {
-		pl.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
+		p.seen <- guardProxySeen{remote: pc.RemoteAddr().String(), local: pc.LocalAddr().String(), version: h.Version}
+		io.Copy(pc, pc)
+		if tc, ok := pc.TCPConn(); ok {
+			tc.CloseWrite()
 		}
-		mu.Unlock()
-		wg.Wait()
 	})
 	return p
 }

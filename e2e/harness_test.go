@@ -265,6 +265,13 @@ func serve(t *testing.T, handle func(*net.TCPConn)) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveOn(t, l, func(c net.Conn) { handle(c.(*net.TCPConn)) })
+	return l.Addr().String()
+}
+
+// serveOn runs handle for every connection l accepts until the test ends,
+// then closes l and the connections still open and waits for handle.
+func serveOn(t *testing.T, l net.Listener, handle func(net.Conn)) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	conns := map[net.Conn]struct{}{}
@@ -282,7 +289,7 @@ func serve(t *testing.T, handle func(*net.TCPConn)) string {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				handle(c.(*net.TCPConn))
+				handle(c)
 				c.Close()
 				mu.Lock()
 				delete(conns, c)
@@ -299,7 +306,6 @@ func serve(t *testing.T, handle func(*net.TCPConn)) string {
 		mu.Unlock()
 		wg.Wait()
 	})
-	return l.Addr().String()
 }
 
 // echo copies everything back and half-closes when the client does.
