@@ -18,6 +18,19 @@ import (
 // joins its parts with '_': session.keepalive is HOMEPORT_SESSION_KEEPALIVE.
 const EnvPrefix = "HOMEPORT_"
 
+// WithoutSettings returns env (as os.Environ gives it) without the
+// variables homeport reads, for starting a relay or agent whose settings
+// should come from its flags and files only.
+func WithoutSettings(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, EnvPrefix) {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
 // kind says how a setting's text is read.
 type kind int
 

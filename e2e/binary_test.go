@@ -116,12 +116,7 @@ func binRace() bool {
 // race-enabled command waits 100 ms instead of a second at exit for
 // reports from other goroutines.
 func binEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, config.EnvPrefix) {
-			env = append(env, kv)
-		}
-	}
+	env := config.WithoutSettings(os.Environ())
 	if _, ok := os.LookupEnv("GORACE"); !ok {
 		env = append(env, "GORACE=atexit_sleep_ms=100")
 	}

@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/homeport/homeport/config"
 )
 
 var (
@@ -425,15 +427,7 @@ func (l *lab) command(ctx context.Context, role string, args ...string) *exec.Cm
 
 // cleanEnv is this process's environment without HOMEPORT_ variables,
 // which would change the relay's and agent's settings.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "HOMEPORT_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
+func cleanEnv() []string { return config.WithoutSettings(os.Environ()) }
 
 // run runs args in role's namespace for at most d and returns its
 // standard output; the error includes its standard error.

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/homeport/homeport/config"
 )
 
 // terminate asks a process to stop gracefully (where signals exist).
@@ -48,15 +50,7 @@ func exeName(name string) string {
 
 // childEnv is this process's environment without HOMEPORT_ variables,
 // which would change the relay's and agent's settings.
-func childEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "HOMEPORT_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
+func childEnv() []string { return config.WithoutSettings(os.Environ()) }
 
 // proc is a started relay or agent. Its standard output and error go to
 // files in its directory.
