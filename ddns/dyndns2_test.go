@@ -75,25 +75,7 @@ func TestDynDNS2Set(t *testing.T) {
 			if err != nil && strings.Contains(err.Error(), testPass) {
 				t.Errorf("the error shows the password: %v", err)
 			}
-			switch {
-			case tt.is != nil:
-				if !errors.Is(err, tt.is) {
-					t.Fatalf("Set() = %v, want %v", err, tt.is)
-				}
-			case tt.retry != 0:
-				var ra *RetryAfterError
-				if !errors.As(err, &ra) || ra.After != tt.retry {
-					t.Fatalf("Set() = %v, want a RetryAfterError of %v", err, tt.retry)
-				}
-			case tt.errText != "":
-				if err == nil || !strings.Contains(err.Error(), tt.errText) {
-					t.Fatalf("Set() = %v, want an error containing %q", err, tt.errText)
-				}
-			default:
-				if err != nil {
-					t.Fatalf("Set() = %v", err)
-				}
-			}
+			checkSetErr(t, err, tt.is, tt.retry, tt.errText)
 			if tt.myip != "" {
 				if len(f.updates) != 1 {
 					t.Fatalf("%d updates", len(f.updates))

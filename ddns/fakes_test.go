@@ -361,3 +361,29 @@ func (l *logBuffer) logger() *slog.Logger {
 }
 
 var errFlaky = errors.New("flaky provider")
+
+// checkSetErr checks a provider's Set error against a table row: an error
+// that is is, a RetryAfterError of retry, an error containing text, or
+// (all empty) none.
+func checkSetErr(t *testing.T, err, is error, retry time.Duration, text string) {
+	t.Helper()
+	switch {
+	case is != nil:
+		if !errors.Is(err, is) {
+			t.Fatalf("Set() = %v, want %v", err, is)
+		}
+	case retry != 0:
+		var ra *RetryAfterError
+		if !errors.As(err, &ra) || ra.After != retry {
+			t.Fatalf("Set() = %v, want a RetryAfterError of %v", err, retry)
+		}
+	case text != "":
+		if err == nil || !strings.Contains(err.Error(), text) {
+			t.Fatalf("Set() = %v, want an error containing %q", err, text)
+		}
+	default:
+		if err != nil {
+			t.Fatalf("Set() = %v", err)
+		}
+	}
+}

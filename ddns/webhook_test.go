@@ -2,7 +2,6 @@ package ddns
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -83,25 +82,7 @@ func TestWebhookSet(t *testing.T) {
 			if err != nil && strings.Contains(err.Error(), token) {
 				t.Errorf("the error shows the token: %v", err)
 			}
-			switch {
-			case tt.is != nil:
-				if !errors.Is(err, tt.is) {
-					t.Fatalf("Set() = %v, want %v", err, tt.is)
-				}
-			case tt.retry != 0:
-				var ra *RetryAfterError
-				if !errors.As(err, &ra) || ra.After != tt.retry {
-					t.Fatalf("Set() = %v, want a RetryAfterError of %v", err, tt.retry)
-				}
-			case tt.errText != "":
-				if err == nil || !strings.Contains(err.Error(), tt.errText) {
-					t.Fatalf("Set() = %v, want an error containing %q", err, tt.errText)
-				}
-			default:
-				if err != nil {
-					t.Fatalf("Set() = %v", err)
-				}
-			}
+			checkSetErr(t, err, tt.is, tt.retry, tt.errText)
 			if tt.uri == "" {
 				return
 			}
