@@ -4,6 +4,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -181,11 +182,25 @@ func (a *Agent) Run(ctx context.Context) error {
 		attempt  int
 		everUp   bool
 		dialFail int
+		next     *link          // a session already up, handed over
+		retired  sync.WaitGroup // replaced sessions carrying their last connections
 	)
+	defer retired.Wait()
 	defer a.runDDNS(ctx)()
 	for {
 		start := time.Now()
-		err := a.session(ctx)
+		l, err := next, error(nil)
+		if l == nil {
+			l, err = a.establish(ctx)
+		}
+		next = nil
+		if err == nil {
+			err = a.session(ctx, l, &retired)
+		}
+		var h *handover
+		if errors.As(err, &h) && ctx.Err() != nil {
+			h.next.sess.Close()
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -193,6 +208,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		var f *failure
 		errors.As(err, &f)
 		switch {
+		case errors.As(err, &h):
+			everUp, attempt, dialFail = true, 0, 0
+			next = h.next
+			continue
 		case errors.Is(err, errUpgrade):
 			attempt, delay = 0, 0
 		case f != nil && f.stage == stageUp:
@@ -265,8 +284,21 @@ type failure struct {
 func (f *failure) Error() string { return f.err.Error() }
 func (f *failure) Unwrap() error { return f.err }
 
-// session makes one connection to the relay and serves it until it ends.
-func (a *Agent) session(ctx context.Context) error {
+// link is an established session: authenticated, its tunnels registered.
+type link struct {
+	transport string
+	sess      tunnel.Session
+	ctrl      tunnel.Stream
+}
+
+// handover ends the serving of a session whose link went quiet, once a
+// newer session is up in its place (make-before-break, see watchSilence).
+type handover struct{ next *link }
+
+func (h *handover) Error() string { return "a newer session took over" }
+
+// establish connects to the relay, authenticates and registers the tunnels.
+func (a *Agent) establish(ctx context.Context) (*link, error) {
 	auto := a.cfg.Transport == config.TransportAuto
 	name := config.TransportTCP
 	if a.cfg.Transport == config.TransportQUIC || auto && a.policy.usable(time.Now()) {
@@ -274,7 +306,17 @@ func (a *Agent) session(ctx context.Context) error {
 	}
 	dctx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
 	defer cancel()
-	c, f := a.connect(dctx, name)
+	var c tunnel.Conn
+	var f *failure
+	if auto && name == config.TransportQUIC {
+		// All QUIC attempts together get quicAttemptTimeout, so that a
+		// blocked UDP path delays TCP by no more than that.
+		qctx, cancel := context.WithTimeout(dctx, quicAttemptTimeout)
+		c, f = a.connect(qctx, name)
+		cancel()
+	} else {
+		c, f = a.connect(dctx, name)
+	}
 	if f != nil && auto && name == config.TransportQUIC && !f.definitive && ctx.Err() == nil {
 		pause := a.policy.failed(time.Now())
 		a.log.Warn("QUIC to the relay failed; using TCP", "relay", a.cfg.Relay, "err", f.err, "retry_quic_in", pause.Round(time.Second))
@@ -282,7 +324,7 @@ func (a *Agent) session(ctx context.Context) error {
 		c, f = a.connect(dctx, name)
 	}
 	if f != nil {
-		return f
+		return nil, f
 	}
 	if name == config.TransportQUIC && auto {
 		a.policy.worked()
@@ -291,14 +333,14 @@ func (a *Agent) session(ctx context.Context) error {
 	if err != nil {
 		c.Close()
 		if errors.Is(err, tunnel.ErrAuthFailed) {
-			return &failure{stage: stageSetup, definitive: true, err: fmt.Errorf(
+			return nil, &failure{stage: stageSetup, definitive: true, err: fmt.Errorf(
 				"relay %s: %w: the token is wrong; copy it from the relay's start-up output or its data directory", a.cfg.Relay, err)}
 		}
 		var re *tunnel.RejectError
 		if errors.As(err, &re) || errors.Is(err, tunnel.ErrVersion) {
-			return &failure{stage: stageSetup, definitive: true, err: fmt.Errorf("relay %s: %w", a.cfg.Relay, err)}
+			return nil, &failure{stage: stageSetup, definitive: true, err: fmt.Errorf("relay %s: %w", a.cfg.Relay, err)}
 		}
-		return &failure{stage: stageSetup, err: fmt.Errorf("relay %s: authenticate: %w", a.cfg.Relay, err)}
+		return nil, &failure{stage: stageSetup, err: fmt.Errorf("relay %s: authenticate: %w", a.cfg.Relay, err)}
 	}
 	sess, err := c.Mux(tunnel.SessionConfig{
 		KeepAlive:        a.cfg.Session.KeepAlive,
@@ -307,32 +349,12 @@ func (a *Agent) session(ctx context.Context) error {
 	})
 	if err != nil {
 		c.Close()
-		return &failure{stage: stageSetup, err: err}
+		return nil, &failure{stage: stageSetup, err: err}
 	}
-	defer sess.Close()
-	ctrl, err := sess.OpenStream(dctx)
+	ctrl, res, err := a.register(dctx, sess)
 	if err != nil {
-		return &failure{stage: stageSetup, err: fmt.Errorf("open control stream: %w", err)}
-	}
-	var reqs []tunnel.TunnelRequest
-	for _, t := range a.cfg.Tunnels {
-		proto := tunnel.ProtoTCP
-		if t.Protocol == "udp" {
-			proto = tunnel.ProtoUDP
-		}
-		reqs = append(reqs, tunnel.TunnelRequest{Name: t.Name, Protocol: proto, RemotePort: t.RemotePort, Allow: t.Allow, Deny: t.Deny})
-	}
-	// One Register per frame's worth of tunnels; the relay answers each.
-	var res tunnel.RegisterResult
-	for _, reg := range tunnel.SplitRegister(reqs) {
-		if err := tunnel.WriteMessage(ctrl, reg); err != nil {
-			return &failure{stage: stageSetup, err: fmt.Errorf("register tunnels: %w", err)}
-		}
-		var part tunnel.RegisterResult
-		if err := tunnel.ReadInto(ctrl, tunnel.MaxFrameSize, &part); err != nil {
-			return &failure{stage: stageSetup, err: fmt.Errorf("register tunnels: %w", err)}
-		}
-		res.Results = append(res.Results, part.Results...)
+		sess.Close()
+		return nil, &failure{stage: stageSetup, err: err}
 	}
 	_ = c.SetDeadline(time.Time{})
 
@@ -354,26 +376,89 @@ func (a *Agent) session(ctx context.Context) error {
 	if a.OnSession != nil {
 		a.OnSession(SessionInfo{Transport: name, ObservedAddr: welcome.ObservedAddr, Results: res.Results})
 	}
-	start := time.Now()
-	var watched sync.WaitGroup
-	var upgraded atomic.Bool
-	if auto && name == config.TransportTCP {
-		watched.Add(1)
-		go func() {
-			defer watched.Done()
-			a.watchQUIC(ctx, sess, func() {
-				upgraded.Store(true)
-				sess.Close()
-			})
-		}()
+	return &link{transport: name, sess: sess, ctrl: ctrl}, nil
+}
+
+// register opens the control stream and registers the tunnels on it.
+func (a *Agent) register(ctx context.Context, sess tunnel.Session) (tunnel.Stream, *tunnel.RegisterResult, error) {
+	ctrl, err := sess.OpenStream(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open control stream: %w", err)
 	}
-	err = a.serve(ctx, sess, ctrl)
-	sess.Close()
-	watched.Wait()
+	var reqs []tunnel.TunnelRequest
+	for _, t := range a.cfg.Tunnels {
+		proto := tunnel.ProtoTCP
+		if t.Protocol == "udp" {
+			proto = tunnel.ProtoUDP
+		}
+		reqs = append(reqs, tunnel.TunnelRequest{Name: t.Name, Protocol: proto, RemotePort: t.RemotePort, Allow: t.Allow, Deny: t.Deny})
+	}
+	// One Register per frame's worth of tunnels; the relay answers each.
+	var res tunnel.RegisterResult
+	for _, reg := range tunnel.SplitRegister(reqs) {
+		if err := tunnel.WriteMessage(ctrl, reg); err != nil {
+			return nil, nil, fmt.Errorf("register tunnels: %w", err)
+		}
+		var part tunnel.RegisterResult
+		if err := tunnel.ReadInto(ctrl, tunnel.MaxFrameSize, &part); err != nil {
+			return nil, nil, fmt.Errorf("register tunnels: %w", err)
+		}
+		res.Results = append(res.Results, part.Results...)
+	}
+	return ctrl, &res, nil
+}
+
+// session serves an established link until it ends, or until a newer
+// session replaces it (*handover); the replaced one then goes on carrying
+// its open connections in the background, counted in retired.
+func (a *Agent) session(ctx context.Context, l *link, retired *sync.WaitGroup) error {
+	auto := a.cfg.Transport == config.TransportAuto
+	start := time.Now()
+	// watchers end with the session, or when it is handed over.
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	var watched sync.WaitGroup
+	var upgraded, replacing atomic.Bool
+	if auto && l.transport == config.TransportTCP {
+		watched.Go(func() {
+			a.watchQUIC(wctx, l.sess, func() {
+				if !replacing.Load() {
+					upgraded.Store(true)
+					l.sess.Close()
+				}
+			})
+		})
+	}
+	newer := make(chan *link, 1)
+	watched.Go(func() { a.watchSilence(wctx, l, &replacing, newer) })
+
+	served := make(chan error, 1)
+	go func() { served <- a.serve(ctx, l.sess, l.ctrl) }()
+	var err error
+	select {
+	case err = <-served:
+		if replacing.Load() {
+			// The relay closes the session it retired as soon as it
+			// carries no connection: what matters is the newer one.
+			watched.Wait()
+		}
+		stopWatch()
+		watched.Wait()
+		select {
+		case next := <-newer:
+			return &handover{next: next}
+		default:
+		}
+	case next := <-newer:
+		stopWatch()
+		watched.Wait()
+		retired.Go(func() { a.retire(l, served) })
+		return &handover{next: next}
+	}
 	if upgraded.Load() && ctx.Err() == nil {
 		return &failure{stage: stageUp, err: errUpgrade}
 	}
-	if auto && name == config.TransportQUIC && ctx.Err() == nil {
+	if auto && l.transport == config.TransportQUIC && ctx.Err() == nil {
 		if failed, pause := a.policy.ended(time.Since(start), time.Now()); failed {
 			a.log.Warn("QUIC sessions keep ending within a minute; using TCP", "retry_quic_in", pause.Round(time.Second))
 		}
@@ -381,9 +466,136 @@ func (a *Agent) session(ctx context.Context) error {
 	return err
 }
 
-// connect dials the relay over the named transport and runs the TLS
-// handshake, which verifies the relay.
+// retire lets a replaced session carry its open connections to their end
+// and then closes it. The relay, which sends no new visitor to it, closes
+// it too; a link that really died ends with the keepalive.
+func (a *Agent) retire(l *link, served <-chan error) {
+	t := time.NewTicker(retireCheck)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-served:
+			a.log.Debug("replaced session ended", "transport", l.transport, "err", err)
+			return
+		case <-t.C:
+		}
+		// The control stream is always open.
+		if l.sess.NumStreams() <= 1 {
+			l.sess.Close()
+		}
+	}
+}
+
+// Make-before-break: a session whose relay has been silent for
+// suspectAfter (it answers the agent's pings every second while the link
+// works) may be stuck behind a link that went down and came back, with the
+// TCP retransmissions on both sides backed off for seconds. The agent then
+// opens a new session beside it; the relay gives the newer session the
+// ports, and the old one keeps its connections until they end.
+const (
+	suspectAfter = 3 * time.Second
+	silenceCheck = 250 * time.Millisecond
+	retireCheck  = 250 * time.Millisecond
+)
+
+// watchSilence opens a newer session when l goes silent, and sends it on
+// newer. It returns when l ends, when ctx ends, or once it has sent one.
+func (a *Agent) watchSilence(ctx context.Context, l *link, replacing *atomic.Bool, newer chan<- *link) {
+	quiet, ok := l.sess.(tunnel.Silence)
+	if !ok {
+		return // QUIC probes and recovers its path itself
+	}
+	t := time.NewTicker(silenceCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.sess.Done():
+			return
+		case <-t.C:
+		}
+		d := quiet.SilentFor()
+		if d < suspectAfter {
+			continue
+		}
+		a.log.Warn("relay silent; opening a new session beside this one", "silent_for", d.Round(time.Millisecond))
+		replacing.Store(true)
+		next, err := a.establish(ctx)
+		if err == nil {
+			newer <- next
+			return
+		}
+		replacing.Store(false)
+		a.log.Debug("new session failed; trying again while the relay is silent", "err", err)
+		var f *failure
+		if errors.As(err, &f) && f.definitive {
+			return // the main loop deals with it when this session ends
+		}
+	}
+}
+
+// A connection attempt to the relay that has no answer after redialEvery
+// gets a fresh one beside it, up to maxAttempts at a time: a TCP SYN or a
+// QUIC Initial lost while the link was down is sent again only after
+// pauses that double (1, 2, 4 s…), so a link that comes back late in an
+// attempt would otherwise wait seconds for its next retransmission.
+const (
+	redialEvery = time.Second
+	maxAttempts = 4
+)
+
+// connect runs connection attempts (see redialEvery) until one succeeds,
+// one fails definitively, or all have failed; a late success is closed.
 func (a *Agent) connect(ctx context.Context, name string) (tunnel.Conn, *failure) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		c tunnel.Conn
+		f *failure
+	}
+	results := make(chan result, maxAttempts)
+	pending := 0
+	attempt := func() {
+		pending++
+		go func() {
+			c, f := a.connectOnce(ctx, name)
+			results <- result{c, f}
+		}()
+	}
+	attempt()
+	tick := time.NewTicker(redialEvery)
+	defer tick.Stop()
+	var (
+		won  tunnel.Conn
+		last *failure
+	)
+	for pending > 0 && won == nil && (last == nil || !last.definitive) {
+		select {
+		case r := <-results:
+			pending--
+			won, last = r.c, cmp.Or(r.f, last)
+		case <-tick.C:
+			if pending < maxAttempts && ctx.Err() == nil {
+				attempt()
+			}
+		}
+	}
+	cancel()
+	for ; pending > 0; pending-- {
+		if r := <-results; r.c != nil {
+			r.c.Close()
+		}
+	}
+	if won != nil {
+		return won, nil
+	}
+	return nil, last
+}
+
+// connectOnce dials the relay over the named transport and runs the TLS
+// handshake, which verifies the relay.
+func (a *Agent) connectOnce(ctx context.Context, name string) (tunnel.Conn, *failure) {
 	tr := a.tcp
 	if name == config.TransportQUIC {
 		tr = a.quic

@@ -16,18 +16,24 @@ import (
 // freezeProxy forwards TCP connections to a target. Frozen, it stops
 // forwarding in both directions without closing anything, as a network
 // that silently drops every packet would: no FIN and no RST reach either
-// side, not even when one side closes its end.
+// side, not even when one side closes its end. It can also stall only the
+// connections open now (a link stuck behind backed-off retransmissions,
+// while new connections get through), and swallow the first connections
+// made to it (a connection attempt whose packets were lost).
 type freezeProxy struct {
 	t      *testing.T
 	ln     net.Listener
 	target string
 
-	mu     sync.Mutex
-	frozen bool
-	thawed chan struct{} // closed when the proxy is thawed or closed
-	closed bool
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
+	mu         sync.Mutex
+	frozen     bool
+	stallBelow int           // connections numbered below this are stalled
+	next       int           // number of the next connection
+	swallow    int           // connections left to swallow
+	changed    chan struct{} // closed and replaced on every change
+	closed     bool
+	conns      map[net.Conn]struct{}
+	wg         sync.WaitGroup
 }
 
 // startFreezeProxy listens on 127.0.0.1 and forwards to target until the
@@ -38,7 +44,7 @@ func startFreezeProxy(t *testing.T, target string) *freezeProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &freezeProxy{t: t, ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p := &freezeProxy{t: t, ln: ln, target: target, conns: map[net.Conn]struct{}{}, changed: make(chan struct{})}
 	p.wg.Add(1)
 	go p.acceptLoop()
 	t.Cleanup(p.close)
@@ -47,39 +53,41 @@ func startFreezeProxy(t *testing.T, target string) *freezeProxy {
 
 func (p *freezeProxy) addr() string { return p.ln.Addr().String() }
 
-// freeze stops all forwarding, on open and on new connections.
-func (p *freezeProxy) freeze() {
+// change applies f under the lock and wakes the waiting copies.
+func (p *freezeProxy) change(f func()) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.frozen && !p.closed {
-		p.frozen = true
-		p.thawed = make(chan struct{})
-	}
+	f()
+	close(p.changed)
+	p.changed = make(chan struct{})
 }
+
+// freeze stops all forwarding, on open and on new connections.
+func (p *freezeProxy) freeze() { p.change(func() { p.frozen = true }) }
 
 // thaw resumes forwarding; what was held back flows on.
-func (p *freezeProxy) thaw() {
+func (p *freezeProxy) thaw() { p.change(func() { p.frozen = false }) }
+
+// stallOpen stops forwarding for good on the connections open now; new
+// ones are forwarded.
+func (p *freezeProxy) stallOpen() { p.change(func() { p.stallBelow = p.next }) }
+
+// swallowNext makes the proxy accept the next n connections and then
+// neither forward nor close them.
+func (p *freezeProxy) swallowNext(n int) { p.change(func() { p.swallow = n }) }
+
+// pass blocks while connection id may not forward; it reports false once
+// the proxy is closed.
+func (p *freezeProxy) pass(id int) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.frozen {
-		p.frozen = false
-		close(p.thawed)
-	}
-}
-
-// pass blocks while the proxy is frozen; it reports false once the proxy
-// is closed.
-func (p *freezeProxy) pass() bool {
-	p.mu.Lock()
-	for p.frozen {
-		ch := p.thawed
+	for (p.frozen || id < p.stallBelow) && !p.closed {
+		ch := p.changed
 		p.mu.Unlock()
 		<-ch
 		p.mu.Lock()
 	}
-	ok := !p.closed
-	p.mu.Unlock()
-	return ok
+	return !p.closed
 }
 
 // track registers c, or closes it and reports false when the proxy is
@@ -104,6 +112,18 @@ func (p *freezeProxy) untrack(cs ...net.Conn) {
 	}
 }
 
+// admit numbers a new connection, or reports that it is to be swallowed.
+func (p *freezeProxy) admit() (id int, swallow bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.swallow > 0 {
+		p.swallow--
+		return 0, true
+	}
+	p.next++
+	return p.next - 1, false
+}
+
 func (p *freezeProxy) acceptLoop() {
 	defer p.wg.Done()
 	for {
@@ -113,6 +133,10 @@ func (p *freezeProxy) acceptLoop() {
 		}
 		if !p.track(down) {
 			return
+		}
+		id, swallow := p.admit()
+		if swallow {
+			continue // closed with the proxy
 		}
 		p.wg.Add(1)
 		go func() {
@@ -129,8 +153,8 @@ func (p *freezeProxy) acceptLoop() {
 			var once sync.Once
 			end := func() { once.Do(func() { p.untrack(down, up) }) }
 			p.wg.Add(2)
-			go p.copy(up, down, end)
-			go p.copy(down, up, end)
+			go p.copy(id, up, down, end)
+			go p.copy(id, down, up, end)
 		}()
 	}
 }
@@ -138,13 +162,13 @@ func (p *freezeProxy) acceptLoop() {
 // copy forwards src to dst. Whatever it reads while the proxy is frozen,
 // data or the end of the stream, it holds until the proxy thaws; any end
 // closes both connections.
-func (p *freezeProxy) copy(dst, src net.Conn, end func()) {
+func (p *freezeProxy) copy(id int, dst, src net.Conn, end func()) {
 	defer p.wg.Done()
 	defer end()
 	buf := make([]byte, 32<<10)
 	for {
 		n, rerr := src.Read(buf)
-		if !p.pass() {
+		if !p.pass(id) {
 			return
 		}
 		if n > 0 {
@@ -161,16 +185,12 @@ func (p *freezeProxy) copy(dst, src net.Conn, end func()) {
 // close stops the proxy and closes every connection it holds.
 func (p *freezeProxy) close() {
 	p.ln.Close()
-	p.mu.Lock()
-	p.closed = true
-	if p.frozen {
-		p.frozen = false
-		close(p.thawed)
-	}
-	for c := range p.conns {
-		c.Close()
-	}
-	p.mu.Unlock()
+	p.change(func() {
+		p.closed = true
+		for c := range p.conns {
+			c.Close()
+		}
+	})
 	p.wg.Wait()
 }
 

@@ -37,8 +37,11 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[sessionKey]*agentSession
-	ports    map[portKey]any // public port -> the tunnel holding it
-	closing  bool
+	// retired are sessions replaced by a newer one of their agent that
+	// still carry connections (see agentSession.retire).
+	retired map[*agentSession]struct{}
+	ports   map[portKey]any // public port -> the tunnel holding it
+	closing bool
 
 	handlers sync.WaitGroup // agent connections, in handshake or in session
 	visitors sync.WaitGroup // visitor connections being spliced
@@ -63,6 +66,7 @@ func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
 		id:       id,
 		log:      log,
 		sessions: make(map[sessionKey]*agentSession),
+		retired:  make(map[*agentSession]struct{}),
 		ports:    make(map[portKey]any),
 	}
 	for i, t := range id.Tokens {
@@ -260,8 +264,11 @@ func (s *Server) shutdown() {
 	}
 	s.mu.Lock()
 	s.closing = true
-	sessions := make([]*agentSession, 0, len(s.sessions))
+	sessions := make([]*agentSession, 0, len(s.sessions)+len(s.retired))
 	for _, as := range s.sessions {
+		sessions = append(sessions, as)
+	}
+	for as := range s.retired {
 		sessions = append(sessions, as)
 	}
 	s.mu.Unlock()
@@ -375,8 +382,12 @@ func (s *Server) sessionConfig() tunnel.SessionConfig {
 	}
 }
 
-// addSession makes as the session of its agent, replacing an older one,
-// whose ports are free when addSession returns.
+// maxRetired is how many replaced sessions of one agent may go on
+// carrying their connections; a further replacement ends the oldest.
+const maxRetired = 2
+
+// addSession makes as the session of its agent. An older one is retired:
+// its ports are free when addSession returns, and its connections go on.
 func (s *Server) addSession(as *agentSession) bool {
 	s.mu.Lock()
 	if s.closing {
@@ -385,20 +396,43 @@ func (s *Server) addSession(as *agentSession) bool {
 	}
 	old := s.sessions[as.key]
 	s.sessions[as.key] = as
-	s.mu.Unlock()
+	var oldest *agentSession
 	if old != nil {
-		old.log.Info("agent session replaced by a newer one", "new_addr", as.remote)
-		old.end(tunnel.CodeReplaced, "a newer session of agent "+as.key.agent+" took over")
+		n := 0
+		for r := range s.retired {
+			if r.key != as.key {
+				continue
+			}
+			n++
+			if oldest == nil || r.retiredAt.Before(oldest.retiredAt) {
+				oldest = r
+			}
+		}
+		if n < maxRetired {
+			oldest = nil
+		}
+		old.retiredAt = time.Now()
+		s.retired[old] = struct{}{}
+	}
+	s.mu.Unlock()
+	if oldest != nil {
+		oldest.log.Info("closing a replaced session: too many")
+		go oldest.end(tunnel.CodeReplaced, "closed: the agent has newer sessions")
+	}
+	if old != nil {
+		old.log.Info("agent session replaced by a newer one; its open connections go on", "new_addr", as.remote, "connections", max(old.sess.NumStreams()-1, 0))
+		old.retire("a newer session of agent " + as.key.agent + " took over")
 	}
 	return true
 }
 
-// removeSession forgets as if it is still the agent's current session.
+// removeSession forgets as, the agent's current session or a retired one.
 func (s *Server) removeSession(as *agentSession) {
 	s.mu.Lock()
 	if s.sessions[as.key] == as {
 		delete(s.sessions, as.key)
 	}
+	delete(s.retired, as)
 	s.mu.Unlock()
 }
 

@@ -41,6 +41,8 @@ type agentSession struct {
 	mu      sync.Mutex
 	tunnels map[string]portTunnel // by name
 	ended   bool
+
+	retiredAt time.Time // under srv.mu; see retire
 }
 
 func newAgentSession(s *Server, sess tunnel.Session, ctrl tunnel.Stream, a tunnel.Agent, token config.Token, log *slog.Logger) *agentSession {
@@ -138,6 +140,40 @@ func (as *agentSession) end(code tunnel.Code, msg string) {
 		as.ctrlMu.Unlock()
 	}
 	as.sess.Close()
+}
+
+// retireCheck is how often a retired session checks whether its last
+// connection has ended.
+const retireCheck = 250 * time.Millisecond
+
+// retire makes way for a newer session of the same agent, which the agent
+// opens when it loses touch with the relay (make-before-break), or which
+// another agent with the same id opens. The public ports close at once,
+// for the newer session to take; the agent is told with a GoAway; the
+// connections still open go on until they end, and then the session is
+// closed. A link that really died is ended by the keepalive meanwhile.
+func (as *agentSession) retire(msg string) {
+	as.closeTunnels()
+	go func() {
+		as.ctrlMu.Lock()
+		_ = as.ctrl.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = tunnel.WriteMessage(as.ctrl, &tunnel.GoAway{Code: tunnel.CodeReplaced, Message: msg})
+		as.ctrlMu.Unlock()
+		t := time.NewTicker(retireCheck)
+		defer t.Stop()
+		for {
+			select {
+			case <-as.sess.Done():
+				return
+			case <-t.C:
+			}
+			// The control stream is always open.
+			if as.sess.NumStreams() <= 1 {
+				as.sess.Close()
+				return
+			}
+		}
+	}()
 }
 
 // lost reports whether the session ended without the agent saying so.

@@ -77,7 +77,9 @@ func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
 	yc := yamuxConfig(cfg)
 	var s *yamux.Session
 	var err error
-	conn := &frameWriter{Conn: c.Conn}
+	heard := &readClock{Conn: c.Conn, since: time.Now()}
+	heard.touch()
+	conn := &frameWriter{Conn: heard}
 	if c.client {
 		s, err = yamux.Client(conn, yc)
 	} else {
@@ -86,7 +88,36 @@ func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("yamux: %w", err)
 	}
-	return &yamuxSession{s: s}, nil
+	ys := &yamuxSession{s: s, heard: heard}
+	if c.client {
+		// The agent pings every second: what it hears back tells it
+		// early that the link went quiet (see SilentFor), and its own
+		// packets keep the home router's NAT mapping alive.
+		go ys.heartbeat(min(yc.KeepAliveInterval, heartbeatMax))
+	}
+	return ys, nil
+}
+
+// readClock remembers when the link last delivered bytes.
+type readClock struct {
+	net.Conn
+	since time.Time    // monotonic base of last
+	last  atomic.Int64 // nanoseconds after since
+}
+
+func (c *readClock) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.touch()
+	}
+	return n, err
+}
+
+func (c *readClock) touch() { c.last.Store(int64(time.Since(c.since))) }
+
+// silentFor is the time since the link last delivered bytes.
+func (c *readClock) silentFor() time.Duration {
+	return time.Since(c.since) - time.Duration(c.last.Load())
 }
 
 func yamuxConfig(cfg SessionConfig) *yamux.Config {
@@ -147,7 +178,28 @@ func (w *frameWriter) Write(p []byte) (int, error) {
 }
 
 type yamuxSession struct {
-	s *yamux.Session
+	s     *yamux.Session
+	heard *readClock
+}
+
+// SilentFor is the time since the relay or agent last sent anything on the
+// session; see Silence.
+func (s *yamuxSession) SilentFor() time.Duration { return s.heard.silentFor() }
+
+// heartbeat pings the peer every period until the session ends. A ping
+// that goes unanswered does not end the session: that is the keepalive's
+// job, with its own timeout.
+func (s *yamuxSession) heartbeat(period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.s.CloseChan():
+			return
+		case <-t.C:
+		}
+		_, _ = s.s.Ping()
+	}
 }
 
 var _ Session = (*yamuxSession)(nil)

@@ -73,6 +73,14 @@ type Session interface {
 	RemoteAddr() net.Addr
 }
 
+// Silence is implemented by sessions that can tell how long the peer has
+// been quiet. A client session hears from the relay at least every second
+// while the link works (it pings that often), so a longer silence means
+// the link is in trouble well before the keepalive declares it dead.
+type Silence interface {
+	SilentFor() time.Duration
+}
+
 // Stream is one bidirectional byte stream within a Session.
 type Stream interface {
 	net.Conn

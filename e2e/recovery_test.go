@@ -1,0 +1,123 @@
+package e2e
+
+import (
+	"bytes"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/internal/leak"
+)
+
+// TestMakeBeforeBreak: the agent's link to the relay stalls (nothing
+// arrives either way, nothing is closed) while new connections would get
+// through, as after an outage that left both TCP ends with backed-off
+// retransmissions. The agent, hearing nothing for suspectAfter (3 s),
+// opens a new session beside the stalled one instead of waiting for the
+// keepalive (20 s here), and new visitors are served by it.
+func TestMakeBeforeBreak(t *testing.T) {
+	leak.Check(t)
+	ka := config.Session{KeepAlive: 10 * time.Second, KeepAliveTimeout: 10 * time.Second, StreamWindow: 4 << 20}
+	target := serve(t, echo)
+	r := startRelay(t, func(c *config.Relay) { c.Session = ka })
+	px := startFreezeProxy(t, r.addr)
+	port := freePort(t)
+	cfg := agentConfig(r, tcpTunnel("echo", port, target))
+	cfg.Relay = px.addr()
+	cfg.Transport = config.TransportTCP // the proxy carries TCP only
+	cfg.Session = ka
+	a := startAgent(t, cfg)
+	a.waitSession(10 * time.Second)
+	expectEcho(t, publicAddr(port))
+
+	// A healthy idle session is never replaced: the relay answers the
+	// agent's pings every second.
+	time.Sleep(4 * time.Second)
+	if contains(a.logs.String(), "relay silent") {
+		t.Fatalf("agent found a healthy link silent\nagent log:\n%s", a.logs)
+	}
+
+	px.stallOpen()
+	stalled := time.Now()
+	// Well before the keepalive could declare the old session dead.
+	a.waitSession(8 * time.Second)
+	t.Logf("new session %v after the link stalled", time.Since(stalled).Round(time.Millisecond))
+	expectEcho(t, publicAddr(port))
+	t.Logf("new visitors served %v after the link stalled", time.Since(stalled).Round(time.Millisecond))
+	if !contains(r.logs.String(), "replaced by a newer one") {
+		t.Fatalf("relay did not retire the stalled session\nrelay log:\n%s", r.logs)
+	}
+	if contains(a.logs.String(), "another agent") {
+		t.Fatalf("agent took its own new session for another agent\nagent log:\n%s", a.logs)
+	}
+	// The agent keeps serving after the stalled session is gone.
+	for range 3 {
+		expectEcho(t, publicAddr(port))
+	}
+}
+
+// TestRedialWhileAttemptHangs: the agent's first connection attempt gets
+// no answer at all (its packets lost); a fresh attempt a second later
+// connects, long before the first one's handshake timeout.
+func TestRedialWhileAttemptHangs(t *testing.T) {
+	leak.Check(t)
+	target := serve(t, echo)
+	r := startRelay(t, nil)
+	px := startFreezeProxy(t, r.addr)
+	px.swallowNext(1)
+	port := freePort(t)
+	cfg := agentConfig(r, tcpTunnel("echo", port, target))
+	cfg.Relay = px.addr()
+	cfg.Transport = config.TransportTCP
+	cfg.HandshakeTimeout = 20 * time.Second
+	start := time.Now()
+	a := startAgent(t, cfg)
+	a.waitSession(10 * time.Second)
+	t.Logf("session up %v after the start, the first attempt still hanging", time.Since(start).Round(time.Millisecond))
+	expectEcho(t, publicAddr(port))
+}
+
+// testRetiredKeepsConnections: a connection open on a replaced session
+// goes on to its end; the replaced session closes after it.
+func testRetiredKeepsConnections(t *testing.T, tr string) {
+	leak.Check(t)
+	target := serve(t, echo)
+	r := startRelayOver(t, tr, nil)
+	port := freePort(t)
+	cfg := agentConfig(r, tcpTunnel("echo", port, target))
+	old := startAgent(t, cfg)
+	old.waitSession(10 * time.Second)
+
+	c := dial(t, publicAddr(port))
+	say := func(msg string) {
+		t.Helper()
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, []byte(msg)) {
+			t.Fatalf("open connection: got %q, %v\nrelay log:\n%s", got, err, r.logs)
+		}
+	}
+	say("before")
+
+	newer := startAgent(t, cfg)
+	newer.waitSession(10 * time.Second)
+	expectEcho(t, publicAddr(port))
+	say("after the replacement")
+	if contains(old.logs.String(), "replaced by a newer session") {
+		t.Fatalf("replaced session ended with a connection open\nold agent log:\n%s", old.logs)
+	}
+
+	c.CloseWrite()
+	if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+		t.Fatalf("end of the open connection: %q, %v", rest, err)
+	}
+	waitFor(t, 5*time.Second, "old agent told it was replaced", func() bool {
+		return contains(old.logs.String(), "replaced by a newer session")
+	})
+	expectEcho(t, publicAddr(port))
+}
+
+func TestRetiredKeepsConnections(t *testing.T) { forEachTransport(t, testRetiredKeepsConnections) }
