@@ -91,6 +91,16 @@ func pipe(dst, src HalfCloser, halfDone *atomic.Bool, abort func(error)) int64 {
 			largePool.Put(bp)
 		}
 	}()
+	// A stream that buffers what arrives (yamux) keeps its buffer at the
+	// largest size it ever held, up to the stream window: after a burst,
+	// an idle connection would hold megabytes. Once reads have drained it
+	// and none came for shrinkAfter, the buffer is released.
+	var idle *time.Timer
+	if shrink := shrinkFunc(src); shrink != nil {
+		idle = time.AfterFunc(time.Hour, shrink)
+		idle.Stop()
+		defer idle.Stop()
+	}
 	var n int64
 	for {
 		buf := small
@@ -115,6 +125,9 @@ func pipe(dst, src HalfCloser, halfDone *atomic.Bool, abort func(error)) int64 {
 				largePool.Put(bp) // the next read is likely to wait
 				bp = nil
 			}
+			if idle != nil && nr < len(buf) {
+				idle.Reset(shrinkAfter)
+			}
 		}
 		if rerr == nil {
 			continue
@@ -135,6 +148,22 @@ func pipe(dst, src HalfCloser, halfDone *atomic.Bool, abort func(error)) int64 {
 		}
 		return n
 	}
+}
+
+// shrinkAfter is how long a drained stream buffer may go unused before it
+// is released (see pipe).
+const shrinkAfter = time.Second
+
+// shrinkFunc returns the function that releases c's receive buffer while
+// it is empty, or nil when c has none to release.
+func shrinkFunc(c HalfCloser) func() {
+	if ca, ok := c.(*cutAware); ok {
+		c = ca.Stream
+	}
+	if s, ok := c.(interface{ Shrink() }); ok {
+		return s.Shrink
+	}
+	return nil
 }
 
 // ErrStreamCut is read from a stream whose session ended without notice

@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"reflect"
+	"runtime"
 	"testing"
 	"time"
 
@@ -660,4 +661,42 @@ func TestFrameWriter(t *testing.T) {
 	if !reflect.DeepEqual(log.writes, want) {
 		t.Fatalf("writes:\n got %x\nwant %x", log.writes, want)
 	}
+}
+
+// TestSpliceReleasesIdleBuffer: a burst that a slow reader leaves in the
+// multiplexer's stream buffer grows that buffer to megabytes; once the
+// reader has caught up and the connection is idle, the buffer is released
+// (shrinkAfter) instead of being held for the connection's whole life.
+func TestSpliceReleasesIdleBuffer(t *testing.T) {
+	x, y, _ := splicedPath(t, TCPTransport{})
+	const burst = 8 << 20
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := x.Write(make([]byte, burst))
+		wrote <- err
+	}()
+	// Let the burst pile up in front of y, which does not read yet: the
+	// socket buffers fill, then the agent end's stream buffer.
+	time.Sleep(500 * time.Millisecond)
+	y.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.ReadFull(y, make([]byte, burst)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	held := heapInUse()
+	time.Sleep(shrinkAfter + 500*time.Millisecond)
+	released := heapInUse()
+	t.Logf("heap in use: %d KiB after the burst, %d KiB once idle", held>>10, released>>10)
+	if held-released < 2<<20 {
+		t.Errorf("idle stream buffer not released: heap %d KiB -> %d KiB", held>>10, released>>10)
+	}
+}
+
+func heapInUse() int64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapInuse)
 }
