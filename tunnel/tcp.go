@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -31,7 +33,8 @@ func (TCPTransport) Dial(ctx context.Context, addr string, conf *tls.Config) (Co
 	if err != nil {
 		return nil, err
 	}
-	return &tlsLink{Conn: tls.Client(raw, conf), client: true}, nil
+	bc := &batchConn{Conn: raw}
+	return &tlsLink{Conn: tls.Client(bc, conf), raw: bc, client: true}, nil
 }
 
 // Listen accepts agents on a TCP address.
@@ -59,7 +62,8 @@ func (l *tcpListener) Accept(ctx context.Context) (Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tlsLink{Conn: tls.Server(raw, l.conf)}, nil
+	bc := &batchConn{Conn: raw}
+	return &tlsLink{Conn: tls.Server(bc, l.conf), raw: bc}, nil
 }
 
 func (l *tcpListener) Addr() net.Addr { return l.l.Addr() }
@@ -68,6 +72,7 @@ func (l *tcpListener) Close() error   { return l.l.Close() }
 // tlsLink is a TLS connection before and while it becomes a yamux session.
 type tlsLink struct {
 	*tls.Conn
+	raw    *batchConn // the TCP connection under TLS
 	client bool
 }
 
@@ -79,7 +84,7 @@ func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
 	var err error
 	heard := &readClock{Conn: c.Conn, since: time.Now()}
 	heard.touch()
-	conn := &frameWriter{Conn: heard}
+	conn := &frameWriter{Conn: heard, raw: c.raw}
 	if c.client {
 		s, err = yamux.Client(conn, yc)
 	} else {
@@ -143,8 +148,12 @@ func yamuxConfig(cfg SessionConfig) *yamux.Config {
 // instead of two. yamux writes the header and then, for a data frame with
 // a length, its body, from its one send goroutine; every other write
 // passes straight through.
+//
+// TLS writes each record of at most 16 KiB with a system call of its own;
+// through raw, a frame's records leave together in one.
 type frameWriter struct {
 	net.Conn
+	raw  *batchConn
 	hdr  [yamuxHeaderSize]byte
 	held bool
 	buf  []byte
@@ -167,7 +176,15 @@ func (w *frameWriter) Write(p []byte) (int, error) {
 	}
 	w.held = false
 	w.buf = append(append(w.buf[:0], w.hdr[:]...), p...)
-	_, err := w.Conn.Write(w.buf)
+	var err error
+	if w.raw != nil && len(w.buf) > maxRecord {
+		err = w.raw.batch(func() error {
+			_, err := w.Conn.Write(w.buf)
+			return err
+		})
+	} else {
+		_, err = w.Conn.Write(w.buf)
+	}
 	if cap(w.buf) > frameBufKeep {
 		w.buf = nil
 	}
@@ -175,6 +192,51 @@ func (w *frameWriter) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// maxRecord is the most plaintext one TLS record carries.
+const maxRecord = 16 << 10
+
+// batchConn is the TCP connection under TLS. Inside batch, what TLS writes
+// is collected and sent with one system call when batch ends; otherwise
+// writes pass straight through (the handshake, alerts, key updates).
+type batchConn struct {
+	net.Conn
+	mu  sync.Mutex
+	on  bool
+	buf []byte
+}
+
+func (b *batchConn) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.on {
+		b.buf = append(b.buf, p...)
+		return len(p), nil
+	}
+	return b.Conn.Write(p)
+}
+
+// batch runs write, which writes through TLS, and sends what it wrote at
+// once. A write error is reported as it would be without batching.
+func (b *batchConn) batch(write func() error) error {
+	b.mu.Lock()
+	b.on = true
+	b.mu.Unlock()
+	werr := write()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.on = false
+	var err error
+	if len(b.buf) > 0 {
+		_, err = b.Conn.Write(b.buf)
+	}
+	if cap(b.buf) > frameBufKeep+maxRecord {
+		b.buf = nil
+	} else {
+		b.buf = b.buf[:0]
+	}
+	return cmp.Or(werr, err)
 }
 
 type yamuxSession struct {

@@ -700,3 +700,48 @@ func heapInUse() int64 {
 	runtime.ReadMemStats(&m)
 	return int64(m.HeapInuse)
 }
+
+// recordSplitter writes what it is given in records of maxRecord bytes,
+// one Write each, as TLS does.
+type recordSplitter struct {
+	net.Conn
+	raw *batchConn
+}
+
+func (s recordSplitter) Write(p []byte) (int, error) {
+	for off := 0; off < len(p); off += maxRecord {
+		if _, err := s.raw.Write(p[off:min(off+maxRecord, len(p))]); err != nil {
+			return off, err
+		}
+	}
+	return len(p), nil
+}
+
+// TestFrameOneSend: the records of a data frame larger than one record
+// leave in one write to the TCP connection; smaller frames pass through.
+func TestFrameOneSend(t *testing.T) {
+	log := &writeLog{}
+	raw := &batchConn{Conn: log}
+	w := &frameWriter{Conn: recordSplitter{raw: raw}, raw: raw}
+	body := bytes.Repeat([]byte("0123456789abcdef"), 2500) // 40,000 bytes: three records
+	hdr := make([]byte, 12)
+	binary.BigEndian.PutUint32(hdr[8:], uint32(len(body)))
+	ping := []byte{0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7}
+	for _, p := range [][]byte{hdr, body, ping} {
+		if n, err := w.Write(p); n != len(p) || err != nil {
+			t.Fatalf("Write(%d bytes) = %d, %v", len(p), n, err)
+		}
+	}
+	want := [][]byte{append(append([]byte(nil), hdr...), body...), ping}
+	if !reflect.DeepEqual(log.writes, want) {
+		t.Fatalf("got %d writes of %v bytes, want 2 of %d and %d", len(log.writes), lens(log.writes), len(want[0]), len(want[1]))
+	}
+}
+
+func lens(bs [][]byte) []int {
+	var n []int
+	for _, b := range bs {
+		n = append(n, len(b))
+	}
+	return n
+}
