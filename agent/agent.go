@@ -191,7 +191,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		start := time.Now()
 		l, err := next, error(nil)
 		if l == nil {
-			l, err = a.establish(ctx)
+			l, err = a.establish(ctx, false)
 		}
 		next = nil
 		if err == nil {
@@ -298,7 +298,9 @@ type handover struct{ next *link }
 func (h *handover) Error() string { return "a newer session took over" }
 
 // establish connects to the relay, authenticates and registers the tunnels.
-func (a *Agent) establish(ctx context.Context) (*link, error) {
+// replacing says that the agent still holds a session it replaces
+// (make-before-break); see tunnel.FlagReplacing.
+func (a *Agent) establish(ctx context.Context, replacing bool) (*link, error) {
 	auto := a.cfg.Transport == config.TransportAuto
 	name := config.TransportTCP
 	if a.cfg.Transport == config.TransportQUIC || auto && a.policy.usable(time.Now()) {
@@ -329,7 +331,11 @@ func (a *Agent) establish(ctx context.Context) (*link, error) {
 	if name == config.TransportQUIC && auto {
 		a.policy.worked()
 	}
-	welcome, err := tunnel.Authenticate(c, []byte(a.cfg.Token), a.cfg.ID, a.software)
+	var flags tunnel.HelloFlags
+	if replacing {
+		flags |= tunnel.FlagReplacing
+	}
+	welcome, err := tunnel.Authenticate(c, []byte(a.cfg.Token), a.cfg.ID, a.software, flags)
 	if err != nil {
 		c.Close()
 		if errors.Is(err, tunnel.ErrAuthFailed) {
@@ -521,7 +527,7 @@ func (a *Agent) watchSilence(ctx context.Context, l *link, replacing *atomic.Boo
 		}
 		a.log.Warn("relay silent; opening a new session beside this one", "silent_for", d.Round(time.Millisecond))
 		replacing.Store(true)
-		next, err := a.establish(ctx)
+		next, err := a.establish(ctx, true)
 		if err == nil {
 			newer <- next
 			return

@@ -673,7 +673,7 @@ func guardLogin(tr, from string, r *relayHandle, secret string) error {
 		if _, err := st.Write([]byte{'h'}); err != nil { // the authentication stream's marker
 			return err
 		}
-		_, err = tunnel.Authenticate(guardQUICLink{conn, st}, []byte(secret), "intruder", "test")
+		_, err = tunnel.Authenticate(guardQUICLink{conn, st}, []byte(secret), "intruder", "test", 0)
 		return err
 	}
 	conf, err := tunnel.PinnedTLSConfig(r.id.Fingerprint)
@@ -690,7 +690,7 @@ func guardLogin(tr, from string, r *relayHandle, secret string) error {
 	if err := c.HandshakeContext(ctx); err != nil {
 		return err
 	}
-	_, err = tunnel.Authenticate(guardTLSLink{c}, []byte(secret), "intruder", "test")
+	_, err = tunnel.Authenticate(guardTLSLink{c}, []byte(secret), "intruder", "test", 0)
 	return err
 }
 

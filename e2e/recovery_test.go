@@ -2,12 +2,15 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"io"
+	"net"
 	"testing"
 	"time"
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/tunnel"
 )
 
 // TestMakeBeforeBreak: the agent's link to the relay stalls (nothing
@@ -78,8 +81,10 @@ func TestRedialWhileAttemptHangs(t *testing.T) {
 	expectEcho(t, publicAddr(port))
 }
 
-// testRetiredKeepsConnections: a connection open on a replaced session
-// goes on to its end; the replaced session closes after it.
+// testRetiredKeepsConnections: a session of the same agent that logs in
+// saying it replaces the current one make-before-break (as the agent does
+// when the relay went silent) takes the ports; a connection still open on
+// the old session goes on to its end, and the old session closes after it.
 func testRetiredKeepsConnections(t *testing.T, tr string) {
 	leak.Check(t)
 	target := serve(t, echo)
@@ -102,22 +107,71 @@ func testRetiredKeepsConnections(t *testing.T, tr string) {
 	}
 	say("before")
 
-	newer := startAgent(t, cfg)
-	newer.waitSession(10 * time.Second)
-	expectEcho(t, publicAddr(port))
+	// The newer session, made by hand: it registers the tunnel and
+	// answers its visitors itself.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sess := loginAs(ctx, t, r, tr, cfg.ID, tunnel.FlagReplacing)
+	ctrl, err := sess.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := &tunnel.Register{Tunnels: []tunnel.TunnelRequest{{Name: "echo", Protocol: tunnel.ProtoTCP, RemotePort: port}}}
+	var res tunnel.RegisterResult
+	if err := tunnel.WriteMessage(ctrl, reg); err != nil {
+		t.Fatal(err)
+	}
+	if err := tunnel.ReadInto(ctrl, tunnel.MaxFrameSize, &res); err != nil || res.Results[0].Code != tunnel.CodeOK {
+		t.Fatalf("register on the newer session: %+v, %v\nrelay log:\n%s", res, err, r.logs)
+	}
+	visitor, err := net.DialTimeout("tcp", publicAddr(port), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer visitor.Close()
+	st, err := sess.AcceptStream(ctx)
+	if err != nil {
+		t.Fatalf("new visitors do not reach the newer session: %v", err)
+	}
+	st.Close()
+
 	say("after the replacement")
 	if contains(old.logs.String(), "replaced by a newer session") {
 		t.Fatalf("replaced session ended with a connection open\nold agent log:\n%s", old.logs)
 	}
-
 	c.CloseWrite()
 	if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
 		t.Fatalf("end of the open connection: %q, %v", rest, err)
 	}
-	waitFor(t, 5*time.Second, "old agent told it was replaced", func() bool {
+	waitFor(t, 5*time.Second, "old session closed after its last connection", func() bool {
 		return contains(old.logs.String(), "replaced by a newer session")
 	})
-	expectEcho(t, publicAddr(port))
 }
 
 func TestRetiredKeepsConnections(t *testing.T) { forEachTransport(t, testRetiredKeepsConnections) }
+
+// loginAs authenticates to the relay as agent id with flags and returns
+// the session.
+func loginAs(ctx context.Context, t *testing.T, r *relayHandle, tr, id string, flags tunnel.HelloFlags) tunnel.Session {
+	t.Helper()
+	conf, err := tunnel.PinnedTLSConfig(r.id.Fingerprint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := transportFor(tr).Dial(ctx, r.addr, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Handshake(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tunnel.Authenticate(c, []byte(testToken), id, "test", flags); err != nil {
+		t.Fatal(err)
+	}
+	sess, err := c.Mux(tunnel.DefaultSessionConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sess.Close() })
+	return sess
+}

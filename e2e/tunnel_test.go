@@ -422,7 +422,7 @@ func testGarbageAfterAuth(t *testing.T, tr string) {
 		if err := c.Handshake(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := tunnel.Authenticate(c, []byte(testToken), "evil", "x"); err != nil {
+		if _, err := tunnel.Authenticate(c, []byte(testToken), "evil", "x", 0); err != nil {
 			t.Fatal(err)
 		}
 		sess, err := c.Mux(tunnel.DefaultSessionConfig())

@@ -386,8 +386,11 @@ func (s *Server) sessionConfig() tunnel.SessionConfig {
 // carrying their connections; a further replacement ends the oldest.
 const maxRetired = 2
 
-// addSession makes as the session of its agent. An older one is retired:
-// its ports are free when addSession returns, and its connections go on.
+// addSession makes as the session of its agent. The older one's ports are
+// free when addSession returns. When the agent replaces it make-before-break
+// (tunnel.FlagReplacing) the older one is retired and its connections go on;
+// otherwise (the agent lost it, or another agent took over the id) it is
+// ended.
 func (s *Server) addSession(as *agentSession) bool {
 	s.mu.Lock()
 	if s.closing {
@@ -397,7 +400,8 @@ func (s *Server) addSession(as *agentSession) bool {
 	old := s.sessions[as.key]
 	s.sessions[as.key] = as
 	var oldest *agentSession
-	if old != nil {
+	keep := as.agent.Flags&tunnel.FlagReplacing != 0
+	if old != nil && keep {
 		n := 0
 		for r := range s.retired {
 			if r.key != as.key {
@@ -419,9 +423,14 @@ func (s *Server) addSession(as *agentSession) bool {
 		oldest.log.Info("closing a replaced session: too many")
 		go oldest.end(tunnel.CodeReplaced, "closed: the agent has newer sessions")
 	}
-	if old != nil {
+	msg := "a newer session of agent " + as.key.agent + " took over"
+	switch {
+	case old != nil && keep:
 		old.log.Info("agent session replaced by a newer one; its open connections go on", "new_addr", as.remote, "connections", max(old.sess.NumStreams()-1, 0))
-		old.retire("a newer session of agent " + as.key.agent + " took over")
+		old.retire(msg)
+	case old != nil:
+		old.log.Info("agent session replaced by a newer one", "new_addr", as.remote)
+		old.end(tunnel.CodeReplaced, msg)
 	}
 	return true
 }

@@ -55,6 +55,7 @@ type Agent struct {
 	// Token is the index of the matching secret in the list given to
 	// AuthenticateAgent.
 	Token int
+	Flags HelloFlags
 }
 
 func exportKey(c Conn) ([]byte, error) {
@@ -120,13 +121,13 @@ func AuthenticateAgent(c Conn, secrets [][]byte, observed string) (Agent, error)
 	if err := WriteMessage(c, &Welcome{ObservedAddr: observed}); err != nil {
 		return Agent{}, fmt.Errorf("send welcome: %w", err)
 	}
-	return Agent{ID: h.AgentID, Software: h.Software, Token: match}, nil
+	return Agent{ID: h.AgentID, Software: h.Software, Token: match, Flags: h.Flags}, nil
 }
 
 // Authenticate runs the agent's side of authentication on a link whose TLS
 // handshake (and so the relay's verification) is complete. A refusal by the
 // relay is a *RejectError.
-func Authenticate(c Conn, secret []byte, agentID, software string) (Welcome, error) {
+func Authenticate(c Conn, secret []byte, agentID, software string, flags HelloFlags) (Welcome, error) {
 	if len(secret) == 0 {
 		return Welcome{}, errors.New("empty token")
 	}
@@ -144,7 +145,7 @@ func Authenticate(c Conn, secret []byte, agentID, software string) (Welcome, err
 	if ch.Version != ProtocolVersion {
 		return Welcome{}, fmt.Errorf("relay speaks protocol version %d, agent %d: %w", ch.Version, ProtocolVersion, ErrVersion)
 	}
-	h := hello{Version: ProtocolVersion, AgentID: agentID, Software: software}
+	h := hello{Version: ProtocolVersion, AgentID: agentID, Software: software, Flags: flags}
 	copy(h.MAC[:], computeMAC(secret, ch.Nonce[:], ekm, agentID))
 	if err := WriteMessage(c, &h); err != nil {
 		return Welcome{}, fmt.Errorf("send hello: %w", err)

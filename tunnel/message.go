@@ -186,7 +186,16 @@ type hello struct {
 	AgentID  string
 	Software string
 	MAC      [macLen]byte
+	Flags    HelloFlags
 }
+
+// HelloFlags are the agent's options in its hello.
+type HelloFlags byte
+
+// FlagReplacing says that the agent still holds its previous session to
+// the relay and replaces it make-before-break: the relay retires the old
+// session (its connections go on) instead of cutting it.
+const FlagReplacing HelloFlags = 1 << 0
 
 func (*Register) msgType() byte       { return msgRegister }
 func (*RegisterResult) msgType() byte { return msgRegisterResult }
@@ -318,6 +327,7 @@ func (m *hello) encode(e *enc) {
 	e.str(m.AgentID)
 	e.str(m.Software)
 	e.bytes(m.MAC[:])
+	e.u8(byte(m.Flags))
 }
 
 func (m *hello) decode(d *dec) {
@@ -325,6 +335,7 @@ func (m *hello) decode(d *dec) {
 	m.AgentID = d.str(MaxIDLen)
 	m.Software = d.str(MaxIDLen)
 	copy(m.MAC[:], d.fixed(macLen))
+	m.Flags = HelloFlags(d.u8())
 }
 
 // newMessage returns an empty message of the given wire type.

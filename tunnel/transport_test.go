@@ -194,7 +194,7 @@ func TestAuthenticate(t *testing.T) {
 					a, err := AuthenticateAgent(server, secrets, "198.51.100.9:4242")
 					ch <- res{a, err}
 				}()
-				w, err := Authenticate(client, []byte(tt.secret), "home-pc", "test/1")
+				w, err := Authenticate(client, []byte(tt.secret), "home-pc", "test/1", 0)
 				r := <-ch
 				if tt.wantErr != nil {
 					var re *RejectError
