@@ -167,6 +167,17 @@ type pair struct {
 	relay, agent *proc
 	public       string // the tunnel's public address on the relay
 	dir          string
+	stopVia      func() // stops what the agent connects through, if anything
+}
+
+// pairOptions change how a pair runs.
+type pairOptions struct {
+	// via, if set, starts what the agent connects to instead of the
+	// relay's agent port (a delaying forwarder to it) and returns its
+	// address and how to stop it.
+	via func(ctx context.Context, relayAddr string) (addr string, stop func(), err error)
+	// args are more flags for both relay and agent.
+	args []string
 }
 
 // visitorLimit lifts the relay's per-visitor limits: the load comes from
@@ -177,11 +188,11 @@ const visitorLimit = "1048576"
 // targetAddr, in a new directory under workDir, and waits for the tunnel
 // to be ready. A public port taken in the meantime by someone else is
 // retried with another.
-func startPair(ctx context.Context, b binaries, transport, targetAddr, workDir string) (*pair, error) {
+func startPair(ctx context.Context, b binaries, transport, targetAddr, workDir string, o pairOptions) (*pair, error) {
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		var p *pair
-		if p, err = tryPair(ctx, b, transport, targetAddr, workDir); err == nil {
+		if p, err = tryPair(ctx, b, transport, targetAddr, workDir, o); err == nil {
 			return p, nil
 		}
 		if ctx.Err() != nil {
@@ -191,7 +202,7 @@ func startPair(ctx context.Context, b binaries, transport, targetAddr, workDir s
 	return nil, err
 }
 
-func tryPair(ctx context.Context, b binaries, transport, targetAddr, workDir string) (*pair, error) {
+func tryPair(ctx context.Context, b binaries, transport, targetAddr, workDir string, o pairOptions) (*pair, error) {
 	dir, err := os.MkdirTemp(workDir, transport+"-")
 	if err != nil {
 		return nil, err
@@ -201,7 +212,7 @@ func tryPair(ctx context.Context, b binaries, transport, targetAddr, workDir str
 		return nil, err
 	}
 	p := &pair{dir: dir, public: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
-	p.relay, err = startProc("relay", b.relay, dir,
+	p.relay, err = startProc("relay", b.relay, dir, append([]string{
 		"--data-dir", filepath.Join(dir, "data"),
 		"--listen", "127.0.0.1:0", // the relay finds a port free for TCP and UDP
 		"--bind-addr", "127.0.0.1",
@@ -213,7 +224,7 @@ func tryPair(ctx context.Context, b binaries, transport, targetAddr, workDir str
 		"--visitor-rate", visitorLimit,
 		"--visitor-burst", visitorLimit,
 		"--visitor-ban-after", "0",
-	)
+	}, o.args...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -227,12 +238,19 @@ func tryPair(ctx context.Context, b binaries, transport, targetAddr, workDir str
 		p.stop()
 		return nil, err
 	}
-	p.agent, err = startProc("agent", b.agent, dir,
-		"--relay", m[1], "--token", m[2], "--fingerprint", m[3],
+	relayAddr := m[1]
+	if o.via != nil {
+		if relayAddr, p.stopVia, err = o.via(ctx, relayAddr); err != nil {
+			p.stop()
+			return nil, err
+		}
+	}
+	p.agent, err = startProc("agent", b.agent, dir, append([]string{
+		"--relay", relayAddr, "--token", m[2], "--fingerprint", m[3],
 		"--transport", transport,
 		"--id", "homeport-load",
 		"--tunnel", fmt.Sprintf("load=%d:%s", port, targetAddr),
-	)
+	}, o.args...)...)
 	if err != nil {
 		p.stop()
 		return nil, err
@@ -250,10 +268,14 @@ func tryPair(ctx context.Context, b binaries, transport, targetAddr, workDir str
 	return p, nil
 }
 
-// stop stops the agent first, as an operator would, then the relay.
+// stop stops the agent first, as an operator would, then what it
+// connected through, then the relay.
 func (p *pair) stop() {
 	if p.agent != nil {
 		p.agent.stop()
+	}
+	if p.stopVia != nil {
+		p.stopVia()
 	}
 	if p.relay != nil {
 		p.relay.stop()

@@ -1,7 +1,9 @@
 // Command homeport-load measures homeport's tunnel against a direct
 // loopback connection to the same target, in the same run: bulk
 // throughput, request/response latency, connection churn, memory per
-// connection and CPU time per gigabyte.
+// connection and CPU time per gigabyte; and one bulk stream with the
+// agent's link to the relay over a delaying path (a 50 ms round trip at
+// a given rate, see delay.go) against plain TCP over the same path.
 //
 // It builds (or takes) the real relay and agent binaries, starts them on
 // loopback with a tunnel to a target it serves itself (echo, sink and
@@ -12,6 +14,7 @@
 //	go run ./cmd/homeport-load                      # both transports, defaults
 //	go run ./cmd/homeport-load --quick              # a short smoke run
 //	go run ./cmd/homeport-load --transport tcp --json load.json
+//	go run ./cmd/homeport-load --wan-only           # one stream over a 50 ms path only
 //
 // Memory and CPU figures come from Linux's /proc; elsewhere the command
 // says it is not supported.
@@ -47,6 +50,11 @@ type options struct {
 	relayBin     string
 	agentBin     string
 	keep         bool
+	wanRTT       time.Duration // 0: no runs over a delaying path
+	wanRates     []int         // Mbit/s
+	wanQueue     time.Duration
+	streamWindow string // relay's and agent's --stream-window; "": theirs
+	wanOnly      bool   // only the runs over a delaying path
 }
 
 func main() {
@@ -81,7 +89,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		opts      options
 		transport = fs.String("transport", "both", "agent transport to measure: tcp, quic or both")
 		conns     = fs.String("conns", "1000,10000", "levels of idle tunneled connections for the memory figures, comma-separated")
-		quick     = fs.Bool("quick", false, "a short smoke run: --duration 1s --repeat 1 --conns 1000 --rtts 2000 (flags given win)")
+		quick     = fs.Bool("quick", false, "a short smoke run: --duration 1s --repeat 1 --conns 1000 --rtts 2000 --wan-rates 1000 (flags given win)")
+		wanRates  = fs.String("wan-rates", "100,1000", "link rates of the delaying path's runs in Mbit/s, comma-separated")
 	)
 	fs.DurationVar(&opts.duration, "duration", 5*time.Second, "length of each bulk and churn run")
 	fs.IntVar(&opts.repeat, "repeat", 3, "runs of each measurement; the table shows the median")
@@ -92,6 +101,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&opts.relayBin, "relay-bin", "", "relay binary to run (default: build ./cmd/relay)")
 	fs.StringVar(&opts.agentBin, "agent-bin", "", "agent binary to run (default: build ./cmd/agent)")
 	fs.BoolVar(&opts.keep, "keep", false, "keep the working directory (relay and agent logs) and print its path")
+	fs.DurationVar(&opts.wanRTT, "wan-rtt", 50*time.Millisecond, "round trip of the delaying path between agent and relay for the single-stream bulk runs over it (0: no such runs)")
+	fs.DurationVar(&opts.wanQueue, "wan-queue", 20*time.Millisecond, "drop-tail queue of the delaying path, as time at its link rate")
+	fs.StringVar(&opts.streamWindow, "stream-window", "", "session.stream_window for relay and agent, such as 8MiB (default: theirs)")
+	fs.BoolVar(&opts.wanOnly, "wan-only", false, "only the single-stream bulk runs over the delaying path")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: homeport-load [flags]\n\n"+
 			"Runs a relay and an agent on loopback and measures the tunnel against a\n"+
@@ -119,6 +132,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		if !set["rtts"] {
 			opts.rtts = 2000
 		}
+		if !set["wan-rates"] {
+			*wanRates = "1000"
+		}
 	}
 	switch *transport {
 	case "both":
@@ -132,6 +148,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if opts.conns, err = parseLevels(*conns); err != nil {
 		return opts, fmt.Errorf("--conns: %w", err)
 	}
+	if opts.wanRates, err = parseLevels(*wanRates); err != nil {
+		return opts, fmt.Errorf("--wan-rates: %w", err)
+	}
 	switch {
 	case opts.duration < 100*time.Millisecond || opts.duration > time.Hour:
 		return opts, fmt.Errorf("--duration %v: want 100ms to 1h", opts.duration)
@@ -143,14 +162,22 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return opts, fmt.Errorf("--streams %d: want 2 to 1024", opts.streams)
 	case opts.churnWorkers < 1 || opts.churnWorkers > 1024:
 		return opts, fmt.Errorf("--churn-workers %d: want 1 to 1024", opts.churnWorkers)
+	case opts.wanRTT < 0 || opts.wanRTT > 10*time.Second:
+		return opts, fmt.Errorf("--wan-rtt %v: want 0 to 10s", opts.wanRTT)
+	case opts.wanOnly && opts.wanRTT == 0:
+		return opts, errors.New("--wan-only with --wan-rtt 0 measures nothing")
+	case opts.wanRTT > 0 && len(opts.wanRates) == 0:
+		return opts, errors.New("--wan-rates: want at least one rate, or --wan-rtt 0")
+	case opts.wanQueue < time.Millisecond || opts.wanQueue > 10*time.Second:
+		return opts, fmt.Errorf("--wan-queue %v: want 1ms to 10s", opts.wanQueue)
 	case (opts.relayBin == "") != (opts.agentBin == ""):
 		return opts, errors.New("--relay-bin and --agent-bin go together")
 	}
 	return opts, nil
 }
 
-// parseLevels parses a comma-separated list of connection counts; an
-// empty list measures no memory with connections.
+// parseLevels parses a comma-separated list of connection counts (or
+// rates); an empty list measures no memory with connections.
 func parseLevels(s string) ([]int, error) {
 	var out []int
 	for f := range strings.SplitSeq(s, ",") {
@@ -239,8 +266,12 @@ func run(ctx context.Context, opts options, stdout, progress io.Writer) (err err
 			Conns:        opts.conns,
 			Streams:      opts.streams,
 			ChurnWorkers: opts.churnWorkers,
+			StreamWindow: opts.streamWindow,
 		},
 		Notes: notes,
+	}
+	if opts.wanRTT > 0 {
+		rep.Settings.WAN = &wanRuns{RTT: opts.wanRTT.String(), RatesMbit: opts.wanRates, Queue: opts.wanQueue.String(), Warmup: wanWarmup.String()}
 	}
 	failed := 0
 	for _, tr := range opts.transports {

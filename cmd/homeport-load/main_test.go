@@ -12,14 +12,15 @@ func TestParseFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(o.transports, []string{"tcp", "quic"}) || o.duration != 5*time.Second || o.repeat != 3 || !slices.Equal(o.conns, []int{1000, 10000}) {
+	if !slices.Equal(o.transports, []string{"tcp", "quic"}) || o.duration != 5*time.Second || o.repeat != 3 || !slices.Equal(o.conns, []int{1000, 10000}) ||
+		o.wanRTT != 50*time.Millisecond || !slices.Equal(o.wanRates, []int{100, 1000}) || o.wanQueue != 20*time.Millisecond || o.streamWindow != "" {
 		t.Errorf("defaults: %+v", o)
 	}
 	o, err = parseFlags([]string{"--quick", "--repeat", "2", "--transport", "quic"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.duration != time.Second || o.repeat != 2 || !slices.Equal(o.conns, []int{1000}) || !slices.Equal(o.transports, []string{"quic"}) {
+	if o.duration != time.Second || o.repeat != 2 || !slices.Equal(o.conns, []int{1000}) || !slices.Equal(o.transports, []string{"quic"}) || !slices.Equal(o.wanRates, []int{1000}) {
 		t.Errorf("--quick --repeat 2: %+v", o)
 	}
 	for _, bad := range [][]string{
@@ -27,6 +28,11 @@ func TestParseFlags(t *testing.T) {
 		{"--conns", "1000,x"},
 		{"--repeat", "0"},
 		{"--relay-bin", "/bin/true"},
+		{"--wan-rtt", "-1s"},
+		{"--wan-rates", "fast"},
+		{"--wan-rates", ""},
+		{"--wan-queue", "0"},
+		{"--wan-only", "--wan-rtt", "0"},
 		{"extra"},
 	} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {

@@ -42,10 +42,26 @@ func paths(tunnelAddr, directAddr string, r int) []path {
 	return p
 }
 
+// pairArgs are the flags every relay and agent gets.
+func (e *env) pairArgs() []string {
+	if e.opts.streamWindow == "" {
+		return nil
+	}
+	return []string{"--stream-window", e.opts.streamWindow}
+}
+
 // measure takes every figure for one transport: throughput, latency and
-// churn on one relay and agent, then memory, each level on a fresh pair.
+// churn on one relay and agent, bulk over a delaying path on another pair
+// for each rate, then memory, each level on a fresh pair.
 func (e *env) measure(ctx context.Context, transport string) ([]row, []string, error) {
+	if e.opts.wanOnly {
+		return e.wanBulk(ctx, transport)
+	}
 	perf, notes, err := e.perf(ctx, transport)
+	if err != nil {
+		return nil, nil, err
+	}
+	slow, slowNotes, err := e.wanBulk(ctx, transport)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -53,13 +69,14 @@ func (e *env) measure(ctx context.Context, transport string) ([]row, []string, e
 	if err != nil {
 		return nil, nil, err
 	}
-	return append(perf, mem...), append(notes, memNotes...), nil
+	rows := append(append(perf, slow...), mem...)
+	return rows, append(append(notes, slowNotes...), memNotes...), nil
 }
 
 // perf measures throughput, CPU, latency and churn on one relay and
 // agent.
 func (e *env) perf(ctx context.Context, tr string) ([]row, []string, error) {
-	p, err := startPair(ctx, e.bins, tr, e.target.addr, e.workDir)
+	p, err := startPair(ctx, e.bins, tr, e.target.addr, e.workDir, pairOptions{args: e.pairArgs()})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -324,7 +341,7 @@ func pick[T any](who string, relay, agent T) T {
 // n connections through the tunnel and reads it again.
 func (e *env) memoryLevel(ctx context.Context, tr string, n int) (memLevel, error) {
 	l := memLevel{conns: n}
-	p, err := startPair(ctx, e.bins, tr, e.target.addr, e.workDir)
+	p, err := startPair(ctx, e.bins, tr, e.target.addr, e.workDir, pairOptions{args: e.pairArgs()})
 	if err != nil {
 		return l, err
 	}

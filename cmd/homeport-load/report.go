@@ -46,11 +46,29 @@ type settings struct {
 	Conns        []int    `json:"conns"`
 	Streams      int      `json:"streams"`
 	ChurnWorkers int      `json:"churn_workers"`
+	StreamWindow string   `json:"stream_window,omitempty"`
+	WAN          *wanRuns `json:"wan,omitempty"`
+}
+
+// wanRuns are the settings of the bulk runs over a delaying path.
+type wanRuns struct {
+	RTT       string `json:"rtt"`
+	RatesMbit []int  `json:"rates_mbit"`
+	Queue     string `json:"queue"`
+	Warmup    string `json:"warmup"`
 }
 
 func (s settings) String() string {
-	return fmt.Sprintf("bulk and churn runs of %s, latency %d round trips of 64 B per run; every figure the median of %d run(s); churn %d workers; MB = 10^6 bytes, GB = 10^9",
+	str := fmt.Sprintf("bulk and churn runs of %s, latency %d round trips of 64 B per run; every figure the median of %d run(s); churn %d workers; MB = 10^6 bytes, GB = 10^9",
 		s.Duration, s.RoundTrips, s.Repeat, s.ChurnWorkers)
+	if s.StreamWindow != "" {
+		str += "; relay and agent with --stream-window " + s.StreamWindow
+	}
+	if s.WAN != nil {
+		str += fmt.Sprintf("\nrows with an RTT: the agent reaches the relay over a delaying path on loopback (each way: a link of the rate given, a drop-tail queue of %s at that rate, half the RTT), visitors and target do not; direct = plain TCP through the same path to the target; after %s of warm-up",
+			s.WAN.Queue, s.WAN.Warmup)
+	}
+	return str
 }
 
 // goal is a figure's target: the ratio to direct, or the figure itself,

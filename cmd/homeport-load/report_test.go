@@ -67,3 +67,17 @@ notes:
 		t.Errorf("table:\n%s\nwant:\n%s", got, want)
 	}
 }
+
+func TestSettingsString(t *testing.T) {
+	s := settings{Duration: "5s", Repeat: 3, RoundTrips: 20000, ChurnWorkers: 16}
+	if got := s.String(); strings.Contains(got, "RTT") || strings.Contains(got, "window") {
+		t.Errorf("settings without delaying path or window: %q", got)
+	}
+	s.StreamWindow = "8MiB"
+	s.WAN = &wanRuns{RTT: "50ms", RatesMbit: []int{100, 1000}, Queue: "20ms", Warmup: "1s"}
+	for _, want := range []string{"--stream-window 8MiB", "queue of 20ms", "1s of warm-up", "plain TCP through the same path"} {
+		if got := s.String(); !strings.Contains(got, want) {
+			t.Errorf("settings %q: no %q", got, want)
+		}
+	}
+}

@@ -34,7 +34,14 @@ const (
 	// modeQuery: the target answers with the number of other connections
 	// it serves (8 bytes, big endian) and closes.
 	modeQuery = 'q'
+	// modeCount: as modeSink, and on the way the target also sends the
+	// count of bytes read so far each time it has read another
+	// countEvery bytes.
+	modeCount = 'c'
 )
+
+// countEvery is how often modeCount reports its count.
+const countEvery = 256 << 10
 
 // targetArg, as the only argument, makes this command the target.
 const targetArg = "__target"
@@ -148,12 +155,18 @@ func (t *target) serve(c *net.TCPConn) {
 				return
 			}
 		}
-	case modeSink:
+	case modeSink, modeCount:
 		buf := make([]byte, chunk)
-		var total uint64
+		var total, reported uint64
 		for {
 			n, err := c.Read(buf)
 			total += uint64(n)
+			if mode[0] == modeCount && total-reported >= countEvery {
+				reported = total
+				if _, err := c.Write(binary.BigEndian.AppendUint64(nil, total)); err != nil {
+					return
+				}
+			}
 			if errors.Is(err, io.EOF) {
 				_, _ = c.Write(binary.BigEndian.AppendUint64(nil, total))
 				return

@@ -28,6 +28,14 @@ func TestWorkloads(t *testing.T) {
 			t.Errorf("download, %d streams: %d bytes in %v, %v", streams, n, elapsed, err)
 		}
 	}
+	for name, steady := range map[string]func(context.Context, string, time.Duration, time.Duration) (int64, time.Duration, error){
+		"steady download": steadyDownload, "steady upload": steadyUpload,
+	} {
+		n, elapsed, err := steady(ctx, addr, d/2, d)
+		if err != nil || n == 0 || elapsed <= 0 {
+			t.Errorf("%s: %d bytes in %v after the warmup, %v", name, n, elapsed, err)
+		}
+	}
 	samples, err := pingPong(ctx, addr, 4, 400)
 	if err != nil || len(samples) != 400 {
 		t.Errorf("ping-pong: %d samples, %v", len(samples), err)

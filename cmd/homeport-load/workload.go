@@ -183,6 +183,148 @@ func download(ctx context.Context, addr string, streams int, d time.Duration) (i
 	return counted.Load(), d, nil
 }
 
+// steadyDownload has the target send on one connection for warmup + d
+// and returns the bytes read after the warmup and the time they took: the
+// transfer once it runs steady, past TCP's slow start and any window's
+// growth.
+func steadyDownload(ctx context.Context, addr string, warmup, d time.Duration) (int64, time.Duration, error) {
+	c, err := dial(ctx, addr)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.Close()
+	defer closeOnCancel(ctx, []*net.TCPConn{c})()
+	start := time.Now()
+	from, stop := start.Add(warmup), start.Add(warmup+d)
+	_ = c.SetWriteDeadline(stop.Add(ioLimit))
+	_ = c.SetReadDeadline(stop)
+	if _, err := c.Write([]byte{modeSource}); err != nil {
+		return 0, 0, err
+	}
+	var (
+		buf         = make([]byte, chunk)
+		total, at0  int64
+		first, last time.Time // reads after the warmup
+		readErr     error
+	)
+	for {
+		n, err := c.Read(buf)
+		now := time.Now()
+		total += int64(n)
+		if first.IsZero() && !now.Before(from) {
+			first, at0 = now, total // this read's bytes came before
+		} else if n > 0 && !first.IsZero() {
+			last = now
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			readErr = err
+			break
+		}
+	}
+	if readErr != nil {
+		return 0, 0, readErr
+	}
+	// As in download: stop the target, and drain uncounted.
+	_ = c.SetReadDeadline(stop.Add(ioLimit))
+	if err := c.CloseWrite(); err != nil {
+		return 0, 0, err
+	}
+	if _, err := io.CopyBuffer(io.Discard, c, buf); err != nil {
+		return 0, 0, fmt.Errorf("draining after the run: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, 0, err
+	}
+	if !last.After(first) {
+		return 0, 0, fmt.Errorf("no data after the warmup of %v", warmup)
+	}
+	return total - at0, last.Sub(first), nil
+}
+
+// steadyUpload sends data on one connection for warmup + d and returns
+// the bytes the target read after the warmup and the time they took, from
+// the counts it reports on the way (modeCount): the transfer once it runs
+// steady. The reports cross the path back, each late by the same one-way
+// time, which leaves the rate as it is.
+func steadyUpload(ctx context.Context, addr string, warmup, d time.Duration) (int64, time.Duration, error) {
+	c, err := dial(ctx, addr)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.Close()
+	defer closeOnCancel(ctx, []*net.TCPConn{c})()
+	start := time.Now()
+	from, stop := start.Add(warmup), start.Add(warmup+d)
+	_ = c.SetDeadline(stop.Add(ioLimit))
+	type count struct {
+		at time.Time
+		n  int64
+	}
+	var counts []count
+	readDone := make(chan error, 1)
+	go func() {
+		var b [8]byte
+		for {
+			if _, err := io.ReadFull(c, b[:]); err != nil {
+				readDone <- err
+				return
+			}
+			counts = append(counts, count{time.Now(), int64(binary.BigEndian.Uint64(b[:]))})
+		}
+	}()
+	buf := make([]byte, chunk)
+	for i := range buf {
+		buf[i] = byte(i * 13)
+	}
+	werr := writeUntil(c, append([]byte{modeCount}, buf...), buf, stop)
+	if werr == nil {
+		werr = c.CloseWrite()
+	}
+	if werr != nil {
+		c.Close() // ends the reading too
+	}
+	rerr := <-readDone
+	if err := ctx.Err(); err != nil {
+		return 0, 0, err
+	}
+	if werr != nil {
+		return 0, 0, werr
+	}
+	if !errors.Is(rerr, io.EOF) {
+		return 0, 0, fmt.Errorf("reading the counts: %w", rerr)
+	}
+	// The first count after the warmup and the last before the stop.
+	var first, last count
+	for _, r := range counts {
+		if first.at.IsZero() && !r.at.Before(from) {
+			first = r
+		}
+		if !r.at.After(stop) {
+			last = r
+		}
+	}
+	if first.at.IsZero() || !last.at.After(first.at) {
+		return 0, 0, fmt.Errorf("too few counts after the warmup of %v (%d in all)", warmup, len(counts))
+	}
+	return last.n - first.n, last.at.Sub(first.at), nil
+}
+
+// writeUntil writes first, then buf over and over, until stop.
+func writeUntil(c *net.TCPConn, first, buf []byte, stop time.Time) error {
+	if _, err := c.Write(first); err != nil {
+		return err
+	}
+	for time.Now().Before(stop) {
+		if _, err := c.Write(buf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // pingPong runs rtts round trips of 64-byte messages, spread over conns
 // connections at once, and returns the time of each.
 func pingPong(ctx context.Context, addr string, conns, rtts int) ([]time.Duration, error) {
