@@ -444,8 +444,13 @@ func (a *Agent) session(ctx context.Context, l *link, retired *sync.WaitGroup) e
 	select {
 	case err = <-served:
 		if replacing.Load() {
-			// The relay closes the session it retired as soon as it
-			// carries no connection: what matters is the newer one.
+			// A newer session is on its way: it is the next one, unless
+			// it fails too. (The relay closes a session it retired as
+			// soon as it carries no connection.)
+			var f *failure
+			if errors.As(err, &f) && f.stage == stageUp && !f.definitive && ctx.Err() == nil {
+				a.log.Warn("session lost; reconnecting", "err", f.err, "new_session", "already being opened")
+			}
 			watched.Wait()
 		}
 		stopWatch()
@@ -520,6 +525,9 @@ func (a *Agent) watchSilence(ctx context.Context, l *link, replacing *atomic.Boo
 		case <-l.sess.Done():
 			return
 		case <-t.C:
+		}
+		if isDone(l.sess.Done()) {
+			return // a tick and the end were both ready
 		}
 		d := quiet.SilentFor()
 		if d < suspectAfter {

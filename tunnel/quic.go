@@ -98,13 +98,20 @@ func (t QUICTransport) config(relay bool) *quic.Config {
 		hs = 10 * time.Second
 	}
 	incoming := int64(quicAgentMaxIncomingStreams)
+	keepAlive := cfg.KeepAlive
 	if relay {
 		incoming = quicRelayMaxIncomingStreams
+		// The idle timer restarts at the first ack-eliciting packet sent
+		// after the last one received (RFC 9000 §10.1); on an idle relay
+		// that is its keepalive PING, so a PING a full period late would
+		// make a dead agent's ports free up to a period late. The agent
+		// sends its heartbeat every second; the relay answers as often.
+		keepAlive = min(keepAlive, heartbeatMax)
 	}
 	return &quic.Config{
 		HandshakeIdleTimeout:       hs,
 		MaxIdleTimeout:             cfg.KeepAlive + cfg.KeepAliveTimeout,
-		KeepAlivePeriod:            cfg.KeepAlive,
+		KeepAlivePeriod:            keepAlive,
 		MaxStreamReceiveWindow:     uint64(cfg.StreamWindow),
 		MaxConnectionReceiveWindow: max(4*uint64(cfg.StreamWindow), 16<<20),
 		MaxIncomingStreams:         incoming,
