@@ -342,6 +342,9 @@ func (a *Agent) establish(ctx context.Context, replacing bool) (*link, error) {
 			return nil, &failure{stage: stageSetup, definitive: true, err: fmt.Errorf(
 				"relay %s: %w: the token is wrong; copy it from the relay's start-up output or its data directory", a.cfg.Relay, err)}
 		}
+		if errors.Is(err, tunnel.ErrBusy) {
+			return nil, &failure{stage: stageDial, err: fmt.Errorf("relay %s: %w", a.cfg.Relay, err)}
+		}
 		var re *tunnel.RejectError
 		if errors.As(err, &re) || errors.Is(err, tunnel.ErrVersion) {
 			return nil, &failure{stage: stageSetup, definitive: true, err: fmt.Errorf("relay %s: %w", a.cfg.Relay, err)}
@@ -625,6 +628,10 @@ func (a *Agent) connectOnce(ctx context.Context, name string) (tunnel.Conn, *fai
 		if errors.Is(err, tunnel.ErrFingerprintMismatch) {
 			return nil, &failure{stage: stageSetup, definitive: true, err: fmt.Errorf(
 				"relay %s: %w. If the relay's key was regenerated, copy the new fingerprint from the relay's start-up output; otherwise something is intercepting the connection", a.cfg.Relay, err)}
+		}
+		if errors.Is(err, tunnel.ErrBusy) {
+			// Refused at once, as a closed port would be: try again soon.
+			return nil, &failure{stage: stageDial, err: fmt.Errorf("relay %s (%s): %w", a.cfg.Relay, name, err)}
 		}
 		var ue x509.UnknownAuthorityError
 		var he x509.HostnameError

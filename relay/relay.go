@@ -238,7 +238,7 @@ func (s *Server) acceptLoop(ctx context.Context, ln tunnel.Listener) error {
 		// let a flood starve real agents.
 		ip := addrOf(c.RemoteAddr())
 		if ok, why := s.hs.admit(ip); !ok {
-			c.Close()
+			tunnel.Refuse(c)
 			s.log.Debug("agent connection refused", "agent_addr", c.RemoteAddr().String(), "reason", why)
 			continue
 		}

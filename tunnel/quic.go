@@ -89,6 +89,9 @@ const quicAuthMarker = 'h'
 const (
 	quicCodeClosed quic.ApplicationErrorCode = 0
 	quicCodeAbort  quic.StreamErrorCode      = 1
+	// quicCodeBusy closes a link the relay refuses before authentication
+	// (see Refuse).
+	quicCodeBusy quic.ApplicationErrorCode = 2
 )
 
 func (t QUICTransport) config(relay bool) *quic.Config {
@@ -404,7 +407,24 @@ func (l *quicLink) Read(p []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return st.Read(p)
+	n, err := st.Read(p)
+	var ae *quic.ApplicationError
+	if errors.As(err, &ae) && ae.Remote && ae.ErrorCode == quicCodeBusy {
+		err = fmt.Errorf("%w: %w", ErrBusy, err)
+	}
+	return n, err
+}
+
+// refuse closes the link as refused before authentication: the agent reads
+// ErrBusy.
+func (l *quicLink) refuse() {
+	l.mu.Lock()
+	c := l.conn
+	l.mu.Unlock()
+	if c != nil {
+		c.CloseWithError(quicCodeBusy, "relay busy")
+	}
+	l.Close()
 }
 
 func (l *quicLink) Write(p []byte) (int, error) {

@@ -12,6 +12,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -76,7 +77,15 @@ type tlsLink struct {
 	client bool
 }
 
-func (c *tlsLink) Handshake(ctx context.Context) error { return c.HandshakeContext(ctx) }
+// Handshake runs the TLS handshake. A relay that refuses the link (see
+// Refuse) closes it before the handshake: the client reads ErrBusy.
+func (c *tlsLink) Handshake(ctx context.Context) error {
+	err := c.HandshakeContext(ctx)
+	if c.client && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+		err = fmt.Errorf("%w (or not a homeport relay): closed before the TLS handshake: %w", ErrBusy, err)
+	}
+	return err
+}
 
 func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
 	yc := yamuxConfig(cfg)

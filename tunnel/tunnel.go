@@ -133,6 +133,22 @@ func normalizeSessionConfig(cfg SessionConfig) SessionConfig {
 // ALPN is the TLS application protocol of homeport's control links.
 const ALPN = "homeport/1"
 
+// ErrBusy is read by an agent whose link the relay refused before
+// authentication: too many logins pending, from everywhere or from the
+// agent's address. Nothing is wrong with the agent; it tries again soon.
+var ErrBusy = errors.New("relay busy")
+
+// Refuse closes a link that the relay will not serve, telling the agent it
+// is busy where the transport can (QUIC: an application close code; TCP:
+// closed before the TLS handshake, which the agent reads as busy too).
+func Refuse(c Conn) {
+	if r, ok := c.(interface{ refuse() }); ok {
+		r.refuse()
+		return
+	}
+	c.Close()
+}
+
 // ErrSessionClosed is returned by OpenStream and AcceptStream on a session
 // that has ended.
 var ErrSessionClosed = errors.New("session closed")
