@@ -227,7 +227,9 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.log.Error("session ended by the relay", "err", f.err, "retry_in", delay)
 			} else {
 				delay = jitter(backoffBase, a.cfg.ReconnectMax, attempt)
-				a.log.Warn("session lost; reconnecting", "err", f.err, "retry_in", delay.Round(time.Millisecond))
+				if !f.logged {
+					a.log.Warn("session lost; reconnecting", "err", f.err, "retry_in", delay.Round(time.Millisecond))
+				}
 			}
 		case f != nil && f.definitive:
 			if !everUp {
@@ -278,6 +280,7 @@ const (
 type failure struct {
 	stage      stage
 	definitive bool // retrying cannot help without a change of config
+	logged     bool // the end of the session was logged already
 	err        error
 }
 
@@ -453,6 +456,7 @@ func (a *Agent) session(ctx context.Context, l *link, retired *sync.WaitGroup) e
 			var f *failure
 			if errors.As(err, &f) && f.stage == stageUp && !f.definitive && ctx.Err() == nil {
 				a.log.Warn("session lost; reconnecting", "err", f.err, "new_session", "already being opened")
+				f.logged = true
 			}
 			watched.Wait()
 		}

@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -31,6 +32,7 @@ import (
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/relay"
 	"github.com/homeport/homeport/tunnel"
 )
 
@@ -1535,5 +1537,47 @@ func TestGuardEMFILE(t *testing.T) {
 	}
 	if !r.running() {
 		t.Fatal("relay exited")
+	}
+}
+
+// TestGuardKnownAgentsAfterRestart: a restarted relay remembers the
+// addresses its agents logged in from (known_agents in its data
+// directory): while a flood holds every login slot, its agent comes back
+// at once, and a stranger does not get in.
+func TestGuardKnownAgentsAfterRestart(t *testing.T) {
+	guardNeedSources(t)
+	leak.Check(t)
+	const all = 8
+	target := serve(t, echo)
+	r := startRelay(t, func(c *config.Relay) {
+		c.HandshakeTimeout = 30 * time.Second
+		c.Guard = config.Guard{MaxHandshakes: all, MaxHandshakesPerIP: all}
+	})
+	port := freePort(t)
+	acfg := agentConfig(r, tcpTunnel("web", port, target))
+	a := startAgent(t, acfg)
+	a.waitSession(10 * time.Second)
+	a.stop()
+	r.stop()
+	known, err := os.ReadFile(filepath.Join(r.cfg.DataDir, relay.KnownAgentsFile))
+	if err != nil || !strings.HasPrefix(string(known), "127.0.0.1 ") {
+		t.Fatalf("known agents after the relay stopped: %q, %v", known, err)
+	}
+
+	cfg := r.cfg
+	cfg.Listen = r.addr
+	r2 := runRelay(t, cfg, r.id)
+	held, _ := guardIdle(t, "127.0.0.40", r2.addr, all, 500*time.Millisecond)
+	if len(held) != all {
+		t.Fatalf("flood holds %d logins, want %d", len(held), all)
+	}
+	start := time.Now()
+	a = startAgent(t, acfg)
+	a.waitSession(5 * time.Second)
+	t.Logf("with every login slot of the restarted relay held, the known agent logged in %v after its start", time.Since(start).Round(time.Millisecond))
+	expectEcho(t, publicAddr(port))
+
+	if _, closed := guardIdle(t, "127.0.0.41", r2.addr, 1, 500*time.Millisecond); closed != 1 {
+		t.Fatal("a stranger's login was admitted while the flood holds every slot")
 	}
 }

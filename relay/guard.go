@@ -80,6 +80,9 @@ type handshakeGuard struct {
 	// go past the global cap (by trustedReserve), so that a flood from
 	// elsewhere cannot keep a known agent from logging in again.
 	trusted map[netip.Addr]time.Time
+	// learned, when set, is called (under mu; it must not block) when a
+	// source becomes trusted, or trusted again after knownRefresh.
+	learned func()
 }
 
 // Trusted sources: how long a good login is remembered, how many sources
@@ -174,8 +177,11 @@ func (g *handshakeGuard) done(ip netip.Addr, res loginResult) (banned bool) {
 	}
 	if res == loginOK {
 		st.fails = 0
-		if _, ok := g.trusted[k]; ok || len(g.trusted) < maxTrusted {
+		if last, ok := g.trusted[k]; ok || len(g.trusted) < maxTrusted {
 			g.trusted[k] = now
+			if g.learned != nil && (!ok || now.Sub(last) >= knownRefresh) {
+				g.learned()
+			}
 		}
 	}
 	if st.pending == 0 && st.fails == 0 && !now.Before(st.bannedUntil) {
@@ -183,6 +189,31 @@ func (g *handshakeGuard) done(ip netip.Addr, res loginResult) (banned bool) {
 	}
 	g.sweep(now)
 	return banned
+}
+
+// trustedSnapshot returns a copy of the trusted sources.
+func (g *handshakeGuard) trustedSnapshot() map[netip.Addr]time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	m := make(map[netip.Addr]time.Time, len(g.trusted))
+	for k, t := range g.trusted {
+		m[k] = t
+	}
+	return m
+}
+
+// trust adds sources remembered from before (loadKnownAgents).
+func (g *handshakeGuard) trust(known map[netip.Addr]time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for k, t := range known {
+		if len(g.trusted) >= maxTrusted {
+			return
+		}
+		if t.After(g.trusted[k]) {
+			g.trusted[k] = t
+		}
+	}
 }
 
 // sweep drops a few expired entries, so that bans and old failures do not

@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -42,6 +44,11 @@ type Server struct {
 	retired map[*agentSession]struct{}
 	ports   map[portKey]any // public port -> the tunnel holding it
 	closing bool
+
+	// knownPath is the file of known agent addresses (empty: none kept);
+	// learned tells keepKnownAgents to write it.
+	knownPath string
+	learned   chan struct{}
 
 	handlers sync.WaitGroup // agent connections, in handshake or in session
 	visitors sync.WaitGroup // visitor connections being spliced
@@ -86,6 +93,23 @@ func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
 	}
 	s.cfg.Guard = withGuardDefaults(s.cfg.Guard)
 	s.hs = newHandshakeGuard(s.cfg.Guard)
+	// Known agents are kept where the data directory exists (it need not
+	// when token and key pair are configured).
+	if st, err := os.Stat(cfg.DataDir); cfg.DataDir != "" && err == nil && st.IsDir() {
+		s.knownPath = filepath.Join(cfg.DataDir, KnownAgentsFile)
+		s.learned = make(chan struct{}, 1)
+		known, err := loadKnownAgents(s.knownPath, time.Now())
+		if err != nil {
+			log.Warn("known agents: damaged entries skipped", "err", err)
+		}
+		s.hs.trust(known)
+		s.hs.learned = func() {
+			select {
+			case s.learned <- struct{}{}:
+			default:
+			}
+		}
+	}
 	s.visitCtx, s.visitCancel = context.WithCancel(context.Background())
 	if cfg.DDNS != nil {
 		u, err := ddnsrun.New(cfg.DDNS, ddnsrun.Options{Log: log})
@@ -164,6 +188,12 @@ func (s *Server) Serve(ctx context.Context) error {
 		go func() { errc <- s.acceptLoop(ctx, ln) }()
 	}
 	defer s.runDDNS(ctx)()
+	if s.knownPath != "" {
+		kctx, stop := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); s.keepKnownAgents(kctx) }()
+		defer func() { stop(); <-done }()
+	}
 
 	var err error
 	pending := len(s.lns)
