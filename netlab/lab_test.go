@@ -198,7 +198,7 @@ var debianPackage = map[string]string{
 	"ip": "iproute2", "tc": "iproute2", "iptables": "iptables", "conntrack": "conntrack",
 	"sysctl": "procps", "nginx": "nginx", "curl": "curl", "sshd": "openssh-server",
 	"ssh": "openssh-client", "scp": "openssh-client", "ssh-keygen": "openssh-client",
-	"ping": "iputils-ping", "go": "golang (or Go from go.dev)",
+	"ping": "iputils-ping", "iperf3": "iperf3", "go": "golang (or Go from go.dev)",
 }
 
 // need skips the test unless the commands are installed.
@@ -281,11 +281,17 @@ type lab struct {
 	made    []string // namespaces created, in order
 	procs   []*proc
 	rebinds int
+
+	delayCfg *linkConfig // build the home uplink as a delay link (withDelayLink)
+	delay    *delayLink  // that link, once built
 }
+
+// labOption changes how newLab builds the lab.
+type labOption func(*lab)
 
 // newLab builds the topology; the test is skipped when the machine
 // cannot run it.
-func newLab(t *testing.T) *lab {
+func newLab(t *testing.T, opts ...labOption) *lab {
 	t.Helper()
 	if skipWhy != "" {
 		t.Skip(skipWhy)
@@ -301,6 +307,9 @@ func newLab(t *testing.T) *lab {
 		id:  fmt.Sprintf("netlab%d-%d", os.Getpid(), labSeq.Add(1)),
 		dir: t.TempDir(),
 		ctx: ctx,
+	}
+	for _, o := range opts {
+		o(l)
 	}
 	t.Cleanup(func() {
 		l.teardown()
@@ -324,6 +333,10 @@ func (l *lab) build() {
 		l.must(5*time.Second, "", "ip", "-n", l.ns(r), "link", "set", "lo", "up")
 	}
 	for _, k := range links {
+		if k.bIf == uplinkIf && l.delayCfg != nil {
+			l.buildDelayLink(k.a, k.aIf, k.aAddr, k.b, k.bIf, k.bAddr)
+			continue
+		}
 		l.must(5*time.Second, "", "ip", "-n", l.ns(k.a), "link", "add", k.aIf, "type", "veth", "peer", "name", k.bIf, "netns", l.ns(k.b))
 		for _, end := range [][3]string{{k.a, k.aIf, k.aAddr}, {k.b, k.bIf, k.bAddr}} {
 			l.must(5*time.Second, "", "ip", "-n", l.ns(end[0]), "addr", "add", end[2], "dev", end[1])
@@ -394,6 +407,12 @@ func (l *lab) teardown() {
 			if p.logged {
 				p.dump(l.t)
 			}
+		}
+	}
+	if l.delay != nil {
+		l.t.Logf("delay link: %s", l.delay.stats())
+		if err := l.delay.stop(10 * time.Second); err != nil {
+			l.t.Errorf("stop the delay link: %v", err)
 		}
 	}
 	for _, ns := range made {
@@ -663,12 +682,14 @@ func (l *lab) startRelay() *relay {
 }
 
 // startAgent starts the agent at home with transport ("tcp", "quic" or
-// "auto") and two tunnels: web (8080 to nginx) and ssh (2222 to sshd). It
-// waits until both are registered.
-func (l *lab) startAgent(r *relay, transport string) *proc {
+// "auto") and two tunnels: web (8080 to nginx) and ssh (2222 to sshd),
+// and the extra ones (--tunnel values). It waits until all are
+// registered.
+func (l *lab) startAgent(r *relay, transport string, extra ...string) *proc {
 	l.t.Helper()
-	p := l.launchAgent(r, transport)
-	p.await(l.t, 30*time.Second, "the agent's two tunnels", func() bool { return p.count(`msg="tunnel ready"`) >= 2 })
+	p := l.launchAgent(r, transport, extra...)
+	want := 2 + len(extra)
+	p.await(l.t, 30*time.Second, fmt.Sprintf("the agent's %d tunnels", want), func() bool { return p.count(`msg="tunnel ready"`) >= want })
 	if transport != "auto" {
 		if got := p.logField("connected to relay", "transport"); got != transport {
 			l.t.Fatalf("agent connected over %q, want %q", got, transport)
@@ -678,15 +699,19 @@ func (l *lab) startAgent(r *relay, transport string) *proc {
 }
 
 // launchAgent starts the agent like startAgent, without waiting.
-func (l *lab) launchAgent(r *relay, transport string) *proc {
+func (l *lab) launchAgent(r *relay, transport string, extra ...string) *proc {
 	l.t.Helper()
-	p := l.start("home", "agent", []string{"HOMEPORT_TOKEN=" + r.token}, binPath(l.t, "agent"),
+	args := []string{binPath(l.t, "agent"),
 		"--relay", fmt.Sprintf("%s:%d", vpsIP, relayPort),
 		"--fingerprint", r.fingerprint,
 		"--transport", transport,
 		"--id", "home-pc",
 		"--tunnel", fmt.Sprintf("web=%d:127.0.0.1:%d", webPort, webPort),
-		"--tunnel", fmt.Sprintf("ssh=%d:127.0.0.1:%d", sshPort, sshPort))
+		"--tunnel", fmt.Sprintf("ssh=%d:127.0.0.1:%d", sshPort, sshPort)}
+	for _, tun := range extra {
+		args = append(args, "--tunnel", tun)
+	}
+	p := l.start("home", "agent", []string{"HOMEPORT_TOKEN=" + r.token}, args...)
 	p.logged = true
 	return p
 }
@@ -807,24 +832,42 @@ func tunnelURL(file string) string { return fmt.Sprintf("http://%s:%d/%s", vpsIP
 // download fetches the large file through the tunnel from the remote
 // user and checks its checksum.
 func (l *lab) download(what string, d time.Duration, extra ...string) (xfer, error) {
+	return l.downloadPart(what, d, bigSize, bigSum, extra...)
+}
+
+// downloadPart fetches the first n bytes of the large file (all of it
+// when n is bigSize; else with a range request) through the tunnel from
+// the remote user and checks their checksum against want.
+func (l *lab) downloadPart(what string, d time.Duration, n int64, want [32]byte, extra ...string) (xfer, error) {
 	out := filepath.Join(l.dir, fmt.Sprintf("download-%d.bin", time.Now().UnixNano()))
 	defer os.Remove(out)
+	code := 200
+	if n != bigSize {
+		code = 206
+		extra = append(slices.Clone(extra), "-r", fmt.Sprintf("0-%d", n-1))
+	}
 	x, err := l.curl("user", d, append(extra, "-o", out, tunnelURL("big.bin"))...)
 	if err != nil {
 		return x, fmt.Errorf("%s: %w", what, err)
 	}
-	if x.code != 200 {
-		return x, fmt.Errorf("%s: HTTP status %d", what, x.code)
+	if x.code != code {
+		return x, fmt.Errorf("%s: HTTP status %d, want %d", what, x.code, code)
 	}
-	return x, checkSum(out, bigSum)
+	return x, checkSum(out, want)
 }
 
 // directUpload sends the large file from the home PC straight to nginx on
 // the VPS (through the NAT and the home uplink, not through the tunnel):
 // the same direction as a tunneled download, for comparison.
 func (l *lab) directUpload(upDir string, d time.Duration) (xfer, error) {
+	return l.directUploadFile(upDir, d, filepath.Join(wwwDir(l.t), "big.bin"), bigSum)
+}
+
+// directUploadFile is directUpload of the file at src, whose sha256 is
+// sum.
+func (l *lab) directUploadFile(upDir string, d time.Duration, src string, sum [32]byte) (xfer, error) {
 	name := fmt.Sprintf("direct-%d.bin", time.Now().UnixNano())
-	x, err := l.curl("home", d, "-T", filepath.Join(wwwDir(l.t), "big.bin"),
+	x, err := l.curl("home", d, "-T", src,
 		fmt.Sprintf("http://%s:%d/up/%s", vpsIP, directPort, name))
 	if err != nil {
 		return x, fmt.Errorf("direct upload: %w", err)
@@ -834,7 +877,7 @@ func (l *lab) directUpload(upDir string, d time.Duration) (xfer, error) {
 	}
 	path := filepath.Join(upDir, name)
 	defer os.Remove(path)
-	return x, checkSum(path, bigSum)
+	return x, checkSum(path, sum)
 }
 
 // checkSum compares the sha256 of the file at path with want.
@@ -910,12 +953,24 @@ func (l *lab) uplinkLink(up bool) {
 		state = "up"
 	}
 	l.must(5*time.Second, "", "ip", "-n", l.ns("inet"), "link", "set", uplinkIf, state)
+	if l.delay != nil {
+		// A TUN device has no peer to lose: the home end's carrier
+		// follows the internet end by hand, as a veth's would.
+		if err := l.delay.setCarrier(up); err != nil {
+			l.t.Fatal(err)
+		}
+	}
 }
 
-// uplinkDelay adds oneWay of delay each way on the home uplink (netem);
-// the test is skipped where netem is not available.
+// uplinkDelay adds oneWay of delay each way on the home uplink: the
+// delay link's, when the lab has one (withDelayLink), else netem's; the
+// test is skipped where neither is available.
 func (l *lab) uplinkDelay(oneWay time.Duration) {
 	l.t.Helper()
+	if l.delay != nil {
+		l.delay.setDelay(oneWay)
+		return
+	}
 	if netemErr != nil {
 		l.t.Skipf("no delay impairment: %v", netemErr)
 	}
