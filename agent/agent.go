@@ -505,11 +505,13 @@ func (a *Agent) retire(l *link, served <-chan error) {
 }
 
 // Make-before-break: a session whose relay has been silent for
-// suspectAfter (it answers the agent's pings every second while the link
-// works) may be stuck behind a link that went down and came back, with the
-// TCP retransmissions on both sides backed off for seconds. The agent then
-// opens a new session beside it; the relay gives the newer session the
-// ports, and the old one keeps its connections until they end.
+// suspectAfter (while the link works the relay answers the agent's pings,
+// over TCP, or sends its own heartbeat, over QUIC, every second) may be
+// stuck behind a link that went down and came back, with the
+// retransmissions on both sides (TCP's, or QUIC's probe timeouts) backed
+// off for seconds. The agent then opens a new session beside it; the relay
+// gives the newer session the ports, and the old one keeps its
+// connections until they end.
 const (
 	suspectAfter = 3 * time.Second
 	silenceCheck = 250 * time.Millisecond
@@ -521,7 +523,7 @@ const (
 func (a *Agent) watchSilence(ctx context.Context, l *link, replacing *atomic.Bool, newer chan<- *link) {
 	quiet, ok := l.sess.(tunnel.Silence)
 	if !ok {
-		return // QUIC probes and recovers its path itself
+		return
 	}
 	t := time.NewTicker(silenceCheck)
 	defer t.Stop()

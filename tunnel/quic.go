@@ -514,18 +514,22 @@ func (l *quicLink) Mux(SessionConfig) (Session, error) {
 	l.auth.CancelRead(quicCodeAbort)
 	_ = l.auth.Close()
 	l.closed = true // the session owns conn and socket now
-	if l.client && l.qconf != nil && l.qconf.KeepAlivePeriod > 0 {
-		go heartbeat(l.conn, min(l.qconf.KeepAlivePeriod, heartbeatMax))
+	period := heartbeatMax
+	if l.qconf != nil && l.qconf.KeepAlivePeriod > 0 {
+		period = min(l.qconf.KeepAlivePeriod, heartbeatMax)
 	}
-	return &quicSession{conn: l.conn, sock: l.sock}, nil
+	go heartbeat(l.conn, period)
+	return &quicSession{conn: l.conn, sock: l.sock, heard: newHeardClock()}, nil
 }
 
 // heartbeat sends a padded session datagram of flow 0 (no flow has that
-// number) every period. QUIC's own keepalive PING makes a packet too small
-// for a stateless reset (quic-go answers packets of more than 42 bytes
-// only), so an idle agent would not learn of a relay restart before its
-// idle timeout; this one does, within a period. It also keeps NAT
-// mappings fresh, so a router that lost them learns them again at once.
+// number) every period, both ways. QUIC's own keepalive PING makes a
+// packet too small for a stateless reset (quic-go answers packets of more
+// than 42 bytes only), so an idle agent would not learn of a relay restart
+// before its idle timeout; this one does, within a period. It also keeps
+// NAT mappings fresh, so a router that lost them learns them again at
+// once; and what arrives tells each side that the other is there (see
+// Silence).
 func heartbeat(c *quic.Conn, period time.Duration) {
 	t := time.NewTicker(period)
 	defer t.Stop()
@@ -553,9 +557,14 @@ const (
 type quicSession struct {
 	conn    *quic.Conn
 	sock    *quicSocket
+	heard   *heardClock // datagrams and stream data received
 	streams atomic.Int64
 	once    sync.Once
 }
+
+// SilentFor is the time since a datagram (the peer's heartbeat, every
+// second) or stream data last arrived; see Silence.
+func (s *quicSession) SilentFor() time.Duration { return s.heard.silentFor() }
 
 var _ DatagramSession = (*quicSession)(nil)
 
@@ -576,12 +585,13 @@ func (s *quicSession) ReceiveDatagram(ctx context.Context) ([]byte, error) {
 		}
 		return nil, s.mapErr(err)
 	}
+	s.heard.touch()
 	return b, nil
 }
 
 func (s *quicSession) wrap(st *quic.Stream) Stream {
 	s.streams.Add(1)
-	return &quicStream{st: st, local: s.conn.LocalAddr(), remote: s.conn.RemoteAddr(), done: func() { s.streams.Add(-1) }}
+	return &quicStream{st: st, heard: s.heard, local: s.conn.LocalAddr(), remote: s.conn.RemoteAddr(), done: func() { s.streams.Add(-1) }}
 }
 
 func (s *quicSession) mapErr(err error) error {
@@ -659,6 +669,7 @@ func closeConn(c *quic.Conn) {
 // closing a stream concurrently with a Write).
 type quicStream struct {
 	st            *quic.Stream
+	heard         *heardClock
 	local, remote net.Addr
 	done          func()
 
@@ -669,7 +680,13 @@ type quicStream struct {
 
 var _ Stream = (*quicStream)(nil)
 
-func (s *quicStream) Read(p []byte) (int, error) { return s.st.Read(p) }
+func (s *quicStream) Read(p []byte) (int, error) {
+	n, err := s.st.Read(p)
+	if n > 0 {
+		s.heard.touch()
+	}
+	return n, err
+}
 
 func (s *quicStream) Write(p []byte) (int, error) {
 	s.wmu.Lock()

@@ -91,9 +91,8 @@ func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
 	yc := yamuxConfig(cfg)
 	var s *yamux.Session
 	var err error
-	heard := &readClock{Conn: c.Conn, since: time.Now()}
-	heard.touch()
-	conn := &frameWriter{Conn: heard, raw: c.raw}
+	heard := newHeardClock()
+	conn := &frameWriter{Conn: &readClock{Conn: c.Conn, heard: heard}, raw: c.raw}
 	if c.client {
 		s, err = yamux.Client(conn, yc)
 	} else {
@@ -112,26 +111,33 @@ func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
 	return ys, nil
 }
 
-// readClock remembers when the link last delivered bytes.
-type readClock struct {
-	net.Conn
+// heardClock remembers when the peer was last heard from.
+type heardClock struct {
 	since time.Time    // monotonic base of last
 	last  atomic.Int64 // nanoseconds after since
+}
+
+func newHeardClock() *heardClock { return &heardClock{since: time.Now()} }
+
+func (c *heardClock) touch() { c.last.Store(int64(time.Since(c.since))) }
+
+// silentFor is the time since the peer was last heard from.
+func (c *heardClock) silentFor() time.Duration {
+	return time.Since(c.since) - time.Duration(c.last.Load())
+}
+
+// readClock is a link that notes when it last delivered bytes.
+type readClock struct {
+	net.Conn
+	heard *heardClock
 }
 
 func (c *readClock) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
-		c.touch()
+		c.heard.touch()
 	}
 	return n, err
-}
-
-func (c *readClock) touch() { c.last.Store(int64(time.Since(c.since))) }
-
-// silentFor is the time since the link last delivered bytes.
-func (c *readClock) silentFor() time.Duration {
-	return time.Since(c.since) - time.Duration(c.last.Load())
 }
 
 func yamuxConfig(cfg SessionConfig) *yamux.Config {
@@ -250,7 +256,7 @@ func (b *batchConn) batch(write func() error) error {
 
 type yamuxSession struct {
 	s     *yamux.Session
-	heard *readClock
+	heard *heardClock
 }
 
 // SilentFor is the time since the relay or agent last sent anything on the
