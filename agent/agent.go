@@ -222,10 +222,19 @@ func (a *Agent) Run(ctx context.Context) error {
 			if time.Since(start) >= stablePeriod {
 				attempt = 0
 			}
-			if f.definitive {
+			switch {
+			case f.definitive:
 				delay = rejectedBackoff
 				a.log.Error("session ended by the relay", "err", f.err, "retry_in", delay)
-			} else {
+			case f.cut:
+				// A relay that crashed or restarted, or a link that
+				// died: try again as soon as for an unreachable relay,
+				// however short the session was.
+				delay = jitter(dialBackoffBase, min(dialBackoffMax, a.cfg.ReconnectMax), attempt)
+				if !f.logged {
+					a.log.Warn("session lost; reconnecting", "err", f.err, "retry_in", delay.Round(time.Millisecond))
+				}
+			default:
 				delay = jitter(backoffBase, a.cfg.ReconnectMax, attempt)
 				if !f.logged {
 					a.log.Warn("session lost; reconnecting", "err", f.err, "retry_in", delay.Round(time.Millisecond))
@@ -281,7 +290,11 @@ type failure struct {
 	stage      stage
 	definitive bool // retrying cannot help without a change of config
 	logged     bool // the end of the session was logged already
-	err        error
+	// cut: the session ended because the relay or the link went away
+	// (no GoAway: its process or the link died; or GoAway with
+	// CodeShutdown), not by the relay's choice about this agent.
+	cut bool
+	err error
 }
 
 func (f *failure) Error() string { return f.err.Error() }

@@ -183,12 +183,15 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 		// Another agent with our id took over: coming straight back
 		// would take the ports away from it again, and so on forever.
 		f.definitive = ga.Code == tunnel.CodeReplaced
+		// A relay shutting down is most often restarting: come back as
+		// soon as it listens again.
+		f.cut = ga.Code == tunnel.CodeShutdown
 		if f.definitive {
 			f.err = fmt.Errorf("%w; is another agent running with id %q? give each agent its own --id", f.err, a.cfg.ID)
 		}
 		return f
 	}
-	return &failure{stage: stageUp, err: errors.New("session closed")}
+	return &failure{stage: stageUp, cut: true, err: errors.New("session closed")}
 }
 
 // refuse answers a visitor stream with a refusal and closes it. It ends

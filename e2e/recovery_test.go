@@ -175,3 +175,34 @@ func loginAs(ctx context.Context, t *testing.T, r *relayHandle, tr, id string, f
 	t.Cleanup(func() { sess.Close() })
 	return sess
 }
+
+// TestRelayRestartsInARow: the relay is stopped and started again five
+// times, each time half a second after the agent is back. A session that
+// the relay's end cut is retried as fast as an unreachable relay, however
+// short it was: the agent comes back within a second each time instead of
+// backing off as if the relay were turning it away.
+func TestRelayRestartsInARow(t *testing.T) {
+	leak.Check(t)
+	target := serve(t, echo)
+	r := startRelay(t, nil)
+	port := freePort(t)
+	cfg := agentConfig(r, tcpTunnel("echo", port, target))
+	cfg.ReconnectMax = 30 * time.Second // the default: what a growing back-off would reach
+	a := startAgent(t, cfg)
+	a.waitSession(10 * time.Second)
+	rcfg := r.cfg
+	rcfg.Listen = r.addr
+	for i := range 5 {
+		time.Sleep(500 * time.Millisecond)
+		r.stop()
+		r = runRelay(t, rcfg, r.id)
+		back := time.Now()
+		a.waitSession(5 * time.Second)
+		took := time.Since(back)
+		t.Logf("restart %d: agent back %v after the relay", i+1, took.Round(time.Millisecond))
+		if took > 1500*time.Millisecond {
+			t.Errorf("restart %d: agent back only %v after the relay, want within a second or so", i+1, took.Round(time.Millisecond))
+		}
+	}
+	expectEcho(t, publicAddr(port))
+}
