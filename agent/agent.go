@@ -443,7 +443,8 @@ func (a *Agent) session(ctx context.Context, l *link, retired *sync.WaitGroup) e
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	var watched sync.WaitGroup
-	var upgraded, replacing atomic.Bool
+	// replacing: a newer session is being opened; tried: one has been.
+	var upgraded, replacing, tried atomic.Bool
 	if auto && l.transport == config.TransportTCP {
 		watched.Go(func() {
 			a.watchQUIC(wctx, l.sess, func() {
@@ -455,7 +456,7 @@ func (a *Agent) session(ctx context.Context, l *link, retired *sync.WaitGroup) e
 		})
 	}
 	newer := make(chan *link, 1)
-	watched.Go(func() { a.watchSilence(wctx, l, &replacing, newer) })
+	watched.Go(func() { a.watchSilence(wctx, l, &replacing, &tried, newer) })
 
 	served := make(chan error, 1)
 	go func() { served <- a.serve(ctx, l.sess, l.ctrl) }()
@@ -479,6 +480,12 @@ func (a *Agent) session(ctx context.Context, l *link, retired *sync.WaitGroup) e
 		case next := <-newer:
 			return &handover{next: next}
 		default:
+		}
+		var f *failure
+		if tried.Load() && errors.As(err, &f) && f.definitive {
+			// The relay retired this session for a newer one of ours
+			// that then failed: not another agent taking over.
+			f.definitive, f.cut = false, true
 		}
 	case next := <-newer:
 		stopWatch()
@@ -533,7 +540,7 @@ const (
 
 // watchSilence opens a newer session when l goes silent, and sends it on
 // newer. It returns when l ends, when ctx ends, or once it has sent one.
-func (a *Agent) watchSilence(ctx context.Context, l *link, replacing *atomic.Bool, newer chan<- *link) {
+func (a *Agent) watchSilence(ctx context.Context, l *link, replacing, tried *atomic.Bool, newer chan<- *link) {
 	quiet, ok := l.sess.(tunnel.Silence)
 	if !ok {
 		return
@@ -557,6 +564,7 @@ func (a *Agent) watchSilence(ctx context.Context, l *link, replacing *atomic.Boo
 		}
 		a.log.Warn("relay silent; opening a new session beside this one", "silent_for", d.Round(time.Millisecond))
 		replacing.Store(true)
+		tried.Store(true)
 		next, err := a.establish(ctx, true)
 		if err == nil {
 			newer <- next
