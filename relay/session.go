@@ -147,8 +147,8 @@ func (as *agentSession) end(code tunnel.Code, msg string) {
 const retireCheck = 250 * time.Millisecond
 
 // retire makes way for a newer session of the same agent, which the agent
-// opens when it loses touch with the relay (make-before-break), or which
-// another agent with the same id opens. The public ports close at once,
+// opens beside this one when it loses touch with the relay
+// (make-before-break, tunnel.FlagReplacing). The public ports close at once,
 // for the newer session to take; the agent is told with a GoAway; the
 // connections still open go on until they end, and then the session is
 // closed. A link that really died is ended by the keepalive meanwhile.
