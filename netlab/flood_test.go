@@ -865,24 +865,7 @@ func (l *lab) socketStates(role, proto string, port int) string {
 	if err != nil {
 		return "ss: " + firstLine(err)
 	}
-	var parts []string
-	for _, line := range strings.Split(out, "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 {
-			continue
-		}
-		if !strings.HasPrefix(line, " ") && !strings.HasPrefix(line, "\t") {
-			parts = append(parts, f[0])
-			continue
-		}
-		for _, kv := range f {
-			for _, key := range []string{"rto:", "backoff:", "retrans:", "lastsnd:"} {
-				if strings.HasPrefix(kv, key) {
-					parts = append(parts, kv)
-				}
-			}
-		}
-	}
+	parts := ssSummary(out, func(f []string) string { return f[0] }, "rto:", "backoff:", "retrans:", "lastsnd:")
 	if len(parts) == 0 {
 		return "none"
 	}

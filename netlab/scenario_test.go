@@ -557,28 +557,43 @@ func (l *lab) tcpState(role, dir string, port int) string {
 	if err != nil {
 		return "ss: " + firstLine(err)
 	}
+	parts := ssSummary(out, func(f []string) string {
+		if len(f) >= 4 {
+			return "send-q " + f[1]
+		}
+		return ""
+	}, "rto:", "backoff:", "unacked:", "retrans:", "lastack:")
+	if len(parts) == 0 {
+		return "no connection"
+	}
+	return strings.Join(parts, " ")
+}
+
+// ssSummary picks from `ss -i` output, for each socket, what head makes of
+// its first line (nothing when head returns "") and the fields of its info
+// line that start with one of keys.
+func ssSummary(out string, head func(fields []string) string, keys ...string) []string {
 	var parts []string
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
 		if len(f) == 0 {
 			continue
 		}
-		if !strings.HasPrefix(line, " ") && !strings.HasPrefix(line, "\t") && len(f) >= 4 {
-			parts = append(parts, "send-q "+f[1])
+		if !strings.HasPrefix(line, " ") && !strings.HasPrefix(line, "\t") {
+			if h := head(f); h != "" {
+				parts = append(parts, h)
+			}
 			continue
 		}
 		for _, kv := range f {
-			for _, key := range []string{"rto:", "backoff:", "unacked:", "retrans:", "lastack:"} {
+			for _, key := range keys {
 				if strings.HasPrefix(kv, key) {
 					parts = append(parts, kv)
 				}
 			}
 		}
 	}
-	if len(parts) == 0 {
-		return "no connection"
-	}
-	return strings.Join(parts, " ")
+	return parts
 }
 
 // TestUplinkBackMidDial: the agent starts while the home uplink silently

@@ -134,12 +134,17 @@ func (as *agentSession) refuseStreams(ctx context.Context) {
 func (as *agentSession) end(code tunnel.Code, msg string) {
 	as.closeTunnels()
 	if code != tunnel.CodeOK {
-		as.ctrlMu.Lock()
-		_ = as.ctrl.SetWriteDeadline(time.Now().Add(time.Second))
-		_ = tunnel.WriteMessage(as.ctrl, &tunnel.GoAway{Code: code, Message: msg})
-		as.ctrlMu.Unlock()
+		as.goAway(code, msg)
 	}
 	as.sess.Close()
+}
+
+// goAway tells the agent why its session ends, giving the write a second.
+func (as *agentSession) goAway(code tunnel.Code, msg string) {
+	as.ctrlMu.Lock()
+	defer as.ctrlMu.Unlock()
+	_ = as.ctrl.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = tunnel.WriteMessage(as.ctrl, &tunnel.GoAway{Code: code, Message: msg})
 }
 
 // retireCheck is how often a retired session checks whether its last
@@ -155,10 +160,7 @@ const retireCheck = 250 * time.Millisecond
 func (as *agentSession) retire(msg string) {
 	as.closeTunnels()
 	go func() {
-		as.ctrlMu.Lock()
-		_ = as.ctrl.SetWriteDeadline(time.Now().Add(time.Second))
-		_ = tunnel.WriteMessage(as.ctrl, &tunnel.GoAway{Code: tunnel.CodeReplaced, Message: msg})
-		as.ctrlMu.Unlock()
+		as.goAway(tunnel.CodeReplaced, msg)
 		t := time.NewTicker(retireCheck)
 		defer t.Stop()
 		for {
