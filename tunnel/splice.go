@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,11 +41,18 @@ var largePool = sync.Pool{New: func() any { b := make([]byte, largeBuf); return 
 // direction keeps flowing; an error in either direction, or ctx ending,
 // closes both ends. Splice closes a and b before it returns. err is the
 // first error other than a clean EOF, or nil.
+//
+// One direction runs on the caller's goroutine, the other on a goroutine
+// of its own. Where that one reads a TCP connection, it parks once the
+// connection has sent nothing for parkAfter: its goroutine ends, and a new
+// one takes over when data (or the end) arrives, so that an idle
+// connection keeps one goroutine instead of two.
 func Splice(ctx context.Context, a, b HalfCloser) (aToB, bToA int64, err error) {
 	var (
 		once     sync.Once
 		cause    error
 		halfDone atomic.Bool
+		ab, ba   *pipe
 	)
 	abort := func(err error) {
 		once.Do(func() {
@@ -56,17 +64,28 @@ func Splice(ctx context.Context, a, b HalfCloser) (aToB, bToA int64, err error) 
 			}
 			a.Close()
 			b.Close()
+			// A parked direction wakes, reads its closed end and stops.
+			ab.unpark()
+			ba.unpark()
 		})
 	}
+	ab = newPipe(b, a, &halfDone, abort)
+	ba = newPipe(a, b, &halfDone, abort)
+	own, caller := ba, ab
+	if own.park == nil && caller.park != nil {
+		own, caller = ab, ba
+	}
+	caller.park = nil // the caller waits for the splice anyway
+	own.done = make(chan struct{})
 	stop := context.AfterFunc(ctx, func() { abort(ctx.Err()) })
 	defer stop()
 
-	done := make(chan int64, 1)
-	go func() { done <- pipe(a, b, &halfDone, abort) }()
-	aToB = pipe(b, a, &halfDone, abort)
-	bToA = <-done
+	go own.resume()
+	caller.run()
+	caller.finish()
+	<-own.done
 	abort(nil) // both directions ended: release both ends
-	return aToB, bToA, cause
+	return ab.n, ba.n, cause
 }
 
 // reset makes the coming Close abortive where the end supports it: a TCP
@@ -80,73 +99,137 @@ func reset(c HalfCloser) {
 	}
 }
 
-// pipe copies src to dst. On EOF it half-closes dst; on error it aborts the
-// splice. Once one direction has ended, every write of the other must make
-// progress within StallTimeout.
-func pipe(dst, src HalfCloser, halfDone *atomic.Bool, abort func(error)) int64 {
-	small := make([]byte, smallBuf)
-	var bp *[]byte // the large buffer, while data flows
-	defer func() {
-		if bp != nil {
-			largePool.Put(bp)
-		}
-	}()
+// parkAfter is how long a TCP connection may send nothing before the
+// direction reading it parks (see Splice).
+const parkAfter = 20 * time.Millisecond
+
+// pipe is one direction of a splice: it copies src to dst. On EOF it
+// half-closes dst; on error it aborts the splice. Once one direction has
+// ended, every write of the other must make progress within StallTimeout.
+type pipe struct {
+	dst, src HalfCloser
+	halfDone *atomic.Bool
+	abort    func(error)
+	n        int64         // bytes copied
+	bp       *[]byte       // the large buffer, while data flows
+	shrink   *time.Timer   // releases src's drained buffer once idle
+	park     *parking      // src's readiness wait, nil where it cannot park
+	parkOff  bool          // park failed: wait in Read instead
+	deadline time.Time     // src's read deadline, while it can park
+	done     chan struct{} // closed when a pipe run by resume has ended
+}
+
+func newPipe(dst, src HalfCloser, halfDone *atomic.Bool, abort func(error)) *pipe {
+	p := &pipe{dst: dst, src: src, halfDone: halfDone, abort: abort, park: newParking(src)}
 	// A stream that buffers what arrives (yamux) keeps its buffer at the
 	// largest size it ever held, up to the stream window: after a burst,
 	// an idle connection would hold megabytes. Once reads have drained it
 	// and none came for shrinkAfter, the buffer is released.
-	var idle *time.Timer
 	if shrink := shrinkFunc(src); shrink != nil {
-		idle = time.AfterFunc(time.Hour, shrink)
-		idle.Stop()
-		defer idle.Stop()
+		p.shrink = time.AfterFunc(time.Hour, shrink)
+		p.shrink.Stop()
 	}
-	var n int64
+	return p
+}
+
+// resume runs p on the current goroutine until it ends or parks.
+func (p *pipe) resume() {
+	if p.run() {
+		p.finish()
+		close(p.done)
+	}
+}
+
+// finish releases what p holds once it has ended.
+func (p *pipe) finish() {
+	if p.bp != nil {
+		largePool.Put(p.bp)
+		p.bp = nil
+	}
+	if p.shrink != nil {
+		p.shrink.Stop()
+	}
+}
+
+// run copies until src ends, and returns true, or until src has been
+// idle for parkAfter and p is parked, and returns false: p then belongs
+// to the goroutine that resumes it.
+func (p *pipe) run() bool {
+	small := make([]byte, smallBuf)
 	for {
 		buf := small
-		if bp != nil {
-			buf = *bp
+		if p.bp != nil {
+			buf = *p.bp
 		}
-		nr, rerr := src.Read(buf)
-		if nr > 0 {
-			if halfDone.Load() {
-				_ = dst.SetWriteDeadline(time.Now().Add(StallTimeout))
+		parks := p.park != nil && !p.parkOff
+		if parks {
+			// Moving the deadline costs a timer update: not on every
+			// read, so src parks after parkAfter/2 to parkAfter idle.
+			if now := time.Now(); now.After(p.deadline.Add(-parkAfter / 2)) {
+				p.deadline = now.Add(parkAfter)
+				_ = p.park.conn.SetReadDeadline(p.deadline)
 			}
-			nw, werr := dst.Write(buf[:nr])
-			n += int64(nw)
+		}
+		nr, rerr := p.src.Read(buf)
+		if nr > 0 {
+			if p.halfDone.Load() {
+				_ = p.dst.SetWriteDeadline(time.Now().Add(StallTimeout))
+			}
+			nw, werr := p.dst.Write(buf[:nr])
+			p.n += int64(nw)
 			if werr != nil {
-				abort(fmt.Errorf("write: %w", werr))
-				return n
+				p.abort(fmt.Errorf("write: %w", werr))
+				return true
 			}
 			switch {
-			case bp == nil && nr == len(buf):
-				bp = largePool.Get().(*[]byte)
-			case bp != nil && nr < len(buf):
-				largePool.Put(bp) // the next read is likely to wait
-				bp = nil
+			case p.bp == nil && nr == len(buf):
+				p.bp = largePool.Get().(*[]byte)
+			case p.bp != nil && nr < len(buf):
+				largePool.Put(p.bp) // the next read is likely to wait
+				p.bp = nil
 			}
-			if idle != nil && nr < len(buf) {
-				idle.Reset(shrinkAfter)
+			if p.shrink != nil && nr < len(buf) {
+				p.shrink.Reset(shrinkAfter)
 			}
 		}
 		if rerr == nil {
 			continue
 		}
-		if !errors.Is(rerr, io.EOF) {
-			abort(fmt.Errorf("read: %w", rerr))
-			return n
+		if parks && errors.Is(rerr, os.ErrDeadlineExceeded) {
+			if p.bp != nil {
+				largePool.Put(p.bp)
+				p.bp = nil
+			}
+			if p.park.wait(p) {
+				return false
+			}
+			// Cannot park: wait in Read as without parking.
+			_ = p.park.conn.SetReadDeadline(time.Time{})
+			p.parkOff = true
+			continue
 		}
-		if halfDone.Swap(true) {
+		if !errors.Is(rerr, io.EOF) {
+			p.abort(fmt.Errorf("read: %w", rerr))
+			return true
+		}
+		if p.halfDone.Swap(true) {
 			// The other direction has ended too; Splice closes both ends.
-			_ = dst.CloseWrite()
-			return n
+			_ = p.dst.CloseWrite()
+			return true
 		}
 		// Bound a write of the other direction already blocked on src.
-		_ = src.SetWriteDeadline(time.Now().Add(StallTimeout))
-		if err := dst.CloseWrite(); err != nil {
-			abort(fmt.Errorf("close write: %w", err))
+		_ = p.src.SetWriteDeadline(time.Now().Add(StallTimeout))
+		if err := p.dst.CloseWrite(); err != nil {
+			p.abort(fmt.Errorf("close write: %w", err))
 		}
-		return n
+		return true
+	}
+}
+
+// unpark resumes p at once if it is parked.
+func (p *pipe) unpark() {
+	if p.park != nil {
+		p.park.cancel(p)
 	}
 }
 

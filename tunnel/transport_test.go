@@ -326,10 +326,14 @@ func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
 // writes one byte first, as the relay writes Open: a QUIC stream is
 // invisible to the peer until it carries data.
 func splicedPath(t testing.TB, tr Transport) (x, y *net.TCPConn, wait func()) {
+	return splicedPathContext(context.Background(), t, tr)
+}
+
+// splicedPathContext is splicedPath with both splices under ctx.
+func splicedPathContext(ctx context.Context, t testing.TB, tr Transport) (x, y *net.TCPConn, wait func()) {
 	agent, relay := sessionPair(t, tr)
 	x, xr := tcpPair(t)
 	yr, y := tcpPair(t)
-	ctx := context.Background()
 	done := make(chan struct{}, 2)
 	accepted := make(chan Stream, 1)
 	go func() {
