@@ -158,9 +158,9 @@ func yamuxConfig(cfg SessionConfig) *yamux.Config {
 	}
 }
 
-// frameWriter joins a yamux data frame's 12-byte header to its body in
-// one Write, so that the frame becomes one TLS record and one system call
-// instead of two. yamux writes the header and then, for a data frame with
+// frameWriter joins a yamux data frame's 12-byte header to the start of
+// its body, so that the header shares the first TLS record and the frame
+// leaves in one system call instead of two. yamux writes the header and then, for a data frame with
 // a length, its body, from its one send goroutine; every other write
 // passes straight through.
 //
@@ -171,13 +171,13 @@ type frameWriter struct {
 	raw  *batchConn
 	hdr  [yamuxHeaderSize]byte
 	held bool
-	buf  []byte
+	buf  []byte // header and up to a record of body
 }
 
 const (
 	yamuxHeaderSize = 12
 	yamuxTypeData   = 0
-	frameBufKeep    = 64 << 10 // a larger joining buffer is not kept
+	frameBufKeep    = 64 << 10 // batchConn keeps a buffer for frames this large
 )
 
 func (w *frameWriter) Write(p []byte) (int, error) {
@@ -190,23 +190,29 @@ func (w *frameWriter) Write(p []byte) (int, error) {
 		return w.Conn.Write(p)
 	}
 	w.held = false
-	w.buf = append(append(w.buf[:0], w.hdr[:]...), p...)
+	// The header and the first record's worth of body are joined in buf;
+	// the rest of the body goes to TLS as it is, without a copy.
+	head := min(len(p), maxRecord-yamuxHeaderSize)
+	w.buf = append(append(w.buf[:0], w.hdr[:]...), p[:head]...)
 	var err error
-	if w.raw != nil && len(w.buf) > maxRecord {
-		err = w.raw.batch(func() error {
-			_, err := w.Conn.Write(w.buf)
-			return err
-		})
+	if w.raw != nil && head < len(p) {
+		err = w.raw.batch(func() error { return w.writeTwo(p[head:]) })
 	} else {
-		_, err = w.Conn.Write(w.buf)
-	}
-	if cap(w.buf) > frameBufKeep {
-		w.buf = nil
+		err = w.writeTwo(p[head:])
 	}
 	if err != nil {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// writeTwo writes buf, then rest if any.
+func (w *frameWriter) writeTwo(rest []byte) error {
+	if _, err := w.Conn.Write(w.buf); err != nil || len(rest) == 0 {
+		return err
+	}
+	_, err := w.Conn.Write(rest)
+	return err
 }
 
 // maxRecord is the most plaintext one TLS record carries.
