@@ -388,6 +388,15 @@ func (r *openResultReader) Read(p []byte) (int, error) {
 	return r.Stream.Read(p)
 }
 
+// WaitRead waits for the target's data without a buffer once the answer
+// has been read, where the stream can (see tunnel.Splice).
+func (r *openResultReader) WaitRead() error {
+	if w, ok := r.Stream.(interface{ WaitRead() error }); ok && r.read {
+		return w.WaitRead()
+	}
+	return nil
+}
+
 // Abort resets the stream when the splice is cut (see tunnel.Splice).
 func (r *openResultReader) Abort() {
 	if a, ok := r.Stream.(interface{ Abort() }); ok {

@@ -240,8 +240,9 @@ func benchIdle(b *testing.B, agent, relay Session, profile string) (heapPerConn,
 		}
 		ends = append(ends, x.(*net.TCPConn), y.(*net.TCPConn))
 	}
-	// Idle means idle: long enough for the splices to park.
-	time.Sleep(parkAfter + 500*time.Millisecond)
+	// Idle means idle: long enough for the splices to park and the
+	// stream buffers to be released.
+	time.Sleep(max(parkAfter, shrinkAfter) + 500*time.Millisecond)
 	after := memNow()
 	b.StopTimer()
 	if profile != "" {

@@ -26,15 +26,27 @@ type HalfCloser interface {
 const StallTimeout = 30 * time.Second
 
 // Copy buffers. A connection waits for data most of its life, so a waiting
-// read uses a small buffer of the pipe's own; a read that fills it means
-// data is flowing, and the pipe takes a large buffer from a pool for as
-// long as reads keep filling it, giving it back before it waits again.
+// read uses a small buffer; a read that fills it means data is flowing,
+// and the pipe takes a large buffer for as long as reads keep filling it,
+// giving it back before it waits again. Both come from pools. A source
+// that can wait for data without a buffer (see readWaiter) holds none
+// while it waits.
 const (
 	smallBuf = 512
 	largeBuf = 32 << 10
 )
 
-var largePool = sync.Pool{New: func() any { b := make([]byte, largeBuf); return &b }}
+var (
+	smallPool = sync.Pool{New: func() any { b := make([]byte, smallBuf); return &b }}
+	largePool = sync.Pool{New: func() any { b := make([]byte, largeBuf); return &b }}
+)
+
+// readWaiter is a source that can wait until it has data to read, or has
+// ended, without a buffer to read into. An error it returns comes again
+// from the Read that follows.
+type readWaiter interface {
+	WaitRead() error
+}
 
 // Splice copies a to b and b to a until both directions have ended. EOF in
 // one direction becomes CloseWrite on the other end and the opposite
@@ -155,11 +167,18 @@ func (p *pipe) finish() {
 // idle for parkAfter and p is parked, and returns false: p then belongs
 // to the goroutine that resumes it.
 func (p *pipe) run() bool {
-	small := make([]byte, smallBuf)
+	waiter, _ := p.src.(readWaiter)
 	for {
-		buf := small
+		var sp *[]byte // the small buffer, for one read
+		buf := []byte(nil)
 		if p.bp != nil {
 			buf = *p.bp
+		} else {
+			if waiter != nil {
+				_ = waiter.WaitRead()
+			}
+			sp = smallPool.Get().(*[]byte)
+			buf = *sp
 		}
 		parks := p.park != nil && !p.parkOff
 		if parks {
@@ -178,6 +197,7 @@ func (p *pipe) run() bool {
 			nw, werr := p.dst.Write(buf[:nr])
 			p.n += int64(nw)
 			if werr != nil {
+				putSmall(sp)
 				p.abort(fmt.Errorf("write: %w", werr))
 				return true
 			}
@@ -192,6 +212,7 @@ func (p *pipe) run() bool {
 				p.shrink.Reset(shrinkAfter)
 			}
 		}
+		putSmall(sp)
 		if rerr == nil {
 			continue
 		}
@@ -223,6 +244,12 @@ func (p *pipe) run() bool {
 			p.abort(fmt.Errorf("close write: %w", err))
 		}
 		return true
+	}
+}
+
+func putSmall(sp *[]byte) {
+	if sp != nil {
+		smallPool.Put(sp)
 	}
 }
 
@@ -273,6 +300,14 @@ func (c *cutAware) Read(p []byte) (int, error) {
 		err = ErrStreamCut
 	}
 	return n, err
+}
+
+// WaitRead waits for data where the stream can (see readWaiter).
+func (c *cutAware) WaitRead() error {
+	if w, ok := c.Stream.(readWaiter); ok {
+		return w.WaitRead()
+	}
+	return nil
 }
 
 // Abort resets the stream where the transport can (see Splice).

@@ -332,6 +332,13 @@ type yamuxStream struct {
 
 var _ Stream = (*yamuxStream)(nil)
 
+// WaitRead waits until the stream has data or has ended: yamux's Read of
+// no bytes does.
+func (s *yamuxStream) WaitRead() error {
+	_, err := s.Stream.Read(nil)
+	return err
+}
+
 func (s *yamuxStream) CloseWrite() error { return s.Stream.Close() }
 
 func (s *yamuxStream) Close() error {
