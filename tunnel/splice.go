@@ -55,10 +55,10 @@ type readWaiter interface {
 // first error other than a clean EOF, or nil.
 //
 // One direction runs on the caller's goroutine, the other on a goroutine
-// of its own. Where that one reads a TCP connection, it parks once the
-// connection has sent nothing for parkAfter: its goroutine ends, and a new
-// one takes over when data (or the end) arrives, so that an idle
-// connection keeps one goroutine instead of two.
+// of its own. Where that one reads a TCP connection (on Linux), it parks
+// once the connection has sent nothing for a moment (parkAfter): its
+// goroutine ends, and a new one takes over when data or the end arrives,
+// so that an idle connection keeps one goroutine instead of two.
 func Splice(ctx context.Context, a, b HalfCloser) (aToB, bToA int64, err error) {
 	var (
 		once     sync.Once
@@ -112,7 +112,11 @@ func reset(c HalfCloser) {
 }
 
 // parkAfter is how long a TCP connection may send nothing before the
-// direction reading it parks (see Splice).
+// direction reading it parks (see Splice). The read deadline that tells
+// moves only every parkAfter/2, so a direction parks after half to all of
+// it: short enough that a burst of new connections does not leave a
+// goroutine stack behind for each, long enough that a connection in use
+// does not park between its messages.
 const parkAfter = 20 * time.Millisecond
 
 // pipe is one direction of a splice: it copies src to dst. On EOF it

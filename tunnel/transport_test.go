@@ -749,3 +749,59 @@ func lens(bs [][]byte) []int {
 	}
 	return n
 }
+
+// TestYamuxWaitRead: a yamux stream is waited on without a buffer (see
+// readWaiter): WaitRead returns once data is there, leaves it to the Read
+// that follows, and reports the end of the stream.
+func TestYamuxWaitRead(t *testing.T) {
+	agent, relay := sessionPair(t, TCPTransport{})
+	ctx := context.Background()
+	st, err := relay.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write([]byte("open")); err != nil {
+		t.Fatal(err)
+	}
+	peer, err := agent.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, ok := CutAware(peer, func() bool { return false }).(readWaiter)
+	if !ok {
+		t.Fatal("a yamux stream is not a readWaiter")
+	}
+	read := func(want string) {
+		t.Helper()
+		buf := make([]byte, 16)
+		n, err := peer.Read(buf)
+		if err != nil || string(buf[:n]) != want {
+			t.Fatalf("Read after WaitRead: %q, %v; want %q", buf[:n], err, want)
+		}
+	}
+	// Data already there.
+	if err := w.WaitRead(); err != nil {
+		t.Fatalf("WaitRead with data: %v", err)
+	}
+	read("open")
+	// Data still to come.
+	waited := make(chan error, 1)
+	go func() { waited <- w.WaitRead() }()
+	select {
+	case err := <-waited:
+		t.Fatalf("WaitRead returned %v before there was data", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if _, err := st.Write([]byte("more")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatalf("WaitRead once data came: %v", err)
+	}
+	read("more")
+	// The end.
+	st.Close()
+	if err := w.WaitRead(); err != io.EOF {
+		t.Fatalf("WaitRead at the end: %v, want EOF", err)
+	}
+}
