@@ -230,11 +230,13 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowT
 		a.log.Warn("bad stream from relay", "err", fmt.Errorf("first frame %T: %w", m, tunnel.ErrUnexpected))
 		return
 	}
-	log := a.log.With("tunnel", open.Tunnel, "visitor", open.Visitor)
+	// Not a logger With these: it would format them for every
+	// connection, and keep them for its whole life, to log rarely.
+	who := []any{"tunnel", open.Tunnel, "visitor", open.Visitor}
 	t, ok := a.tunnels[open.Tunnel]
 	if !ok || t.Protocol != "tcp" {
 		refuse(st, tunnel.CodeUnknownTunnel, fmt.Sprintf("agent has no tunnel %q", open.Tunnel))
-		log.Warn("relay asked for an unknown tunnel")
+		a.log.Warn("relay asked for an unknown tunnel", who...)
 		return
 	}
 	d := net.Dialer{Timeout: a.cfg.DialTimeout}
@@ -242,21 +244,21 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowT
 	if err != nil {
 		msg := fmt.Sprintf("tunnel %q: dial %s: %v", t.Name, t.Target, err)
 		refuse(st, tunnel.CodeDialFailed, msg)
-		log.Warn("target unreachable", "target", t.Target, "err", err)
+		a.log.Warn("target unreachable", append(who, "target", t.Target, "err", err)...)
 		return
 	}
 	if t.ProxyProtocol != "" {
 		if err := writeProxyHeader(c, t.ProxyProtocol, open); err != nil {
 			c.Close()
 			refuse(st, tunnel.CodeDialFailed, fmt.Sprintf("tunnel %q: %v", t.Name, err))
-			log.Warn("PROXY header not sent", "target", t.Target, "err", err)
+			a.log.Warn("PROXY header not sent", append(who, "target", t.Target, "err", err)...)
 			return
 		}
 	}
 	if err := tunnel.WriteMessage(st, &tunnel.OpenResult{Code: tunnel.CodeOK}); err != nil {
 		c.Close()
 		st.Close()
-		log.Debug("stream closed before the target answered", "err", err)
+		a.log.Debug("stream closed before the target answered", append(who, "err", err)...)
 		return
 	}
 	spawn(func() {
@@ -265,8 +267,8 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowT
 		if a.cfg.AccessLog {
 			level = slog.LevelInfo
 		}
-		log.Log(context.Background(), level, "visitor connection", "target", t.Target,
-			"bytes_in", in, "bytes_out", out, "duration", time.Since(start).Round(time.Millisecond), "err", err)
+		a.log.Log(context.Background(), level, "visitor connection", append(who, "target", t.Target,
+			"bytes_in", in, "bytes_out", out, "duration", time.Since(start).Round(time.Millisecond), "err", err)...)
 	})
 }
 
