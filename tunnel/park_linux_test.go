@@ -85,16 +85,10 @@ func TestSpliceParks(t *testing.T) {
 			}
 			awaitParked(t, 2)
 			x.CloseWrite()
-			_ = y.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if n, err := y.Read(make([]byte, 1)); n != 0 || err != io.EOF {
-				t.Fatalf("half-close while parked: far end read %d, %v; want EOF", n, err)
-			}
+			expectEOF(t, y, "half-close while parked")
 			exchange(t, y, x, 64<<10, 99)
 			y.CloseWrite()
-			_ = x.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if n, err := x.Read(make([]byte, 1)); n != 0 || err != io.EOF {
-				t.Fatalf("after both half-closes: %d, %v; want EOF", n, err)
-			}
+			expectEOF(t, x, "after both half-closes")
 			wait()
 		})
 	}

@@ -447,13 +447,19 @@ func TestSpliceHalfClose(t *testing.T) {
 					}
 				}
 				b.CloseWrite()
-				a.SetReadDeadline(time.Now().Add(5 * time.Second))
-				if n, err := a.Read(make([]byte, 1)); n != 0 || err != io.EOF {
-					t.Fatalf("after both half-closes: %d, %v; want EOF", n, err)
-				}
+				expectEOF(t, a, "after both half-closes")
 				wait()
 			})
 		}
+	}
+}
+
+// expectEOF fails the test unless c's next read, within 5 s, is EOF.
+func expectEOF(t *testing.T, c *net.TCPConn, what string) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("%s: read %d, %v; want EOF", what, n, err)
 	}
 }
 
