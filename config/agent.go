@@ -28,7 +28,7 @@ func agentSettings() []setting {
 		{key: "access_log", flag: "access-log", kind: kBool, def: "false", usage: "log every tunneled connection"},
 		ddnsSetting(),
 	}
-	return append(append(s, sessionSettings()...), logSettings()...)
+	return append(append(append(s, sessionSettings()...), logSettings()...), debugSettings()...)
 }
 
 // AgentFlags registers the agent's flags on fs.
@@ -57,6 +57,7 @@ func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
 		AccessLog:        l.bool("access_log"),
 		Session:          l.session(),
 		Log:              l.log(),
+		DebugAddr:        l.debugAddr(),
 	}
 	switch host, port, err := net.SplitHostPort(c.Relay); {
 	case c.Relay == "":

@@ -52,6 +52,9 @@ type Relay struct {
 	DDNS *DDNS
 	// Log selects level and format of the process log.
 	Log Log
+	// DebugAddr, when set, is the loopback address where Go's profiler
+	// (net/http/pprof) is served.
+	DebugAddr string
 }
 
 // Token is one accepted agent credential.
@@ -132,6 +135,9 @@ type Agent struct {
 	DDNS *DDNS
 	// Log selects level and format of the process log.
 	Log Log
+	// DebugAddr, when set, is the loopback address where Go's profiler
+	// (net/http/pprof) is served.
+	DebugAddr string
 }
 
 // Tunnel is one exposed service.

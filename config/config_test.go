@@ -279,6 +279,9 @@ func TestRelayErrors(t *testing.T) {
 		{name: "tokens same secret", file: "tokens:\n  - {name: a, secret: 0123456789abcdef}\n  - {name: b, secret: 0123456789abcdef}\n", want: []string{"same secret"}},
 		{name: "tokens bad ports", file: "tokens:\n  - {name: a, secret: 0123456789abcdef, ports: 0}\n", want: []string{"item 1 (a): ports"}},
 		{name: "two mistakes", args: []string{"--listen", "x", "--log-format", "xml"}, want: []string{"flag --listen", "flag --log-format"}},
+		{name: "debug addr public", file: "debug_addr: 0.0.0.0:6060\n", want: []string{"debug_addr in", "relay.yaml", "loopback only"}},
+		{name: "debug addr host", env: map[string]string{"HOMEPORT_DEBUG_ADDR": "vps.example.com:6060"}, want: []string{"HOMEPORT_DEBUG_ADDR", "loopback only"}},
+		{name: "debug addr form", args: []string{"--debug-addr", "6060"}, want: []string{"flag --debug-addr", "want a loopback HOST:PORT"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -396,6 +399,12 @@ tunnels:
 	if len(c.Tunnels) != 2 || !reflect.DeepEqual(c.Tunnels[1], wantWeb) {
 		t.Errorf("file tunnels: %+v", c.Tunnels)
 	}
+	for _, addr := range []string{"127.0.0.1:6060", "[::1]:0", "localhost:6061"} {
+		c, err = LoadAgent(agentFlags(t, "--config", p, "--debug-addr", addr))
+		if err != nil || c.DebugAddr != addr {
+			t.Errorf("--debug-addr %s: %q, %v", addr, c.DebugAddr, err)
+		}
+	}
 	c, err = LoadAgent(agentFlags(t, "--config", p, "--tunnel", "2222:127.0.0.1:22"))
 	if err != nil || len(c.Tunnels) != 1 || c.Tunnels[0].RemotePort != 2222 {
 		t.Errorf("--tunnel over file: %+v, %v", c.Tunnels, err)
@@ -433,6 +442,7 @@ func TestAgentErrors(t *testing.T) {
 		{name: "proxy on udp", file: "tunnels:\n  - {protocol: udp, remote_port: 53, target: x:1, proxy_protocol: v1}\n", want: []string{"proxy_protocol: only for TCP"}},
 		{name: "proxy version", file: "tunnels:\n  - {remote_port: 3390, target: x:1, proxy_protocol: v3}\n", want: []string{"want v1 or v2"}},
 		{name: "tunnel section protocol", file: "tunnels:\n  - {protocol: sctp, remote_port: 1, target: x:1}\n", want: []string{"want tcp or udp"}},
+		{name: "debug addr public", args: []string{"--debug-addr", "[2001:db8::1]:6060"}, want: []string{"flag --debug-addr", "loopback only"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -505,6 +505,23 @@ func logSettings() []setting {
 	}
 }
 
+// debugSettings are shared by both programs.
+func debugSettings() []setting {
+	return []setting{
+		{key: "debug_addr", flag: "debug-addr", kind: kString, usage: "serve Go's profiler (net/http/pprof) on this loopback address, e.g. 127.0.0.1:6060 (default off)"},
+	}
+}
+
+// debugAddr reads debug_addr: empty, or a loopback HOST:PORT.
+func (l *loader) debugAddr() string {
+	s := l.str("debug_addr")
+	if err := validDebugAddr(s); err != nil {
+		l.fail("debug_addr", err)
+		return ""
+	}
+	return s
+}
+
 // sessionSettings are shared by both programs; the relay's values apply to
 // its side of each session and the agent's to its side.
 func sessionSettings() []setting {

@@ -38,7 +38,7 @@ func relaySettings() []setting {
 		{key: "visitors.ban_for", flag: "visitor-ban-for", kind: kDuration, def: "10m", usage: "how long a visitor address stays banned"},
 		ddnsSetting(),
 	}
-	return append(append(s, sessionSettings()...), logSettings()...)
+	return append(append(append(s, sessionSettings()...), logSettings()...), debugSettings()...)
 }
 
 // RelayFlags registers the relay's flags on fs.
@@ -80,8 +80,9 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 			VisitorBanAfter:    l.int("visitors.ban_after", 0, 1<<20),
 			VisitorBanFor:      l.duration("visitors.ban_for", time.Second, 30*24*time.Hour),
 		},
-		Session: l.session(),
-		Log:     l.log(),
+		Session:   l.session(),
+		Log:       l.log(),
+		DebugAddr: l.debugAddr(),
 	}
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir()

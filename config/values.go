@@ -297,3 +297,23 @@ func validBindAddr(s string) error {
 	}
 	return nil
 }
+
+// validDebugAddr checks that s is empty or a loopback HOST:PORT. The
+// profiler shows the process's insides and can keep it busy: it must not
+// face the network.
+func validDebugAddr(s string) error {
+	if s == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err == nil {
+		_, err = strconv.ParseUint(port, 10, 16)
+	}
+	if err != nil {
+		return fmt.Errorf("%q: want a loopback HOST:PORT, e.g. 127.0.0.1:6060", s)
+	}
+	if ip, err := netip.ParseAddr(host); host != "localhost" && (err != nil || !ip.IsLoopback()) {
+		return fmt.Errorf("%q: the profiler listens on loopback only (127.0.0.1, ::1 or localhost), never on an address the network reaches", s)
+	}
+	return nil
+}

@@ -7,8 +7,10 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -248,14 +250,15 @@ type binBanner struct {
 var binBannerRE = regexp.MustCompile(`(?m)^  agent --relay (\S+) --token (\S+) --fingerprint (\S+) --tunnel 3390:127\.0\.0\.1:3389$`)
 
 // binStartRelay starts the relay on 127.0.0.1:port with data directory
-// dataDir and returns it with the agent command its banner printed.
-func binStartRelay(t *testing.T, dataDir string, port uint16) (*binProc, binBanner) {
+// dataDir, plus extra arguments, and returns it with the agent command its
+// banner printed.
+func binStartRelay(t *testing.T, dataDir string, port uint16, extra ...string) (*binProc, binBanner) {
 	t.Helper()
-	p := binStart(t, "relay",
+	p := binStart(t, "relay", append([]string{
 		"--data-dir", dataDir,
 		"--listen", publicAddr(port),
 		"--bind-addr", "127.0.0.1",
-		"--advertise", "127.0.0.1")
+		"--advertise", "127.0.0.1"}, extra...)...)
 	var m []string
 	p.await(15*time.Second, "the relay's banner", func() bool {
 		m = binBannerRE.FindStringSubmatch(p.stdout.String())
@@ -497,6 +500,8 @@ func TestBinaryBadConfig(t *testing.T) {
 			[]string{`unknown setting "advertize"`, `did you mean "advertise"`}},
 		{"relay several bad values", "relay", "relay.yaml", "handshake_timeout: 10 seconds\nshutdown_timeout: 5\nlog:\n  level: loud\n",
 			[]string{"handshake_timeout in ", "\nshutdown_timeout in ", `"5" has no unit`, "\nlog.level in ", `"loud"`}},
+		{"relay profiler on the network", "relay", "relay.yaml", "debug_addr: 0.0.0.0:6060\n",
+			[]string{"debug_addr in ", "loopback only"}},
 		{"agent setting of the relay", "agent", "agent.yaml", okAgent + "allow_ports: 3390\n",
 			[]string{`unknown setting "allow_ports"`, "setting of the other program"}},
 		{"agent bad duration", "agent", "agent.json",
@@ -525,6 +530,49 @@ func TestBinaryBadConfig(t *testing.T) {
 				t.Errorf("%s printed its usage for a bad file", tt.program)
 			}
 		})
+	}
+}
+
+// TestBinaryProfiler: relay and agent started with --debug-addr serve Go's
+// profiler on the loopback address they log, showing their own goroutines,
+// while the tunnel works.
+func TestBinaryProfiler(t *testing.T) {
+	leak.Check(t)
+	target := serve(t, echo)
+	relayPort, public := freePort(t), freePort(t)
+	r, b := binStartRelay(t, filepath.Join(t.TempDir(), "data"), relayPort, "--debug-addr", "127.0.0.1:0")
+	a := binStartAgent(t, b, []string{binTunnel(public, target)}, "--debug-addr", "127.0.0.1:0")
+	binAwaitTunnels(a, 1, 15*time.Second)
+	if got, err := roundTrip(publicAddr(public), []byte("hello")); err != nil || string(got) != "hello" {
+		t.Fatalf("through the tunnel: %q, %v", got, err)
+	}
+	urlRE := regexp.MustCompile(`msg="profiler listening" url=(http://127\.0\.0\.1:\d+/debug/pprof/)`)
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	for _, tt := range []struct {
+		p    *binProc
+		want string // a function of the program's own
+	}{
+		{r, "relay.(*publicTunnel).acceptLoop"},
+		{a, "agent.(*Agent).serve"},
+	} {
+		m := urlRE.FindStringSubmatch(tt.p.stderr.String())
+		if m == nil {
+			t.Errorf("%s did not log the profiler's URL:\n%s", tt.p.name, tt.p.stderr.String())
+			continue
+		}
+		resp, err := client.Get(m[1] + "goroutine?debug=1")
+		if err != nil {
+			t.Errorf("%s profiler: %v", tt.p.name, err)
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), tt.want) {
+			t.Errorf("%s profiler: %s, goroutines without %s:\n%.400s", tt.p.name, resp.Status, tt.want, body)
+		}
+	}
+	if !r.running() || !a.running() {
+		t.Fatal("relay or agent exited")
 	}
 }
 

@@ -98,6 +98,11 @@ func run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 		return err
 	}
 	defer closeLog.Close()
+	stopDebug, err := cli.ServeDebug(cfg.DebugAddr, log)
+	if err != nil {
+		return err
+	}
+	defer stopDebug()
 	a, err := agent.New(cfg, cli.Version(), log)
 	if err != nil {
 		return err

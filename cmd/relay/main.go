@@ -96,6 +96,11 @@ func run(ctx context.Context, cfg config.Relay, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer closeLog.Close()
+	stopDebug, err := cli.ServeDebug(cfg.DebugAddr, log)
+	if err != nil {
+		return err
+	}
+	defer stopDebug()
 	id, err := relay.LoadIdentity(cfg)
 	if err != nil {
 		return err

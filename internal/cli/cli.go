@@ -1,5 +1,5 @@
 // Package cli holds what the relay and agent commands share: the process
-// logger and the version string.
+// logger, the version string and the profiler server.
 package cli
 
 import (
