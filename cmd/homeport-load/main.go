@@ -15,6 +15,7 @@
 //	go run ./cmd/homeport-load --quick              # a short smoke run
 //	go run ./cmd/homeport-load --transport tcp --json load.json
 //	go run ./cmd/homeport-load --wan-only           # one stream over a 50 ms path only
+//	go run ./cmd/homeport-load --quick --profile prof  # and relay's and agent's profiles
 //
 // Memory and CPU figures come from Linux's /proc; elsewhere the command
 // says it is not supported.
@@ -55,6 +56,7 @@ type options struct {
 	wanQueue     time.Duration
 	streamWindow string // relay's and agent's --stream-window; "": theirs
 	wanOnly      bool   // only the runs over a delaying path
+	profileDir   string // record relay's and agent's profiles here; "": none
 }
 
 func main() {
@@ -105,6 +107,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&opts.wanQueue, "wan-queue", 20*time.Millisecond, "drop-tail queue of the delaying path, as time at its link rate")
 	fs.StringVar(&opts.streamWindow, "stream-window", "", "session.stream_window for relay and agent, such as 8MiB (default: theirs)")
 	fs.BoolVar(&opts.wanOnly, "wan-only", false, "only the single-stream bulk runs over the delaying path")
+	fs.StringVar(&opts.profileDir, "profile", "", "record relay's and agent's CPU profiles (first tunnel run of each bulk and churn measure) and heap profiles (each memory level) in this directory, for go tool pprof; their figures are then not for publishing")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: homeport-load [flags]\n\n"+
 			"Runs a relay and an agent on loopback and measures the tunnel against a\n"+
@@ -221,6 +224,12 @@ func run(ctx context.Context, opts options, stdout, progress io.Writer) (err err
 	}
 	m.FileLimit = limit
 
+	if opts.profileDir != "" {
+		if err := os.MkdirAll(opts.profileDir, 0o755); err != nil {
+			return fmt.Errorf("--profile: %w", err)
+		}
+		notes = append(notes, "profiled run (--profile "+opts.profileDir+"): profiling costs relay and agent some CPU, so these figures are not for publishing")
+	}
 	workDir, err := os.MkdirTemp("", "homeport-load-")
 	if err != nil {
 		return err

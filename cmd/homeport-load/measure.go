@@ -44,10 +44,14 @@ func paths(tunnelAddr, directAddr string, r int) []path {
 
 // pairArgs are the flags every relay and agent gets.
 func (e *env) pairArgs() []string {
-	if e.opts.streamWindow == "" {
-		return nil
+	var args []string
+	if e.opts.streamWindow != "" {
+		args = append(args, "--stream-window", e.opts.streamWindow)
 	}
-	return []string{"--stream-window", e.opts.streamWindow}
+	if e.opts.profileDir != "" {
+		args = append(args, "--debug-addr", "127.0.0.1:0")
+	}
+	return args
 }
 
 // measure takes every figure for one transport: throughput, latency and
@@ -155,9 +159,16 @@ func (e *env) bulk(ctx context.Context, tr string, p *pair) ([]row, error) {
 					if err != nil {
 						return nil, err
 					}
+					profiled := func() error { return nil }
+					if pa.tunnel && r == 0 {
+						profiled = e.profileCPU(ctx, p, fmt.Sprintf("%s-bulk-%s-%d", tr, dir, streams), e.opts.duration)
+					}
 					n, elapsed, err := transfers[dir](ctx, pa.addr, streams, e.opts.duration)
 					if err != nil {
 						return nil, fmt.Errorf("%s, %s: %w", what, pa.name, err)
+					}
+					if err := profiled(); err != nil {
+						return nil, err
 					}
 					r1, a1, err := processCPU(p)
 					if err != nil {
@@ -240,8 +251,15 @@ func (e *env) churn(ctx context.Context, tr string, p *pair) ([]row, []string, e
 	)
 	for r := range e.opts.repeat {
 		for _, pa := range paths(p.public, e.target.addr, r) {
+			profiled := func() error { return nil }
+			if pa.tunnel && r == 0 {
+				profiled = e.profileCPU(ctx, p, tr+"-churn", e.opts.duration)
+			}
 			res := churn(ctx, pa.addr, e.opts.churnWorkers, e.opts.duration)
 			if err := ctx.Err(); err != nil {
+				return nil, nil, err
+			}
+			if err := profiled(); err != nil {
 				return nil, nil, err
 			}
 			if res.conns == 0 {
@@ -366,6 +384,9 @@ func (e *env) memoryLevel(ctx context.Context, tr string, n int) (memLevel, erro
 		return l, err
 	}
 	if l.relayWith, l.agentWith, err = pairRSS(ctx, p); err != nil {
+		return l, err
+	}
+	if err := e.profileHeap(ctx, p, fmt.Sprintf("%s-idle-%d", tr, n)); err != nil {
 		return l, err
 	}
 	if err := p.check(); err != nil {
