@@ -1201,6 +1201,15 @@ func TestGuardPreAuthJunk(t *testing.T) {
 		return runtime.NumGoroutine() <= g0+guardGoSlack && leak.OpenFDs() <= fd0+5
 	})
 	t.Logf("goroutines: %d before, %d after; descriptors: %d, %d", g0, runtime.NumGoroutine(), fd0, leak.OpenFDs())
+	// The relay closes a failed login's connection before it logs it:
+	// give the last lines up to 10 s; the checks below say what is missing.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		log := r.logs.String()
+		if len(guardLines(log, `msg="agent TLS handshake failed"`)) >= random &&
+			len(guardLines(log, `msg="agent handshake failed"`)) >= afterTLS {
+			break
+		}
+	}
 	log := r.logs.String()
 	if n := len(guardLines(log, `msg="agent TLS handshake failed"`)); n < random {
 		t.Errorf("relay logged %d failed TLS handshakes, want at least %d", n, random)
