@@ -160,9 +160,9 @@ func yamuxConfig(cfg SessionConfig) *yamux.Config {
 
 // frameWriter joins a yamux data frame's 12-byte header to the start of
 // its body, so that the header shares the first TLS record and the frame
-// leaves in one system call instead of two. yamux writes the header and then, for a data frame with
-// a length, its body, from its one send goroutine; every other write
-// passes straight through.
+// leaves in one system call instead of two. yamux writes the header and
+// then, for a data frame with a length, its body, from its one send
+// goroutine; every other write passes straight through.
 //
 // TLS writes each record of at most 16 KiB with a system call of its own;
 // through raw, a frame's records leave together in one.

@@ -159,10 +159,7 @@ func (e *env) bulk(ctx context.Context, tr string, p *pair) ([]row, error) {
 					if err != nil {
 						return nil, err
 					}
-					profiled := func() error { return nil }
-					if pa.tunnel && r == 0 {
-						profiled = e.profileCPU(ctx, p, fmt.Sprintf("%s-bulk-%s-%d", tr, dir, streams), e.opts.duration)
-					}
+					profiled := e.profileRun(ctx, p, pa, r, fmt.Sprintf("%s-bulk-%s-%d", tr, dir, streams))
 					n, elapsed, err := transfers[dir](ctx, pa.addr, streams, e.opts.duration)
 					if err != nil {
 						return nil, fmt.Errorf("%s, %s: %w", what, pa.name, err)
@@ -251,10 +248,7 @@ func (e *env) churn(ctx context.Context, tr string, p *pair) ([]row, []string, e
 	)
 	for r := range e.opts.repeat {
 		for _, pa := range paths(p.public, e.target.addr, r) {
-			profiled := func() error { return nil }
-			if pa.tunnel && r == 0 {
-				profiled = e.profileCPU(ctx, p, tr+"-churn", e.opts.duration)
-			}
+			profiled := e.profileRun(ctx, p, pa, r, tr+"-churn")
 			res := churn(ctx, pa.addr, e.opts.churnWorkers, e.opts.duration)
 			if err := ctx.Err(); err != nil {
 				return nil, nil, err

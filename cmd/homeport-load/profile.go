@@ -48,6 +48,15 @@ func (e *env) profileCPU(ctx context.Context, p *pair, what string, d time.Durat
 	return func() error { return errors.Join(<-errs, <-errs) }
 }
 
+// profileRun records the CPU profiles of a run of e.opts.duration on path
+// pa, repeat r, if it is the first through the tunnel (see profileCPU).
+func (e *env) profileRun(ctx context.Context, p *pair, pa path, r int, what string) func() error {
+	if !pa.tunnel || r > 0 {
+		return func() error { return nil }
+	}
+	return e.profileCPU(ctx, p, what, e.opts.duration)
+}
+
 // profileHeap records the heap profiles of p's relay and agent now.
 func (e *env) profileHeap(ctx context.Context, p *pair, what string) error {
 	if e.opts.profileDir == "" {
