@@ -658,14 +658,7 @@ func (l *lab) vpsChain() {
 // call.
 func (l *lab) vpsBlackhole(on bool) int64 {
 	l.t.Helper()
-	out := l.must(5*time.Second, "inet", "iptables", "-w", "5", "-L", "NETLAB-VPS", "-n", "-v", "-x", "-Z")
-	var dropped int64
-	for _, line := range strings.Split(out, "\n") {
-		if f := strings.Fields(line); len(f) > 2 && f[2] == "DROP" {
-			v, _ := strconv.ParseInt(f[0], 10, 64)
-			dropped += v
-		}
-	}
+	dropped := l.chainDropped("NETLAB-VPS")
 	l.must(5*time.Second, "inet", "iptables", "-w", "5", "-F", "NETLAB-VPS")
 	if on {
 		l.must(5*time.Second, "inet", "iptables", "-w", "5", "-A", "NETLAB-VPS", "-j", "DROP")

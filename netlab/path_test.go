@@ -97,13 +97,7 @@ func pathRun(t *testing.T, p pathProfile, tr string) {
 	sshCmd, scpDown, scpUp := l.sshSession(kit, tr, scpSrc, scpSum)
 
 	// HTTP.
-	const n, parallel = 100, 8
-	ok, took, err := l.smallRequests(n, parallel)
-	t.Logf("%d small requests (%d at a time, a new connection each): %d succeeded in %v (%.0f requests/s)",
-		n, parallel, ok, ms(took), float64(ok)/took.Seconds())
-	if err != nil || ok != n {
-		t.Errorf("small requests: %d of %d succeeded: %v", ok, n, err)
-	}
+	n, ok, took := l.checkSmallRequests()
 	httpSrc, httpSum := filepath.Join(wwwDir(t), "big.bin"), bigSum
 	if p.httpSize != bigSize {
 		httpSrc, httpSum = l.prefixFile(httpSrc, p.httpSize)

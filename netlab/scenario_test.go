@@ -161,13 +161,7 @@ func TestHTTP(t *testing.T) {
 		upDir := l.startNginx("vps", fmt.Sprintf("%s:%d", vpsIP, directPort))
 		l.up(tr)
 
-		const n, parallel = 100, 8
-		ok, took, err := l.smallRequests(n, parallel)
-		t.Logf("%d small requests (%d at a time, a new connection each): %d succeeded in %v (%.0f requests/s)",
-			n, parallel, ok, ms(took), float64(ok)/took.Seconds())
-		if err != nil || ok != n {
-			t.Errorf("small requests: %d of %d succeeded: %v", ok, n, err)
-		}
+		l.checkSmallRequests()
 
 		x, err := l.download("tunnel download", 2*time.Minute)
 		if err != nil {
@@ -467,9 +461,29 @@ func lossRun(t *testing.T, tr string, rtt time.Duration) {
 
 // uplinkDropped reads and zeroes the packet counter of the uplink's
 // impairment rules.
-func (l *lab) uplinkDropped() int64 {
+func (l *lab) uplinkDropped() int64 { return l.chainDropped("NETLAB-UPLINK") }
+
+// checkSmallRequests makes n = 100 small HTTP requests, 8 at a time,
+// each on a new connection, logs how it went and fails the test unless
+// all succeeded. It returns n, how many succeeded and how long they took.
+func (l *lab) checkSmallRequests() (n, ok int, took time.Duration) {
 	l.t.Helper()
-	out := l.must(5*time.Second, "inet", "iptables", "-w", "5", "-L", "NETLAB-UPLINK", "-n", "-v", "-x", "-Z")
+	const parallel = 8
+	n = 100
+	ok, took, err := l.smallRequests(n, parallel)
+	l.t.Logf("%d small requests (%d at a time, a new connection each): %d succeeded in %v (%.0f requests/s)",
+		n, parallel, ok, ms(took), float64(ok)/took.Seconds())
+	if err != nil || ok != n {
+		l.t.Errorf("small requests: %d of %d succeeded: %v", ok, n, err)
+	}
+	return n, ok, took
+}
+
+// chainDropped reads and zeroes the packets the DROP rules of the internet
+// router's chain have dropped.
+func (l *lab) chainDropped(chain string) int64 {
+	l.t.Helper()
+	out := l.must(5*time.Second, "inet", "iptables", "-w", "5", "-L", chain, "-n", "-v", "-x", "-Z")
 	var n int64
 	for _, line := range strings.Split(out, "\n") {
 		if f := strings.Fields(line); len(f) > 2 && f[2] == "DROP" {
