@@ -189,7 +189,7 @@ func TestRelayDefaults(t *testing.T) {
 		UDPMaxFlows:      1024,
 		Guard: Guard{MaxHandshakes: 1024, MaxHandshakesPerIP: 16, AuthBanAfter: 5, AuthBanFor: 15 * time.Minute,
 			VisitorMaxConns: 32, VisitorRate: 60, VisitorBurst: 20, VisitorBanAfter: 50, VisitorBanFor: 10 * time.Minute},
-		Session: Session{KeepAlive: 10 * time.Second, KeepAliveTimeout: 10 * time.Second, StreamWindow: 4 << 20},
+		Session: Session{KeepAlive: 10 * time.Second, KeepAliveTimeout: 10 * time.Second, StreamWindow: 16 << 20},
 		Log:     Log{Level: "info", Format: "text"},
 	}
 	if !reflect.DeepEqual(c, want) {
@@ -367,7 +367,7 @@ func TestAgentLoad(t *testing.T) {
 			{Name: "tcp-2222", Protocol: "tcp", RemotePort: 2222, Target: "[::1]:22"},
 		},
 		DialTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second, ReconnectMax: 30 * time.Second,
-		Session: Session{KeepAlive: 10 * time.Second, KeepAliveTimeout: 10 * time.Second, StreamWindow: 4 << 20},
+		Session: Session{KeepAlive: 10 * time.Second, KeepAliveTimeout: 10 * time.Second, StreamWindow: 16 << 20},
 		Log:     Log{Level: "info", Format: "text"},
 	}
 	if !reflect.DeepEqual(c, want) {

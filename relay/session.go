@@ -397,12 +397,8 @@ func (r *openResultReader) WaitRead() error {
 	return nil
 }
 
-// Abort resets the stream when the splice is cut (see tunnel.Splice).
-func (r *openResultReader) Abort() {
-	if a, ok := r.Stream.(interface{ Abort() }); ok {
-		a.Abort()
-	}
-}
+// Unwrap returns the stream r wraps (see tunnel.Wrapper).
+func (r *openResultReader) Unwrap() tunnel.Stream { return r.Stream }
 
 // logRefusal logs a visitor the guard turned away: at the access log's
 // level, and a ban always.

@@ -103,12 +103,36 @@ func Splice(ctx context.Context, a, b HalfCloser) (aToB, bToA int64, err error) 
 // reset makes the coming Close abortive where the end supports it: a TCP
 // connection sends RST instead of FIN, a stream resets.
 func reset(c HalfCloser) {
-	switch c := c.(type) {
-	case interface{ SetLinger(int) error }:
+	if c, ok := c.(interface{ SetLinger(int) error }); ok {
 		_ = c.SetLinger(0)
-	case interface{ Abort() }:
-		c.Abort()
+		return
 	}
+	if a, ok := find[interface{ Abort() }](c); ok {
+		a.Abort()
+	}
+}
+
+// find returns c, or the first stream it wraps (see Wrapper), that is a T.
+func find[T any](c any) (T, bool) {
+	for range 8 { // wrappers are few; a cycle must not hang
+		if t, ok := c.(T); ok {
+			return t, true
+		}
+		w, ok := c.(Wrapper)
+		if !ok {
+			break
+		}
+		c = w.Unwrap()
+	}
+	var zero T
+	return zero, false
+}
+
+// Wrapper is a stream that wraps another and changes some of its methods.
+// Splice looks through it for what the wrapped stream can do: reset
+// (Abort) and release its idle buffer (Shrink).
+type Wrapper interface {
+	Unwrap() Stream
 }
 
 // parkAfter is how long a TCP connection may send nothing before the
@@ -271,10 +295,7 @@ const shrinkAfter = time.Second
 // shrinkFunc returns the function that releases c's receive buffer while
 // it is empty, or nil when c has none to release.
 func shrinkFunc(c HalfCloser) func() {
-	if ca, ok := c.(*cutAware); ok {
-		c = ca.Stream
-	}
-	if s, ok := c.(interface{ Shrink() }); ok {
+	if s, ok := find[interface{ Shrink() }](c); ok {
 		return s.Shrink
 	}
 	return nil
@@ -314,9 +335,5 @@ func (c *cutAware) WaitRead() error {
 	return nil
 }
 
-// Abort resets the stream where the transport can (see Splice).
-func (c *cutAware) Abort() {
-	if a, ok := c.Stream.(interface{ Abort() }); ok {
-		a.Abort()
-	}
-}
+// Unwrap returns the stream c wraps.
+func (c *cutAware) Unwrap() Stream { return c.Stream }

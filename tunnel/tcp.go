@@ -92,7 +92,8 @@ func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
 	var s *yamux.Session
 	var err error
 	heard := newHeardClock()
-	conn := &frameWriter{Conn: &readClock{Conn: c.Conn, heard: heard}, raw: c.raw}
+	wins := newRecvWindows(normalizeSessionConfig(cfg))
+	conn := &frameWriter{Conn: &readClock{Conn: c.Conn, heard: heard}, raw: c.raw, wins: wins}
 	if c.client {
 		s, err = yamux.Client(conn, yc)
 	} else {
@@ -101,13 +102,16 @@ func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("yamux: %w", err)
 	}
-	ys := &yamuxSession{s: s, heard: heard}
-	if c.client {
-		// The agent pings every second: what it hears back tells it
-		// early that the link went quiet (see SilentFor), and its own
-		// packets keep the home router's NAT mapping alive.
-		go ys.heartbeat(min(yc.KeepAliveInterval, heartbeatMax))
+	ys := &yamuxSession{s: s, heard: heard, fw: conn}
+	// The agent pings every second: what it hears back tells it early
+	// that the link went quiet (see SilentFor), and its own packets keep
+	// the home router's NAT mapping alive. The relay pings less often.
+	// Each answer measures the round trip for the receive windows.
+	period := min(yc.KeepAliveInterval, heartbeatMax)
+	if !c.client {
+		period = relayPingPeriod
 	}
+	go ys.heartbeat(period)
 	return ys, nil
 }
 
@@ -147,7 +151,10 @@ func yamuxConfig(cfg SessionConfig) *yamux.Config {
 		EnableKeepAlive:        true,
 		KeepAliveInterval:      cfg.KeepAlive,
 		ConnectionWriteTimeout: cfg.KeepAliveTimeout,
-		MaxStreamWindowSize:    cfg.StreamWindow,
+		// recvWindows grants the credit (at most the stream window);
+		// yamux only checks what arrives against what it believes it
+		// granted, which is up to twice this.
+		MaxStreamWindowSize: 2 * cfg.StreamWindow,
 		// A stream whose peer never acknowledges it within this time
 		// means the peer is stuck: yamux then ends the session.
 		StreamOpenTimeout: 30 * time.Second,
@@ -166,12 +173,20 @@ func yamuxConfig(cfg SessionConfig) *yamux.Config {
 //
 // TLS writes each record of at most 16 KiB with a system call of its own;
 // through raw, a frame's records leave together in one.
+//
+// It also carries the streams' receive windows (see recvWindows): it
+// rewrites the credit of yamux's window updates and sends the grants
+// yamux would not, between frames.
 type frameWriter struct {
 	net.Conn
 	raw  *batchConn
+	wins *recvWindows // nil: window updates pass as yamux wrote them
 	hdr  [yamuxHeaderSize]byte
 	held bool
 	buf  []byte // header and up to a record of body
+
+	mu  sync.Mutex // one frame at a time on Conn: yamux's and grants
+	ctl [yamuxHeaderSize]byte
 }
 
 const (
@@ -181,11 +196,25 @@ const (
 )
 
 func (w *frameWriter) Write(p []byte) (int, error) {
-	if !w.held && len(p) == yamuxHeaderSize && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:]) > 0 {
-		copy(w.hdr[:], p)
-		w.held = true
-		return len(p), nil
+	if !w.held && len(p) == yamuxHeaderSize {
+		switch {
+		case p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:]) > 0:
+			copy(w.hdr[:], p)
+			w.held = true
+			return len(p), nil
+		case p[1] == yamuxTypeWindowUpdate && w.wins != nil:
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			copy(w.ctl[:], p)
+			w.wins.outgoing(w.ctl[:], time.Now())
+			if _, err := w.Conn.Write(w.ctl[:]); err != nil {
+				return 0, err
+			}
+			return len(p), nil
+		}
 	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if !w.held {
 		return w.Conn.Write(p)
 	}
@@ -212,6 +241,24 @@ func (w *frameWriter) writeTwo(rest []byte) error {
 		return err
 	}
 	_, err := w.Conn.Write(rest)
+	return err
+}
+
+// grant sends stream id's peer the credit it is due, if any (see
+// recvWindows), between two of yamux's frames.
+func (w *frameWriter) grant(id uint32) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delta := w.wins.grant(id, time.Now())
+	if delta == 0 {
+		return nil
+	}
+	h := w.ctl[:]
+	h[0], h[1] = 0, yamuxTypeWindowUpdate
+	binary.BigEndian.PutUint16(h[2:], 0)
+	binary.BigEndian.PutUint32(h[4:], id)
+	binary.BigEndian.PutUint32(h[8:], delta)
+	_, err := w.Conn.Write(h)
 	return err
 }
 
@@ -263,25 +310,32 @@ func (b *batchConn) batch(write func() error) error {
 type yamuxSession struct {
 	s     *yamux.Session
 	heard *heardClock
+	fw    *frameWriter
 }
+
+// relayPingPeriod is how often the relay measures the round trip.
+const relayPingPeriod = 5 * time.Second
 
 // SilentFor is the time since the relay or agent last sent anything on the
 // session; see Silence.
 func (s *yamuxSession) SilentFor() time.Duration { return s.heard.silentFor() }
 
-// heartbeat pings the peer every period until the session ends. A ping
-// that goes unanswered does not end the session: that is the keepalive's
-// job, with its own timeout.
+// heartbeat pings the peer at once and then every period until the
+// session ends, and notes each round trip. A ping that goes unanswered
+// does not end the session: that is the keepalive's job, with its own
+// timeout.
 func (s *yamuxSession) heartbeat(period time.Duration) {
 	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
+		if rtt, err := s.s.Ping(); err == nil {
+			s.fw.wins.sampleRTT(rtt)
+		}
 		select {
 		case <-s.s.CloseChan():
 			return
 		case <-t.C:
 		}
-		_, _ = s.s.Ping()
 	}
 }
 
@@ -295,7 +349,7 @@ func (s *yamuxSession) OpenStream(ctx context.Context) (Stream, error) {
 	if err != nil {
 		return nil, mapYamuxErr(err)
 	}
-	return &yamuxStream{Stream: st}, nil
+	return &yamuxStream{Stream: st, fw: s.fw}, nil
 }
 
 func (s *yamuxSession) AcceptStream(ctx context.Context) (Stream, error) {
@@ -306,7 +360,7 @@ func (s *yamuxSession) AcceptStream(ctx context.Context) (Stream, error) {
 		}
 		return nil, mapYamuxErr(err)
 	}
-	return &yamuxStream{Stream: st}, nil
+	return &yamuxStream{Stream: st, fw: s.fw}, nil
 }
 
 func (s *yamuxSession) Done() <-chan struct{} { return s.s.CloseChan() }
@@ -327,10 +381,30 @@ func mapYamuxErr(err error) error {
 // and writes at once.
 type yamuxStream struct {
 	*yamux.Stream
+	fw     *frameWriter // grants the stream's receive window
 	closed atomic.Bool
 }
 
 var _ Stream = (*yamuxStream)(nil)
+
+// Read reads, and grants the peer more credit once the reader has taken
+// half its window (see recvWindows).
+func (s *yamuxStream) Read(p []byte) (int, error) {
+	n, err := s.Stream.Read(p)
+	if n > 0 && s.fw.wins.consumed(s.StreamID(), n) {
+		// A failed write means the session is ending: the reader
+		// learns from its next Read.
+		_ = s.fw.grant(s.StreamID())
+	}
+	return n, err
+}
+
+// Shrink releases the stream's buffer, if empty, and returns its window
+// to baseWindow; the splice calls it once the stream has been idle.
+func (s *yamuxStream) Shrink() {
+	s.Stream.Shrink()
+	s.fw.wins.shrink(s.StreamID())
+}
 
 // WaitRead waits until the stream has data or has ended: yamux's Read of
 // no bytes does.
@@ -345,6 +419,7 @@ func (s *yamuxStream) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
+	s.fw.wins.remove(s.StreamID())
 	err := s.Stream.Close()
 	// Unblock any Read or Write in progress. The stream is freed when the
 	// peer sends its FIN, which it does once its side of Splice ends.

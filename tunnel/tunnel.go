@@ -107,7 +107,7 @@ func DefaultSessionConfig() SessionConfig {
 	return SessionConfig{
 		KeepAlive:        10 * time.Second,
 		KeepAliveTimeout: 10 * time.Second,
-		StreamWindow:     4 << 20,
+		StreamWindow:     16 << 20,
 		AcceptBacklog:    1024,
 	}
 }
