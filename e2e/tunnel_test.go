@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,6 +97,54 @@ func testHalfClose(t *testing.T, tr string) {
 		t.Fatalf("write after the target's half-close: %v", err)
 	}
 	c.CloseWrite()
+}
+
+// TestResetCarried: a connection reset at one end reaches the other end
+// as a reset, not as an end of data: a cut upload must not look complete
+// to the target, nor a cut download to the visitor.
+func TestResetCarried(t *testing.T) { forEachTransport(t, testResetCarried) }
+
+func testResetCarried(t *testing.T, tr string) {
+	leak.Check(t)
+	targetRead := make(chan error, 1)
+	cutUpload := serve(t, func(c *net.TCPConn) { // reads until the visitor's reset
+		_, err := io.Copy(io.Discard, c)
+		targetRead <- err
+	})
+	cutDownload := serve(t, func(c *net.TCPConn) { // sends a little, then resets
+		c.Write([]byte("partial"))
+		time.Sleep(100 * time.Millisecond)
+		c.SetLinger(0)
+		c.Close()
+	})
+	r := startRelayOver(t, tr, nil)
+	p1, p2 := freePort(t), freePort(t)
+	a := startAgent(t, agentConfig(r, tcpTunnel("up", p1, cutUpload), tcpTunnel("down", p2, cutDownload)))
+	a.waitSession(10 * time.Second)
+
+	c := dial(t, publicAddr(p1))
+	if _, err := c.Write(bytes.Repeat([]byte("u"), 100000)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	c.SetLinger(0)
+	c.Close()
+	select {
+	case err := <-targetRead:
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("target read %v after the visitor's reset, want ECONNRESET", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("target still reading 10 s after the visitor's reset")
+	}
+
+	c = dial(t, publicAddr(p2))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(c)
+	if string(got) != "partial" || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("visitor read %q, %v after the target's reset; want \"partial\", ECONNRESET", got, err)
+	}
+	c.Close()
 }
 
 // TestConcurrentVisitors: 500 visitors at once, each with its own data.

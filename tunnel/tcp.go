@@ -93,7 +93,8 @@ func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
 	var err error
 	heard := newHeardClock()
 	wins := newRecvWindows(normalizeSessionConfig(cfg))
-	conn := &frameWriter{Conn: &readClock{Conn: c.Conn, heard: heard}, raw: c.raw, wins: wins}
+	fr := &frameReader{Conn: &readClock{Conn: c.Conn, heard: heard}}
+	conn := &frameWriter{Conn: fr, raw: c.raw, wins: wins}
 	if c.client {
 		s, err = yamux.Client(conn, yc)
 	} else {
@@ -102,7 +103,7 @@ func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("yamux: %w", err)
 	}
-	ys := &yamuxSession{s: s, heard: heard, fw: conn}
+	ys := &yamuxSession{s: s, heard: heard, fw: conn, fr: fr}
 	// The agent pings every second: what it hears back tells it early
 	// that the link went quiet (see SilentFor), and its own packets keep
 	// the home router's NAT mapping alive. The relay pings less often.
@@ -253,13 +254,96 @@ func (w *frameWriter) grant(id uint32) error {
 	if delta == 0 {
 		return nil
 	}
-	h := w.ctl[:]
+	_, err := w.Conn.Write(windowUpdate(w.ctl[:], 0, id, delta))
+	return err
+}
+
+// reset sends the peer a RST of stream id, between two of yamux's frames.
+func (w *frameWriter) reset(id uint32) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, err := w.Conn.Write(windowUpdate(w.ctl[:], yamuxFlagRST, id, 0))
+	return err
+}
+
+// windowUpdate encodes a yamux window update in h and returns it.
+func windowUpdate(h []byte, flags uint16, id, delta uint32) []byte {
 	h[0], h[1] = 0, yamuxTypeWindowUpdate
-	binary.BigEndian.PutUint16(h[2:], 0)
+	binary.BigEndian.PutUint16(h[2:], flags)
 	binary.BigEndian.PutUint32(h[4:], id)
 	binary.BigEndian.PutUint32(h[8:], delta)
-	_, err := w.Conn.Write(h)
-	return err
+	return h[:yamuxHeaderSize]
+}
+
+// frameReader is the link as yamux reads it. It follows the peer's frames
+// so that it can hand yamux frames of this end's own between two of them:
+// the RST of a stream this end aborted (see yamuxStream.Abort). While
+// some are waiting, a read stops at the end of the frame it is in.
+type frameReader struct {
+	net.Conn
+	hdr  [yamuxHeaderSize]byte
+	hdrN int    // bytes of the current header read so far
+	body uint32 // bytes of the current frame's body still to come
+
+	mu      sync.Mutex
+	own     []byte // frames to hand yamux at the next frame boundary
+	pending atomic.Bool
+}
+
+func (r *frameReader) Read(p []byte) (int, error) {
+	if r.pending.Load() {
+		if r.hdrN == 0 && r.body == 0 {
+			r.mu.Lock()
+			n := copy(p, r.own)
+			r.own = r.own[n:]
+			r.pending.Store(len(r.own) > 0)
+			r.mu.Unlock()
+			return n, nil
+		}
+		if rest := r.rest(); len(p) > rest {
+			p = p[:rest]
+		}
+	}
+	n, err := r.Conn.Read(p)
+	r.follow(p[:n])
+	return n, err
+}
+
+// rest is what remains of the frame being read.
+func (r *frameReader) rest() int {
+	if r.hdrN > 0 {
+		return yamuxHeaderSize - r.hdrN
+	}
+	return int(r.body)
+}
+
+// follow moves through the frames in b.
+func (r *frameReader) follow(b []byte) {
+	for len(b) > 0 {
+		if r.body > 0 {
+			k := min(uint32(len(b)), r.body)
+			r.body -= k
+			b = b[k:]
+			continue
+		}
+		k := copy(r.hdr[r.hdrN:], b)
+		r.hdrN += k
+		b = b[k:]
+		if r.hdrN == yamuxHeaderSize {
+			r.hdrN = 0
+			if r.hdr[1] == yamuxTypeData {
+				r.body = binary.BigEndian.Uint32(r.hdr[8:])
+			}
+		}
+	}
+}
+
+// reset hands this end's yamux a RST of stream id from the peer.
+func (r *frameReader) reset(id uint32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.own = append(r.own, windowUpdate(make([]byte, yamuxHeaderSize), yamuxFlagRST, id, 0)...)
+	r.pending.Store(true)
 }
 
 // maxRecord is the most plaintext one TLS record carries.
@@ -311,6 +395,7 @@ type yamuxSession struct {
 	s     *yamux.Session
 	heard *heardClock
 	fw    *frameWriter
+	fr    *frameReader
 }
 
 // relayPingPeriod is how often the relay measures the round trip.
@@ -349,7 +434,7 @@ func (s *yamuxSession) OpenStream(ctx context.Context) (Stream, error) {
 	if err != nil {
 		return nil, mapYamuxErr(err)
 	}
-	return &yamuxStream{Stream: st, fw: s.fw}, nil
+	return &yamuxStream{Stream: st, fw: s.fw, fr: s.fr}, nil
 }
 
 func (s *yamuxSession) AcceptStream(ctx context.Context) (Stream, error) {
@@ -360,7 +445,7 @@ func (s *yamuxSession) AcceptStream(ctx context.Context) (Stream, error) {
 		}
 		return nil, mapYamuxErr(err)
 	}
-	return &yamuxStream{Stream: st, fw: s.fw}, nil
+	return &yamuxStream{Stream: st, fw: s.fw, fr: s.fr}, nil
 }
 
 func (s *yamuxSession) Done() <-chan struct{} { return s.s.CloseChan() }
@@ -382,6 +467,7 @@ func mapYamuxErr(err error) error {
 type yamuxStream struct {
 	*yamux.Stream
 	fw     *frameWriter // grants the stream's receive window
+	fr     *frameReader
 	closed atomic.Bool
 }
 
@@ -414,6 +500,17 @@ func (s *yamuxStream) WaitRead() error {
 }
 
 func (s *yamuxStream) CloseWrite() error { return s.Stream.Close() }
+
+// Abort resets the stream, which yamux cannot do itself: the peer is sent
+// a RST, so that it reads an error instead of an end, and this end's yamux
+// is handed one too (at the next frame boundary of what it reads), so
+// that it forgets the stream and its buffer. Close still follows.
+func (s *yamuxStream) Abort() {
+	id := s.StreamID()
+	s.fw.wins.remove(id)
+	_ = s.fw.reset(id) // fails only on a link that is going away
+	s.fr.reset(id)
+}
 
 func (s *yamuxStream) Close() error {
 	if s.closed.Swap(true) {

@@ -1,7 +1,9 @@
 package tunnel
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -250,4 +252,160 @@ func TestWindowBudget(t *testing.T) {
 	if charged, streams := wins.usage(); charged != 0 || streams != 0 {
 		t.Fatalf("closed streams still count: %d bytes of budget, %d streams", charged, streams)
 	}
+}
+
+// chunkConn is a link that delivers its bytes in reads of the given sizes
+// in turn, and can ask for a stream's reset after a given read.
+type chunkConn struct {
+	net.Conn
+	data   []byte
+	sizes  []int
+	reads  int
+	onRead func(reads int)
+}
+
+func (c *chunkConn) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := len(p)
+	if len(c.sizes) > 0 {
+		n = min(n, max(1, c.sizes[c.reads%len(c.sizes)]))
+	}
+	n = copy(p, c.data[:min(n, len(c.data))])
+	c.data = c.data[n:]
+	c.reads++
+	if c.onRead != nil {
+		c.onRead(c.reads)
+	}
+	return n, nil
+}
+
+// splitFrames cuts a yamux byte stream into frames; a trailing partial
+// frame is returned as the last one.
+func splitFrames(b []byte) [][]byte {
+	var frames [][]byte
+	for len(b) > 0 {
+		n := min(len(b), yamuxHeaderSize)
+		if n == yamuxHeaderSize && b[1] == yamuxTypeData {
+			n = int(min(uint64(len(b)), yamuxHeaderSize+uint64(binary.BigEndian.Uint32(b[8:]))))
+		}
+		frames = append(frames, b[:n])
+		b = b[n:]
+	}
+	return frames
+}
+
+// checkFrameReader reads stream through a frameReader whose link delivers
+// it in chunks of the given sizes, with a reset of stream 1000+k asked
+// after read k for each k in resetAfter, and checks that what yamux reads
+// is the peer's frames, whole and in order, with this end's resets only
+// between two of them.
+func checkFrameReader(t *testing.T, stream []byte, sizes []int, resetAfter map[int]bool, readSize int) {
+	t.Helper()
+	r := &frameReader{}
+	asked := 0
+	r.Conn = &chunkConn{data: stream, sizes: sizes, onRead: func(reads int) {
+		if resetAfter[reads] {
+			r.reset(uint32(1000 + reads))
+			asked++
+		}
+	}}
+	var got []byte
+	buf := make([]byte, max(readSize, 1))
+	for range 1 << 20 {
+		n, err := r.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	// Resets asked for after the peer's last frame boundary still wait.
+	r.mu.Lock()
+	waiting := len(r.own) / yamuxHeaderSize
+	r.mu.Unlock()
+
+	want := splitFrames(stream)
+	var peer [][]byte
+	resets := 0
+	for _, f := range splitFrames(got) {
+		if len(f) == yamuxHeaderSize && f[1] == yamuxTypeWindowUpdate && binary.BigEndian.Uint16(f[2:]) == yamuxFlagRST && binary.BigEndian.Uint32(f[4:]) >= 1000 {
+			resets++
+			continue
+		}
+		peer = append(peer, f)
+	}
+	if resets+waiting != asked {
+		t.Fatalf("%d resets handed to yamux and %d waiting, %d asked for (frames %x)", resets, waiting, asked, got)
+	}
+	if len(peer) != len(want) {
+		t.Fatalf("peer frames: got %d, want %d", len(peer), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(peer[i], want[i]) {
+			t.Fatalf("frame %d: got %x, want %x", i, peer[i], want[i])
+		}
+	}
+}
+
+// yamuxFrame encodes one yamux frame with the body given.
+func yamuxFrame(typ byte, flags uint16, id uint32, body []byte, length uint32) []byte {
+	h := make([]byte, yamuxHeaderSize)
+	h[1] = typ
+	binary.BigEndian.PutUint16(h[2:], flags)
+	binary.BigEndian.PutUint32(h[4:], id)
+	binary.BigEndian.PutUint32(h[8:], length)
+	return append(h, body...)
+}
+
+// TestFrameReader: resets of this end's own go to yamux between the peer's
+// frames, however the peer's bytes arrive.
+func TestFrameReader(t *testing.T) {
+	var stream []byte
+	stream = append(stream, yamuxFrame(yamuxTypeData, 0, 3, bytes.Repeat([]byte("a"), 100), 100)...)
+	stream = append(stream, yamuxFrame(yamuxTypeWindowUpdate, 0, 3, nil, 1<<20)...)
+	stream = append(stream, yamuxFrame(2, 1, 0, nil, 7)...)             // ping
+	stream = append(stream, yamuxFrame(yamuxTypeData, 4, 5, nil, 0)...) // FIN alone
+	stream = append(stream, yamuxFrame(yamuxTypeData, 0, 5, bytes.Repeat([]byte("b"), 40000), 40000)...)
+	every := map[int]bool{}
+	for i := range 200 {
+		every[i] = true
+	}
+	tests := []struct {
+		name       string
+		sizes      []int
+		resetAfter map[int]bool
+		readSize   int
+	}{
+		{"whole reads, no reset", nil, nil, 64 << 10},
+		{"byte by byte, reset after each", []int{1}, every, 4096},
+		{"odd chunks, resets", []int{5, 13, 7, 4096}, map[int]bool{1: true, 2: true, 4: true, 9: true}, 4096},
+		{"small reader", []int{100}, map[int]bool{1: true, 3: true}, 5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkFrameReader(t, stream, tt.sizes, tt.resetAfter, tt.readSize)
+		})
+	}
+}
+
+// FuzzFrameReader: any bytes from the peer, arriving in any chunks, with
+// resets asked for at any time, reach yamux whole and in order, with the
+// resets only between frames.
+func FuzzFrameReader(f *testing.F) {
+	f.Add(yamuxFrame(yamuxTypeData, 0, 3, []byte("hello"), 5), []byte{3, 1}, uint16(0b101), uint8(16))
+	f.Add(append(yamuxFrame(2, 1, 0, nil, 7), yamuxFrame(yamuxTypeData, 0, 1, nil, 1<<30)...), []byte{1}, uint16(0xffff), uint8(1))
+	f.Fuzz(func(t *testing.T, stream, sizes []byte, resets uint16, readSize uint8) {
+		var sz []int
+		for _, s := range sizes {
+			sz = append(sz, int(s))
+		}
+		after := map[int]bool{}
+		for i := range 16 {
+			if resets&(1<<i) != 0 {
+				after[i+1] = true
+			}
+		}
+		checkFrameReader(t, stream, sz, after, int(readSize))
+	})
 }
