@@ -409,3 +409,29 @@ func FuzzFrameReader(f *testing.F) {
 		checkFrameReader(t, stream, sz, after, int(readSize))
 	})
 }
+
+// TestStalledStreamsSpareOthers: streams whose readers grew their windows
+// and then stopped (visitors that stopped reading downloads) do not stop
+// the session's other streams: each new stream gets its initial window
+// outside the session's budget. (Over QUIC they do, once they hold the
+// connection's window: quic-go's connection flow control; see README.)
+func TestStalledStreamsSpareOthers(t *testing.T) {
+	leak.Check(t)
+	agent, relay := sessionPair(t, TCPTransport{})
+	const stalled = 8
+	for range stalled {
+		w, r := openPair(t, agent, relay)
+		go func() { _, _ = w.Write(make([]byte, 64<<20)) }()
+		_ = r.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.CopyN(io.Discard, r, 24<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	w, r := openPair(t, agent, relay)
+	go func() { _, _ = w.Write(make([]byte, 1<<20)) }()
+	_ = r.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := io.CopyN(io.Discard, r, 1<<20); err != nil {
+		t.Fatalf("a new stream beside %d stalled ones got %d of 1 MiB: %v", stalled, n, err)
+	}
+}
