@@ -93,8 +93,9 @@ func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
 	var err error
 	heard := newHeardClock()
 	wins := newRecvWindows(normalizeSessionConfig(cfg))
-	fr := &frameReader{Conn: &readClock{Conn: c.Conn, heard: heard}}
-	conn := &frameWriter{Conn: fr, raw: c.raw, wins: wins}
+	sends := newSendWindows()
+	fr := &frameReader{Conn: &readClock{Conn: c.Conn, heard: heard}, sends: sends}
+	conn := &frameWriter{Conn: fr, raw: c.raw, wins: wins, sends: sends}
 	if c.client {
 		s, err = yamux.Client(conn, yc)
 	} else {
@@ -103,7 +104,7 @@ func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("yamux: %w", err)
 	}
-	ys := &yamuxSession{s: s, heard: heard, fw: conn, fr: fr}
+	ys := &yamuxSession{s: s, heard: heard, fw: conn, fr: fr, sends: sends}
 	// The agent pings every second: what it hears back tells it early
 	// that the link went quiet (see SilentFor), and its own packets keep
 	// the home router's NAT mapping alive. The relay pings less often.
@@ -182,9 +183,11 @@ type frameWriter struct {
 	net.Conn
 	raw  *batchConn
 	wins *recvWindows // nil: window updates pass as yamux wrote them
-	hdr  [yamuxHeaderSize]byte
-	held bool
-	buf  []byte // header and up to a record of body
+	// sends learns of the streams this end opens; nil in tests.
+	sends *sendWindows
+	hdr   [yamuxHeaderSize]byte
+	held  bool
+	buf   []byte // header and up to a record of body
 
 	mu  sync.Mutex // one frame at a time on Conn: yamux's and grants
 	ctl [yamuxHeaderSize]byte
@@ -207,6 +210,12 @@ func (w *frameWriter) Write(p []byte) (int, error) {
 			w.mu.Lock()
 			defer w.mu.Unlock()
 			copy(w.ctl[:], p)
+			switch flags := binary.BigEndian.Uint16(p[2:]); {
+			case flags&yamuxFlagSYN != 0:
+				w.sends.opened(binary.BigEndian.Uint32(p[4:]), 0)
+			case flags&yamuxFlagRST != 0:
+				w.sends.remove(binary.BigEndian.Uint32(p[4:]))
+			}
 			w.wins.outgoing(w.ctl[:], time.Now())
 			if _, err := w.Conn.Write(w.ctl[:]); err != nil {
 				return 0, err
@@ -220,20 +229,33 @@ func (w *frameWriter) Write(p []byte) (int, error) {
 		return w.Conn.Write(p)
 	}
 	w.held = false
-	// The header and the first record's worth of body are joined in buf;
-	// the rest of the body goes to TLS as it is, without a copy.
-	head := min(len(p), maxRecord-yamuxHeaderSize)
-	w.buf = append(append(w.buf[:0], w.hdr[:]...), p[:head]...)
-	var err error
-	if w.raw != nil && head < len(p) {
-		err = w.raw.batch(func() error { return w.writeTwo(p[head:]) })
-	} else {
-		err = w.writeTwo(p[head:])
-	}
-	if err != nil {
+	if err := w.writeFrame(w.hdr[:], p); err != nil {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// writeData writes a data frame of stream id (see sendWindows).
+func (w *frameWriter) writeData(id uint32, body []byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var h [yamuxHeaderSize]byte
+	h[1] = yamuxTypeData
+	binary.BigEndian.PutUint32(h[4:], id)
+	binary.BigEndian.PutUint32(h[8:], uint32(len(body)))
+	return w.writeFrame(h[:], body)
+}
+
+// writeFrame writes a frame's header and body; w.mu is held. The header
+// and the first record's worth of body are joined in buf; the rest of the
+// body goes to TLS as it is, without a copy.
+func (w *frameWriter) writeFrame(hdr, body []byte) error {
+	head := min(len(body), maxRecord-yamuxHeaderSize)
+	w.buf = append(append(w.buf[:0], hdr...), body[:head]...)
+	if w.raw != nil && head < len(body) {
+		return w.raw.batch(func() error { return w.writeTwo(body[head:]) })
+	}
+	return w.writeTwo(body[head:])
 }
 
 // writeTwo writes buf, then rest if any.
@@ -281,9 +303,10 @@ func windowUpdate(h []byte, flags uint16, id, delta uint32) []byte {
 // some are waiting, a read stops at the end of the frame it is in.
 type frameReader struct {
 	net.Conn
-	hdr  [yamuxHeaderSize]byte
-	hdrN int    // bytes of the current header read so far
-	body uint32 // bytes of the current frame's body still to come
+	sends *sendWindows // told of the peer's window updates; nil in tests
+	hdr   [yamuxHeaderSize]byte
+	hdrN  int    // bytes of the current header read so far
+	body  uint32 // bytes of the current frame's body still to come
 
 	mu      sync.Mutex
 	own     []byte // frames to hand yamux at the next frame boundary
@@ -331,8 +354,13 @@ func (r *frameReader) follow(b []byte) {
 		b = b[k:]
 		if r.hdrN == yamuxHeaderSize {
 			r.hdrN = 0
-			if r.hdr[1] == yamuxTypeData {
+			switch r.hdr[1] {
+			case yamuxTypeData:
 				r.body = binary.BigEndian.Uint32(r.hdr[8:])
+			case yamuxTypeWindowUpdate:
+				if r.sends != nil {
+					r.sends.incoming(r.hdr[:])
+				}
 			}
 		}
 	}
@@ -396,6 +424,11 @@ type yamuxSession struct {
 	heard *heardClock
 	fw    *frameWriter
 	fr    *frameReader
+	sends *sendWindows
+}
+
+func (s *yamuxSession) stream(st *yamux.Stream) *yamuxStream {
+	return &yamuxStream{Stream: st, ys: s}
 }
 
 // relayPingPeriod is how often the relay measures the round trip.
@@ -434,7 +467,7 @@ func (s *yamuxSession) OpenStream(ctx context.Context) (Stream, error) {
 	if err != nil {
 		return nil, mapYamuxErr(err)
 	}
-	return &yamuxStream{Stream: st, fw: s.fw, fr: s.fr}, nil
+	return s.stream(st), nil
 }
 
 func (s *yamuxSession) AcceptStream(ctx context.Context) (Stream, error) {
@@ -445,7 +478,7 @@ func (s *yamuxSession) AcceptStream(ctx context.Context) (Stream, error) {
 		}
 		return nil, mapYamuxErr(err)
 	}
-	return &yamuxStream{Stream: st, fw: s.fw, fr: s.fr}, nil
+	return s.stream(st), nil
 }
 
 func (s *yamuxSession) Done() <-chan struct{} { return s.s.CloseChan() }
@@ -466,9 +499,76 @@ func mapYamuxErr(err error) error {
 // and writes at once.
 type yamuxStream struct {
 	*yamux.Stream
-	fw     *frameWriter // grants the stream's receive window
-	fr     *frameReader
+	ys     *yamuxSession
 	closed atomic.Bool
+
+	wmu      sync.Mutex // one Write at a time
+	wclosed  atomic.Bool
+	deadline atomic.Int64 // write deadline, Unix nanoseconds; 0 for none
+}
+
+// Write writes p in data frames as the peer's credit allows (see
+// sendWindows). A write larger than directMin is written from the
+// caller's goroutine; a smaller one is handed to yamux's sender, so that
+// a connection's goroutine that only ever writes a little (most of them,
+// most of the time) does not grow the stack that TLS needs.
+func (s *yamuxStream) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.wclosed.Load() {
+		return 0, yamux.ErrStreamClosed
+	}
+	id := s.StreamID()
+	total := 0
+	for total < len(p) {
+		n, err := s.ys.sends.take(id, len(p)-total, s.writeDeadline, s.ys.s.CloseChan())
+		if err != nil {
+			return total, err
+		}
+		frame := p[total : total+n]
+		if len(p) <= directMin {
+			// yamux's credit is never less than ours: it sees the same
+			// grants, and counts fewer of the bytes sent.
+			n, err = s.Stream.Write(frame)
+			total += n
+			if err != nil {
+				return total, err
+			}
+			continue
+		}
+		if err := s.ys.fw.writeData(id, frame); err != nil {
+			// A frame may be cut short on the link: the session is lost.
+			s.ys.s.Close()
+			return total, err
+		}
+		total += n
+	}
+	return total, nil
+}
+
+// directMin is the largest write a yamux stream hands to yamux's sender.
+const directMin = smallBuf
+
+func (s *yamuxStream) writeDeadline() time.Time {
+	if ns := s.deadline.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
+func (s *yamuxStream) SetWriteDeadline(t time.Time) error {
+	var ns int64
+	if !t.IsZero() {
+		ns = t.UnixNano()
+	}
+	s.deadline.Store(ns)
+	s.ys.sends.poke(s.StreamID())
+	return s.Stream.SetWriteDeadline(t)
+}
+
+func (s *yamuxStream) SetDeadline(t time.Time) error {
+	_ = s.Stream.SetReadDeadline(t)
+	return s.SetWriteDeadline(t)
 }
 
 var _ Stream = (*yamuxStream)(nil)
@@ -477,10 +577,10 @@ var _ Stream = (*yamuxStream)(nil)
 // half its window (see recvWindows).
 func (s *yamuxStream) Read(p []byte) (int, error) {
 	n, err := s.Stream.Read(p)
-	if n > 0 && s.fw.wins.consumed(s.StreamID(), n) {
+	if n > 0 && s.ys.fw.wins.consumed(s.StreamID(), n) {
 		// A failed write means the session is ending: the reader
 		// learns from its next Read.
-		_ = s.fw.grant(s.StreamID())
+		_ = s.ys.fw.grant(s.StreamID())
 	}
 	return n, err
 }
@@ -489,7 +589,7 @@ func (s *yamuxStream) Read(p []byte) (int, error) {
 // to baseWindow; the splice calls it once the stream has been idle.
 func (s *yamuxStream) Shrink() {
 	s.Stream.Shrink()
-	s.fw.wins.shrink(s.StreamID())
+	s.ys.fw.wins.shrink(s.StreamID())
 }
 
 // WaitRead waits until the stream has data or has ended: yamux's Read of
@@ -499,7 +599,10 @@ func (s *yamuxStream) WaitRead() error {
 	return err
 }
 
-func (s *yamuxStream) CloseWrite() error { return s.Stream.Close() }
+func (s *yamuxStream) CloseWrite() error {
+	s.wclosed.Store(true)
+	return s.Stream.Close()
+}
 
 // Abort resets the stream, which yamux cannot do itself: the peer is sent
 // a RST, so that it reads an error instead of an end, and this end's yamux
@@ -507,16 +610,19 @@ func (s *yamuxStream) CloseWrite() error { return s.Stream.Close() }
 // that it forgets the stream and its buffer. Close still follows.
 func (s *yamuxStream) Abort() {
 	id := s.StreamID()
-	s.fw.wins.remove(id)
-	_ = s.fw.reset(id) // fails only on a link that is going away
-	s.fr.reset(id)
+	s.ys.fw.wins.remove(id)
+	s.ys.sends.remove(id)
+	_ = s.ys.fw.reset(id) // fails only on a link that is going away
+	s.ys.fr.reset(id)
 }
 
 func (s *yamuxStream) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
-	s.fw.wins.remove(s.StreamID())
+	s.ys.fw.wins.remove(s.StreamID())
+	s.ys.sends.remove(s.StreamID())
+	s.wclosed.Store(true)
 	err := s.Stream.Close()
 	// Unblock any Read or Write in progress. The stream is freed when the
 	// peer sends its FIN, which it does once its side of Splice ends.
