@@ -116,7 +116,7 @@ func (t QUICTransport) config(relay bool) *quic.Config {
 		MaxIdleTimeout:             cfg.KeepAlive + cfg.KeepAliveTimeout,
 		KeepAlivePeriod:            keepAlive,
 		MaxStreamReceiveWindow:     uint64(cfg.StreamWindow),
-		MaxConnectionReceiveWindow: max(4*uint64(cfg.StreamWindow), 16<<20),
+		MaxConnectionReceiveWindow: sessionWindow(cfg),
 		MaxIncomingStreams:         incoming,
 		MaxIncomingUniStreams:      -1,
 		EnableDatagrams:            true,

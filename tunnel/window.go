@@ -211,7 +211,7 @@ func chargeOf(w, outstanding uint64) uint64 {
 	return max(w, outstanding, baseWindow) - baseWindow
 }
 
-// charged reports the budget in use and the number of streams (tests).
+// usage reports the budget in use and the number of streams (tests).
 func (ws *recvWindows) usage() (charged uint64, streams int) {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
