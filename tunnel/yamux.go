@@ -198,8 +198,11 @@ func (s *yamuxStream) WaitRead() error {
 	return err
 }
 
+// CloseWrite sends a FIN after what a Write in progress sends.
 func (s *yamuxStream) CloseWrite() error {
+	s.wmu.Lock()
 	s.wclosed.Store(true)
+	s.wmu.Unlock()
 	return s.Stream.Close()
 }
 
