@@ -100,30 +100,24 @@ func TestOlderPeer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ours.Write([]byte{1}); err != nil {
-		t.Fatal(err)
-	}
-	theirs, err := old.AcceptStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(theirs, make([]byte, 1)); err != nil {
-		t.Fatal(err)
-	}
+	var theirs *yamux.Stream
+	firstByte(t, ours, func() io.Reader {
+		if theirs, err = old.AcceptStream(); err != nil {
+			t.Fatal(err)
+		}
+		return theirs
+	})
 	carryBothWays(t, ours, theirs)
 	// A stream the older peer opens: its first frame grants its window.
 	if theirs, err = old.OpenStream(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := theirs.Write([]byte{1}); err != nil {
-		t.Fatal(err)
-	}
-	if ours, err = client.AcceptStream(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(ours, make([]byte, 1)); err != nil {
-		t.Fatal(err)
-	}
+	firstByte(t, theirs, func() io.Reader {
+		if ours, err = client.AcceptStream(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return ours
+	})
 	carryBothWays(t, ours, theirs)
 }
 

@@ -44,16 +44,27 @@ func openPair(t *testing.T, client, server Session) (w, r Stream) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	accepted := func() io.Reader {
+		if r, err = server.AcceptStream(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	firstByte(t, w, accepted)
+	return w, r
+}
+
+// firstByte writes a byte to a newly opened stream w, which makes it
+// known to the peer, and reads it from the peer's end that accept
+// returns.
+func firstByte(t *testing.T, w io.Writer, accept func() io.Reader) {
+	t.Helper()
 	if _, err := w.Write([]byte{1}); err != nil {
 		t.Fatal(err)
 	}
-	if r, err = server.AcceptStream(ctx); err != nil {
+	if _, err := io.ReadFull(accept(), make([]byte, 1)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := io.ReadFull(r, make([]byte, 1)); err != nil {
-		t.Fatal(err)
-	}
-	return w, r
 }
 
 // window returns stream st's receive window at ws.
