@@ -49,6 +49,7 @@ type recvWindow struct {
 	read    uint64    // bytes the application has read
 	charge  uint64    // what the stream counts against the budget
 	epoch   time.Time // when the last grant was sent
+	readAt  time.Time // when the application last read
 }
 
 const (
@@ -118,7 +119,7 @@ func (ws *recvWindows) outgoing(hdr []byte, now time.Time) {
 
 // consumed notes that the application read n bytes of stream id, and
 // reports whether the peer is due more credit (see grant).
-func (ws *recvWindows) consumed(id uint32, n int) bool {
+func (ws *recvWindows) consumed(id uint32, n int, now time.Time) bool {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
 	e := ws.streams[id]
@@ -126,6 +127,7 @@ func (ws *recvWindows) consumed(id uint32, n int) bool {
 		return false
 	}
 	e.read += uint64(n)
+	e.readAt = now
 	ws.rechargeLocked(e)
 	return e.outstanding() < e.w/2
 }
@@ -172,12 +174,13 @@ func (ws *recvWindows) grantLocked(e *recvWindow, now time.Time) uint32 {
 	return uint32(delta)
 }
 
-// shrink returns stream id, idle, to baseWindow. Credit already granted
-// stays with the peer and counts until it is used.
-func (ws *recvWindows) shrink(id uint32) {
+// shrink returns stream id to baseWindow if nothing was read from it for
+// shrinkAfter before now: a transfer in progress keeps its window. Credit
+// already granted stays with the peer and counts until it is used.
+func (ws *recvWindows) shrink(id uint32, now time.Time) {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
-	if e := ws.streams[id]; e != nil {
+	if e := ws.streams[id]; e != nil && now.Sub(e.readAt) >= shrinkAfter {
 		e.w = baseWindow
 		e.epoch = time.Time{}
 		ws.rechargeLocked(e)

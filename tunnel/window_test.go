@@ -143,7 +143,12 @@ func TestWindowGrows(t *testing.T) {
 	if got, _ := wins.window(r); got != window {
 		t.Fatalf("window after %d MiB read at once: %d, want %d", size>>20, got, window)
 	}
-	r.(*yamuxStream).Shrink()
+	id := r.(*yamuxStream).StreamID()
+	wins.shrink(id, time.Now())
+	if got, _ := wins.window(r); got != window {
+		t.Fatalf("window right after reading: %d, want %d kept", got, window)
+	}
+	wins.shrink(id, time.Now().Add(shrinkAfter))
 	if got, _ := wins.window(r); got != baseWindow {
 		t.Fatalf("window once idle: %d, want %d", got, baseWindow)
 	}

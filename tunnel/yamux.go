@@ -176,7 +176,7 @@ var _ Stream = (*yamuxStream)(nil)
 // half its window (see recvWindows).
 func (s *yamuxStream) Read(p []byte) (int, error) {
 	n, err := s.Stream.Read(p)
-	if n > 0 && s.ys.fw.wins.consumed(s.StreamID(), n) {
+	if n > 0 && s.ys.fw.wins.consumed(s.StreamID(), n, time.Now()) {
 		// A failed write means the session is ending: the reader
 		// learns from its next Read.
 		_ = s.ys.fw.grant(s.StreamID())
@@ -185,10 +185,11 @@ func (s *yamuxStream) Read(p []byte) (int, error) {
 }
 
 // Shrink releases the stream's buffer, if empty, and returns its window
-// to baseWindow; the splice calls it once the stream has been idle.
+// to baseWindow if nothing was read for shrinkAfter; the splice calls it
+// shrinkAfter after a read that drained the stream.
 func (s *yamuxStream) Shrink() {
 	s.Stream.Shrink()
-	s.ys.fw.wins.shrink(s.StreamID())
+	s.ys.fw.wins.shrink(s.StreamID(), time.Now())
 }
 
 // WaitRead waits until the stream has data or has ended: yamux's Read of
