@@ -232,7 +232,23 @@ func (r iperfResult) String() string {
 
 // iperf runs iperf3's client (TCP) in role's namespace against
 // server:port for d, with extra arguments; reverse makes the server send.
+// An iperf3 server serves one test at a time and may still be ending the
+// last one (over a lossy path, a second or more): a client it calls busy
+// tries again, for up to 10 s.
 func (l *lab) iperf(role, server string, port int, d time.Duration, reverse bool, extra ...string) (iperfResult, error) {
+	var res iperfResult
+	var err error
+	for range 20 {
+		res, err = l.iperfOnce(role, server, port, d, reverse, extra...)
+		if err == nil || !strings.Contains(err.Error(), "server is busy") {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return res, err
+}
+
+func (l *lab) iperfOnce(role, server string, port int, d time.Duration, reverse bool, extra ...string) (iperfResult, error) {
 	args := []string{"iperf3", "-c", server, "-p", strconv.Itoa(port), "-t", strconv.Itoa(int(d.Seconds())),
 		"-J", "--connect-timeout", "5000"}
 	if reverse {
