@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"encoding/binary"
 	"sync"
 	"time"
 
@@ -58,10 +57,8 @@ func (ss *sendWindows) opened(id, delta uint32) {
 }
 
 // incoming applies a window update the peer sent.
-func (ss *sendWindows) incoming(hdr []byte) {
-	flags := binary.BigEndian.Uint16(hdr[2:])
-	id := binary.BigEndian.Uint32(hdr[4:])
-	delta := binary.BigEndian.Uint32(hdr[8:])
+func (ss *sendWindows) incoming(hdr frameHeader) {
+	flags, id, delta := hdr.flags(), hdr.id(), hdr.length()
 	if flags&yamuxFlagSYN != 0 {
 		ss.opened(id, delta)
 		return

@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"encoding/binary"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,11 +57,6 @@ const (
 	// minRTT is the round trip assumed while none shorter is measured: on
 	// loopback, a window taken in two milliseconds may grow.
 	minRTT = time.Millisecond
-
-	yamuxTypeWindowUpdate = 1
-	yamuxFlagSYN          = 1
-	yamuxFlagACK          = 2
-	yamuxFlagRST          = 8
 )
 
 // sessionWindow is the receive window all streams of a session share
@@ -93,10 +87,8 @@ func (ws *recvWindows) roundTrip() time.Duration {
 }
 
 // outgoing rewrites the credit of a window update yamux is sending, hdr.
-func (ws *recvWindows) outgoing(hdr []byte, now time.Time) {
-	id := binary.BigEndian.Uint32(hdr[4:])
-	flags := binary.BigEndian.Uint16(hdr[2:])
-	delta := binary.BigEndian.Uint32(hdr[8:])
+func (ws *recvWindows) outgoing(hdr frameHeader, now time.Time) {
+	id, flags, delta := hdr.id(), hdr.flags(), hdr.length()
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
 	e := ws.streams[id]
@@ -114,7 +106,7 @@ func (ws *recvWindows) outgoing(hdr []byte, now time.Time) {
 		e.yamux += uint64(delta)
 		delta = ws.grantLocked(e, now)
 	}
-	binary.BigEndian.PutUint32(hdr[8:], delta)
+	hdr.setLength(delta)
 }
 
 // consumed notes that the application read n bytes of stream id, and

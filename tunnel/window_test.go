@@ -366,12 +366,7 @@ func checkFrameReader(t *testing.T, stream []byte, sizes []int, resetAfter map[i
 
 // yamuxFrame encodes one yamux frame with the body given.
 func yamuxFrame(typ byte, flags uint16, id uint32, body []byte, length uint32) []byte {
-	h := make([]byte, yamuxHeaderSize)
-	h[1] = typ
-	binary.BigEndian.PutUint16(h[2:], flags)
-	binary.BigEndian.PutUint32(h[4:], id)
-	binary.BigEndian.PutUint32(h[8:], length)
-	return append(h, body...)
+	return append(encodeHeader(make([]byte, yamuxHeaderSize), typ, flags, id, length), body...)
 }
 
 // TestFrameReader: resets of this end's own go to yamux between the peer's

@@ -37,29 +37,55 @@ type frameWriter struct {
 	ctl [yamuxHeaderSize]byte
 }
 
+// frameBufKeep is the largest frame for which batchConn keeps its buffer.
+const frameBufKeep = 64 << 10
+
+// A yamux frame header: version, type, flags, stream ID, length (of the
+// body for a data frame, the credit for a window update).
 const (
-	yamuxHeaderSize = 12
-	yamuxTypeData   = 0
-	frameBufKeep    = 64 << 10 // batchConn keeps a buffer for frames this large
+	yamuxHeaderSize       = 12
+	yamuxTypeData         = 0
+	yamuxTypeWindowUpdate = 1
+	yamuxFlagSYN          = 1
+	yamuxFlagACK          = 2
+	yamuxFlagRST          = 8
 )
 
+// frameHeader is a yamux frame header of yamuxHeaderSize bytes.
+type frameHeader []byte
+
+func (h frameHeader) typ() byte          { return h[1] }
+func (h frameHeader) flags() uint16      { return binary.BigEndian.Uint16(h[2:]) }
+func (h frameHeader) id() uint32         { return binary.BigEndian.Uint32(h[4:]) }
+func (h frameHeader) length() uint32     { return binary.BigEndian.Uint32(h[8:]) }
+func (h frameHeader) setLength(n uint32) { binary.BigEndian.PutUint32(h[8:], n) }
+
+// encodeHeader encodes a yamux frame header in h and returns it.
+func encodeHeader(h []byte, typ byte, flags uint16, id, length uint32) frameHeader {
+	h[0], h[1] = 0, typ
+	binary.BigEndian.PutUint16(h[2:], flags)
+	binary.BigEndian.PutUint32(h[4:], id)
+	binary.BigEndian.PutUint32(h[8:], length)
+	return h[:yamuxHeaderSize]
+}
+
 func (w *frameWriter) Write(p []byte) (int, error) {
-	if !w.held && len(p) == yamuxHeaderSize {
+	if h := frameHeader(p); !w.held && len(p) == yamuxHeaderSize {
 		switch {
-		case p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:]) > 0:
+		case h.typ() == yamuxTypeData && h.length() > 0:
 			copy(w.hdr[:], p)
 			w.held = true
 			return len(p), nil
-		case p[1] == yamuxTypeWindowUpdate && w.wins != nil:
+		case h.typ() == yamuxTypeWindowUpdate && w.wins != nil:
 			w.mu.Lock()
 			defer w.mu.Unlock()
-			copy(w.ctl[:], p)
-			switch flags := binary.BigEndian.Uint16(p[2:]); {
-			case flags&yamuxFlagSYN != 0:
-				w.sends.opened(binary.BigEndian.Uint32(p[4:]), 0)
-			case flags&yamuxFlagRST != 0:
-				w.sends.remove(binary.BigEndian.Uint32(p[4:]))
+			switch {
+			case h.flags()&yamuxFlagSYN != 0:
+				w.sends.opened(h.id(), 0)
+			case h.flags()&yamuxFlagRST != 0:
+				w.sends.remove(h.id())
 			}
+			copy(w.ctl[:], p)
 			w.wins.outgoing(w.ctl[:], time.Now())
 			if _, err := w.Conn.Write(w.ctl[:]); err != nil {
 				return 0, err
@@ -84,10 +110,7 @@ func (w *frameWriter) writeData(id uint32, body []byte) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var h [yamuxHeaderSize]byte
-	h[1] = yamuxTypeData
-	binary.BigEndian.PutUint32(h[4:], id)
-	binary.BigEndian.PutUint32(h[8:], uint32(len(body)))
-	return w.writeFrame(h[:], body)
+	return w.writeFrame(encodeHeader(h[:], yamuxTypeData, 0, id, uint32(len(body))), body)
 }
 
 // writeFrame writes a frame's header and body; w.mu is held. The header
@@ -133,12 +156,8 @@ func (w *frameWriter) reset(id uint32) error {
 }
 
 // windowUpdate encodes a yamux window update in h and returns it.
-func windowUpdate(h []byte, flags uint16, id, delta uint32) []byte {
-	h[0], h[1] = 0, yamuxTypeWindowUpdate
-	binary.BigEndian.PutUint16(h[2:], flags)
-	binary.BigEndian.PutUint32(h[4:], id)
-	binary.BigEndian.PutUint32(h[8:], delta)
-	return h[:yamuxHeaderSize]
+func windowUpdate(h []byte, flags uint16, id, delta uint32) frameHeader {
+	return encodeHeader(h, yamuxTypeWindowUpdate, flags, id, delta)
 }
 
 // frameReader is the link as yamux reads it. It follows the peer's frames
@@ -198,9 +217,9 @@ func (r *frameReader) follow(b []byte) {
 		b = b[k:]
 		if r.hdrN == yamuxHeaderSize {
 			r.hdrN = 0
-			switch r.hdr[1] {
+			switch h := frameHeader(r.hdr[:]); h.typ() {
 			case yamuxTypeData:
-				r.body = binary.BigEndian.Uint32(r.hdr[8:])
+				r.body = h.length()
 			case yamuxTypeWindowUpdate:
 				if r.sends != nil {
 					r.sends.incoming(r.hdr[:])
