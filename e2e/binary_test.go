@@ -338,9 +338,11 @@ func TestBinaryFirstStart(t *testing.T) {
 		if st.Mode().Perm() != 0o600 {
 			t.Errorf("%s: mode %v, want 0600", path, st.Mode().Perm())
 		}
-		if !contains(r.stderr.String(), "generated", path) {
-			t.Errorf("relay log does not mention generating %s", path)
-		}
+		// The log goes to standard error, the banner the test has read
+		// to standard output: two pipes, copied apart.
+		waitFor(t, 10*time.Second, "the relay's log to mention generating "+path, func() bool {
+			return contains(r.stderr.String(), "generated", path)
+		})
 	}
 	if tok, err := os.ReadFile(filepath.Join(dataDir, relay.TokenFile)); err != nil || strings.TrimSpace(string(tok)) != b.token {
 		t.Errorf("token file %q (%v) is not the printed token", tok, err)
