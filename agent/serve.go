@@ -267,6 +267,9 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowT
 		if a.cfg.AccessLog {
 			level = slog.LevelInfo
 		}
+		if errors.Is(err, tunnel.ErrStalled) {
+			level = slog.LevelWarn
+		}
 		a.log.Log(context.Background(), level, "visitor connection", append(who, "target", t.Target,
 			"bytes_in", in, "bytes_out", out, "duration", time.Since(start).Round(time.Millisecond), "err", err)...)
 	})

@@ -359,7 +359,7 @@ func (t *publicTunnel) serveVisitor(c *net.TCPConn) {
 		level = slog.LevelInfo
 	}
 	var oe *tunnel.OpenError
-	if errors.As(err, &oe) {
+	if errors.As(err, &oe) || errors.Is(err, tunnel.ErrStalled) {
 		level = slog.LevelWarn
 	}
 	as.log.Log(context.Background(), level, "visitor connection", "tunnel", t.name, "visitor", visitor,

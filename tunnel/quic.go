@@ -112,14 +112,21 @@ func (t QUICTransport) config(relay bool) *quic.Config {
 		keepAlive = min(keepAlive, heartbeatMax)
 	}
 	return &quic.Config{
-		HandshakeIdleTimeout:       hs,
-		MaxIdleTimeout:             cfg.KeepAlive + cfg.KeepAliveTimeout,
-		KeepAlivePeriod:            keepAlive,
-		MaxStreamReceiveWindow:     uint64(cfg.StreamWindow),
-		MaxConnectionReceiveWindow: sessionWindow(cfg),
-		MaxIncomingStreams:         incoming,
-		MaxIncomingUniStreams:      -1,
-		EnableDatagrams:            true,
+		HandshakeIdleTimeout: hs,
+		MaxIdleTimeout:       cfg.KeepAlive + cfg.KeepAliveTimeout,
+		KeepAlivePeriod:      keepAlive,
+		// A stream starts with the window a yamux stream has, and quic-go
+		// grows it as its reader keeps up. The connection's window is
+		// whole from the start: started small (quic-go grows it with the
+		// largest stream's), two streams whose readers took nothing would
+		// fill it. See stallGuard for what fills it later.
+		InitialStreamReceiveWindow:     baseWindow,
+		MaxStreamReceiveWindow:         uint64(cfg.StreamWindow),
+		InitialConnectionReceiveWindow: sessionWindow(cfg),
+		MaxConnectionReceiveWindow:     sessionWindow(cfg),
+		MaxIncomingStreams:             incoming,
+		MaxIncomingUniStreams:          -1,
+		EnableDatagrams:                true,
 	}
 }
 
@@ -196,13 +203,14 @@ func (t QUICTransport) Listen(addr string, conf *tls.Config) (Listener, error) {
 			return context.WithValue(ctx, handshakeKey{}, tok), nil
 		}
 	}
-	ln, err := sock.tr.Listen(conf, t.config(true))
+	qconf := t.config(true)
+	ln, err := sock.tr.Listen(conf, qconf)
 	if err != nil {
 		sock.release()
 		return nil, err
 	}
 	t.checkBuffers(udp)
-	return &quicListener{ln: ln, sock: sock}, nil
+	return &quicListener{ln: ln, sock: sock, qconf: qconf}, nil
 }
 
 var (
@@ -259,6 +267,7 @@ func (s *quicSocket) release() {
 type quicListener struct {
 	ln     *quic.Listener
 	sock   *quicSocket
+	qconf  *quic.Config
 	closed sync.Once
 }
 
@@ -274,7 +283,7 @@ func (l *quicListener) Accept(ctx context.Context) (Conn, error) {
 		tok.done()
 	}
 	l.sock.acquire()
-	return &quicLink{conn: c, sock: l.sock}, nil
+	return &quicLink{conn: c, sock: l.sock, qconf: l.qconf}, nil
 }
 
 func (l *quicListener) Addr() net.Addr { return l.ln.Addr() }
@@ -294,7 +303,7 @@ type quicLink struct {
 	client  bool
 	raddr   *net.UDPAddr // client: where to dial
 	tlsConf *tls.Config
-	qconf   *quic.Config
+	qconf   *quic.Config       // as the link was made with
 	check   func(*net.UDPConn) // client: buffer check once the socket is set up
 
 	// sock is the UDP socket: the client's own, or the listener's.
@@ -515,11 +524,13 @@ func (l *quicLink) Mux(SessionConfig) (Session, error) {
 	_ = l.auth.Close()
 	l.closed = true // the session owns conn and socket now
 	period := heartbeatMax
-	if l.qconf != nil && l.qconf.KeepAlivePeriod > 0 {
+	if l.qconf.KeepAlivePeriod > 0 {
 		period = min(l.qconf.KeepAlivePeriod, heartbeatMax)
 	}
 	go heartbeat(l.conn, period)
-	return &quicSession{conn: l.conn, sock: l.sock, heard: newHeardClock()}, nil
+	g := newStallGuard(l.qconf.InitialStreamReceiveWindow, l.qconf.MaxStreamReceiveWindow, l.qconf.MaxConnectionReceiveWindow)
+	go g.run(l.conn.Context().Done())
+	return &quicSession{conn: l.conn, sock: l.sock, heard: newHeardClock(), guard: g}, nil
 }
 
 // heartbeat sends a padded session datagram of flow 0 (no flow has that
@@ -558,6 +569,7 @@ type quicSession struct {
 	conn    *quic.Conn
 	sock    *quicSocket
 	heard   *heardClock // datagrams and stream data received
+	guard   *stallGuard
 	streams atomic.Int64
 	once    sync.Once
 }
@@ -591,7 +603,13 @@ func (s *quicSession) ReceiveDatagram(ctx context.Context) ([]byte, error) {
 
 func (s *quicSession) wrap(st *quic.Stream) Stream {
 	s.streams.Add(1)
-	return &quicStream{st: st, heard: s.heard, local: s.conn.LocalAddr(), remote: s.conn.RemoteAddr(), done: func() { s.streams.Add(-1) }}
+	qs := &quicStream{st: st, heard: s.heard, guard: s.guard, local: s.conn.LocalAddr(), remote: s.conn.RemoteAddr()}
+	qs.done = func() {
+		s.guard.remove(qs)
+		s.streams.Add(-1)
+	}
+	s.guard.add(qs)
+	return qs
 }
 
 func (s *quicSession) mapErr(err error) error {
@@ -670,8 +688,16 @@ func closeConn(c *quic.Conn) {
 type quicStream struct {
 	st            *quic.Stream
 	heard         *heardClock
+	guard         *stallGuard
 	local, remote net.Addr
 	done          func()
+
+	// For the stall guard: bytes read, and the guard's time since the
+	// reader left Read (0 while it is in Read, and after the end).
+	nread    atomic.Uint64
+	outSince atomic.Int64
+	stalled  atomic.Bool                 // the guard reset the stream
+	cut      atomic.Pointer[func(error)] // see OnCut
 
 	wmu     sync.Mutex // held by Write and CloseWrite
 	finSent bool       // under wmu
@@ -681,20 +707,49 @@ type quicStream struct {
 var _ Stream = (*quicStream)(nil)
 
 func (s *quicStream) Read(p []byte) (int, error) {
+	s.outSince.Store(0)
 	n, err := s.st.Read(p)
 	if n > 0 {
 		s.heard.touch()
+		s.nread.Add(uint64(n))
 	}
-	return n, err
+	var ne net.Error
+	if err == nil || errors.As(err, &ne) && ne.Timeout() {
+		s.outSince.Store(s.guard.now()) // until the next Read
+	}
+	return n, s.mapErr(err)
 }
 
 func (s *quicStream) Write(p []byte) (int, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if s.closed.Load() || s.finSent {
-		return 0, net.ErrClosed
+		return 0, s.mapErr(net.ErrClosed)
 	}
-	return s.st.Write(p)
+	n, err := s.st.Write(p)
+	return n, s.mapErr(err)
+}
+
+// mapErr tells the stall guard's reset from others.
+func (s *quicStream) mapErr(err error) error {
+	if err != nil && s.stalled.Load() {
+		return ErrStalled
+	}
+	return err
+}
+
+// OnCut sets what a reset by the stall guard calls: a splice ends, and
+// resets both its ends. Without it the guard resets the stream alone.
+func (s *quicStream) OnCut(f func(error)) { s.cut.Store(&f) }
+
+// cutStalled is the stall guard's reset.
+func (s *quicStream) cutStalled() {
+	s.stalled.Store(true)
+	if f := s.cut.Load(); f != nil {
+		(*f)(ErrStalled)
+		return
+	}
+	s.Abort()
 }
 
 func (s *quicStream) CloseWrite() error {

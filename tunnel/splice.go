@@ -81,6 +81,12 @@ func Splice(ctx context.Context, a, b HalfCloser) (aToB, bToA int64, err error) 
 			ba.unpark()
 		})
 	}
+	// An end that its session may cut (see stallGuard) ends the splice.
+	for _, end := range [...]HalfCloser{a, b} {
+		if c, ok := find[cutter](end); ok {
+			c.OnCut(abort)
+		}
+	}
 	ab = newPipe(b, a, &halfDone, abort)
 	ba = newPipe(a, b, &halfDone, abort)
 	own, caller := ba, ab
@@ -126,6 +132,12 @@ func find[T any](c any) (T, bool) {
 	}
 	var zero T
 	return zero, false
+}
+
+// cutter is a stream that its session may reset (see stallGuard): it
+// calls the function given to OnCut instead, with the reason.
+type cutter interface {
+	OnCut(func(error))
 }
 
 // Wrapper is a stream that wraps another and changes some of its methods.

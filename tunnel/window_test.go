@@ -424,8 +424,8 @@ func FuzzFrameReader(f *testing.F) {
 // TestStalledStreamsSpareOthers: streams whose readers grew their windows
 // and then stopped (visitors that stopped reading downloads) do not stop
 // the session's other streams: each new stream gets its initial window
-// outside the session's budget. (Over QUIC they do, once they hold the
-// connection's window: quic-go's connection flow control; see README.)
+// outside the session's budget. (QUIC's connection window is shared;
+// there the stall guard resets such streams: see TestStallGuard.)
 func TestStalledStreamsSpareOthers(t *testing.T) {
 	leak.Check(t)
 	agent, relay := sessionPair(t, TCPTransport{})
