@@ -142,7 +142,7 @@ type cutter interface {
 
 // Wrapper is a stream that wraps another and changes some of its methods.
 // Splice looks through it for what the wrapped stream can do: reset
-// (Abort) and release its idle buffer (Shrink).
+// (Abort) and shrink its idle receive window (Shrink).
 type Wrapper interface {
 	Unwrap() Stream
 }
@@ -173,10 +173,10 @@ type pipe struct {
 
 func newPipe(dst, src HalfCloser, halfDone *atomic.Bool, abort func(error)) *pipe {
 	p := &pipe{dst: dst, src: src, halfDone: halfDone, abort: abort, park: newParking(src)}
-	// A stream that buffers what arrives (yamux) keeps its buffer at the
-	// largest size it ever held, up to the stream window: after a burst,
-	// an idle connection would hold megabytes. Once reads have drained it
-	// and none came for shrinkAfter, the buffer is released.
+	// A yamux stream's receive window grows during a transfer, and what
+	// it lets the peer send waits at this end while the reader lags. Once
+	// reads have drained the stream and none came for shrinkAfter, the
+	// window falls back (see recvWindows).
 	if shrink := shrinkFunc(src); shrink != nil {
 		p.shrink = time.AfterFunc(time.Hour, shrink)
 		p.shrink.Stop()
@@ -300,12 +300,12 @@ func (p *pipe) unpark() {
 	}
 }
 
-// shrinkAfter is how long a drained stream buffer may go unused before it
-// is released (see pipe).
+// shrinkAfter is how long a drained stream may go unread before its
+// receive window falls back (see pipe).
 const shrinkAfter = time.Second
 
-// shrinkFunc returns the function that releases c's receive buffer while
-// it is empty, or nil when c has none to release.
+// shrinkFunc returns the function that shrinks c's receive window, or nil
+// when c has none to shrink.
 func shrinkFunc(c HalfCloser) func() {
 	if s, ok := find[interface{ Shrink() }](c); ok {
 		return s.Shrink

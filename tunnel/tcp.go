@@ -91,8 +91,9 @@ func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
 	heard := newHeardClock()
 	wins := newRecvWindows(normalizeSessionConfig(cfg))
 	sends := newSendWindows()
-	fr := &frameReader{Conn: &readClock{Conn: c.Conn, heard: heard}, sends: sends}
-	conn := &frameWriter{Conn: fr, raw: c.raw, wins: wins, sends: sends}
+	rxs := newRxTable()
+	fr := &frameReader{Conn: &readClock{Conn: c.Conn, heard: heard}, sends: sends, rxs: rxs}
+	conn := &frameWriter{Conn: fr, raw: c.raw, wins: wins, sends: sends, rxs: rxs}
 	if c.client {
 		s, err = yamux.Client(conn, yc)
 	} else {
@@ -101,7 +102,7 @@ func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("yamux: %w", err)
 	}
-	ys := &yamuxSession{s: s, heard: heard, fw: conn, fr: fr, sends: sends}
+	ys := &yamuxSession{s: s, heard: heard, fw: conn, fr: fr, sends: sends, rxs: rxs}
 	// The agent pings every second: what it hears back tells it early
 	// that the link went quiet (see SilentFor), and its own packets keep
 	// the home router's NAT mapping alive. The relay pings less often.
@@ -150,10 +151,10 @@ func yamuxConfig(cfg SessionConfig) *yamux.Config {
 		EnableKeepAlive:        true,
 		KeepAliveInterval:      cfg.KeepAlive,
 		ConnectionWriteTimeout: cfg.KeepAliveTimeout,
-		// recvWindows grants the credit (at most the stream window);
-		// yamux only checks what arrives against what it believes it
-		// granted, which is up to twice this.
-		MaxStreamWindowSize: 2 * cfg.StreamWindow,
+		// recvWindows grants the credit (at most the stream window),
+		// and the data never reaches yamux (see streamRx); what yamux
+		// would grant on its own is rewritten.
+		MaxStreamWindowSize: cfg.StreamWindow,
 		// A stream whose peer never acknowledges it within this time
 		// means the peer is stuck: yamux then ends the session.
 		StreamOpenTimeout: 30 * time.Second,

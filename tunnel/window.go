@@ -24,12 +24,10 @@ import (
 // baseWindow. The peer need not know: the grants are ordinary yamux window
 // updates, which yamux's sender obeys as always.
 //
-// yamux's own grants pass through frameWriter, which rewrites their
-// credit to what recvWindows allows; the grants yamux does not send
-// (because it believes it already gave more) frameWriter sends itself.
-// yamux checks what arrives against the window it believes it gave, so
-// it is configured with twice the stream window and the grants never
-// exceed what it believes.
+// yamux's own window updates (those that open, accept or close a stream:
+// yamux sends no others, since the data never reaches it, see streamRx)
+// pass through frameWriter, which rewrites their credit to what
+// recvWindows allows; the grants themselves frameWriter sends.
 type recvWindows struct {
 	max    uint32 // a stream's largest window
 	budget uint64 // growth beyond baseWindow, all streams together
@@ -44,7 +42,6 @@ type recvWindows struct {
 type recvWindow struct {
 	w       uint64    // the window: most credit outstanding at a grant
 	granted uint64    // credit given to the peer in all, baseWindow included
-	yamux   uint64    // credit yamux believes it gave in all
 	read    uint64    // bytes the application has read
 	charge  uint64    // what the stream counts against the budget
 	epoch   time.Time // when the last grant was sent
@@ -86,24 +83,21 @@ func (ws *recvWindows) roundTrip() time.Duration {
 	return max(time.Duration(ws.rtt.Load()), minRTT)
 }
 
-// outgoing rewrites the credit of a window update yamux is sending, hdr.
+// outgoing rewrites the credit of a window update yamux is sending, hdr,
+// to what the stream is due: yamux's own credit never goes out.
 func (ws *recvWindows) outgoing(hdr frameHeader, now time.Time) {
-	id, flags, delta := hdr.id(), hdr.flags(), hdr.length()
+	id, flags := hdr.id(), hdr.flags()
+	var delta uint32
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
 	e := ws.streams[id]
 	switch {
 	case flags&yamuxFlagRST != 0:
 		ws.removeLocked(id)
-		return
 	case e == nil && flags&(yamuxFlagSYN|yamuxFlagACK) != 0:
 		// A stream opened or accepted: its peer may send baseWindow.
-		ws.streams[id] = &recvWindow{w: baseWindow, granted: baseWindow, yamux: baseWindow + uint64(delta)}
-		delta = 0
-	case e == nil:
-		return // not a stream of ours (closed): as yamux wrote it
-	default:
-		e.yamux += uint64(delta)
+		ws.streams[id] = &recvWindow{w: baseWindow, granted: baseWindow}
+	case e != nil:
 		delta = ws.grantLocked(e, now)
 	}
 	hdr.setLength(delta)
@@ -156,7 +150,7 @@ func (ws *recvWindows) grantLocked(e *recvWindow, now time.Time) uint32 {
 		}
 	}
 	e.epoch = now
-	target := min(e.read+e.w, e.yamux)
+	target := e.read + e.w
 	if target <= e.granted {
 		return 0
 	}

@@ -24,10 +24,13 @@ type yamuxSession struct {
 	fw    *frameWriter
 	fr    *frameReader
 	sends *sendWindows
+	rxs   *rxTable
 }
 
+// stream wraps st with its receive buffer, registered when the stream's
+// SYN was sent or read, before any of its data could arrive.
 func (s *yamuxSession) stream(st *yamux.Stream) *yamuxStream {
-	return &yamuxStream{Stream: st, ys: s}
+	return &yamuxStream{Stream: st, ys: s, rx: s.rxs.open(st.StreamID())}
 }
 
 // relayPingPeriod is how often the relay measures the round trip.
@@ -99,6 +102,7 @@ func mapYamuxErr(err error) error {
 type yamuxStream struct {
 	*yamux.Stream
 	ys     *yamuxSession
+	rx     *streamRx
 	closed atomic.Bool
 
 	wmu      sync.Mutex // one Write at a time
@@ -165,8 +169,13 @@ func (s *yamuxStream) SetWriteDeadline(t time.Time) error {
 	return s.Stream.SetWriteDeadline(t)
 }
 
+func (s *yamuxStream) SetReadDeadline(t time.Time) error {
+	s.rx.setDeadline(t)
+	return nil
+}
+
 func (s *yamuxStream) SetDeadline(t time.Time) error {
-	_ = s.Stream.SetReadDeadline(t)
+	s.rx.setDeadline(t)
 	return s.SetWriteDeadline(t)
 }
 
@@ -175,7 +184,7 @@ var _ Stream = (*yamuxStream)(nil)
 // Read reads, and grants the peer more credit once the reader has taken
 // half its window (see recvWindows).
 func (s *yamuxStream) Read(p []byte) (int, error) {
-	n, err := s.Stream.Read(p)
+	n, err := s.rx.read(p)
 	if n > 0 && s.ys.fw.wins.consumed(s.StreamID(), n, time.Now()) {
 		// A failed write means the session is ending: the reader
 		// learns from its next Read.
@@ -184,19 +193,16 @@ func (s *yamuxStream) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Shrink releases the stream's buffer, if empty, and returns its window
-// to baseWindow if nothing was read for shrinkAfter; the splice calls it
-// shrinkAfter after a read that drained the stream.
+// Shrink returns the stream's window to baseWindow if nothing was read
+// for shrinkAfter; the splice calls it shrinkAfter after a read that
+// drained the stream. (A drained streamRx holds no buffer.)
 func (s *yamuxStream) Shrink() {
-	s.Stream.Shrink()
 	s.ys.fw.wins.shrink(s.StreamID(), time.Now())
 }
 
-// WaitRead waits until the stream has data or has ended: yamux's Read of
-// no bytes does.
+// WaitRead waits until the stream has data or has ended.
 func (s *yamuxStream) WaitRead() error {
-	_, err := s.Stream.Read(nil)
-	return err
+	return s.rx.wait()
 }
 
 // CloseWrite sends a FIN after what a Write in progress sends.
@@ -213,6 +219,7 @@ func (s *yamuxStream) CloseWrite() error {
 // that it forgets the stream and its buffer. Close still follows.
 func (s *yamuxStream) Abort() {
 	id := s.StreamID()
+	s.ys.rxs.remove(id)
 	s.ys.fw.wins.remove(id)
 	s.ys.sends.remove(id)
 	_ = s.ys.fw.reset(id) // fails only on a link that is going away
@@ -223,12 +230,13 @@ func (s *yamuxStream) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
+	s.ys.rxs.close(s.StreamID()) // ends a Read in progress
 	s.ys.fw.wins.remove(s.StreamID())
 	s.ys.sends.remove(s.StreamID())
 	s.wclosed.Store(true)
 	err := s.Stream.Close()
-	// Unblock any Read or Write in progress. The stream is freed when the
-	// peer sends its FIN, which it does once its side of Splice ends.
+	// Unblock a Write in progress. The stream is freed when the peer
+	// sends its FIN, which it does once its side of Splice ends.
 	_ = s.Stream.SetDeadline(time.Now())
 	return err
 }

@@ -3,6 +3,8 @@ package tunnel
 import (
 	"cmp"
 	"encoding/binary"
+	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -27,6 +29,7 @@ type frameWriter struct {
 	net.Conn
 	raw  *batchConn
 	wins *recvWindows // nil: window updates pass as yamux wrote them
+	rxs  *rxTable     // told of the credit granted; nil in tests
 	// sends learns of the streams this end opens; nil in tests.
 	sends *sendWindows
 	hdr   [yamuxHeaderSize]byte
@@ -48,6 +51,7 @@ const (
 	yamuxTypeWindowUpdate = 1
 	yamuxFlagSYN          = 1
 	yamuxFlagACK          = 2
+	yamuxFlagFIN          = 4
 	yamuxFlagRST          = 8
 )
 
@@ -82,11 +86,18 @@ func (w *frameWriter) Write(p []byte) (int, error) {
 			switch {
 			case h.flags()&yamuxFlagSYN != 0:
 				w.sends.opened(h.id(), 0)
+				if w.rxs != nil {
+					w.rxs.open(h.id())
+				}
 			case h.flags()&yamuxFlagRST != 0:
 				w.sends.remove(h.id())
+				if w.rxs != nil {
+					w.rxs.remove(h.id())
+				}
 			}
 			copy(w.ctl[:], p)
 			w.wins.outgoing(w.ctl[:], time.Now())
+			w.credit(frameHeader(w.ctl[:]))
 			if _, err := w.Conn.Write(w.ctl[:]); err != nil {
 				return 0, err
 			}
@@ -143,8 +154,21 @@ func (w *frameWriter) grant(id uint32) error {
 	if delta == 0 {
 		return nil
 	}
-	_, err := w.Conn.Write(windowUpdate(w.ctl[:], 0, id, delta))
+	h := windowUpdate(w.ctl[:], 0, id, delta)
+	w.credit(h)
+	_, err := w.Conn.Write(h)
 	return err
+}
+
+// credit tells the stream's receive buffer of the credit a window update
+// is about to grant, before the peer can use it.
+func (w *frameWriter) credit(h frameHeader) {
+	if w.rxs == nil || h.length() == 0 {
+		return
+	}
+	if rx := w.rxs.get(h.id()); rx != nil {
+		rx.credit(h.length())
+	}
 }
 
 // reset sends the peer a RST of stream id, between two of yamux's frames.
@@ -160,16 +184,21 @@ func windowUpdate(h []byte, flags uint16, id, delta uint32) frameHeader {
 	return encodeHeader(h, yamuxTypeWindowUpdate, flags, id, delta)
 }
 
-// frameReader is the link as yamux reads it. It follows the peer's frames
-// so that it can hand yamux frames of this end's own between two of them:
-// the RST of a stream this end aborted (see yamuxStream.Abort). While
-// some are waiting, a read stops at the end of the frame it is in.
+// frameReader is the link as yamux reads it. It reads the peer's frames
+// one at a time, so that it can
+//   - keep the bodies of the streams' data frames itself (see streamRx),
+//     handing yamux the header alone with a length of 0;
+//   - tell sendWindows of the peer's window updates;
+//   - hand yamux frames of this end's own between two of the peer's: the
+//     RST of a stream this end aborted (see yamuxStream.Abort).
 type frameReader struct {
 	net.Conn
 	sends *sendWindows // told of the peer's window updates; nil in tests
+	rxs   *rxTable     // nil: every body goes to yamux (tests)
 	hdr   [yamuxHeaderSize]byte
-	hdrN  int    // bytes of the current header read so far
-	body  uint32 // bytes of the current frame's body still to come
+	out   []byte // bytes for yamux: a header, or this end's frames
+	spare []byte // out's array for this end's frames
+	body  uint32 // bytes of a body for yamux still to come
 
 	mu      sync.Mutex
 	own     []byte // frames to hand yamux at the next frame boundary
@@ -177,56 +206,119 @@ type frameReader struct {
 }
 
 func (r *frameReader) Read(p []byte) (int, error) {
-	if r.pending.Load() {
-		if r.hdrN == 0 && r.body == 0 {
-			r.mu.Lock()
-			n := copy(p, r.own)
-			r.own = r.own[n:]
-			r.pending.Store(len(r.own) > 0)
-			r.mu.Unlock()
-			return n, nil
-		}
-		if rest := r.rest(); len(p) > rest {
-			p = p[:rest]
-		}
+	n, err := r.read(p)
+	if err != nil && r.rxs != nil {
+		// yamux ends the session on a read error, and closes the link
+		// when it ends for another reason, which ends a read too.
+		r.rxs.end()
 	}
-	n, err := r.Conn.Read(p)
-	r.follow(p[:n])
 	return n, err
 }
 
-// rest is what remains of the frame being read.
-func (r *frameReader) rest() int {
-	if r.hdrN > 0 {
-		return yamuxHeaderSize - r.hdrN
-	}
-	return int(r.body)
-}
-
-// follow moves through the frames in b.
-func (r *frameReader) follow(b []byte) {
-	for len(b) > 0 {
+func (r *frameReader) read(p []byte) (int, error) {
+	for {
+		if len(r.out) > 0 {
+			n := copy(p, r.out)
+			r.out = r.out[n:]
+			return n, nil
+		}
 		if r.body > 0 {
-			k := min(uint32(len(b)), r.body)
-			r.body -= k
-			b = b[k:]
+			if uint32(len(p)) > r.body {
+				p = p[:r.body]
+			}
+			n, err := r.Conn.Read(p)
+			r.body -= uint32(n)
+			return n, err
+		}
+		if r.pending.Load() {
+			r.mu.Lock()
+			r.spare = append(r.spare[:0], r.own...)
+			r.own = r.own[:0]
+			r.pending.Store(false)
+			r.mu.Unlock()
+			r.out = r.spare
 			continue
 		}
-		k := copy(r.hdr[r.hdrN:], b)
-		r.hdrN += k
-		b = b[k:]
-		if r.hdrN == yamuxHeaderSize {
-			r.hdrN = 0
-			switch h := frameHeader(r.hdr[:]); h.typ() {
-			case yamuxTypeData:
-				r.body = h.length()
-			case yamuxTypeWindowUpdate:
-				if r.sends != nil {
-					r.sends.incoming(r.hdr[:])
-				}
-			}
+		if err := r.next(); err != nil {
+			return 0, err
 		}
 	}
+}
+
+// next reads the peer's next frame header, and a data frame's body if it
+// is kept here, and sets what yamux is to read of the frame.
+func (r *frameReader) next() error {
+	if _, err := io.ReadFull(r.Conn, r.hdr[:]); err != nil {
+		return err
+	}
+	h := frameHeader(r.hdr[:])
+	id, flags := h.id(), h.flags()
+	r.out = r.hdr[:]
+	switch h.typ() {
+	case yamuxTypeWindowUpdate:
+		if r.sends != nil {
+			r.sends.incoming(r.hdr[:])
+		}
+		if rx := r.stream(id, flags); rx != nil && rx.peerFlags(flags) {
+			r.rxs.forget(id)
+		}
+	case yamuxTypeData:
+		rx := r.stream(id, flags)
+		if rx == nil {
+			r.body = h.length()
+			return nil
+		}
+		if err := r.keep(rx, id, h.length()); err != nil {
+			return err
+		}
+		if rx.peerFlags(flags) {
+			r.rxs.forget(id)
+		}
+		h.setLength(0)
+	}
+	return nil
+}
+
+// stream returns the streamRx of stream id, registering one for a stream
+// the peer opens (SYN); nil for a stream this end does not know.
+func (r *frameReader) stream(id uint32, flags uint16) *streamRx {
+	if r.rxs == nil {
+		return nil
+	}
+	if flags&yamuxFlagSYN != 0 {
+		return r.rxs.open(id)
+	}
+	return r.rxs.get(id)
+}
+
+// keep reads a data frame's body of n bytes into rx, or drops it if rx is
+// closed. A peer that sends beyond the credit it was given breaks the
+// protocol: the session ends, as yamux would end it.
+func (r *frameReader) keep(rx *streamRx, id, n uint32) error {
+	keep, err := rx.admit(n)
+	if err != nil {
+		return fmt.Errorf("stream %d: %w", id, err)
+	}
+	if !keep {
+		_, err := io.CopyN(io.Discard, r.Conn, int64(n))
+		return err
+	}
+	for n > 0 {
+		buf := rx.space(n)
+		if uint32(len(buf)) > n {
+			buf = buf[:n]
+		}
+		k, err := r.Conn.Read(buf)
+		rx.commit(k)
+		n -= uint32(k)
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 // reset hands this end's yamux a RST of stream id from the peer.
