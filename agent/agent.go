@@ -504,12 +504,19 @@ func (a *Agent) session(ctx context.Context, l *link, retired *sync.WaitGroup) e
 	return err
 }
 
-// retire lets a replaced session carry its open connections to their end
-// and then closes it. The relay, which sends no new visitor to it, closes
-// it too; a link that really died ends with the keepalive.
+// retire lets a replaced session carry its open connections to their end.
+// The relay sends no new visitor to it and closes it once it carries no
+// connection: it counts the streams it opened, and some of those may not
+// have reached this end yet. (After a NAT rebinding, the relay's packets
+// reach the old session only once its own next packet has made the home
+// router map it again; closing it on an empty count here cut a visitor
+// whose stream was on its way.) So this end closes it only after it has
+// carried none for retireIdle, in case the relay does not; a link that
+// really died ends with the keepalive.
 func (a *Agent) retire(l *link, served <-chan error) {
 	t := time.NewTicker(retireCheck)
 	defer t.Stop()
+	var idle time.Duration
 	for {
 		select {
 		case err := <-served:
@@ -518,7 +525,11 @@ func (a *Agent) retire(l *link, served <-chan error) {
 		case <-t.C:
 		}
 		// The control stream is always open.
-		if l.sess.NumStreams() <= 1 {
+		if l.sess.NumStreams() > 1 {
+			idle = 0
+			continue
+		}
+		if idle += retireCheck; idle >= retireIdle {
 			l.sess.Close()
 		}
 	}
@@ -536,6 +547,7 @@ const (
 	suspectAfter = 3 * time.Second
 	silenceCheck = 250 * time.Millisecond
 	retireCheck  = 250 * time.Millisecond
+	retireIdle   = 10 * time.Second
 )
 
 // watchSilence opens a newer session when l goes silent, and sends it on
