@@ -302,15 +302,6 @@ func (t *rxTable) get(id uint32) *streamRx {
 	return t.m[id]
 }
 
-// close closes stream id's streamRx. It stays, dropping what arrives,
-// until the peer ends the stream too (see forget); yamux would keep that
-// in its buffer.
-func (t *rxTable) close(id uint32) {
-	if rx := t.get(id); rx != nil && rx.close() {
-		t.forget(id)
-	}
-}
-
 // remove closes and forgets stream id's streamRx at once: the stream is
 // reset, and yamux drops what still arrives for it.
 func (t *rxTable) remove(id uint32) {
@@ -320,6 +311,7 @@ func (t *rxTable) remove(id uint32) {
 	t.forget(id)
 }
 
+// forget drops stream id's streamRx from the table.
 func (t *rxTable) forget(id uint32) {
 	t.mu.Lock()
 	delete(t.m, id)

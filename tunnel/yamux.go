@@ -230,7 +230,12 @@ func (s *yamuxStream) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
-	s.ys.rxs.close(s.StreamID()) // ends a Read in progress
+	// Reading ends, a Read in progress too. The queue stays in the
+	// table, dropping what arrives, until the peer ends the stream as
+	// well; yamux would keep that in its buffer.
+	if s.rx.close() {
+		s.ys.rxs.forget(s.StreamID())
+	}
 	s.ys.fw.wins.remove(s.StreamID())
 	s.ys.sends.remove(s.StreamID())
 	s.wclosed.Store(true)
