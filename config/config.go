@@ -13,7 +13,10 @@ import (
 
 // Relay is the validated configuration of a relay.
 type Relay struct {
-	// DataDir holds the generated token and the TLS key pair.
+	// File is the configuration file read, "" for none.
+	File string
+	// DataDir holds the generated token and the TLS key pair, and the
+	// control socket.
 	DataDir string
 	// Listen is the address agents connect to ("listen", default ":7000").
 	Listen string

@@ -56,6 +56,7 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 		return Relay{}, err
 	}
 	c := Relay{
+		File:             l.file,
 		DataDir:          l.str("data_dir"),
 		Listen:           l.str("listen"),
 		BindAddr:         l.str("bind_addr"),
@@ -102,6 +103,21 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 		return Relay{}, err
 	}
 	return c, nil
+}
+
+// RelayDataDir returns the data directory that the flags in fs, the
+// environment and the --config file name (or the default), without
+// validating the rest of the configuration: enough for a command that
+// talks to a running relay.
+func RelayDataDir(fs *pflag.FlagSet) (string, error) {
+	l, err := newLoader(fs, relaySettings(), agentSettings(), "relay")
+	if err != nil {
+		return "", err
+	}
+	if d := l.str("data_dir"); d != "" {
+		return d, nil
+	}
+	return DefaultDataDir(), nil
 }
 
 // tokens reads token and tokens. No token at all is fine (the relay then
@@ -158,4 +174,16 @@ func checkSecret(s string) error {
 		return fmt.Errorf("shorter than %d characters; use a long random string, or leave it unset to have one generated", MinSecretLen)
 	}
 	return nil
+}
+
+// LocateFlags registers the flags that find a running relay's data
+// directory (--config, --data-dir) on fs, for commands such as status.
+func LocateFlags(fs *pflag.FlagSet) {
+	var ss []setting
+	for _, s := range relaySettings() {
+		if s.key == "data_dir" {
+			ss = append(ss, s)
+		}
+	}
+	addFlags(fs, ss)
 }

@@ -78,6 +78,7 @@ type relayHandle struct {
 	cfg       config.Relay
 	id        relay.Identity
 	addr      string
+	srv       *relay.Server
 	logs      *logBuf
 	cancel    context.CancelFunc
 	done      chan error
@@ -136,7 +137,7 @@ func runRelay(t *testing.T, cfg config.Relay, id relay.Identity) *relayHandle {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &relayHandle{t: t, cfg: cfg, id: id, addr: addr.String(), logs: logs, cancel: cancel, done: make(chan error, 1)}
+	h := &relayHandle{t: t, cfg: cfg, id: id, addr: addr.String(), srv: srv, logs: logs, cancel: cancel, done: make(chan error, 1)}
 	go func() { h.done <- srv.Serve(ctx) }()
 	t.Cleanup(func() { h.stop() })
 	return h

@@ -56,6 +56,9 @@ type Server struct {
 	// the shutdown drain time is over.
 	visitCtx    context.Context
 	visitCancel context.CancelFunc
+
+	started  time.Time
+	refusals refusalLog
 }
 
 type sessionKey struct {
@@ -75,6 +78,7 @@ func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
 		sessions: make(map[sessionKey]*agentSession),
 		retired:  make(map[*agentSession]struct{}),
 		ports:    make(map[portKey]any),
+		started:  time.Now(),
 	}
 	for i, t := range id.Tokens {
 		if t.Secret == "" {
@@ -275,7 +279,7 @@ func (s *Server) acceptLoop(ctx context.Context, ln tunnel.Listener) error {
 		s.handlers.Add(1)
 		go func() {
 			defer s.handlers.Done()
-			s.handleAgent(ctx, c, ip)
+			s.handleAgent(ctx, c, ip, transportName(ln))
 		}()
 	}
 }
@@ -331,7 +335,7 @@ func (s *Server) shutdown() {
 }
 
 // handleAgent authenticates one agent link and serves its session.
-func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, ip netip.Addr) {
+func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, ip netip.Addr, transport string) {
 	remote := c.RemoteAddr().String()
 	log := s.log.With("agent_addr", remote)
 	// The login ends (for the handshake guard) at the first return or
@@ -396,7 +400,7 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, ip netip.Addr) 
 	_ = c.SetDeadline(time.Time{})
 
 	token := s.id.Tokens[agent.Token]
-	as := newAgentSession(s, sess, ctrl, agent, token, log)
+	as := newAgentSession(s, sess, ctrl, agent, token, transport, log)
 	if !s.addSession(as) {
 		as.end(tunnel.CodeShutdown, "relay shutting down")
 		return

@@ -26,6 +26,9 @@ type agentSession struct {
 	agent  tunnel.Agent
 	sess   tunnel.Session
 	log    *slog.Logger
+	// transport is tcp or quic; since is when the session came up.
+	transport string
+	since     time.Time
 
 	ctrlMu sync.Mutex // serialises writes on ctrl
 	ctrl   tunnel.Stream
@@ -45,18 +48,20 @@ type agentSession struct {
 	retiredAt time.Time // under srv.mu; see retire
 }
 
-func newAgentSession(s *Server, sess tunnel.Session, ctrl tunnel.Stream, a tunnel.Agent, token config.Token, log *slog.Logger) *agentSession {
+func newAgentSession(s *Server, sess tunnel.Session, ctrl tunnel.Stream, a tunnel.Agent, token config.Token, transport string, log *slog.Logger) *agentSession {
 	return &agentSession{
-		srv:     s,
-		key:     sessionKey{token: a.Token, agent: a.ID},
-		token:   token,
-		remote:  sess.RemoteAddr().String(),
-		agent:   a,
-		sess:    sess,
-		ctrl:    ctrl,
-		log:     log.With("agent", a.ID, "token", token.Name),
-		tunnels: make(map[string]portTunnel),
-		flows:   make(map[uint32]*udpFlow),
+		srv:       s,
+		transport: transport,
+		since:     time.Now(),
+		key:       sessionKey{token: a.Token, agent: a.ID},
+		token:     token,
+		remote:    sess.RemoteAddr().String(),
+		agent:     a,
+		sess:      sess,
+		ctrl:      ctrl,
+		log:       log.With("agent", a.ID, "token", token.Name),
+		tunnels:   make(map[string]portTunnel),
+		flows:     make(map[uint32]*udpFlow),
 	}
 }
 
@@ -270,6 +275,7 @@ func (as *agentSession) open(req tunnel.TunnelRequest) (tunnel.Code, string) {
 // portTunnel is a tunnel's public port, TCP or UDP.
 type portTunnel interface {
 	close() // stop serving and free the port
+	status() TunnelStatus
 }
 
 func (as *agentSession) listenTCP(name string, port uint16, addr string, guard *visitorGuard) (portTunnel, error) {
@@ -277,7 +283,7 @@ func (as *agentSession) listenTCP(name string, port uint16, addr string, guard *
 	if err != nil {
 		return nil, err
 	}
-	t := &publicTunnel{name: name, port: port, owner: as, ln: ln, guard: guard, done: make(chan struct{})}
+	t := &publicTunnel{name: name, port: port, owner: as, ln: ln, guard: guard, done: make(chan struct{}), since: time.Now()}
 	go t.acceptLoop()
 	return t, nil
 }
@@ -290,6 +296,8 @@ type publicTunnel struct {
 	ln    net.Listener
 	guard *visitorGuard
 	done  chan struct{} // closed when acceptLoop has returned
+	since time.Time
+	stats tunnelStats
 }
 
 func (t *publicTunnel) close() {
@@ -320,6 +328,7 @@ func (t *publicTunnel) acceptLoop() {
 			// A reset, not a clean close: nothing was served.
 			_ = tc.SetLinger(0)
 			tc.Close()
+			t.stats.refusal(banned)
 			t.owner.logRefusal(t.name, c.RemoteAddr().String(), why, banned)
 			continue
 		}
@@ -353,7 +362,12 @@ func (t *publicTunnel) serveVisitor(c *net.TCPConn) {
 	// The visitor's first bytes flow at once; the agent's answer is read
 	// before anything goes back to the visitor.
 	st = tunnel.CutAware(st, as.lost)
+	t.stats.visitors.Add(1)
+	t.stats.accepted.Add(1)
 	in, out, err := tunnel.Splice(ctx, c, &openResultReader{Stream: st})
+	t.stats.visitors.Add(-1)
+	t.stats.bytesIn.Add(in)
+	t.stats.bytesOut.Add(out)
 	level := slog.LevelDebug
 	if as.srv.cfg.AccessLog {
 		level = slog.LevelInfo
@@ -403,6 +417,7 @@ func (r *openResultReader) Unwrap() tunnel.Stream { return r.Stream }
 // logRefusal logs a visitor the guard turned away: at the access log's
 // level, and a ban always.
 func (as *agentSession) logRefusal(tunnelName, visitor, why string, banned bool) {
+	as.srv.refusals.add(RefusalStatus{Time: time.Now(), Where: tunnelName, Addr: visitor, Reason: why, Banned: banned})
 	if banned {
 		as.log.Warn("visitor address banned from tunnel", "tunnel", tunnelName, "visitor", visitor, "reason", why, "ban_for", as.srv.cfg.Guard.VisitorBanFor)
 		return

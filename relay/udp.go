@@ -41,6 +41,9 @@ type udpTunnel struct {
 
 	wg   sync.WaitGroup // read loop, janitor, flows
 	stop chan struct{}
+
+	since time.Time
+	stats tunnelStats
 }
 
 func (as *agentSession) listenUDP(name string, port uint16, addr string, guard *visitorGuard) (portTunnel, error) {
@@ -57,7 +60,7 @@ func (as *agentSession) listenUDP(name string, port uint16, addr string, guard *
 	// kernel caps this at net.core.rmem_max.
 	_ = pc.SetReadBuffer(udpSocketBuffer)
 	_ = pc.SetWriteBuffer(udpSocketBuffer)
-	t := &udpTunnel{name: name, port: port, owner: as, pc: pc, guard: guard, flows: make(map[netip.AddrPort]*udpFlow), stop: make(chan struct{})}
+	t := &udpTunnel{name: name, port: port, owner: as, pc: pc, guard: guard, flows: make(map[netip.AddrPort]*udpFlow), stop: make(chan struct{}), since: time.Now()}
 	t.wg.Add(2)
 	go t.readLoop()
 	go t.janitor()
@@ -128,6 +131,7 @@ func (t *udpTunnel) flow(addr netip.Addr, port uint16) *udpFlow {
 	}
 	srv := t.owner.srv
 	if len(t.flows) >= srv.cfg.UDPMaxFlows {
+		t.stats.dropped.Add(1)
 		if t.dropped++; t.dropped == 1 {
 			t.owner.log.Warn("UDP tunnel at its flow limit; dropping datagrams from new visitors", "tunnel", t.name, "flows", len(t.flows), "udp_max_flows", srv.cfg.UDPMaxFlows)
 		}
@@ -135,6 +139,7 @@ func (t *udpTunnel) flow(addr netip.Addr, port uint16) *udpFlow {
 	}
 	t.dropped = 0
 	if ok, why, banned := t.guard.admit(addr); !ok {
+		t.stats.refusal(banned)
 		// Every datagram of a refused source comes here: log bans only.
 		if banned {
 			t.owner.logRefusal(t.name, visitor.String(), why, banned)
@@ -146,6 +151,8 @@ func (t *udpTunnel) flow(addr netip.Addr, port uint16) *udpFlow {
 	f := &udpFlow{t: t, visitor: visitor, id: t.owner.nextFlow.Add(1), queue: make(chan []byte, flowQueue), done: make(chan struct{}), start: time.Now()}
 	f.touch()
 	t.flows[visitor] = f
+	t.stats.visitors.Add(1)
+	t.stats.accepted.Add(1)
 	t.owner.addFlow(f)
 	t.wg.Add(1)
 	go f.run()
@@ -158,6 +165,7 @@ func (t *udpTunnel) remove(f *udpFlow) {
 		delete(t.flows, f.visitor)
 	}
 	t.mu.Unlock()
+	t.stats.visitors.Add(-1)
 	t.owner.removeFlow(f)
 	t.guard.release(f.visitor.Addr())
 }
@@ -282,6 +290,7 @@ func (f *udpFlow) run() {
 			return
 		case p := <-f.queue:
 			f.in.Add(1)
+			t.stats.bytesIn.Add(int64(len(p)))
 			if ds != nil && f.ready.Load() {
 				buf = tunnel.AppendFlowDatagram(buf[:0], f.id, p)
 				err := ds.SendDatagram(buf)
@@ -328,6 +337,7 @@ func (f *udpFlow) readReplies(st tunnel.Stream) {
 func (f *udpFlow) reply(p []byte) {
 	f.touch()
 	f.out.Add(1)
+	f.t.stats.bytesOut.Add(int64(len(p)))
 	_, _ = f.t.pc.WriteToUDPAddrPort(p, f.visitor)
 }
 
@@ -369,4 +379,10 @@ func (as *agentSession) receiveDatagrams(ctx context.Context) {
 			f.reply(p)
 		}
 	})
+}
+
+func (t *udpTunnel) status() TunnelStatus {
+	ts := TunnelStatus{Name: t.name, Protocol: "udp", Port: t.port, Token: t.owner.token.Name, Agent: t.owner.agent.ID, Since: t.since}
+	t.stats.fill(&ts)
+	return ts
 }

@@ -79,6 +79,7 @@ variables < flags.`,
 		_, err := config.LoadRelay(fs)
 		return err
 	}))
+	cmd.AddCommand(statusCommand(stdout))
 	cmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
@@ -116,6 +117,13 @@ func run(ctx context.Context, cfg config.Relay, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	ctx, stopControl := context.WithCancel(ctx)
+	defer stopControl()
+	waitControl, err := serveControl(ctx, cfg, srv, log)
+	if err != nil {
+		return err // the process ends, and with it the agent port
+	}
+	defer func() { stopControl(); waitControl() }()
 	printBanner(stdout, cfg, id, addr)
 	return srv.Serve(ctx)
 }

@@ -18,12 +18,16 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 )
 
 // ErrNotRunning means nothing answers on the control endpoint: the relay or
 // agent is not running (or runs with another data directory).
 var ErrNotRunning = errors.New("not running")
+
+// ErrInUse means another running process answers on the endpoint.
+var ErrInUse = errors.New("in use")
 
 // ErrDenied means the endpoint exists but this user may not open it.
 var ErrDenied = errors.New("permission denied")
@@ -155,4 +159,23 @@ func (c *Client) explain(err error) error {
 		return fmt.Errorf("%s control %s: %w: run this as the user the %s runs as, or as root/Administrator", c.role, c.endpoint, ErrDenied, c.role)
 	}
 	return fmt.Errorf("%s control %s: %w", c.role, c.endpoint, err)
+}
+
+// Duration is a time.Duration that JSON carries as seconds (a number), so
+// that scripts need not parse Go's duration syntax.
+type Duration time.Duration
+
+// MarshalJSON writes d as seconds.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return strconv.AppendFloat(nil, time.Duration(d).Seconds(), 'f', -1, 64), nil
+}
+
+// UnmarshalJSON reads seconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	f, err := strconv.ParseFloat(string(b), 64)
+	if err != nil {
+		return fmt.Errorf("duration %s: want seconds", b)
+	}
+	*d = Duration(f * float64(time.Second))
+	return nil
 }

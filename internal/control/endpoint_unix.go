@@ -40,7 +40,7 @@ func Listen(path string) (net.Listener, error) {
 		}
 		if c, err := net.Dial("unix", path); err == nil {
 			c.Close()
-			return nil, fmt.Errorf("control socket %s: another process answers on it (is one already running with this data directory?)", path)
+			return nil, fmt.Errorf("control socket %s: %w: another process answers on it (is one already running with this data directory?)", path, ErrInUse)
 		}
 		if err := os.Remove(path); err != nil {
 			return nil, fmt.Errorf("control socket %s: remove the stale one: %w", path, err)

@@ -33,6 +33,9 @@ func Endpoint(dataDir, role string) string {
 // Listen opens the named pipe, restricted to Administrators and SYSTEM.
 func Listen(path string) (net.Listener, error) {
 	ln, err := winio.ListenPipe(path, &winio.PipeConfig{SecurityDescriptor: pipeSDDL})
+	if errors.Is(err, windows.ERROR_ACCESS_DENIED) || errors.Is(err, windows.ERROR_PIPE_BUSY) {
+		return nil, fmt.Errorf("control pipe %s: %w: another process holds it (is one already running with this data directory?)", path, ErrInUse)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("control pipe %s: %w", path, err)
 	}

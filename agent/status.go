@@ -1,0 +1,70 @@
+package agent
+
+import (
+	"time"
+
+	"github.com/homeport/homeport/internal/control"
+	"github.com/homeport/homeport/internal/ddnsrun"
+)
+
+// Status is a snapshot of a running agent: what `agent status` prints.
+// No secret is in it.
+type Status struct {
+	Version  string               `json:"version"`
+	ID       string               `json:"id"`
+	Started  time.Time            `json:"started"`
+	Now      time.Time            `json:"now"`
+	Sessions []SessionStatus      `json:"sessions"`
+	Tunnels  []TunnelStatus       `json:"tunnels"`
+	DDNS     []ddnsrun.NameStatus `json:"ddns,omitempty"`
+	Config   ConfigStatus         `json:"config"`
+}
+
+// SessionStatus is the session to one relay.
+type SessionStatus struct {
+	Relay string `json:"relay"`
+	// State is "up", "connecting" or "waiting" (backing off after a
+	// failure; Error says why).
+	State     string    `json:"state"`
+	Transport string    `json:"transport,omitempty"`
+	Since     time.Time `json:"since,omitzero"`
+	// PublicAddr is this agent's address as the relay sees it.
+	PublicAddr string           `json:"public_addr,omitempty"`
+	RTT        control.Duration `json:"rtt"`
+	Streams    int              `json:"streams"`
+	// Reconnects counts sessions made after the first.
+	Reconnects int    `json:"reconnects"`
+	Error      string `json:"error,omitempty"`
+}
+
+// TunnelStatus is one configured tunnel.
+type TunnelStatus struct {
+	Name     string `json:"name"`
+	Protocol string `json:"protocol"`
+	Port     uint16 `json:"remote_port"`
+	Target   string `json:"target"`
+	// State is "up" (registered at the relay), "refused" (the relay said
+	// no; Error says why, and the agent retries when that can help),
+	// or "down" (no session).
+	State     string    `json:"state"`
+	Since     time.Time `json:"since,omitzero"`
+	NextRetry time.Time `json:"next_retry,omitzero"`
+	Error     string    `json:"error,omitempty"`
+	// Visitors is connections (UDP: flows) open now.
+	Visitors int64 `json:"visitors"`
+	// BytesIn is from visitors to the target, BytesOut back.
+	BytesIn  int64 `json:"bytes_in"`
+	BytesOut int64 `json:"bytes_out"`
+	// DialError is the last failure to reach the target, and when.
+	DialError     string    `json:"last_dial_error,omitempty"`
+	DialErrorTime time.Time `json:"last_dial_error_time,omitzero"`
+}
+
+// ConfigStatus says which configuration is in force.
+type ConfigStatus struct {
+	File     string    `json:"file,omitempty"`
+	Loaded   time.Time `json:"loaded"`
+	Reloads  int       `json:"reloads"`
+	LastErr  string    `json:"last_error,omitempty"`
+	LastFail time.Time `json:"last_failure,omitzero"`
+}
