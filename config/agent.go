@@ -58,6 +58,7 @@ func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
 		Session:          l.session(),
 		Log:              l.log(),
 		DebugAddr:        l.debugAddr(),
+		MetricsAddr:      l.metricsAddr(),
 	}
 	switch host, port, err := net.SplitHostPort(c.Relay); {
 	case c.Relay == "":

@@ -58,6 +58,9 @@ type Relay struct {
 	// DebugAddr, when set, is the loopback address where Go's profiler
 	// (net/http/pprof) is served.
 	DebugAddr string
+	// MetricsAddr, when set, is where Prometheus metrics and the health
+	// checks are served ("metrics_addr").
+	MetricsAddr string
 }
 
 // Token is one accepted agent credential.
@@ -141,6 +144,9 @@ type Agent struct {
 	// DebugAddr, when set, is the loopback address where Go's profiler
 	// (net/http/pprof) is served.
 	DebugAddr string
+	// MetricsAddr, when set, is where Prometheus metrics and the health
+	// checks are served ("metrics_addr").
+	MetricsAddr string
 }
 
 // Tunnel is one exposed service.

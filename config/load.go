@@ -509,7 +509,21 @@ func logSettings() []setting {
 func debugSettings() []setting {
 	return []setting{
 		{key: "debug_addr", flag: "debug-addr", kind: kString, usage: "serve Go's profiler (net/http/pprof) on this loopback address, e.g. 127.0.0.1:6060 (default off)"},
+		{key: "metrics_addr", flag: "metrics-addr", kind: kString, usage: "serve Prometheus metrics (/metrics) and health checks (/healthz, /readyz) on this address, e.g. 127.0.0.1:9100 (default off)"},
 	}
+}
+
+// metricsAddr reads metrics_addr: empty, or HOST:PORT.
+func (l *loader) metricsAddr() string {
+	s := l.str("metrics_addr")
+	if s == "" {
+		return ""
+	}
+	if err := validHostPort(s); err != nil {
+		l.fail("metrics_addr", err)
+		return ""
+	}
+	return s
 }
 
 // debugAddr reads debug_addr: empty, or a loopback HOST:PORT.

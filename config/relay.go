@@ -81,9 +81,10 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 			VisitorBanAfter:    l.int("visitors.ban_after", 0, 1<<20),
 			VisitorBanFor:      l.duration("visitors.ban_for", time.Second, 30*24*time.Hour),
 		},
-		Session:   l.session(),
-		Log:       l.log(),
-		DebugAddr: l.debugAddr(),
+		Session:     l.session(),
+		Log:         l.log(),
+		DebugAddr:   l.debugAddr(),
+		MetricsAddr: l.metricsAddr(),
 	}
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir()

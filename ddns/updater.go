@@ -130,6 +130,9 @@ type Status struct {
 	NextAttempt time.Time
 	// LastError is why the last attempt failed; nil after success.
 	LastError error
+	// Updates counts confirmed writes, Failures failed attempts, since
+	// the updater started.
+	Updates, Failures int64
 }
 
 // record is the Updater's state of one name and type.
@@ -473,6 +476,7 @@ func (u *Updater) syncRecord(ctx context.Context, r *record, want []netip.Addr) 
 	}
 	at := u.now()
 	r.st.LastUpdate, r.refreshFrom = at, at
+	r.st.Updates++
 	u.succeed(r)
 	u.log().Info("ddns: records updated", "name", r.name, "type", r.typ, "addrs", fmtAddrs(want), "was", fmtAddrs(sortedAddrs(cur)))
 }
@@ -515,6 +519,7 @@ func (u *Updater) fail(ctx context.Context, r *record, err error) {
 		return
 	}
 	r.st.Synced, r.st.LastError = false, err
+	r.st.Failures++
 	switch {
 	case errors.Is(err, ErrAuth) || errors.Is(err, ErrAbuse):
 		u.stopped = err

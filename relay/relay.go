@@ -44,6 +44,7 @@ type Server struct {
 	retired map[*agentSession]struct{}
 	ports   map[portKey]any // public port -> the tunnel holding it
 	closing bool
+	serving bool // Serve has started
 
 	// knownPath is the file of known agent addresses (empty: none kept);
 	// learned tells keepKnownAgents to write it.
@@ -59,6 +60,7 @@ type Server struct {
 
 	started  time.Time
 	refusals refusalLog
+	metrics  *metrics
 }
 
 type sessionKey struct {
@@ -79,6 +81,7 @@ func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
 		retired:  make(map[*agentSession]struct{}),
 		ports:    make(map[portKey]any),
 		started:  time.Now(),
+		metrics:  newMetrics(),
 	}
 	for i, t := range id.Tokens {
 		if t.Secret == "" {
@@ -184,6 +187,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	if len(s.lns) == 0 {
 		return errors.New("relay: Serve before Listen")
 	}
+	s.mu.Lock()
+	s.serving = true
+	s.mu.Unlock()
 	for _, ln := range s.lns {
 		s.log.Info("relay listening for agents", "addr", ln.Addr().String(), "transport", transportName(ln), "fingerprint", s.id.Fingerprint)
 	}

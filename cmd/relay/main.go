@@ -15,6 +15,7 @@ import (
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/cli"
+	"github.com/homeport/homeport/internal/metrics"
 	"github.com/homeport/homeport/internal/service"
 	"github.com/homeport/homeport/relay"
 )
@@ -117,13 +118,31 @@ func run(ctx context.Context, cfg config.Relay, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	ctx, stopControl := context.WithCancel(ctx)
-	defer stopControl()
+	// The side servers (control socket, metrics) stop with the relay.
+	ctx, stopSide := context.WithCancel(ctx)
+	var waits []func()
+	defer func() {
+		stopSide()
+		for _, wait := range waits {
+			wait()
+		}
+	}()
 	waitControl, err := serveControl(ctx, cfg, srv, log)
 	if err != nil {
 		return err // the process ends, and with it the agent port
 	}
-	defer func() { stopControl(); waitControl() }()
+	waits = append(waits, waitControl)
+	if cfg.MetricsAddr != "" {
+		reg := metrics.NewRegistry("relay", cli.Version())
+		if err := srv.RegisterMetrics(reg); err != nil {
+			return err
+		}
+		waitMetrics, err := metrics.Serve(ctx, cfg.MetricsAddr, metrics.Handler(reg, srv.Ready, log), log)
+		if err != nil {
+			return err
+		}
+		waits = append(waits, waitMetrics)
+	}
 	printBanner(stdout, cfg, id, addr)
 	return srv.Serve(ctx)
 }

@@ -19,6 +19,8 @@ type NameStatus struct {
 	LastCheck   time.Time `json:"last_check,omitzero"`
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 	Error       string    `json:"error,omitempty"`
+	Updates     int64     `json:"updates"`
+	Failures    int64     `json:"failures"`
 }
 
 // Snapshot returns the state of every name u keeps; nil for a nil u.
@@ -32,6 +34,7 @@ func Snapshot(u *ddns.Updater) []NameStatus {
 			Name: s.Name, Type: s.Type, Synced: s.Synced,
 			Want: addrs(s.Want), Current: addrs(s.Current),
 			LastUpdate: s.LastUpdate, LastCheck: s.LastCheck, NextAttempt: s.NextAttempt,
+			Updates: s.Updates, Failures: s.Failures,
 		}
 		if s.LastError != nil {
 			n.Error = s.LastError.Error()

@@ -1,0 +1,166 @@
+package relay
+
+import (
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/homeport/homeport/internal/control"
+)
+
+// metrics are the relay's Prometheus metrics. Event counters are counted
+// where the events happen; everything the status holds (sessions,
+// streams, per-tunnel traffic) is read from it at scrape time by
+// statusCollector, so that the data path pays nothing for a scrape it
+// does not get. Labels are bounded: token, agent and tunnel names, which
+// the configuration and the per-token quotas bound, and fixed sets of
+// reasons; never a visitor's address.
+type metrics struct {
+	logins        *prometheus.CounterVec   // result
+	sessionsUp    *prometheus.CounterVec   // transport
+	sessionsEnded *prometheus.CounterVec   // transport, cause
+	bans          *prometheus.CounterVec   // where
+	streamOpen    *prometheus.HistogramVec // transport
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "homeport_relay_logins_total",
+			Help: "Agent logins on the agent port by result: ok, wrong_token, banned (refused while banned), busy (refused before the handshake), failed (handshake failed or timed out).",
+		}, []string{"result"}),
+		sessionsUp: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "homeport_relay_sessions_started_total",
+			Help: "Agent sessions that came up, by transport.",
+		}, []string{"transport"}),
+		sessionsEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "homeport_relay_sessions_ended_total",
+			Help: "Agent sessions that ended, by transport and cause: agent_left, replaced, lost, protocol_error, revoked, shutdown.",
+		}, []string{"transport", "cause"}),
+		bans: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "homeport_relay_bans_total",
+			Help: "Addresses banned, on the agent port (agent_port) or from a public port (tunnel).",
+		}, []string{"where"}),
+		streamOpen: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "homeport_relay_stream_open_seconds",
+			Help:    "Time from a visitor's connection to the agent's answer (the target dialed), by transport.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"transport"}),
+	}
+}
+
+// RegisterMetrics adds the relay's metrics to reg.
+func (s *Server) RegisterMetrics(reg prometheus.Registerer) error {
+	m := s.metrics
+	for _, c := range []prometheus.Collector{m.logins, m.sessionsUp, m.sessionsEnded, m.bans, m.streamOpen, &statusCollector{s}} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var (
+	descAgents = prometheus.NewDesc("homeport_relay_agents",
+		"Agent sessions up now, by transport (replaced sessions still carrying connections not counted).", []string{"transport"}, nil)
+	descAgentStreams = prometheus.NewDesc("homeport_relay_agent_streams",
+		"Open visitor streams of an agent's sessions.", []string{"token", "agent"}, nil)
+	descAgentRTT = prometheus.NewDesc("homeport_relay_agent_rtt_seconds",
+		"Round-trip time of an agent's current session, as last measured.", []string{"token", "agent"}, nil)
+	tunnelLabels    = []string{"token", "agent", "tunnel", "protocol"}
+	descTunnelUp    = prometheus.NewDesc("homeport_relay_tunnel_up", "1 for each public port open now.", append(tunnelLabels, "port"), nil)
+	descVisitorsNow = prometheus.NewDesc("homeport_relay_tunnel_visitors",
+		"Visitor connections (UDP: flows) open now.", tunnelLabels, nil)
+	descVisitorsAccepted = prometheus.NewDesc("homeport_relay_tunnel_visitors_accepted_total",
+		"Visitor connections (UDP: flows) let through since the tunnel opened.", tunnelLabels, nil)
+	descVisitorsRefused = prometheus.NewDesc("homeport_relay_tunnel_visitors_refused_total",
+		"Visitors turned away by the tunnel's guard (lists, limits, bans) since the tunnel opened.", tunnelLabels, nil)
+	descVisitorBans = prometheus.NewDesc("homeport_relay_tunnel_bans_total",
+		"Visitor addresses banned from the tunnel since it opened.", tunnelLabels, nil)
+	descBytes = prometheus.NewDesc("homeport_relay_tunnel_bytes_total",
+		"Bytes carried since the tunnel opened, by direction: in (from visitors) or out (to visitors).", append(tunnelLabels, "direction"), nil)
+	descDropped = prometheus.NewDesc("homeport_relay_tunnel_udp_dropped_total",
+		"UDP datagrams dropped (over a budget or the flow limit) since the tunnel opened.", tunnelLabels, nil)
+	descDDNSSynced = prometheus.NewDesc("homeport_ddns_synced",
+		"1 when the name's records match the address wanted, read back from the provider.", []string{"name", "type"}, nil)
+	descDDNSUpdates = prometheus.NewDesc("homeport_ddns_updates_total",
+		"Confirmed writes of the name's records.", []string{"name", "type"}, nil)
+	descDDNSFailures = prometheus.NewDesc("homeport_ddns_failures_total",
+		"Failed attempts to read or write the name's records.", []string{"name", "type"}, nil)
+)
+
+// statusCollector reads the relay's status at scrape time.
+type statusCollector struct{ s *Server }
+
+func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descAgents, descAgentStreams, descAgentRTT, descTunnelUp, descVisitorsNow,
+		descVisitorsAccepted, descVisitorsRefused, descVisitorBans, descBytes, descDropped, descDDNSSynced, descDDNSUpdates, descDDNSFailures} {
+		ch <- d
+	}
+}
+
+func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.s.Status()
+	byTransport := map[string]int{"tcp": 0, "quic": 0}
+	type agentKey struct{ token, agent string }
+	streams := map[agentKey]int{}
+	for _, a := range st.Agents {
+		k := agentKey{a.Token, a.ID}
+		streams[k] += a.Streams
+		if a.Retired {
+			continue
+		}
+		byTransport[a.Transport]++
+		if a.RTT > 0 {
+			ch <- prometheus.MustNewConstMetric(descAgentRTT, prometheus.GaugeValue, secondsOf(a.RTT), a.Token, a.ID)
+		}
+	}
+	for tr, n := range byTransport {
+		ch <- prometheus.MustNewConstMetric(descAgents, prometheus.GaugeValue, float64(n), tr)
+	}
+	for k, n := range streams {
+		ch <- prometheus.MustNewConstMetric(descAgentStreams, prometheus.GaugeValue, float64(n), k.token, k.agent)
+	}
+	for _, t := range st.Tunnels {
+		l := []string{t.Token, t.Agent, t.Name, t.Protocol}
+		ch <- prometheus.MustNewConstMetric(descTunnelUp, prometheus.GaugeValue, 1, append(l, itoa(int(t.Port)))...)
+		ch <- prometheus.MustNewConstMetric(descVisitorsNow, prometheus.GaugeValue, float64(t.Visitors), l...)
+		ch <- prometheus.MustNewConstMetric(descVisitorsAccepted, prometheus.CounterValue, float64(t.Accepted), l...)
+		ch <- prometheus.MustNewConstMetric(descVisitorsRefused, prometheus.CounterValue, float64(t.Refused), l...)
+		ch <- prometheus.MustNewConstMetric(descVisitorBans, prometheus.CounterValue, float64(t.Banned), l...)
+		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(t.BytesIn), append(l, "in")...)
+		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(t.BytesOut), append(l, "out")...)
+		if t.Protocol == "udp" {
+			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(t.Dropped), l...)
+		}
+	}
+	for _, d := range st.DDNS {
+		v := 0.0
+		if d.Synced && d.Error == "" {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descDDNSSynced, prometheus.GaugeValue, v, d.Name, d.Type)
+		ch <- prometheus.MustNewConstMetric(descDDNSUpdates, prometheus.CounterValue, float64(d.Updates), d.Name, d.Type)
+		ch <- prometheus.MustNewConstMetric(descDDNSFailures, prometheus.CounterValue, float64(d.Failures), d.Name, d.Type)
+	}
+}
+
+func secondsOf(d control.Duration) float64 { return time.Duration(d).Seconds() }
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// Ready reports why the relay cannot take agents (nil: it can): before
+// Listen, and once it is shutting down.
+func (s *Server) Ready() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closing:
+		return errors.New("shutting down")
+	case !s.serving:
+		return errors.New("not listening yet")
+	}
+	return nil
+}
