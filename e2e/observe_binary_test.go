@@ -58,14 +58,14 @@ func TestBinaryStatusAndMetrics(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &st); err != nil {
 			t.Fatalf("relay status --json: %v\n%s", err, out)
 		}
-		return len(st.Tunnels) == 1 && st.Tunnels[0].BytesIn >= n
+		return len(st.Tunnels) == 1 && st.Tunnels[0].BytesOut >= n+1
 	})
 	if len(st.Agents) != 1 || st.Agents[0].ID != "home-pc" || st.Agents[0].Token != "default" {
 		t.Fatalf("agents: %+v", st.Agents)
 	}
 	tn := st.Tunnels[0]
-	// The open visitor's byte is counted when it ends.
-	if tn.Name != "web" || tn.Port != port || tn.Visitors != 1 || tn.Accepted != 2 || tn.BytesIn != n || tn.BytesOut != n {
+	// The open visitor's byte counts too: bytes count as they pass.
+	if tn.Name != "web" || tn.Port != port || tn.Visitors != 1 || tn.Accepted != 2 || tn.BytesIn != n+1 || tn.BytesOut != n+1 {
 		t.Fatalf("tunnel: %+v", tn)
 	}
 
@@ -88,8 +88,8 @@ func TestBinaryStatusAndMetrics(t *testing.T) {
 		labels map[string]string
 		want   float64
 	}{
-		{"homeport_relay_tunnel_bytes_total", with(tunnel, "direction", "in"), n},
-		{"homeport_relay_tunnel_bytes_total", with(tunnel, "direction", "out"), n},
+		{"homeport_relay_tunnel_bytes_total", with(tunnel, "direction", "in"), n + 1},
+		{"homeport_relay_tunnel_bytes_total", with(tunnel, "direction", "out"), n + 1},
 		{"homeport_relay_tunnel_visitors", tunnel, 1},
 		{"homeport_relay_tunnel_visitors_accepted_total", tunnel, 2},
 		{"homeport_relay_agent_streams", map[string]string{"token": "default", "agent": "home-pc"}, 1},

@@ -62,6 +62,11 @@ func testRelayStatus(t *testing.T, tr string) {
 	if got := r.srv.Status().Agents[0].Streams; got != 1 {
 		t.Fatalf("agent streams with one visitor: %d", got)
 	}
+	// Bytes count as they pass, not when the connection ends.
+	waitFor(t, 10*time.Second, "the echoed bytes counted while connected", func() bool {
+		ts := web()
+		return ts.BytesIn == n && ts.BytesOut == n
+	})
 	c.CloseWrite()
 	if _, err := io.Copy(io.Discard, c); err != nil {
 		t.Fatal(err)

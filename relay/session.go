@@ -364,10 +364,8 @@ func (t *publicTunnel) serveVisitor(c *net.TCPConn) {
 	st = tunnel.CutAware(st, as.lost)
 	t.stats.visitors.Add(1)
 	t.stats.accepted.Add(1)
-	in, out, err := tunnel.Splice(ctx, c, &openResultReader{Stream: st})
+	in, out, err := tunnel.SpliceCounted(ctx, c, &openResultReader{Stream: st}, &t.stats.bytesIn, &t.stats.bytesOut)
 	t.stats.visitors.Add(-1)
-	t.stats.bytesIn.Add(in)
-	t.stats.bytesOut.Add(out)
 	level := slog.LevelDebug
 	if as.srv.cfg.AccessLog {
 		level = slog.LevelInfo

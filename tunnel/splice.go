@@ -60,6 +60,13 @@ type readWaiter interface {
 // goroutine ends, and a new one takes over when data or the end arrives,
 // so that an idle connection keeps one goroutine instead of two.
 func Splice(ctx context.Context, a, b HalfCloser) (aToB, bToA int64, err error) {
+	return SpliceCounted(ctx, a, b, nil, nil)
+}
+
+// SpliceCounted is Splice that also adds the bytes written each way to
+// the counters given (nil: none) as they go, so that a long transfer shows
+// in totals read meanwhile (status, metrics). One atomic add per write.
+func SpliceCounted(ctx context.Context, a, b HalfCloser, countAB, countBA *atomic.Int64) (aToB, bToA int64, err error) {
 	var (
 		once     sync.Once
 		cause    error
@@ -89,6 +96,7 @@ func Splice(ctx context.Context, a, b HalfCloser) (aToB, bToA int64, err error) 
 	}
 	ab = newPipe(b, a, &halfDone, abort)
 	ba = newPipe(a, b, &halfDone, abort)
+	ab.count, ba.count = countAB, countBA
 	own, caller := ba, ab
 	if own.park == nil && caller.park != nil {
 		own, caller = ab, ba
@@ -163,6 +171,7 @@ type pipe struct {
 	halfDone *atomic.Bool
 	abort    func(error)
 	n        int64         // bytes copied
+	count    *atomic.Int64 // also counts them, if set
 	bp       *[]byte       // the large buffer, while data flows
 	shrink   *time.Timer   // releases src's drained buffer once idle
 	park     *parking      // src's readiness wait, nil where it cannot park
@@ -236,6 +245,9 @@ func (p *pipe) run() bool {
 			}
 			nw, werr := p.dst.Write(buf[:nr])
 			p.n += int64(nw)
+			if p.count != nil {
+				p.count.Add(int64(nw))
+			}
 			if werr != nil {
 				putSmall(sp)
 				p.abort(fmt.Errorf("write: %w", werr))
