@@ -33,6 +33,10 @@ func testRelayStatus(t *testing.T, tr string) {
 	if ag.Token != "default" || ag.ID != "home-pc" || ag.Transport != tr || ag.Since.IsZero() || ag.Addr == "" {
 		t.Fatalf("agent: %+v", ag)
 	}
+	waitFor(t, 20*time.Second, "a round trip measured", func() bool {
+		rtt := time.Duration(r.srv.Status().Agents[0].RTT)
+		return rtt > 0 && rtt < 5*time.Second
+	})
 	if len(st.Tunnels) != 2 {
 		t.Fatalf("tunnels: %+v", st.Tunnels)
 	}

@@ -643,6 +643,7 @@ func (s *quicSession) AcceptStream(ctx context.Context) (Stream, error) {
 
 func (s *quicSession) Done() <-chan struct{} { return s.conn.Context().Done() }
 func (s *quicSession) NumStreams() int       { return int(s.streams.Load()) }
+func (s *quicSession) RTT() time.Duration    { return s.conn.ConnectionStats().SmoothedRTT }
 func (s *quicSession) LocalAddr() net.Addr   { return s.conn.LocalAddr() }
 func (s *quicSession) RemoteAddr() net.Addr  { return s.conn.RemoteAddr() }
 

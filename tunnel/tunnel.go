@@ -69,6 +69,8 @@ type Session interface {
 	Close() error
 	// NumStreams is the number of open streams.
 	NumStreams() int
+	// RTT is the session's smoothed round-trip time; 0 until measured.
+	RTT() time.Duration
 	LocalAddr() net.Addr
 	RemoteAddr() net.Addr
 }

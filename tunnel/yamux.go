@@ -86,6 +86,7 @@ func (s *yamuxSession) AcceptStream(ctx context.Context) (Stream, error) {
 func (s *yamuxSession) Done() <-chan struct{} { return s.s.CloseChan() }
 func (s *yamuxSession) Close() error          { return s.s.Close() }
 func (s *yamuxSession) NumStreams() int       { return s.s.NumStreams() }
+func (s *yamuxSession) RTT() time.Duration    { return time.Duration(s.fw.wins.rtt.Load()) }
 func (s *yamuxSession) LocalAddr() net.Addr   { return s.s.LocalAddr() }
 func (s *yamuxSession) RemoteAddr() net.Addr  { return s.s.RemoteAddr() }
 
