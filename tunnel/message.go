@@ -35,6 +35,8 @@ const (
 	CodeReplaced       Code = 9  // a newer session of the same agent took over
 	CodeShutdown       Code = 10 // the relay is shutting down
 	CodeInternal       Code = 11 // the peer failed in a way the request did not cause
+	CodeQuota          Code = 12 // the token's max_agents or max_tunnels is reached
+	CodePortReserved   Code = 13 // the port is kept for another token's agent for a while
 )
 
 var codeNames = [...]string{
@@ -50,6 +52,8 @@ var codeNames = [...]string{
 	CodeReplaced:       "replaced by a newer session",
 	CodeShutdown:       "relay shutting down",
 	CodeInternal:       "internal error",
+	CodeQuota:          "quota reached",
+	CodePortReserved:   "port reserved",
 }
 
 func (c Code) String() string {

@@ -1,0 +1,163 @@
+package e2e
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/tunnel"
+)
+
+// Tokens of the tenants in these tests.
+const (
+	aliceToken = "alice-token-0123456789"
+	bobToken   = "bob-token-0123456789ab"
+	carolToken = "carol-token-0123456789"
+)
+
+// resultOf returns the result for the named tunnel.
+func resultOf(t *testing.T, results []tunnel.TunnelResult, name string) tunnel.TunnelResult {
+	t.Helper()
+	for _, r := range results {
+		if r.Name == name {
+			return r
+		}
+	}
+	t.Fatalf("no result for tunnel %s in %+v", name, results)
+	return tunnel.TunnelResult{}
+}
+
+// tenantAgent starts an agent with token and id.
+func tenantAgent(t *testing.T, r *relayHandle, token, id string, tunnels ...config.Tunnel) *agentHandle {
+	cfg := agentConfig(r, tunnels...)
+	cfg.Token, cfg.ID = token, id
+	return startAgent(t, cfg)
+}
+
+// TestPortOwnership: a port listed for a token is that token's alone,
+// whether or not its agent is connected; a port no token lists, released
+// by one token's agent, stays reserved to that token for port_reserve:
+// another token's agent is refused and told until when, and an agent of
+// the first token (another id too) gets it back at once.
+func TestPortOwnership(t *testing.T) { forEachTransport(t, testPortOwnership) }
+
+func testPortOwnership(t *testing.T, tr string) {
+	leak.Check(t)
+	carolTarget := serve(t, echo)
+	bobTarget := serve(t, func(c *net.TCPConn) { c.Write([]byte("bob's login page")) })
+	listed, shared := freePort(t), freePort(t)
+	r := startRelayOver(t, tr, func(c *config.Relay) {
+		c.Tokens = []config.Token{
+			{Name: "alice", Secret: aliceToken, Ports: config.PortRanges{{Lo: listed, Hi: listed}}},
+			{Name: "bob", Secret: bobToken},
+			{Name: "carol", Secret: carolToken},
+		}
+		c.PortReserve = time.Hour
+	})
+
+	// Alice's port is hers even while no agent of hers is connected.
+	b := tenantAgent(t, r, bobToken, "bob-pc", tcpTunnel("listed", listed, bobTarget))
+	res := resultOf(t, b.waitAny(10*time.Second).Results, "listed")
+	if res.Code != tunnel.CodePortNotAllowed || !contains(res.Message, "in the ports of another token", `token "bob" lists no ports`) {
+		t.Fatalf("bob asking for alice's port: %v: %s", res.Code, res.Message)
+	}
+	b.stop()
+
+	// Carol's agent holds a port no token lists, and drops.
+	c := tenantAgent(t, r, carolToken, "carol-pc", tcpTunnel("rdp", shared, carolTarget))
+	c.waitSession(10 * time.Second)
+	expectEcho(t, publicAddr(shared))
+	c.stop()
+	expectClosed(t, publicAddr(shared), 5*time.Second)
+
+	// Bob's agent is refused the port while it is reserved to carol.
+	b = tenantAgent(t, r, bobToken, "bob-pc", tcpTunnel("rdp", shared, bobTarget))
+	res = resultOf(t, b.waitAny(10*time.Second).Results, "rdp")
+	if res.Code != tunnel.CodePortReserved || !contains(res.Message, "reserved for another token's agent", "until", "port_reserve") {
+		t.Fatalf("bob asking for carol's released port: %v: %s", res.Code, res.Message)
+	}
+	expectClosed(t, publicAddr(shared), 5*time.Second)
+
+	// Carol's other computer takes it at once; her visitors reach her.
+	c2 := tenantAgent(t, r, carolToken, "carol-laptop", tcpTunnel("rdp", shared, carolTarget))
+	c2.waitSession(10 * time.Second)
+	expectEcho(t, publicAddr(shared))
+}
+
+// TestTokenQuotas: a token's agents get at most max_tunnels tunnels in all,
+// and at most max_agents agent ids log in; the refusals say which quota,
+// and a new session of an id already in does not count twice.
+func TestTokenQuotas(t *testing.T) { forEachTransport(t, testTokenQuotas) }
+
+func testTokenQuotas(t *testing.T, tr string) {
+	leak.Check(t)
+	target := serve(t, echo)
+	r := startRelayOver(t, tr, func(c *config.Relay) {
+		c.MaxTunnels = 3
+		c.Tokens = []config.Token{{Name: "default", Secret: testToken, MaxAgents: 2}}
+	})
+	p := []uint16{freePort(t), freePort(t), freePort(t), freePort(t)}
+	a1 := tenantAgent(t, r, testToken, "pc-1", tcpTunnel("t0", p[0], target), tcpTunnel("t1", p[1], target))
+	a1.waitSession(10 * time.Second)
+	a2 := tenantAgent(t, r, testToken, "pc-2", tcpTunnel("t2", p[2], target), tcpTunnel("t3", p[3], target))
+	si := a2.waitAny(10 * time.Second)
+	if res := resultOf(t, si.Results, "t2"); res.Code != tunnel.CodeOK {
+		t.Fatalf("third tunnel: %v: %s", res.Code, res.Message)
+	}
+	res := resultOf(t, si.Results, "t3")
+	if res.Code != tunnel.CodeQuota || !contains(res.Message, `token "default" holds 3 tunnels, its max_tunnels`) {
+		t.Fatalf("fourth tunnel: %v: %s", res.Code, res.Message)
+	}
+	expectClosed(t, publicAddr(p[3]), 5*time.Second)
+	for _, port := range p[:3] {
+		expectEcho(t, publicAddr(port))
+	}
+
+	// A third id is refused at login.
+	a3 := tenantAgent(t, r, testToken, "pc-3", tcpTunnel("t9", freePort(t), target))
+	select {
+	case err := <-a3.done:
+		if err == nil || !contains(err.Error(), "quota reached", `token "default" has 2 agent ids logged in, its max_agents`) {
+			t.Fatalf("third agent id: %v", err)
+		}
+		a3.done <- err
+	case <-time.After(10 * time.Second):
+		t.Fatalf("third agent id not refused\nagent log:\n%s", a3.logs)
+	}
+	waitFor(t, 5*time.Second, "relay log of the refusal", func() bool {
+		return contains(r.logs.String(), "agent login refused", "max_agents")
+	})
+}
+
+// TestRefusalMessages: a port outside allow_ports is refused naming
+// allow_ports and its ranges, not the token; a port outside a token's own
+// ports names the token and its ports.
+func TestRefusalMessages(t *testing.T) { forEachTransport(t, testRefusalMessages) }
+
+func testRefusalMessages(t *testing.T, tr string) {
+	leak.Check(t)
+	target := serve(t, echo)
+	r := startRelayOver(t, tr, func(c *config.Relay) {
+		c.AllowPorts = config.PortRanges{{Lo: 1024, Hi: 65535}}
+		c.Tokens = []config.Token{
+			{Name: "default", Secret: testToken},
+			{Name: "alice", Secret: aliceToken, Ports: config.PortRanges{{Lo: 5000, Hi: 5010}}},
+		}
+	})
+	a := startAgent(t, agentConfig(r, tcpTunnel("web", 80, target)))
+	res := resultOf(t, a.waitAny(10*time.Second).Results, "web")
+	want := "port 80 is outside the relay's allow_ports (1024-65535); to use it, add it to allow_ports in the relay's configuration"
+	if res.Code != tunnel.CodePortNotAllowed || res.Message != want {
+		t.Errorf("port 80: %v: %q\nwant %q", res.Code, res.Message, want)
+	}
+	waitFor(t, 5*time.Second, "agent log of the refusal", func() bool { return contains(a.logs.String(), "allow_ports (1024-65535)") })
+
+	b := tenantAgent(t, r, aliceToken, "alice-pc", tcpTunnel("game", 6000, target))
+	res = resultOf(t, b.waitAny(10*time.Second).Results, "game")
+	want = `port 6000 is not in the ports of token "alice" (5000-5010); to use it, add it to that token's ports in the relay's configuration`
+	if res.Code != tunnel.CodePortNotAllowed || res.Message != want {
+		t.Errorf("port 6000: %v: %q\nwant %q", res.Code, res.Message, want)
+	}
+}
