@@ -37,6 +37,7 @@ type Agent struct {
 	log      *slog.Logger
 	tunnels  map[string]config.Tunnel
 	software string
+	status   *statusBoard
 
 	// ddns is the dynamic DNS updater (nil: off); relayAddr feeds its
 	// relay source with the address the relay sees this agent at.
@@ -87,12 +88,15 @@ func New(cfg config.Agent, version string, log *slog.Logger) (*Agent, error) {
 	if len(cfg.Tunnels) == 0 {
 		return nil, errors.New("agent: no tunnels")
 	}
+	names := make([]string, 0, len(cfg.Tunnels))
 	for _, t := range cfg.Tunnels {
 		if _, dup := a.tunnels[t.Name]; dup {
 			return nil, fmt.Errorf("agent: tunnel %q: duplicate name", t.Name)
 		}
 		a.tunnels[t.Name] = t
+		names = append(names, t.Name)
 	}
+	a.status = newStatusBoard(names, time.Now())
 	switch {
 	case cfg.Fingerprint != "":
 		conf, err := tunnel.PinnedTLSConfig(cfg.Fingerprint)
@@ -182,8 +186,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		attempt  int
 		everUp   bool
 		dialFail int
-		next     *link          // a session already up, handed over
-		retired  sync.WaitGroup // replaced sessions carrying their last connections
+		// lastRefusal is the relay's last refusal of a login that may
+		// pass, logged once.
+		lastRefusal tunnel.RejectError
+		next        *link          // a session already up, handed over
+		retired     sync.WaitGroup // replaced sessions carrying their last connections
 	)
 	defer retired.Wait()
 	defer a.runDDNS(ctx)()
@@ -204,9 +211,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if !errors.As(err, &h) {
+			a.status.down(time.Now())
+		}
 		var delay time.Duration
 		var f *failure
 		errors.As(err, &f)
+		var re *tunnel.RejectError
 		switch {
 		case errors.As(err, &h):
 			everUp, attempt, dialFail = true, 0, 0
@@ -239,6 +250,16 @@ func (a *Agent) Run(ctx context.Context) error {
 				if !f.logged {
 					a.log.Warn("session lost; reconnecting", "err", f.err, "retry_in", delay.Round(time.Millisecond))
 				}
+			}
+		case f != nil && f.refused && errors.As(err, &re):
+			// Refused for now (a quota): try again, slowly, and say
+			// so once.
+			delay = jitter(time.Second, a.cfg.ReconnectMax, attempt)
+			if *re != lastRefusal {
+				lastRefusal = *re
+				a.log.Error("relay refused this agent for now; retrying", "err", f.err, "retry_in", delay.Round(time.Millisecond))
+			} else {
+				a.log.Debug("relay refused this agent for now; retrying", "err", f.err, "retry_in", delay.Round(time.Millisecond))
 			}
 		case f != nil && f.definitive:
 			if !everUp {
@@ -289,7 +310,10 @@ const (
 type failure struct {
 	stage      stage
 	definitive bool // retrying cannot help without a change of config
-	logged     bool // the end of the session was logged already
+	// refused: the relay refused the login for now (a Reject that may
+	// pass, such as a quota); retried with backoff.
+	refused bool
+	logged  bool // the end of the session was logged already
 	// cut: the session ended because the relay or the link went away
 	// (no GoAway: its process or the link died; or GoAway with
 	// CodeShutdown), not by the relay's choice about this agent.
@@ -305,6 +329,9 @@ type link struct {
 	transport string
 	sess      tunnel.Session
 	ctrl      tunnel.Stream
+	// retry names the tunnels the relay refused for a reason that may
+	// pass: the session registers them again (retryRefused).
+	retry []string
 }
 
 // handover ends the serving of a session whose link went quiet, once a
@@ -362,6 +389,9 @@ func (a *Agent) establish(ctx context.Context, replacing bool) (*link, error) {
 			return nil, &failure{stage: stageDial, err: fmt.Errorf("relay %s: %w", a.cfg.Relay, err)}
 		}
 		var re *tunnel.RejectError
+		if errors.As(err, &re) && re.Code == tunnel.CodeQuota {
+			return nil, &failure{stage: stageSetup, refused: true, err: fmt.Errorf("relay %s: %w", a.cfg.Relay, err)}
+		}
 		if errors.As(err, &re) || errors.Is(err, tunnel.ErrVersion) {
 			return nil, &failure{stage: stageSetup, definitive: true, err: fmt.Errorf("relay %s: %w", a.cfg.Relay, err)}
 		}
@@ -389,19 +419,18 @@ func (a *Agent) establish(ctx context.Context, replacing bool) (*link, error) {
 			a.log.Warn("ddns: relay source", "err", err)
 		}
 	}
-	relayHost, _, _ := net.SplitHostPort(a.cfg.Relay)
+	l := &link{transport: name, sess: sess, ctrl: ctrl}
+	now := time.Now()
 	for _, r := range res.Results {
-		t := a.tunnels[r.Name]
-		if r.Code == tunnel.CodeOK {
-			a.log.Info("tunnel ready", "tunnel", r.Name, "protocol", t.Protocol, "public", net.JoinHostPort(relayHost, fmt.Sprint(t.RemotePort)), "target", t.Target)
-		} else {
-			a.log.Error("tunnel refused by relay", "tunnel", r.Name, "port", t.RemotePort, "reason", r.Code.String(), "detail", r.Message)
+		a.logResult(r, a.status.result(r, now), true)
+		if r.Code != tunnel.CodeOK && retryable(r.Code) {
+			l.retry = append(l.retry, r.Name)
 		}
 	}
 	if a.OnSession != nil {
 		a.OnSession(SessionInfo{Transport: name, ObservedAddr: welcome.ObservedAddr, Results: res.Results})
 	}
-	return &link{transport: name, sess: sess, ctrl: ctrl}, nil
+	return l, nil
 }
 
 // register opens the control stream and registers the tunnels on it.
@@ -410,17 +439,9 @@ func (a *Agent) register(ctx context.Context, sess tunnel.Session) (tunnel.Strea
 	if err != nil {
 		return nil, nil, fmt.Errorf("open control stream: %w", err)
 	}
-	var reqs []tunnel.TunnelRequest
-	for _, t := range a.cfg.Tunnels {
-		proto := tunnel.ProtoTCP
-		if t.Protocol == "udp" {
-			proto = tunnel.ProtoUDP
-		}
-		reqs = append(reqs, tunnel.TunnelRequest{Name: t.Name, Protocol: proto, RemotePort: t.RemotePort, Allow: t.Allow, Deny: t.Deny})
-	}
 	// One Register per frame's worth of tunnels; the relay answers each.
 	var res tunnel.RegisterResult
-	for _, reg := range tunnel.SplitRegister(reqs) {
+	for _, reg := range tunnel.SplitRegister(a.requests()) {
 		if err := tunnel.WriteMessage(ctrl, reg); err != nil {
 			return nil, nil, fmt.Errorf("register tunnels: %w", err)
 		}
@@ -459,7 +480,7 @@ func (a *Agent) session(ctx context.Context, l *link, retired *sync.WaitGroup) e
 	watched.Go(func() { a.watchSilence(wctx, l, &replacing, &tried, newer) })
 
 	served := make(chan error, 1)
-	go func() { served <- a.serve(ctx, l.sess, l.ctrl) }()
+	go func() { served <- a.serve(ctx, l) }()
 	var err error
 	select {
 	case err = <-served:

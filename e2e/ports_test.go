@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"net"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/homeport/homeport/agent"
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/leak"
 	"github.com/homeport/homeport/tunnel"
@@ -115,20 +117,27 @@ func testTokenQuotas(t *testing.T, tr string) {
 		expectEcho(t, publicAddr(port))
 	}
 
-	// A third id is refused at login.
+	// A third id is refused at login, and tries again.
 	a3 := tenantAgent(t, r, testToken, "pc-3", tcpTunnel("t9", freePort(t), target))
-	select {
-	case err := <-a3.done:
-		if err == nil || !contains(err.Error(), "quota reached", `token "default" has 2 agent ids logged in, its max_agents`) {
-			t.Fatalf("third agent id: %v", err)
-		}
-		a3.done <- err
-	case <-time.After(10 * time.Second):
-		t.Fatalf("third agent id not refused\nagent log:\n%s", a3.logs)
-	}
+	waitFor(t, 10*time.Second, "third agent id refused", func() bool {
+		return contains(a3.logs.String(), "relay refused this agent for now; retrying", "quota reached", `token \"default\" has 2 agent ids logged in, its max_agents`)
+	})
 	waitFor(t, 5*time.Second, "relay log of the refusal", func() bool {
 		return contains(r.logs.String(), "agent login refused", "max_agents")
 	})
+
+	// Once the first agent leaves, the third gets in and the second gets
+	// its fourth tunnel, each without any change.
+	a1.stop()
+	a3.waitSession(20 * time.Second)
+	waitFor(t, 20*time.Second, "the fourth tunnel", func() bool {
+		open, _ := probe(publicAddr(p[3]), time.Second)
+		return open
+	})
+	expectEcho(t, publicAddr(p[3]))
+	if n := strings.Count(a3.logs.String(), `level=ERROR msg="relay refused this agent for now`); n != 1 {
+		t.Errorf("third agent logged its refusal %d times at level error, want once\n%s", n, a3.logs)
+	}
 }
 
 // TestRefusalMessages: a port outside allow_ports is refused naming
@@ -160,4 +169,64 @@ func testRefusalMessages(t *testing.T, tr string) {
 	if res.Code != tunnel.CodePortNotAllowed || res.Message != want {
 		t.Errorf("port 6000: %v: %q\nwant %q", res.Code, res.Message, want)
 	}
+}
+
+// TestRetryPortInUse: a tunnel refused because another program holds its
+// port is asked for again on the same session, with backoff, and is ready
+// once the program lets go; the refusal is logged once, not at every try.
+func TestRetryPortInUse(t *testing.T) { forEachTransport(t, testRetryPortInUse) }
+
+func testRetryPortInUse(t *testing.T, tr string) {
+	leak.Check(t)
+	target := serve(t, echo)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	port := uint16(taken.Addr().(*net.TCPAddr).Port)
+	r := startRelayOver(t, tr, nil)
+	other := freePort(t)
+	a := startAgent(t, agentConfig(r, tcpTunnel("rdp", port, target), tcpTunnel("web", other, target)))
+	si := a.waitAny(10 * time.Second)
+	if res := resultOf(t, si.Results, "rdp"); res.Code != tunnel.CodePortInUse {
+		t.Fatalf("rdp: %v: %s", res.Code, res.Message)
+	}
+	expectEcho(t, publicAddr(other))
+	// Let the agent try a few times while the port is held.
+	waitFor(t, 20*time.Second, "three refusals at the relay", func() bool {
+		return strings.Count(r.logs.String(), "tunnel refused") >= 3
+	})
+	st := tunnelStatus(t, a, "rdp")
+	if st.State != agent.TunnelRetrying || st.Code != tunnel.CodePortInUse || !contains(st.Message, "in use by another program") || st.NextRetry.IsZero() {
+		t.Errorf("status while refused: %+v", st)
+	}
+	taken.Close()
+	waitFor(t, 20*time.Second, "rdp tunnel ready", func() bool {
+		return tunnelStatus(t, a, "rdp").State == agent.TunnelUp
+	})
+	expectEcho(t, publicAddr(port))
+	expectEcho(t, publicAddr(other))
+	logs := a.logs.String()
+	if n := strings.Count(logs, "tunnel refused by relay"); n != 1 {
+		t.Errorf("refusal logged %d times, want once\n%s", n, logs)
+	}
+	if !contains(logs, `msg="tunnel ready" tunnel=rdp`) {
+		t.Errorf("agent did not log the tunnel ready\n%s", logs)
+	}
+	if n := strings.Count(logs, "connected to relay"); n != 1 {
+		t.Errorf("agent connected %d times, want once: the tunnel should come on the same session", n)
+	}
+}
+
+// tunnelStatus is the agent's status of the named tunnel.
+func tunnelStatus(t *testing.T, a *agentHandle, name string) agent.TunnelStatus {
+	t.Helper()
+	for _, st := range a.agent.Status() {
+		if st.Name == name {
+			return st
+		}
+	}
+	t.Fatalf("no status for tunnel %s", name)
+	return agent.TunnelStatus{}
 }
