@@ -66,9 +66,12 @@ const (
 	dialBackoffBase = 250 * time.Millisecond
 	dialBackoffMax  = time.Second
 	// rejectedBackoff is the delay after the relay refused this agent
-	// (wrong token, or another agent took over its id): retrying sooner
-	// would only hammer the relay.
+	// (wrong token): retrying sooner would only hammer the relay.
 	rejectedBackoff = 5 * time.Minute
+	// refusedBase is the first delay after a refusal that may pass (a
+	// quota, or another agent holding this agent's id); the delays double
+	// up to reconnect_max.
+	refusedBase = time.Second
 	// stablePeriod: a session that lived this long resets the backoff;
 	// shorter ones (a relay that drops agents at once) keep it growing.
 	stablePeriod = 2 * time.Second
@@ -189,8 +192,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		// lastRefusal is the relay's last refusal of a login that may
 		// pass, logged once.
 		lastRefusal tunnel.RejectError
-		next        *link          // a session already up, handed over
-		retired     sync.WaitGroup // replaced sessions carrying their last connections
+		// standby: another agent took over this agent's id; logins ask
+		// for it only once that one has left (tunnel.FlagStandby).
+		// standbyN counts the waits since, for their backoff.
+		standby  bool
+		standbyN int
+		next     *link          // a session already up, handed over
+		retired  sync.WaitGroup // replaced sessions carrying their last connections
 	)
 	defer retired.Wait()
 	defer a.runDDNS(ctx)()
@@ -198,7 +206,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		start := time.Now()
 		l, err := next, error(nil)
 		if l == nil {
-			l, err = a.establish(ctx, false)
+			l, err = a.establish(ctx, false, standby)
+			if err == nil && standby {
+				standby = false
+				a.log.Info("the other agent with this agent's id has left; serving the tunnels again", "id", a.cfg.ID)
+			}
 		}
 		next = nil
 		if err == nil {
@@ -233,7 +245,19 @@ func (a *Agent) Run(ctx context.Context) error {
 			if time.Since(start) >= stablePeriod {
 				attempt = 0
 			}
+			if !f.replaced {
+				standbyN = 0
+			}
 			switch {
+			case f.replaced:
+				// Wait for the other agent to leave, asking with
+				// FlagStandby: the relay lets this one in only then, so
+				// two agents with one id do not take it from each other.
+				standby = true
+				delay = jitter(refusedBase, a.cfg.ReconnectMax, standbyN)
+				standbyN++
+				a.log.Error("another agent with this agent's id took over; waiting for it to leave; give each agent its own id (--id)",
+					"id", a.cfg.ID, "relay_said", f.err, "retry_in", delay.Round(time.Millisecond))
 			case f.definitive:
 				delay = rejectedBackoff
 				a.log.Error("session ended by the relay", "err", f.err, "retry_in", delay)
@@ -252,15 +276,21 @@ func (a *Agent) Run(ctx context.Context) error {
 				}
 			}
 		case f != nil && f.refused && errors.As(err, &re):
-			// Refused for now (a quota): try again, slowly, and say
-			// so once.
-			delay = jitter(time.Second, a.cfg.ReconnectMax, attempt)
-			if *re != lastRefusal {
-				lastRefusal = *re
-				a.log.Error("relay refused this agent for now; retrying", "err", f.err, "retry_in", delay.Round(time.Millisecond))
+			// Refused for now (a quota, or the other agent still holds
+			// the id): try again, slowly, and say so once.
+			level, msg := slog.LevelError, "relay refused this agent for now; retrying"
+			if re.Code == tunnel.CodeIDInUse {
+				delay = jitter(refusedBase, a.cfg.ReconnectMax, standbyN)
+				standbyN++
+				level, msg = slog.LevelInfo, "the other agent still holds this agent's id; waiting"
 			} else {
-				a.log.Debug("relay refused this agent for now; retrying", "err", f.err, "retry_in", delay.Round(time.Millisecond))
+				delay = jitter(refusedBase, a.cfg.ReconnectMax, attempt)
 			}
+			if *re == lastRefusal {
+				level = slog.LevelDebug
+			}
+			lastRefusal = *re
+			a.log.Log(ctx, level, msg, "err", f.err, "retry_in", delay.Round(time.Millisecond))
 		case f != nil && f.definitive:
 			if !everUp {
 				return fmt.Errorf("%w: %w", ErrRejected, f)
@@ -310,6 +340,9 @@ const (
 type failure struct {
 	stage      stage
 	definitive bool // retrying cannot help without a change of config
+	// replaced: the relay ended the session because another session
+	// with this agent's id took over.
+	replaced bool
 	// refused: the relay refused the login for now (a Reject that may
 	// pass, such as a quota); retried with backoff.
 	refused bool
@@ -342,8 +375,10 @@ func (h *handover) Error() string { return "a newer session took over" }
 
 // establish connects to the relay, authenticates and registers the tunnels.
 // replacing says that the agent still holds a session it replaces
-// (make-before-break); see tunnel.FlagReplacing.
-func (a *Agent) establish(ctx context.Context, replacing bool) (*link, error) {
+// (make-before-break); see tunnel.FlagReplacing. standby says that
+// another agent took over this agent's id, and the login must wait for it
+// to leave; see tunnel.FlagStandby.
+func (a *Agent) establish(ctx context.Context, replacing, standby bool) (*link, error) {
 	auto := a.cfg.Transport == config.TransportAuto
 	name := config.TransportTCP
 	if a.cfg.Transport == config.TransportQUIC || auto && a.policy.usable(time.Now()) {
@@ -378,6 +413,9 @@ func (a *Agent) establish(ctx context.Context, replacing bool) (*link, error) {
 	if replacing {
 		flags |= tunnel.FlagReplacing
 	}
+	if standby {
+		flags |= tunnel.FlagStandby
+	}
 	welcome, err := tunnel.Authenticate(c, []byte(a.cfg.Token), a.cfg.ID, a.software, flags)
 	if err != nil {
 		c.Close()
@@ -389,7 +427,7 @@ func (a *Agent) establish(ctx context.Context, replacing bool) (*link, error) {
 			return nil, &failure{stage: stageDial, err: fmt.Errorf("relay %s: %w", a.cfg.Relay, err)}
 		}
 		var re *tunnel.RejectError
-		if errors.As(err, &re) && re.Code == tunnel.CodeQuota {
+		if errors.As(err, &re) && (re.Code == tunnel.CodeQuota || re.Code == tunnel.CodeIDInUse) {
 			return nil, &failure{stage: stageSetup, refused: true, err: fmt.Errorf("relay %s: %w", a.cfg.Relay, err)}
 		}
 		if errors.As(err, &re) || errors.Is(err, tunnel.ErrVersion) {
@@ -489,7 +527,7 @@ func (a *Agent) session(ctx context.Context, l *link, retired *sync.WaitGroup) e
 			// it fails too. (The relay closes a session it retired as
 			// soon as it carries no connection.)
 			var f *failure
-			if errors.As(err, &f) && f.stage == stageUp && !f.definitive && ctx.Err() == nil {
+			if errors.As(err, &f) && f.stage == stageUp && !f.definitive && !f.replaced && ctx.Err() == nil {
 				a.log.Warn("session lost; reconnecting", "err", f.err, "new_session", "already being opened")
 				f.logged = true
 			}
@@ -503,10 +541,10 @@ func (a *Agent) session(ctx context.Context, l *link, retired *sync.WaitGroup) e
 		default:
 		}
 		var f *failure
-		if tried.Load() && errors.As(err, &f) && f.definitive {
+		if tried.Load() && errors.As(err, &f) && f.replaced {
 			// The relay retired this session for a newer one of ours
 			// that then failed: not another agent taking over.
-			f.definitive, f.cut = false, true
+			f.replaced, f.cut = false, true
 		}
 	case next := <-newer:
 		stopWatch()
@@ -598,7 +636,7 @@ func (a *Agent) watchSilence(ctx context.Context, l *link, replacing, tried *ato
 		a.log.Warn("relay silent; opening a new session beside this one", "silent_for", d.Round(time.Millisecond))
 		replacing.Store(true)
 		tried.Store(true)
-		next, err := a.establish(ctx, true)
+		next, err := a.establish(ctx, true, false)
 		if err == nil {
 			newer <- next
 			return

@@ -212,15 +212,13 @@ func (a *Agent) serve(ctx context.Context, l *link) error {
 	<-ctrlDone
 	if ga != nil {
 		f := &failure{stage: stageUp, err: fmt.Errorf("relay: %s: %s", ga.Code, ga.Message)}
-		// Another agent with our id took over: coming straight back
-		// would take the ports away from it again, and so on forever.
-		f.definitive = ga.Code == tunnel.CodeReplaced
+		// Another agent with our id took over (unless it was our own
+		// newer session, see session): coming straight back would take
+		// the ports away from it again, and so on forever.
+		f.replaced = ga.Code == tunnel.CodeReplaced
 		// A relay shutting down is most often restarting: come back as
 		// soon as it listens again.
 		f.cut = ga.Code == tunnel.CodeShutdown
-		if f.definitive {
-			f.err = fmt.Errorf("%w; is another agent running with id %q? give each agent its own --id", f.err, a.cfg.ID)
-		}
 		return f
 	}
 	return &failure{stage: stageUp, cut: true, err: errors.New("session closed")}

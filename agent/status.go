@@ -56,7 +56,7 @@ func retryable(c tunnel.Code) bool {
 	case tunnel.CodePortInUse, tunnel.CodePortReserved, tunnel.CodeQuota, tunnel.CodeInternal:
 		return true
 	}
-	return c > tunnel.CodePortReserved
+	return c > tunnel.CodeIDInUse
 }
 
 // statusBoard holds the TunnelStatus of every tunnel.

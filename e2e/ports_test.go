@@ -230,3 +230,52 @@ func tunnelStatus(t *testing.T, a *agentHandle, name string) agent.TunnelStatus 
 	t.Fatalf("no status for tunnel %s", name)
 	return agent.TunnelStatus{}
 }
+
+// TestDuplicateIDLeaves: a second agent started with the same id takes
+// the tunnels over; the first waits for it to leave without taking them
+// back (the relay refuses its standby logins meanwhile), says why, and
+// is back within seconds once the duplicate stops.
+func TestDuplicateIDLeaves(t *testing.T) { forEachTransport(t, testDuplicateIDLeaves) }
+
+func testDuplicateIDLeaves(t *testing.T, tr string) {
+	leak.Check(t)
+	mine := serve(t, echo)
+	theirs := serve(t, func(c *net.TCPConn) { c.Write([]byte("duplicate")) })
+	r := startRelayOver(t, tr, nil)
+	port := freePort(t)
+	orig := startAgent(t, agentConfig(r, tcpTunnel("rdp", port, mine)))
+	orig.waitSession(10 * time.Second)
+	expectEcho(t, publicAddr(port))
+
+	dup := startAgent(t, agentConfig(r, tcpTunnel("rdp", port, theirs)))
+	dup.waitSession(10 * time.Second)
+	waitFor(t, 10*time.Second, "the original to say why it stopped", func() bool {
+		return contains(orig.logs.String(), "another agent with this agent's id took over; waiting for it to leave; give each agent its own id", "id=home-pc", "from 127.0.0.1:")
+	})
+	// The original asks, and is refused, while the duplicate is there;
+	// the duplicate keeps the id.
+	waitFor(t, 20*time.Second, "two standby logins refused", func() bool {
+		return strings.Count(r.logs.String(), "agent id in use") >= 2
+	})
+	if contains(dup.logs.String(), "took over") {
+		t.Fatalf("the duplicate lost the id to the waiting agent\nduplicate log:\n%s", dup.logs)
+	}
+	select {
+	case <-orig.sessions:
+		t.Fatal("the original took the id back while the duplicate was there")
+	default:
+	}
+	got, err := roundTrip(publicAddr(port), nil)
+	if err != nil || string(got) != "duplicate" {
+		t.Fatalf("visitor while the duplicate holds the id: %q, %v", got, err)
+	}
+
+	dup.stop()
+	left := time.Now()
+	orig.waitSession(20 * time.Second)
+	t.Logf("original back %v after the duplicate left", time.Since(left).Round(time.Millisecond))
+	expectEcho(t, publicAddr(port))
+	if !contains(orig.logs.String(), "the other agent with this agent's id has left") {
+		t.Errorf("original did not say it serves again\n%s", orig.logs)
+	}
+}

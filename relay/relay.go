@@ -391,6 +391,10 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, ip netip.Addr) 
 		case errors.Is(err, tunnel.ErrAuthFailed):
 			result = loginFailed
 			log.Warn("agent authentication failed", "err", err)
+		case re != nil && re.Code == tunnel.CodeIDInUse:
+			// An agent waiting for its duplicate to leave, every few
+			// seconds: the takeover was logged.
+			log.Debug("agent login refused", "err", err)
 		case re != nil:
 			log.Warn("agent login refused", "err", err)
 		default:
@@ -457,8 +461,9 @@ func (s *Server) quotas(i int) (agents, tunnels int) {
 	return cmp.Or(t.MaxAgents, s.cfg.MaxAgents), cmp.Or(t.MaxTunnels, s.cfg.MaxTunnels)
 }
 
-// admit decides whether an agent whose token matched may log in: a new
-// id only within the token's max_agents.
+// admit decides whether an agent whose token matched may log in: a
+// standby login (tunnel.FlagStandby) only while no session holds its id,
+// and a new id only within the token's max_agents.
 func (s *Server) admit(a tunnel.Agent) (tunnel.Code, string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -470,7 +475,11 @@ func (s *Server) admitLocked(a tunnel.Agent) (tunnel.Code, string) {
 		return tunnel.CodeShutdown, "relay shutting down"
 	}
 	key := sessionKey{token: a.Token, agent: a.ID}
-	if s.sessions[key] != nil {
+	if cur := s.sessions[key]; cur != nil {
+		if a.Flags&tunnel.FlagStandby != 0 {
+			return tunnel.CodeIDInUse, fmt.Sprintf("agent id %q is held by a session from %s, up since %s; logging in once it ends",
+				a.ID, cur.remote, cur.started.UTC().Format(time.DateTime+" UTC"))
+		}
 		return tunnel.CodeOK, "" // a replacement: no new id
 	}
 	n := 0
