@@ -37,6 +37,7 @@ type Agent struct {
 	log      *slog.Logger
 	tunnels  map[string]config.Tunnel
 	software string
+	status   *statusBoard
 
 	// ddns is the dynamic DNS updater (nil: off); relayAddr feeds its
 	// relay source with the address the relay sees this agent at.
@@ -65,9 +66,12 @@ const (
 	dialBackoffBase = 250 * time.Millisecond
 	dialBackoffMax  = time.Second
 	// rejectedBackoff is the delay after the relay refused this agent
-	// (wrong token, or another agent took over its id): retrying sooner
-	// would only hammer the relay.
+	// (wrong token): retrying sooner would only hammer the relay.
 	rejectedBackoff = 5 * time.Minute
+	// refusedBase is the first delay after a refusal that may pass (a
+	// quota, or another agent holding this agent's id); the delays double
+	// up to reconnect_max.
+	refusedBase = time.Second
 	// stablePeriod: a session that lived this long resets the backoff;
 	// shorter ones (a relay that drops agents at once) keep it growing.
 	stablePeriod = 2 * time.Second
@@ -87,12 +91,15 @@ func New(cfg config.Agent, version string, log *slog.Logger) (*Agent, error) {
 	if len(cfg.Tunnels) == 0 {
 		return nil, errors.New("agent: no tunnels")
 	}
+	names := make([]string, 0, len(cfg.Tunnels))
 	for _, t := range cfg.Tunnels {
 		if _, dup := a.tunnels[t.Name]; dup {
 			return nil, fmt.Errorf("agent: tunnel %q: duplicate name", t.Name)
 		}
 		a.tunnels[t.Name] = t
+		names = append(names, t.Name)
 	}
+	a.status = newStatusBoard(names, time.Now())
 	switch {
 	case cfg.Fingerprint != "":
 		conf, err := tunnel.PinnedTLSConfig(cfg.Fingerprint)
@@ -182,6 +189,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		attempt  int
 		everUp   bool
 		dialFail int
+		// lastRefusal is the relay's last refusal of a login that may
+		// pass, logged once.
+		lastRefusal tunnel.RejectError
+		// standby: another agent took over this agent's id; logins ask
+		// for it only once that one has left (tunnel.FlagStandby).
+		// standbyN counts the waits since, for their backoff.
+		standby  bool
+		standbyN int
 		next     *link          // a session already up, handed over
 		retired  sync.WaitGroup // replaced sessions carrying their last connections
 	)
@@ -191,7 +206,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		start := time.Now()
 		l, err := next, error(nil)
 		if l == nil {
-			l, err = a.establish(ctx, false)
+			l, err = a.establish(ctx, false, standby)
+			if err == nil && standby {
+				standby = false
+				a.log.Info("the other agent with this agent's id has left; serving the tunnels again", "id", a.cfg.ID)
+			}
 		}
 		next = nil
 		if err == nil {
@@ -204,9 +223,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if !errors.As(err, &h) {
+			a.status.down(time.Now())
+		}
 		var delay time.Duration
 		var f *failure
 		errors.As(err, &f)
+		var re *tunnel.RejectError
 		switch {
 		case errors.As(err, &h):
 			everUp, attempt, dialFail = true, 0, 0
@@ -222,7 +245,19 @@ func (a *Agent) Run(ctx context.Context) error {
 			if time.Since(start) >= stablePeriod {
 				attempt = 0
 			}
+			if !f.replaced {
+				standbyN = 0
+			}
 			switch {
+			case f.replaced:
+				// Wait for the other agent to leave, asking with
+				// FlagStandby: the relay lets this one in only then, so
+				// two agents with one id do not take it from each other.
+				standby = true
+				delay = jitter(refusedBase, a.cfg.ReconnectMax, standbyN)
+				standbyN++
+				a.log.Error("another agent with this agent's id took over; waiting for it to leave; give each agent its own id (--id)",
+					"id", a.cfg.ID, "relay_said", f.err, "retry_in", delay.Round(time.Millisecond))
 			case f.definitive:
 				delay = rejectedBackoff
 				a.log.Error("session ended by the relay", "err", f.err, "retry_in", delay)
@@ -240,6 +275,22 @@ func (a *Agent) Run(ctx context.Context) error {
 					a.log.Warn("session lost; reconnecting", "err", f.err, "retry_in", delay.Round(time.Millisecond))
 				}
 			}
+		case f != nil && f.refused && errors.As(err, &re):
+			// Refused for now (a quota, or the other agent still holds
+			// the id): try again, slowly, and say so once.
+			level, msg := slog.LevelError, "relay refused this agent for now; retrying"
+			if re.Code == tunnel.CodeIDInUse {
+				delay = jitter(refusedBase, a.cfg.ReconnectMax, standbyN)
+				standbyN++
+				level, msg = slog.LevelInfo, "the other agent still holds this agent's id; waiting"
+			} else {
+				delay = jitter(refusedBase, a.cfg.ReconnectMax, attempt)
+			}
+			if *re == lastRefusal {
+				level = slog.LevelDebug
+			}
+			lastRefusal = *re
+			a.log.Log(ctx, level, msg, "err", f.err, "retry_in", delay.Round(time.Millisecond))
 		case f != nil && f.definitive:
 			if !everUp {
 				return fmt.Errorf("%w: %w", ErrRejected, f)
@@ -289,7 +340,13 @@ const (
 type failure struct {
 	stage      stage
 	definitive bool // retrying cannot help without a change of config
-	logged     bool // the end of the session was logged already
+	// replaced: the relay ended the session because another session
+	// with this agent's id took over.
+	replaced bool
+	// refused: the relay refused the login for now (a Reject that may
+	// pass, such as a quota); retried with backoff.
+	refused bool
+	logged  bool // the end of the session was logged already
 	// cut: the session ended because the relay or the link went away
 	// (no GoAway: its process or the link died; or GoAway with
 	// CodeShutdown), not by the relay's choice about this agent.
@@ -305,6 +362,9 @@ type link struct {
 	transport string
 	sess      tunnel.Session
 	ctrl      tunnel.Stream
+	// retry names the tunnels the relay refused for a reason that may
+	// pass: the session registers them again (retryRefused).
+	retry []string
 }
 
 // handover ends the serving of a session whose link went quiet, once a
@@ -315,8 +375,10 @@ func (h *handover) Error() string { return "a newer session took over" }
 
 // establish connects to the relay, authenticates and registers the tunnels.
 // replacing says that the agent still holds a session it replaces
-// (make-before-break); see tunnel.FlagReplacing.
-func (a *Agent) establish(ctx context.Context, replacing bool) (*link, error) {
+// (make-before-break); see tunnel.FlagReplacing. standby says that
+// another agent took over this agent's id, and the login must wait for it
+// to leave; see tunnel.FlagStandby.
+func (a *Agent) establish(ctx context.Context, replacing, standby bool) (*link, error) {
 	auto := a.cfg.Transport == config.TransportAuto
 	name := config.TransportTCP
 	if a.cfg.Transport == config.TransportQUIC || auto && a.policy.usable(time.Now()) {
@@ -351,6 +413,9 @@ func (a *Agent) establish(ctx context.Context, replacing bool) (*link, error) {
 	if replacing {
 		flags |= tunnel.FlagReplacing
 	}
+	if standby {
+		flags |= tunnel.FlagStandby
+	}
 	welcome, err := tunnel.Authenticate(c, []byte(a.cfg.Token), a.cfg.ID, a.software, flags)
 	if err != nil {
 		c.Close()
@@ -362,6 +427,9 @@ func (a *Agent) establish(ctx context.Context, replacing bool) (*link, error) {
 			return nil, &failure{stage: stageDial, err: fmt.Errorf("relay %s: %w", a.cfg.Relay, err)}
 		}
 		var re *tunnel.RejectError
+		if errors.As(err, &re) && (re.Code == tunnel.CodeQuota || re.Code == tunnel.CodeIDInUse) {
+			return nil, &failure{stage: stageSetup, refused: true, err: fmt.Errorf("relay %s: %w", a.cfg.Relay, err)}
+		}
 		if errors.As(err, &re) || errors.Is(err, tunnel.ErrVersion) {
 			return nil, &failure{stage: stageSetup, definitive: true, err: fmt.Errorf("relay %s: %w", a.cfg.Relay, err)}
 		}
@@ -389,19 +457,18 @@ func (a *Agent) establish(ctx context.Context, replacing bool) (*link, error) {
 			a.log.Warn("ddns: relay source", "err", err)
 		}
 	}
-	relayHost, _, _ := net.SplitHostPort(a.cfg.Relay)
+	l := &link{transport: name, sess: sess, ctrl: ctrl}
+	now := time.Now()
 	for _, r := range res.Results {
-		t := a.tunnels[r.Name]
-		if r.Code == tunnel.CodeOK {
-			a.log.Info("tunnel ready", "tunnel", r.Name, "protocol", t.Protocol, "public", net.JoinHostPort(relayHost, fmt.Sprint(t.RemotePort)), "target", t.Target)
-		} else {
-			a.log.Error("tunnel refused by relay", "tunnel", r.Name, "port", t.RemotePort, "reason", r.Code.String(), "detail", r.Message)
+		a.logResult(r, a.status.result(r, now), true)
+		if r.Code != tunnel.CodeOK && retryable(r.Code) {
+			l.retry = append(l.retry, r.Name)
 		}
 	}
 	if a.OnSession != nil {
 		a.OnSession(SessionInfo{Transport: name, ObservedAddr: welcome.ObservedAddr, Results: res.Results})
 	}
-	return &link{transport: name, sess: sess, ctrl: ctrl}, nil
+	return l, nil
 }
 
 // register opens the control stream and registers the tunnels on it.
@@ -410,17 +477,9 @@ func (a *Agent) register(ctx context.Context, sess tunnel.Session) (tunnel.Strea
 	if err != nil {
 		return nil, nil, fmt.Errorf("open control stream: %w", err)
 	}
-	var reqs []tunnel.TunnelRequest
-	for _, t := range a.cfg.Tunnels {
-		proto := tunnel.ProtoTCP
-		if t.Protocol == "udp" {
-			proto = tunnel.ProtoUDP
-		}
-		reqs = append(reqs, tunnel.TunnelRequest{Name: t.Name, Protocol: proto, RemotePort: t.RemotePort, Allow: t.Allow, Deny: t.Deny})
-	}
 	// One Register per frame's worth of tunnels; the relay answers each.
 	var res tunnel.RegisterResult
-	for _, reg := range tunnel.SplitRegister(reqs) {
+	for _, reg := range tunnel.SplitRegister(a.requests()) {
 		if err := tunnel.WriteMessage(ctrl, reg); err != nil {
 			return nil, nil, fmt.Errorf("register tunnels: %w", err)
 		}
@@ -459,7 +518,7 @@ func (a *Agent) session(ctx context.Context, l *link, retired *sync.WaitGroup) e
 	watched.Go(func() { a.watchSilence(wctx, l, &replacing, &tried, newer) })
 
 	served := make(chan error, 1)
-	go func() { served <- a.serve(ctx, l.sess, l.ctrl) }()
+	go func() { served <- a.serve(ctx, l) }()
 	var err error
 	select {
 	case err = <-served:
@@ -468,7 +527,7 @@ func (a *Agent) session(ctx context.Context, l *link, retired *sync.WaitGroup) e
 			// it fails too. (The relay closes a session it retired as
 			// soon as it carries no connection.)
 			var f *failure
-			if errors.As(err, &f) && f.stage == stageUp && !f.definitive && ctx.Err() == nil {
+			if errors.As(err, &f) && f.stage == stageUp && !f.definitive && !f.replaced && ctx.Err() == nil {
 				a.log.Warn("session lost; reconnecting", "err", f.err, "new_session", "already being opened")
 				f.logged = true
 			}
@@ -482,10 +541,10 @@ func (a *Agent) session(ctx context.Context, l *link, retired *sync.WaitGroup) e
 		default:
 		}
 		var f *failure
-		if tried.Load() && errors.As(err, &f) && f.definitive {
+		if tried.Load() && errors.As(err, &f) && f.replaced {
 			// The relay retired this session for a newer one of ours
 			// that then failed: not another agent taking over.
-			f.definitive, f.cut = false, true
+			f.replaced, f.cut = false, true
 		}
 	case next := <-newer:
 		stopWatch()
@@ -577,7 +636,7 @@ func (a *Agent) watchSilence(ctx context.Context, l *link, replacing, tried *ato
 		a.log.Warn("relay silent; opening a new session beside this one", "silent_for", d.Round(time.Millisecond))
 		replacing.Store(true)
 		tried.Store(true)
-		next, err := a.establish(ctx, true)
+		next, err := a.establish(ctx, true, false)
 		if err == nil {
 			newer <- next
 			return

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,13 +30,18 @@ const (
 // When ctx ends, the agent drains: it tells the relay to close its public
 // ports, refuses streams that were already on their way, lets the open
 // connections finish for up to shutdownDrain, then closes the session.
-func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stream) error {
+func (a *Agent) serve(ctx context.Context, l *link) error {
+	sess, ctrl := l.sess, l.ctrl
 	spliceCx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 
 	// The control stream carries the relay's later words: GoAway, and
-	// answers to registrations. Its reader ends with the session.
+	// answers to registrations. Its one reader ends with the session;
+	// writes (registrations again, the agent's GoAway) go through w.
+	w := &controlWriter{ctrl: ctrl}
 	goaway := make(chan *tunnel.GoAway, 1)
+	gone := make(chan struct{}) // closed at the relay's first GoAway
+	results := make(chan *tunnel.RegisterResult, 1)
 	// leaving is set once the relay announced the session's end; streams
 	// that end with a session that ended otherwise were cut.
 	var leaving atomic.Bool
@@ -57,16 +63,43 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 			}
 			switch m := m.(type) {
 			case *tunnel.GoAway:
-				leaving.Store(true)
+				if !leaving.Swap(true) {
+					close(gone)
+				}
 				select {
 				case goaway <- m:
 				default:
 				}
 			case *tunnel.RegisterResult:
+				// retryRefused has at most one registration out.
+				select {
+				case results <- m:
+				default:
+					a.log.Warn("relay sent a registration answer nobody asked for")
+				}
 			default:
 				a.log.Warn("relay sent an unexpected control message", "type", fmt.Sprintf("%T", m))
 			}
 		}
+	}()
+
+	// Tunnels the relay refused for a reason that may pass are asked for
+	// again on this session until they are up.
+	retryCtx, stopRetry := context.WithCancel(ctx)
+	retryDone := make(chan struct{})
+	go func() {
+		defer close(retryDone)
+		var reqs []tunnel.TunnelRequest
+		for _, r := range a.requests() {
+			if slices.Contains(l.retry, r.Name) {
+				reqs = append(reqs, r)
+			}
+		}
+		a.retryRefused(retryCtx, sess, w, results, gone, reqs)
+	}()
+	defer func() {
+		stopRetry()
+		<-retryDone
 	}()
 
 	// UDP flows: datagrams that arrive outside their stream (QUIC) are
@@ -136,8 +169,7 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 
 	select {
 	case <-ctx.Done():
-		_ = ctrl.SetWriteDeadline(time.Now().Add(time.Second))
-		if err := tunnel.WriteMessage(ctrl, &tunnel.GoAway{Code: tunnel.CodeShutdown, Message: "agent shutting down"}); err != nil {
+		if err := w.write(&tunnel.GoAway{Code: tunnel.CodeShutdown, Message: "agent shutting down"}, time.Second); err != nil {
 			a.log.Debug("telling the relay about shutdown", "err", err)
 		}
 		stopStreams()
@@ -180,15 +212,13 @@ func (a *Agent) serve(ctx context.Context, sess tunnel.Session, ctrl tunnel.Stre
 	<-ctrlDone
 	if ga != nil {
 		f := &failure{stage: stageUp, err: fmt.Errorf("relay: %s: %s", ga.Code, ga.Message)}
-		// Another agent with our id took over: coming straight back
-		// would take the ports away from it again, and so on forever.
-		f.definitive = ga.Code == tunnel.CodeReplaced
+		// Another agent with our id took over (unless it was our own
+		// newer session, see session): coming straight back would take
+		// the ports away from it again, and so on forever.
+		f.replaced = ga.Code == tunnel.CodeReplaced
 		// A relay shutting down is most often restarting: come back as
 		// soon as it listens again.
 		f.cut = ga.Code == tunnel.CodeShutdown
-		if f.definitive {
-			f.err = fmt.Errorf("%w; is another agent running with id %q? give each agent its own --id", f.err, a.cfg.ID)
-		}
 		return f
 	}
 	return &failure{stage: stageUp, cut: true, err: errors.New("session closed")}

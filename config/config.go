@@ -48,6 +48,14 @@ type Relay struct {
 	UDPFlowTimeout time.Duration
 	// UDPMaxFlows caps the flows of one UDP tunnel ("udp_max_flows").
 	UDPMaxFlows int
+	// MaxAgents and MaxTunnels are each token's quotas, unless the token
+	// sets its own: agent ids with a live session ("max_agents"), and
+	// tunnels open across all of the token's sessions ("max_tunnels").
+	// 0 in a Relay built without LoadRelay: the defaults.
+	MaxAgents, MaxTunnels int
+	// PortReserve is how long a released public port stays reserved to
+	// the token whose agent held it ("port_reserve"); 0: not at all.
+	PortReserve time.Duration
 	// Guard limits what one source may do on the agent port and on the
 	// public ports.
 	Guard Guard
@@ -70,8 +78,12 @@ type Token struct {
 	// Secret is the shared secret. It never crosses the wire.
 	Secret string
 	// Ports, when not empty, further limits the public ports of agents
-	// that log in with this token (intersected with Relay.AllowPorts).
+	// that log in with this token (intersected with Relay.AllowPorts),
+	// and reserves them to it: no other token may use them.
 	Ports PortRanges
+	// MaxAgents and MaxTunnels override the relay's quotas for this
+	// token ("max_agents", "max_tunnels" in its item); 0: the relay's.
+	MaxAgents, MaxTunnels int
 }
 
 // String hides the secret.

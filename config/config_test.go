@@ -187,6 +187,9 @@ func TestRelayDefaults(t *testing.T) {
 		QUIC:             true,
 		UDPFlowTimeout:   time.Minute,
 		UDPMaxFlows:      1024,
+		MaxAgents:        10,
+		MaxTunnels:       64,
+		PortReserve:      15 * time.Minute,
 		Guard: Guard{MaxHandshakes: 1024, MaxHandshakesPerIP: 16, AuthBanAfter: 5, AuthBanFor: 15 * time.Minute,
 			VisitorMaxConns: 32, VisitorRate: 60, VisitorBurst: 20, VisitorBanAfter: 50, VisitorBanFor: 10 * time.Minute},
 		Session: Session{KeepAlive: 10 * time.Second, KeepAliveTimeout: 10 * time.Second, StreamWindow: 16 << 20},
@@ -278,6 +281,15 @@ func TestRelayErrors(t *testing.T) {
 		{name: "tokens dup", file: "tokens:\n  - {name: a, secret: 0123456789abcdef}\n  - {name: a, secret: 0123456789abcdeg}\n", want: []string{`two tokens are named "a"`}},
 		{name: "tokens same secret", file: "tokens:\n  - {name: a, secret: 0123456789abcdef}\n  - {name: b, secret: 0123456789abcdef}\n", want: []string{"same secret"}},
 		{name: "tokens bad ports", file: "tokens:\n  - {name: a, secret: 0123456789abcdef, ports: 0}\n", want: []string{"item 1 (a): ports"}},
+		{name: "tokens overlap", file: "tokens:\n  - {name: alice, secret: 0123456789abcdef, ports: \"3390,8000-8010\"}\n  - {name: bob, secret: 0123456789abcdeg, ports: [2222, \"8005-8020\", 3390]}\n",
+			want: []string{"tokens in", "relay.yaml", `tokens "alice" and "bob" both list ports 3390,8005-8010: a port listed for a token belongs to that token alone`}},
+		{name: "tokens overlap three", file: "tokens:\n  - {name: a, secret: 0123456789abcdef, ports: 5000}\n  - {name: b, secret: 0123456789abcdeg, ports: 6000}\n  - {name: c, secret: 0123456789abcdeh, ports: \"4000-7000\"}\n",
+			want: []string{`tokens "a" and "c" both list ports 5000:`, `tokens "b" and "c" both list ports 6000:`}},
+		{name: "tokens max_agents zero", file: "tokens:\n  - {name: a, secret: 0123456789abcdef, max_agents: 0}\n", want: []string{"item 1 (a): max_agents: 0 is out of range: want 1 to 65536"}},
+		{name: "tokens max_tunnels text", file: "tokens:\n  - {name: a, secret: 0123456789abcdef, max_tunnels: many}\n", want: []string{`item 1 (a): max_tunnels: "many": want a whole number`}},
+		{name: "max_agents range", args: []string{"--max-agents", "0"}, want: []string{"flag --max-agents", "0 is out of range: want 1 to 65536"}},
+		{name: "max_tunnels env", env: map[string]string{"HOMEPORT_MAX_TUNNELS": "x"}, want: []string{"HOMEPORT_MAX_TUNNELS", `"x": want a whole number`}},
+		{name: "port_reserve range", file: "port_reserve: 720h\n", want: []string{"port_reserve in", "out of range: want 0s to 168h0m0s"}},
 		{name: "two mistakes", args: []string{"--listen", "x", "--log-format", "xml"}, want: []string{"flag --listen", "flag --log-format"}},
 		{name: "debug addr public", file: "debug_addr: 0.0.0.0:6060\n", want: []string{"debug_addr in", "relay.yaml", "loopback only"}},
 		{name: "debug addr host", env: map[string]string{"HOMEPORT_DEBUG_ADDR": "vps.example.com:6060"}, want: []string{"HOMEPORT_DEBUG_ADDR", "loopback only"}},
@@ -332,7 +344,11 @@ tokens:
   - name: bob
     secret: bob-secret-0123456789ab
     ports: [2222, "9000-9001"]
+    max_tunnels: 3
   - secret: anonymous-secret-0123456
+    max_agents: 2
+max_agents: 4
+port_reserve: 5m
 `)
 	c, err := LoadRelay(relayFlags(t, "--config", p))
 	if err != nil {
@@ -341,11 +357,14 @@ tokens:
 	want := []Token{
 		{Name: "default", Secret: "default-secret-0123456789"},
 		{Name: "alice", Secret: "alice-secret-0123456789", Ports: PortRanges{{3390, 3390}, {8000, 8010}}},
-		{Name: "bob", Secret: "bob-secret-0123456789ab", Ports: PortRanges{{2222, 2222}, {9000, 9001}}},
-		{Name: "token-3", Secret: "anonymous-secret-0123456"},
+		{Name: "bob", Secret: "bob-secret-0123456789ab", Ports: PortRanges{{2222, 2222}, {9000, 9001}}, MaxTunnels: 3},
+		{Name: "token-3", Secret: "anonymous-secret-0123456", MaxAgents: 2},
 	}
 	if !reflect.DeepEqual(c.Tokens, want) {
 		t.Errorf("tokens:\n got %+v\nwant %+v", c.Tokens, want)
+	}
+	if c.MaxAgents != 4 || c.MaxTunnels != 64 || c.PortReserve != 5*time.Minute {
+		t.Errorf("quotas: max_agents %d, max_tunnels %d, port_reserve %v; want 4, 64 (default), 5m", c.MaxAgents, c.MaxTunnels, c.PortReserve)
 	}
 	if s := want[1].String(); strings.Contains(s, "secret") {
 		t.Errorf("Token.String() shows the secret: %s", s)

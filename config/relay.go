@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -17,7 +19,10 @@ func relaySettings() []setting {
 		{key: "bind_addr", flag: "bind-addr", kind: kString, usage: "IP address public ports listen on (default all)"},
 		{key: "allow_ports", flag: "allow-ports", kind: kPorts, def: "1024-65535", usage: "public ports agents may use, e.g. 3390,8000-8100"},
 		{key: "token", flag: "token", short: "t", kind: kString, usage: "token agents must know (default: generated and kept in the data directory)"},
-		{key: "tokens", kind: kFile, usage: "several tokens, each with a name and optional ports (config file only)"},
+		{key: "tokens", kind: kFile, usage: "several tokens, each with a name and optional ports and quotas (config file only)"},
+		{key: "max_agents", flag: "max-agents", kind: kInt, def: "10", usage: "agent ids one token may have logged in at once, unless the token sets its own"},
+		{key: "max_tunnels", flag: "max-tunnels", kind: kInt, def: "64", usage: "tunnels (public ports) one token's agents may hold in all, unless the token sets its own"},
+		{key: "port_reserve", flag: "port-reserve", kind: kDuration, def: "15m", usage: "a released public port stays reserved this long to the token that held it (0s: not at all)"},
 		{key: "tls_cert", flag: "tls-cert", kind: kString, usage: "PEM certificate to present instead of the generated one"},
 		{key: "tls_key", flag: "tls-key", kind: kString, usage: "PEM private key of --tls-cert"},
 		{key: "advertise", flag: "advertise", kind: kString, usage: "host or host:port agents use to reach this relay, for the printed agent command"},
@@ -70,6 +75,9 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 		QUIC:             l.bool("quic"),
 		UDPFlowTimeout:   l.duration("udp_flow_timeout", time.Second, 24*time.Hour),
 		UDPMaxFlows:      l.int("udp_max_flows", 1, 1<<20),
+		MaxAgents:        l.int("max_agents", 1, maxAgents),
+		MaxTunnels:       l.int("max_tunnels", 1, maxTunnels),
+		PortReserve:      l.duration("port_reserve", 0, 7*24*time.Hour),
 		Guard: Guard{
 			MaxHandshakes:      l.int("agent_port.max_handshakes", 1, 1<<20),
 			MaxHandshakesPerIP: l.int("agent_port.max_handshakes_per_ip", 1, 1<<20),
@@ -121,8 +129,16 @@ func RelayDataDir(fs *pflag.FlagSet) (string, error) {
 	return DefaultDataDir(), nil
 }
 
+// Upper bounds of the quotas: one token may hold every port of both
+// protocols, from as many agent ids.
+const (
+	maxAgents  = 1 << 16
+	maxTunnels = 2 << 16
+)
+
 // tokens reads token and tokens. No token at all is fine (the relay then
-// generates one), but a token that was given and is empty is an error.
+// generates one), but a token that was given and is empty is an error, and
+// so are two tokens that list the same port.
 func (l *loader) tokens() []Token {
 	var out []Token
 	if l.set("token") {
@@ -133,7 +149,7 @@ func (l *loader) tokens() []Token {
 		out = append(out, Token{Name: "default", Secret: secret})
 	}
 	for i, item := range l.list("tokens") {
-		m, err := section(item, "name", "secret", "ports")
+		m, err := section(item, "name", "secret", "ports", "max_agents", "max_tunnels")
 		if err != nil {
 			l.fail("tokens", fmt.Errorf("item %d: %w", i+1, err))
 			continue
@@ -152,7 +168,33 @@ func (l *loader) tokens() []Token {
 				l.fail("tokens", fmt.Errorf("item %d (%s): ports: %w", i+1, t.Name, err))
 			}
 		}
+		for _, q := range []struct {
+			key string
+			hi  int
+			v   *int
+		}{{"max_agents", maxAgents, &t.MaxAgents}, {"max_tunnels", maxTunnels, &t.MaxTunnels}} {
+			v, ok := m[q.key]
+			if !ok {
+				continue
+			}
+			n, err := strconv.Atoi(strings.TrimSpace(numText(v)))
+			switch {
+			case err != nil:
+				l.fail("tokens", fmt.Errorf("item %d (%s): %s: %q: want a whole number", i+1, t.Name, q.key, numText(v)))
+			case n < 1 || n > q.hi:
+				l.fail("tokens", fmt.Errorf("item %d (%s): %s: %d is out of range: want 1 to %d", i+1, t.Name, q.key, n, q.hi))
+			default:
+				*q.v = n
+			}
+		}
 		out = append(out, t)
+	}
+	for i, a := range out {
+		for _, b := range out[i+1:] {
+			if both := a.Ports.Intersect(b.Ports); len(both) > 0 {
+				l.fail("tokens", fmt.Errorf("tokens %q and %q both list ports %s: a port listed for a token belongs to that token alone; list each port for one token only", a.Name, b.Name, both))
+			}
+		}
 	}
 	names, secrets := map[string]bool{}, map[string]bool{}
 	for _, t := range out {

@@ -29,6 +29,24 @@ func (rs PortRanges) Contains(p uint16) bool {
 	return false
 }
 
+// Intersect returns the ports in both rs and o, which must be sorted and
+// merged as ParsePortRanges returns them.
+func (rs PortRanges) Intersect(o PortRanges) PortRanges {
+	var out PortRanges
+	for i, j := 0, 0; i < len(rs) && j < len(o); {
+		lo, hi := max(rs[i].Lo, o[j].Lo), min(rs[i].Hi, o[j].Hi)
+		if lo <= hi {
+			out = append(out, PortRange{lo, hi})
+		}
+		if rs[i].Hi < o[j].Hi {
+			i++
+		} else {
+			j++
+		}
+	}
+	return out
+}
+
 // String formats the ranges as ParsePortRanges reads them.
 func (rs PortRanges) String() string {
 	parts := make([]string, len(rs))

@@ -159,6 +159,7 @@ func (h *relayHandle) stop() {
 
 type agentHandle struct {
 	t        *testing.T
+	agent    *agent.Agent
 	cfg      config.Agent
 	logs     *logBuf
 	sessions chan agent.SessionInfo
@@ -191,7 +192,7 @@ func startAgent(t *testing.T, cfg config.Agent) *agentHandle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &agentHandle{t: t, cfg: cfg, logs: logs, sessions: make(chan agent.SessionInfo, 16), done: make(chan error, 1)}
+	h := &agentHandle{t: t, agent: a, cfg: cfg, logs: logs, sessions: make(chan agent.SessionInfo, 16), done: make(chan error, 1)}
 	a.OnSession = func(si agent.SessionInfo) {
 		select {
 		case h.sessions <- si:

@@ -299,7 +299,7 @@ func testRegistrationRefusals(t *testing.T, tr string) {
 		}
 	}
 	waitFor(t, time.Second, "agent log of refusals", func() bool {
-		return contains(a.logs.String(), "tunnel refused by relay", "port 80 is not allowed", "in use by another program")
+		return contains(a.logs.String(), "tunnel refused by relay", "port 80 is outside the relay's allow_ports", "in use by another program")
 	})
 	expectEcho(t, publicAddr(good))
 }

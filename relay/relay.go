@@ -4,6 +4,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -43,8 +44,12 @@ type Server struct {
 	// still carry connections (see agentSession.retire).
 	retired map[*agentSession]struct{}
 	ports   map[portKey]any // public port -> the tunnel holding it
-	closing bool
-	serving bool // Serve has started
+	// reserved are released ports kept for the token that held them
+	// (cfg.PortReserve); held counts each token's claimed ports.
+	reserved map[portKey]reservation
+	held     map[int]int
+	closing  bool
+	serving  bool // Serve has started
 
 	// knownPath is the file of known agent addresses (empty: none kept);
 	// learned tells keepKnownAgents to write it.
@@ -82,12 +87,25 @@ func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
 		ports:    make(map[portKey]any),
 		started:  time.Now(),
 		metrics:  newMetrics(),
+		reserved: make(map[portKey]reservation),
+		held:     make(map[int]int),
 	}
 	for i, t := range id.Tokens {
 		if t.Secret == "" {
 			return nil, fmt.Errorf("relay: tokens[%d] (%s): empty token: refusing to start", i, t.Name)
 		}
+		for _, o := range id.Tokens[:i] {
+			if both := t.Ports.Intersect(o.Ports); len(both) > 0 {
+				return nil, fmt.Errorf("relay: tokens %q and %q both list ports %s: a port belongs to one token only", o.Name, t.Name, both)
+			}
+		}
 		s.secrets = append(s.secrets, []byte(t.Secret))
+	}
+	if s.cfg.MaxAgents <= 0 {
+		s.cfg.MaxAgents = DefaultMaxAgents
+	}
+	if s.cfg.MaxTunnels <= 0 {
+		s.cfg.MaxTunnels = DefaultMaxTunnels
 	}
 	if s.cfg.HandshakeTimeout <= 0 {
 		s.cfg.HandshakeTimeout = 10 * time.Second
@@ -369,18 +387,27 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, ip netip.Addr, 
 		log.Debug("agent TLS handshake failed", "err", err)
 		return
 	}
-	agent, err := tunnel.AuthenticateAgent(c, s.secrets, remote)
-	if err == nil {
+	agent, err := tunnel.AuthenticateAgent(c, s.secrets, remote, s.admit)
+	var re *tunnel.RejectError
+	if err == nil || errors.As(err, &re) && !errors.Is(err, tunnel.ErrAuthFailed) {
+		// Refused by admit: the token was right.
 		result = loginOK
 		endLogin()
 	}
 	if err != nil {
 		stop()
 		c.Close()
-		if errors.Is(err, tunnel.ErrAuthFailed) {
+		switch {
+		case errors.Is(err, tunnel.ErrAuthFailed):
 			result = loginFailed
 			log.Warn("agent authentication failed", "err", err)
-		} else {
+		case re != nil && re.Code == tunnel.CodeIDInUse:
+			// An agent waiting for its duplicate to leave, every few
+			// seconds: the takeover was logged.
+			log.Debug("agent login refused", "err", err)
+		case re != nil:
+			log.Warn("agent login refused", "err", err)
+		default:
 			log.Info("agent handshake failed", "err", err)
 		}
 		return
@@ -407,8 +434,12 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, ip netip.Addr, 
 
 	token := s.id.Tokens[agent.Token]
 	as := newAgentSession(s, sess, ctrl, agent, token, transport, log)
-	if !s.addSession(as) {
-		as.end(tunnel.CodeShutdown, "relay shutting down")
+	if code, msg := s.addSession(as); code != tunnel.CodeOK {
+		// The rare login that raced with another past admit.
+		if code != tunnel.CodeShutdown {
+			log.Warn("agent login refused", "agent", agent.ID, "token", token.Name, "reason", code.String(), "detail", msg)
+		}
+		as.end(code, msg)
 		return
 	}
 	as.serve(ctx)
@@ -426,16 +457,65 @@ func (s *Server) sessionConfig() tunnel.SessionConfig {
 // carrying their connections; a further replacement ends the oldest.
 const maxRetired = 2
 
-// addSession makes as the session of its agent. The older one's ports are
-// free when addSession returns. When the agent replaces it make-before-break
-// (tunnel.FlagReplacing) the older one is retired and its connections go on;
-// otherwise (the agent lost it, or another agent took over the id) it is
-// ended.
-func (s *Server) addSession(as *agentSession) bool {
+// Default quotas per token, when the configuration gives none: far above
+// what one household runs (an agent per computer, a few tunnels each),
+// far below what would let one tenant crowd the others out.
+const (
+	DefaultMaxAgents  = 10
+	DefaultMaxTunnels = 64
+)
+
+// quotas returns the agent ids and tunnels token i may have.
+func (s *Server) quotas(i int) (agents, tunnels int) {
+	t := s.id.Tokens[i]
+	return cmp.Or(t.MaxAgents, s.cfg.MaxAgents), cmp.Or(t.MaxTunnels, s.cfg.MaxTunnels)
+}
+
+// admit decides whether an agent whose token matched may log in: a
+// standby login (tunnel.FlagStandby) only while no session holds its id,
+// and a new id only within the token's max_agents.
+func (s *Server) admit(a tunnel.Agent) (tunnel.Code, string) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.admitLocked(a)
+}
+
+func (s *Server) admitLocked(a tunnel.Agent) (tunnel.Code, string) {
 	if s.closing {
+		return tunnel.CodeShutdown, "relay shutting down"
+	}
+	key := sessionKey{token: a.Token, agent: a.ID}
+	if cur := s.sessions[key]; cur != nil {
+		if a.Flags&tunnel.FlagStandby != 0 {
+			return tunnel.CodeIDInUse, fmt.Sprintf("agent id %q is held by a session from %s, up since %s; logging in once it ends",
+				a.ID, cur.remote, cur.started.UTC().Format(time.DateTime+" UTC"))
+		}
+		return tunnel.CodeOK, "" // a replacement: no new id
+	}
+	n := 0
+	for k := range s.sessions {
+		if k.token == a.Token {
+			n++
+		}
+	}
+	if limit, _ := s.quotas(a.Token); n >= limit {
+		return tunnel.CodeQuota, fmt.Sprintf("token %q has %d agent ids logged in, its max_agents; give the agents of one computer one id, stop one, or raise max_agents (for the token or the relay) in the relay's configuration",
+			s.id.Tokens[a.Token].Name, n)
+	}
+	return tunnel.CodeOK, ""
+}
+
+// addSession makes as the session of its agent, unless admit refuses it
+// now (a refusal is returned). The older one's ports are free when
+// addSession returns. When the agent replaces it make-before-break
+// (tunnel.FlagReplacing) the older one is retired and its connections go
+// on; otherwise (the agent lost it, or another agent took over the id) it
+// is ended.
+func (s *Server) addSession(as *agentSession) (tunnel.Code, string) {
+	s.mu.Lock()
+	if code, msg := s.admitLocked(as.agent); code != tunnel.CodeOK {
 		s.mu.Unlock()
-		return false
+		return code, msg
 	}
 	old := s.sessions[as.key]
 	s.sessions[as.key] = as
@@ -463,7 +543,7 @@ func (s *Server) addSession(as *agentSession) bool {
 		oldest.log.Info("closing a replaced session: too many")
 		go oldest.end(tunnel.CodeReplaced, "closed: the agent has newer sessions")
 	}
-	msg := "a newer session of agent " + as.key.agent + " took over"
+	msg := fmt.Sprintf("a newer session of agent %q, from %s, took over", as.key.agent, as.remote)
 	switch {
 	case old != nil && keep:
 		old.log.Info("agent session replaced by a newer one; its open connections go on", "new_addr", as.remote, "connections", max(old.sess.NumStreams()-1, 0))
@@ -472,7 +552,7 @@ func (s *Server) addSession(as *agentSession) bool {
 		old.log.Info("agent session replaced by a newer one", "new_addr", as.remote)
 		old.end(tunnel.CodeReplaced, msg)
 	}
-	return true
+	return tunnel.CodeOK, ""
 }
 
 // removeSession forgets as, the agent's current session or a retired one.
@@ -491,29 +571,97 @@ type portKey struct {
 	port  uint16
 }
 
-// claimPort reserves k for owner; it fails if another tunnel holds it.
-func (s *Server) claimPort(k portKey, owner any) bool {
+// reservation keeps a released port for the token that held it.
+type reservation struct {
+	token int
+	until time.Time
+}
+
+// claimPort reserves k for owner, a tunnel of token's; it refuses (with
+// the code and message for the agent) if another tunnel holds it, if it is
+// reserved for another token, or if token has all the tunnels its quota
+// allows.
+func (s *Server) claimPort(k portKey, owner any, token int) (tunnel.Code, string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing || s.ports[k] != nil {
-		return false
+	if s.closing {
+		return tunnel.CodeShutdown, "relay shutting down"
 	}
+	if h := s.ports[k]; h != nil {
+		if t, ok := h.(tunnelOf); ok && t.session().key.token == token {
+			return tunnel.CodePortInUse, fmt.Sprintf("%v port %d is already used by tunnel %q of agent %q (same token)", k.proto, k.port, t.tunnelName(), t.session().key.agent)
+		}
+		return tunnel.CodePortInUse, fmt.Sprintf("%v port %d is already used by another tunnel on this relay", k.proto, k.port)
+	}
+	now := time.Now()
+	if r, ok := s.reserved[k]; ok {
+		switch {
+		case !now.Before(r.until):
+			delete(s.reserved, k)
+		case r.token != token:
+			return tunnel.CodePortReserved, fmt.Sprintf("%v port %d is reserved for another token's agent, which held it, until %s (the relay's port_reserve)",
+				k.proto, k.port, r.until.UTC().Format(time.DateTime+" UTC"))
+		}
+	}
+	if _, limit := s.quotas(token); s.held[token] >= limit {
+		return tunnel.CodeQuota, fmt.Sprintf("token %q holds %d tunnels, its max_tunnels; close one, or raise max_tunnels (for the token or the relay) in the relay's configuration",
+			s.id.Tokens[token].Name, s.held[token])
+	}
+	delete(s.reserved, k)
 	s.ports[k] = owner
-	return true
+	s.held[token]++
+	return tunnel.CodeOK, ""
 }
 
-func (s *Server) releasePort(k portKey, owner any) {
+// tunnelOf is a tunnel that knows its session, for messages.
+type tunnelOf interface {
+	session() *agentSession
+	tunnelName() string
+}
+
+// releasePort frees k if owner, a tunnel of token's, holds it; with
+// reserve, the port then stays reserved to token for cfg.PortReserve.
+func (s *Server) releasePort(k portKey, owner any, token int, reserve bool) {
 	s.mu.Lock()
-	if s.ports[k] == owner {
-		delete(s.ports, k)
+	defer s.mu.Unlock()
+	if s.ports[k] != owner {
+		return
 	}
-	s.mu.Unlock()
+	delete(s.ports, k)
+	s.held[token]--
+	if !reserve || s.closing || s.cfg.PortReserve <= 0 {
+		return
+	}
+	now := time.Now()
+	if len(s.reserved) >= 1024 {
+		for rk, r := range s.reserved {
+			if !now.Before(r.until) {
+				delete(s.reserved, rk)
+			}
+		}
+	}
+	s.reserved[k] = reservation{token: token, until: now.Add(s.cfg.PortReserve)}
 }
 
-// allowed reports whether token may use port.
-func (s *Server) allowed(token config.Token, port uint16) bool {
+// portRefusal says why token i may not use port, or returns "" if it
+// may: the port must be in allow_ports; a port listed in a token's ports
+// belongs to that token alone; a token without ports may use only the
+// ports no token lists.
+func (s *Server) portRefusal(i int, port uint16) string {
 	if !s.cfg.AllowPorts.Contains(port) {
-		return false
+		return fmt.Sprintf("port %d is outside the relay's allow_ports (%s); to use it, add it to allow_ports in the relay's configuration", port, s.cfg.AllowPorts)
 	}
-	return len(token.Ports) == 0 || token.Ports.Contains(port)
+	token := s.id.Tokens[i]
+	if len(token.Ports) > 0 {
+		if token.Ports.Contains(port) {
+			return ""
+		}
+		return fmt.Sprintf("port %d is not in the ports of token %q (%s); to use it, add it to that token's ports in the relay's configuration", port, token.Name, token.Ports)
+	}
+	for j, t := range s.id.Tokens {
+		if j != i && t.Ports.Contains(port) {
+			return fmt.Sprintf("port %d is in the ports of another token, and only that token's agents may use it; token %q lists no ports, so its agents may use the ports of allow_ports (%s) that no token lists", port, token.Name, s.cfg.AllowPorts)
+		}
+	}
+	return ""
 }

@@ -23,12 +23,13 @@ type agentSession struct {
 	key    sessionKey
 	token  config.Token
 	remote string
-	agent  tunnel.Agent
-	sess   tunnel.Session
-	log    *slog.Logger
-	// transport is tcp or quic; since is when the session came up.
+	// started is when the session was logged in.
+	started time.Time
+	agent   tunnel.Agent
+	sess    tunnel.Session
+	log     *slog.Logger
+	// transport is tcp or quic.
 	transport string
-	since     time.Time
 
 	ctrlMu sync.Mutex // serialises writes on ctrl
 	ctrl   tunnel.Stream
@@ -51,17 +52,17 @@ type agentSession struct {
 func newAgentSession(s *Server, sess tunnel.Session, ctrl tunnel.Stream, a tunnel.Agent, token config.Token, transport string, log *slog.Logger) *agentSession {
 	return &agentSession{
 		srv:       s,
-		transport: transport,
-		since:     time.Now(),
 		key:       sessionKey{token: a.Token, agent: a.ID},
 		token:     token,
 		remote:    sess.RemoteAddr().String(),
+		started:   time.Now(),
 		agent:     a,
 		sess:      sess,
 		ctrl:      ctrl,
 		log:       log.With("agent", a.ID, "token", token.Name),
 		tunnels:   make(map[string]portTunnel),
 		flows:     make(map[uint32]*udpFlow),
+		transport: transport,
 	}
 }
 
@@ -233,8 +234,9 @@ func (as *agentSession) open(req tunnel.TunnelRequest) (tunnel.Code, string) {
 		return tunnel.CodeBadRequest, fmt.Sprintf("tunnel %q: %v is not supported", req.Name, req.Protocol)
 	case req.RemotePort == 0:
 		return tunnel.CodeBadRequest, fmt.Sprintf("tunnel %q: port 0", req.Name)
-	case !as.srv.allowed(as.token, req.RemotePort):
-		return tunnel.CodePortNotAllowed, fmt.Sprintf("port %d is not allowed for token %q", req.RemotePort, as.token.Name)
+	}
+	if why := as.srv.portRefusal(as.key.token, req.RemotePort); why != "" {
+		return tunnel.CodePortNotAllowed, why
 	}
 	as.mu.Lock()
 	defer as.mu.Unlock()
@@ -246,8 +248,8 @@ func (as *agentSession) open(req tunnel.TunnelRequest) (tunnel.Code, string) {
 	}
 	key := portKey{req.Protocol, req.RemotePort}
 	var owner any = req.Name + "@" + as.remote // placeholder until the tunnel exists
-	if !as.srv.claimPort(key, owner) {
-		return tunnel.CodePortInUse, fmt.Sprintf("%v port %d is already used by another tunnel on this relay", req.Protocol, req.RemotePort)
+	if code, msg := as.srv.claimPort(key, owner, as.key.token); code != tunnel.CodeOK {
+		return code, msg
 	}
 	addr := net.JoinHostPort(as.srv.cfg.BindAddr, strconv.Itoa(int(req.RemotePort)))
 	var t portTunnel
@@ -259,17 +261,29 @@ func (as *agentSession) open(req tunnel.TunnelRequest) (tunnel.Code, string) {
 		t, err = as.listenTCP(req.Name, req.RemotePort, addr, guard)
 	}
 	if err != nil {
-		as.srv.releasePort(key, owner)
-		if errors.Is(err, syscall.EADDRINUSE) {
-			return tunnel.CodePortInUse, fmt.Sprintf("%v port %d is in use by another program on the relay host", req.Protocol, req.RemotePort)
-		}
-		return tunnel.CodeInternal, fmt.Sprintf("listen on %v %s: %v", req.Protocol, addr, err)
+		as.srv.releasePort(key, owner, as.key.token, false)
+		return listenRefusal(req.Protocol, req.RemotePort, addr, err)
 	}
 	as.srv.mu.Lock()
 	as.srv.ports[key] = t
 	as.srv.mu.Unlock()
 	as.tunnels[req.Name] = t
 	return tunnel.CodeOK, ""
+}
+
+// listenRefusal is the answer to a tunnel whose public port the relay
+// could not open.
+func listenRefusal(proto tunnel.Protocol, port uint16, addr string, err error) (tunnel.Code, string) {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return tunnel.CodePortInUse, fmt.Sprintf("%v port %d is in use by another program on the relay host", proto, port)
+	case errors.Is(err, syscall.EACCES) && port < 1024:
+		// Retrying cannot help: the relay's owner has to act.
+		return tunnel.CodePortNotAllowed, fmt.Sprintf("the relay may not open %v port %d (permission denied): ports below 1024 need the relay to run as root or with CAP_NET_BIND_SERVICE (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE), or sysctl net.ipv4.ip_unprivileged_port_start=%d on the relay host", proto, port, port)
+	case errors.Is(err, syscall.EACCES):
+		return tunnel.CodePortNotAllowed, fmt.Sprintf("the relay may not open %v port %d (permission denied by the relay host: a firewall or security policy there)", proto, port)
+	}
+	return tunnel.CodeInternal, fmt.Sprintf("listen on %v %s: %v", proto, addr, err)
 }
 
 // portTunnel is a tunnel's public port, TCP or UDP.
@@ -303,8 +317,11 @@ type publicTunnel struct {
 func (t *publicTunnel) close() {
 	t.ln.Close()
 	<-t.done
-	t.owner.srv.releasePort(portKey{tunnel.ProtoTCP, t.port}, t)
+	t.owner.srv.releasePort(portKey{tunnel.ProtoTCP, t.port}, t, t.owner.key.token, true)
 }
+
+func (t *publicTunnel) session() *agentSession { return t.owner }
+func (t *publicTunnel) tunnelName() string     { return t.name }
 
 func (t *publicTunnel) acceptLoop() {
 	defer close(t.done)

@@ -186,7 +186,7 @@ func (s *Server) Status() Status {
 		s.mu.Unlock()
 		st.Agents = append(st.Agents, AgentStatus{
 			Token: as.token.Name, ID: as.agent.ID, Addr: as.remote, Transport: as.transport,
-			Software: as.agent.Software, Since: as.since, Streams: max(as.sess.NumStreams()-1, 0), Retired: retired,
+			Software: as.agent.Software, Since: as.started, Streams: max(as.sess.NumStreams()-1, 0), Retired: retired,
 			RTT: control.Duration(as.sess.RTT()),
 		})
 		as.mu.Lock()

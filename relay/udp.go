@@ -85,8 +85,11 @@ func (t *udpTunnel) close() {
 		f.end("tunnel closed")
 	}
 	t.wg.Wait()
-	t.owner.srv.releasePort(portKey{tunnel.ProtoUDP, t.port}, t)
+	t.owner.srv.releasePort(portKey{tunnel.ProtoUDP, t.port}, t, t.owner.key.token, true)
 }
+
+func (t *udpTunnel) session() *agentSession { return t.owner }
+func (t *udpTunnel) tunnelName() string     { return t.name }
 
 func (t *udpTunnel) readLoop() {
 	defer t.wg.Done()

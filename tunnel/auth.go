@@ -86,7 +86,10 @@ func computeMAC(secret, nonce, ekm []byte, agentID string) []byte {
 // the agent's address as the relay sees it, told to the agent on success.
 // The caller bounds the exchange with the link's deadline. On a wrong
 // token it tells the agent and returns an error wrapping ErrAuthFailed.
-func AuthenticateAgent(c Conn, secrets [][]byte, observed string) (Agent, error) {
+// admit, when not nil, is asked about an agent whose token matched,
+// before it is welcomed: a refusal (a code other than CodeOK) is sent to
+// the agent as a Reject and returned as a *RejectError.
+func AuthenticateAgent(c Conn, secrets [][]byte, observed string, admit func(Agent) (Code, string)) (Agent, error) {
 	ekm, err := exportKey(c)
 	if err != nil {
 		return Agent{}, err
@@ -118,10 +121,17 @@ func AuthenticateAgent(c Conn, secrets [][]byte, observed string) (Agent, error)
 		_ = WriteMessage(c, &Reject{Code: CodeAuthFailed, Message: "wrong token"})
 		return Agent{}, fmt.Errorf("agent %q: %w: wrong token", h.AgentID, ErrAuthFailed)
 	}
+	a := Agent{ID: h.AgentID, Software: h.Software, Token: match, Flags: h.Flags}
+	if admit != nil {
+		if code, msg := admit(a); code != CodeOK {
+			_ = WriteMessage(c, &Reject{Code: code, Message: msg})
+			return Agent{}, fmt.Errorf("agent %q: %w", h.AgentID, &RejectError{Code: code, Message: msg})
+		}
+	}
 	if err := WriteMessage(c, &Welcome{ObservedAddr: observed}); err != nil {
 		return Agent{}, fmt.Errorf("send welcome: %w", err)
 	}
-	return Agent{ID: h.AgentID, Software: h.Software, Token: match, Flags: h.Flags}, nil
+	return a, nil
 }
 
 // Authenticate runs the agent's side of authentication on a link whose TLS

@@ -35,6 +35,9 @@ const (
 	CodeReplaced       Code = 9  // a newer session of the same agent took over
 	CodeShutdown       Code = 10 // the relay is shutting down
 	CodeInternal       Code = 11 // the peer failed in a way the request did not cause
+	CodeQuota          Code = 12 // the token's max_agents or max_tunnels is reached
+	CodePortReserved   Code = 13 // the port is kept for another token's agent for a while
+	CodeIDInUse        Code = 14 // a standby login's agent id has a live session
 )
 
 var codeNames = [...]string{
@@ -50,6 +53,9 @@ var codeNames = [...]string{
 	CodeReplaced:       "replaced by a newer session",
 	CodeShutdown:       "relay shutting down",
 	CodeInternal:       "internal error",
+	CodeQuota:          "quota reached",
+	CodePortReserved:   "port reserved",
+	CodeIDInUse:        "agent id in use",
 }
 
 func (c Code) String() string {
@@ -196,6 +202,13 @@ type HelloFlags byte
 // the relay and replaces it make-before-break: the relay retires the old
 // session (its connections go on) instead of cutting it.
 const FlagReplacing HelloFlags = 1 << 0
+
+// FlagStandby asks the relay to log the agent in only if no live session
+// holds its id: an agent whose id another agent took over waits with it
+// for that one to leave, instead of taking the id back (the relay refuses
+// the login with CodeIDInUse meanwhile). A relay that does not know the
+// flag ignores it and logs the agent in as usual.
+const FlagStandby HelloFlags = 1 << 1
 
 func (*Register) msgType() byte       { return msgRegister }
 func (*RegisterResult) msgType() byte { return msgRegisterResult }

@@ -29,6 +29,9 @@ func sampleMessages() []Message {
 		&Register{Tunnels: []TunnelRequest{{Name: "rdp", Protocol: ProtoTCP, RemotePort: 3390}, {Name: "rdp-udp", Protocol: ProtoUDP, RemotePort: 3390,
 			Allow: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8::/32")}, Deny: []netip.Prefix{netip.MustParsePrefix("198.51.100.66/32")}}}},
 		&OpenResult{Code: CodeDialFailed, Message: "connection refused"},
+		&hello{Version: 1, AgentID: "home-pc", Software: "homeport-agent/1.1", MAC: [32]byte{7}, Flags: FlagStandby},
+		&Reject{Code: CodeIDInUse, Message: `agent id "home-pc" is held by a session from 203.0.113.9:51234`},
+		&RegisterResult{Results: []TunnelResult{{Name: "rdp", Code: CodePortReserved, Message: "reserved"}, {Name: "ssh", Code: CodeQuota, Message: "max_tunnels"}}},
 	}
 }
 
@@ -222,5 +225,28 @@ func TestSplitRegister(t *testing.T) {
 	}
 	if n := len(SplitRegister(reqs[:3])); n != 1 {
 		t.Fatalf("3 requests in %d messages", n)
+	}
+}
+
+// TestCodeString: every code has its text, and a code from a newer peer
+// prints as its number, so an older agent still shows something sensible
+// (followed by the relay's message).
+func TestCodeString(t *testing.T) {
+	tests := []struct {
+		code Code
+		want string
+	}{
+		{CodeOK, "ok"},
+		{CodePortInUse, "port in use"},
+		{CodeQuota, "quota reached"},
+		{CodePortReserved, "port reserved"},
+		{CodeIDInUse, "agent id in use"},
+		{CodeIDInUse + 1, "code 15"},
+		{255, "code 255"},
+	}
+	for _, tt := range tests {
+		if got := tt.code.String(); got != tt.want {
+			t.Errorf("Code(%d).String() = %q, want %q", uint8(tt.code), got, tt.want)
+		}
 	}
 }
