@@ -55,6 +55,8 @@ type Relay struct {
 	// DebugAddr, when set, is the loopback address where Go's profiler
 	// (net/http/pprof) is served.
 	DebugAddr string
+	// Warnings are problems that do not stop the relay, for its log.
+	Warnings []Warning
 }
 
 // Token is one accepted agent credential.
@@ -63,6 +65,9 @@ type Token struct {
 	Name string
 	// Secret is the shared secret. It never crosses the wire.
 	Secret string
+	// File is the file the secret was read from (token_file,
+	// secret_file); "" when it was given itself.
+	File string
 	// Ports, when not empty, further limits the public ports of agents
 	// that log in with this token (intersected with Relay.AllowPorts).
 	Ports PortRanges
@@ -110,7 +115,7 @@ type Agent struct {
 	// Transport is how the agent reaches the relay: TransportAuto (the
 	// default), TransportTCP or TransportQUIC.
 	Transport string
-	// Token is the shared secret.
+	// Token is the shared secret (token, or read from token_file).
 	Token string
 	// Fingerprint pins the relay's public key ("sha256:<hex>").
 	Fingerprint string
@@ -138,6 +143,8 @@ type Agent struct {
 	// DebugAddr, when set, is the loopback address where Go's profiler
 	// (net/http/pprof) is served.
 	DebugAddr string
+	// Warnings are problems that do not stop the agent, for its log.
+	Warnings []Warning
 }
 
 // Tunnel is one exposed service.

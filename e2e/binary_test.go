@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -374,6 +375,59 @@ func TestBinaryFirstStart(t *testing.T) {
 	}
 	if !r.running() || !a.running() {
 		t.Fatal("relay or agent exited")
+	}
+}
+
+// TestBinaryTokenFile: relay and agent read the token from files
+// (--token-file, HOMEPORT_TOKEN_FILE) and make a working tunnel; a token
+// file that other users may read is used, with a warning in the log that
+// names the file and the fix; the token itself is never logged.
+func TestBinaryTokenFile(t *testing.T) {
+	leak.Check(t)
+	target := serve(t, echo)
+	dir := t.TempDir()
+	secret := "file-token-" + strconv.FormatUint(rand.Uint64(), 36) + "-0123456789"
+	write := func(name string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(secret+"\n"), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil { // past the umask
+			t.Fatal(err)
+		}
+		return p
+	}
+	loose, tight := write("relay.token", 0o644), write("agent.token", 0o600)
+	relayPort, public := freePort(t), freePort(t)
+
+	r, b := binStartRelay(t, filepath.Join(dir, "data"), relayPort, "--token-file", loose)
+	a := binStart(t, "agent", "--relay", b.relay, "--token-file", tight, "--fingerprint", b.fingerprint, "--tunnel", binTunnel(public, target))
+	binAwaitTunnels(a, 1, 15*time.Second)
+	expectEcho(t, publicAddr(public))
+	waitFor(t, 10*time.Second, "the relay's warning about "+loose, func() bool {
+		return contains(r.stderr.String(), "level=WARN", "secret file is readable by other users", "file="+loose, "chmod 600 "+loose)
+	})
+	if strings.Contains(a.stderr.String(), "secret file is readable") {
+		t.Errorf("agent warned about %s, mode 0600", tight)
+	}
+
+	// The agent's token file by the environment, readable by others.
+	envCmd, err := exec.LookPath("env")
+	if err != nil {
+		t.Skipf("no env command: %v", err)
+	}
+	public2 := freePort(t)
+	a2 := binStartVia(t, "agent", envCmd, "HOMEPORT_TOKEN_FILE="+loose, binPath(t, "agent"),
+		"--relay", b.relay, "--fingerprint", b.fingerprint, "--id", "second", "--tunnel", binTunnel(public2, target))
+	binAwaitTunnels(a2, 1, 15*time.Second)
+	expectEcho(t, publicAddr(public2))
+	if !contains(a2.stderr.String(), "level=WARN", "secret file is readable by other users", "environment variable HOMEPORT_TOKEN_FILE", "chmod 600 "+loose) {
+		t.Errorf("agent did not warn about %s", loose)
+	}
+	for _, p := range []*binProc{r, a, a2} {
+		if strings.Contains(p.stdout.String()+p.stderr.String(), secret) {
+			t.Errorf("%s printed the token", p.name)
+		}
 	}
 }
 

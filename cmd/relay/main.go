@@ -96,6 +96,7 @@ func run(ctx context.Context, cfg config.Relay, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer closeLog.Close()
+	cli.LogWarnings(log, cfg.Warnings)
 	stopDebug, err := cli.ServeDebug(cfg.DebugAddr, log)
 	if err != nil {
 		return err
