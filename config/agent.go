@@ -16,7 +16,8 @@ func agentSettings() []setting {
 	s := []setting{
 		{key: "relay", flag: "relay", short: "r", kind: kString, usage: "relay's agent address, HOST:PORT"},
 		{key: "transport", flag: "transport", kind: kString, def: "auto", usage: "how to reach the relay: quic, tcp (TLS over TCP), or auto (QUIC, falling back to TCP when UDP is blocked)"},
-		{key: "token", flag: "token", short: "t", kind: kString, usage: "token the relay printed"},
+		{key: "token", flag: "token", short: "t", kind: kString, usage: "token the relay printed; HOMEPORT_TOKEN or --token-file keep it out of the process list"},
+		{key: "token_file", flag: "token-file", kind: kString, usage: "file that holds the token, instead of --token"},
 		{key: "fingerprint", flag: "fingerprint", short: "f", kind: kString, usage: "relay key fingerprint the relay printed (sha256:...)"},
 		{key: "ca_file", flag: "ca-file", kind: kString, usage: "verify the relay by this PEM CA instead of a fingerprint"},
 		{key: "server_name", flag: "server-name", kind: kString, usage: "name in the relay's certificate, with --ca-file (default: the relay host)"},
@@ -71,12 +72,20 @@ func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
 		}
 	}
 	switch {
+	case c.Token != "" && l.str("token_file") != "":
+		l.fail("token_file", fmt.Errorf("give token or token_file, not both"))
+	case l.str("token_file") != "":
+		c.Token = l.tokenFile("token_file", checkAgentToken)
 	case c.Token == "":
-		l.fail("token", fmt.Errorf("missing: give the token the relay printed (--token, or HOMEPORT_TOKEN to keep it out of the process list)"))
-	case len(c.Token) < MinSecretLen:
-		l.fail("token", fmt.Errorf("shorter than %d characters, so no relay accepts it; copy the whole token the relay printed", MinSecretLen))
+		l.fail("token", fmt.Errorf("missing: give the token the relay printed (HOMEPORT_TOKEN or --token-file keep it out of the process list; --token puts it there)"))
+	default:
+		if err := checkAgentToken(c.Token); err != nil {
+			l.fail("token", err)
+		}
 	}
-	if fp := l.str("fingerprint"); fp != "" {
+	if fp := l.str("fingerprint"); IsPlaceholder(fp) {
+		l.fail("fingerprint", fmt.Errorf("%q %w: put the fingerprint the relay printed there (sha256: and 64 hex digits)", fp, ErrPlaceholder))
+	} else if fp != "" {
 		if c.Fingerprint, err = NormalizeFingerprint(fp); err != nil {
 			l.fail("fingerprint", err)
 		}
@@ -107,7 +116,16 @@ func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
 	if err := l.err(); err != nil {
 		return Agent{}, err
 	}
+	c.Warnings = l.warns
 	return c, nil
+}
+
+// checkAgentToken checks the agent's token.
+func checkAgentToken(s string) error {
+	if len(s) < MinSecretLen && !IsPlaceholder(s) {
+		return fmt.Errorf("shorter than %d characters, so no relay accepts it; copy the whole token the relay printed", MinSecretLen)
+	}
+	return checkExample(s, agentTokenAdvice)
 }
 
 // AgentDDNS is the configuration of "agent ddns", which runs only the

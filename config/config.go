@@ -69,6 +69,8 @@ type Relay struct {
 	// MetricsAddr, when set, is where Prometheus metrics and the health
 	// checks are served ("metrics_addr").
 	MetricsAddr string
+	// Warnings are problems that do not stop the relay, for its log.
+	Warnings []Warning
 }
 
 // Token is one accepted agent credential.
@@ -77,6 +79,9 @@ type Token struct {
 	Name string
 	// Secret is the shared secret. It never crosses the wire.
 	Secret string
+	// File is the file the secret was read from (token_file,
+	// secret_file); "" when it was given itself.
+	File string
 	// Ports, when not empty, further limits the public ports of agents
 	// that log in with this token (intersected with Relay.AllowPorts),
 	// and reserves them to it: no other token may use them.
@@ -128,7 +133,7 @@ type Agent struct {
 	// Transport is how the agent reaches the relay: TransportAuto (the
 	// default), TransportTCP or TransportQUIC.
 	Transport string
-	// Token is the shared secret.
+	// Token is the shared secret (token, or read from token_file).
 	Token string
 	// Fingerprint pins the relay's public key ("sha256:<hex>").
 	Fingerprint string
@@ -159,6 +164,8 @@ type Agent struct {
 	// MetricsAddr, when set, is where Prometheus metrics and the health
 	// checks are served ("metrics_addr").
 	MetricsAddr string
+	// Warnings are problems that do not stop the agent, for its log.
+	Warnings []Warning
 }
 
 // Tunnel is one exposed service.

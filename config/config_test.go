@@ -5,11 +5,14 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/homeport/homeport/internal/examplefill"
 )
 
 const fp = "sha256:4f2a9c0d1e8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f"
@@ -488,22 +491,56 @@ func TestAgentErrors(t *testing.T) {
 }
 
 // TestExamples loads the example configurations shipped in deploy/, so
-// they stay true to the code.
+// they stay true to the code: as they stand they are refused, naming
+// each placeholder; with the placeholders filled in they load, and every
+// tunnel of the agent's example is one the relay's example allows for
+// the token the agent uses.
 func TestExamples(t *testing.T) {
 	cleanEnv(t)
-	r, err := LoadRelay(relayFlags(t, "--config", "../deploy/relay.example.yaml"))
+	read := func(path string) string {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	relayText, agentText := read("../deploy/relay.example.yaml"), read("../deploy/agent.example.yaml")
+	_, err := LoadRelay(relayFlags(t, "--config", "../deploy/relay.example.yaml"))
+	checkPlaceholdersRefused(t, "relay example", relayText, err)
+	_, err = LoadAgent(agentFlags(t, "--config", "../deploy/agent.example.yaml"))
+	checkPlaceholdersRefused(t, "agent example", agentText, err)
+	if !examplefill.Placeholder.MatchString(relayText) || !examplefill.Placeholder.MatchString(agentText) {
+		t.Error("an example has no placeholder: its secrets would work as they stand")
+	}
+
+	fill := examplefill.New()
+	r, err := LoadRelay(relayFlags(t, "--config", writeFile(t, "relay.yaml", fill.Fill(relayText))))
 	if err != nil {
 		t.Fatalf("relay example: %v", err)
 	}
 	if len(r.Tokens) == 0 {
 		t.Error("relay example defines no tokens")
 	}
-	a, err := LoadAgent(agentFlags(t, "--config", "../deploy/agent.example.yaml"))
+	a, err := LoadAgent(agentFlags(t, "--config", writeFile(t, "agent.yaml", fill.Fill(agentText))))
 	if err != nil {
 		t.Fatalf("agent example: %v", err)
 	}
 	if len(a.Tunnels) == 0 {
 		t.Error("agent example defines no tunnels")
+	}
+
+	i := slices.IndexFunc(r.Tokens, func(tok Token) bool { return tok.Secret == a.Token })
+	if i < 0 {
+		t.Fatalf("the agent example's token is none of the relay example's tokens %v", r.Tokens)
+	}
+	tok := r.Tokens[i]
+	for _, tn := range a.Tunnels {
+		if !r.AllowPorts.Contains(tn.RemotePort) {
+			t.Errorf("agent example's tunnel %s: the relay example allows ports %s only", tn, r.AllowPorts)
+		}
+		if tok.Ports != nil && !tok.Ports.Contains(tn.RemotePort) {
+			t.Errorf("agent example's tunnel %s: the relay example gives %s ports %s only", tn, tok, tok.Ports)
+		}
 	}
 }
 

@@ -327,12 +327,17 @@ func (p ddnsParser) section(path string, v any, allowed []string) (map[string]an
 	return m, p.checkKeys(path, m, allowed)
 }
 
-// str reads a single value as text, trimmed; "" when absent.
+// str reads a single value as text, trimmed; "" when absent, and when
+// it is an example's placeholder, which is refused.
 func (p ddnsParser) str(path string, v any) string {
 	switch v := v.(type) {
 	case nil:
 		return ""
 	case string:
+		if IsPlaceholder(v) {
+			p.fail(path, fmt.Errorf("%q %w: put your own value there", strings.TrimSpace(v), ErrPlaceholder))
+			return ""
+		}
 		return strings.TrimSpace(v)
 	case bool, int, int64, uint64, float64:
 		return numText(v)
@@ -344,7 +349,7 @@ func (p ddnsParser) str(path string, v any) string {
 // required reads a value that must be given.
 func (p ddnsParser) required(path string, m map[string]any, key string) string {
 	s := p.str(path+"."+key, m[key])
-	if s == "" {
+	if v, _ := m[key].(string); s == "" && !IsPlaceholder(v) {
 		if _, ok := m[key]; ok {
 			p.fail(path+"."+key, fmt.Errorf("empty"))
 		} else {

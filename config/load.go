@@ -98,6 +98,7 @@ type loader struct {
 	fs    *pflag.FlagSet
 	byKey map[string]setting
 	errs  []error
+	warns []Warning // see Warning
 }
 
 // newLoader reads the configuration file (if any) and checks the file and

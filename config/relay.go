@@ -19,7 +19,8 @@ func relaySettings() []setting {
 		{key: "bind_addr", flag: "bind-addr", kind: kString, usage: "IP address public ports listen on (default all)"},
 		{key: "allow_ports", flag: "allow-ports", kind: kPorts, def: "1024-65535", usage: "public ports agents may use, e.g. 3390,8000-8100"},
 		{key: "token", flag: "token", short: "t", kind: kString, usage: "token agents must know (default: generated and kept in the data directory)"},
-		{key: "tokens", kind: kFile, usage: "several tokens, each with a name and optional ports and quotas (config file only)"},
+		{key: "token_file", flag: "token-file", kind: kString, usage: "file that holds the token agents must know, instead of --token"},
+		{key: "tokens", kind: kFile, usage: "several tokens, each with a name, a secret or secret_file, and optional ports and quotas (config file only)"},
 		{key: "max_agents", flag: "max-agents", kind: kInt, def: "10", usage: "agent ids one token may have logged in at once, unless the token sets its own"},
 		{key: "max_tunnels", flag: "max-tunnels", kind: kInt, def: "64", usage: "tunnels (public ports) one token's agents may hold in all, unless the token sets its own"},
 		{key: "port_reserve", flag: "port-reserve", kind: kDuration, def: "15m", usage: "a released public port stays reserved this long to the token that held it (0s: not at all)"},
@@ -111,6 +112,7 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 	if err := l.err(); err != nil {
 		return Relay{}, err
 	}
+	c.Warnings = l.warns
 	return c, nil
 }
 
@@ -136,20 +138,27 @@ const (
 	maxTunnels = 2 << 16
 )
 
-// tokens reads token and tokens. No token at all is fine (the relay then
-// generates one), but a token that was given and is empty is an error, and
-// so are two tokens that list the same port.
+// tokens reads token (or token_file) and tokens. No token at all is fine
+// (the relay then generates one), but a token that was given and is
+// empty, short, an example's placeholder or a published example is an
+// error, and so are two tokens that list the same port.
 func (l *loader) tokens() []Token {
 	var out []Token
-	if l.set("token") {
+	switch {
+	case l.set("token") && l.set("token_file"):
+		l.fail("token_file", fmt.Errorf("give token or token_file, not both"))
+	case l.set("token"):
 		secret := l.str("token")
 		if err := checkSecret(secret); err != nil {
 			l.fail("token", err)
 		}
 		out = append(out, Token{Name: "default", Secret: secret})
+	case l.set("token_file"):
+		secret := l.tokenFile("token_file", checkSecret)
+		out = append(out, Token{Name: "default", Secret: secret, File: l.str("token_file")})
 	}
 	for i, item := range l.list("tokens") {
-		m, err := section(item, "name", "secret", "ports", "max_agents", "max_tunnels")
+		m, err := section(item, "name", "secret", "secret_file", "ports", "max_agents", "max_tunnels")
 		if err != nil {
 			l.fail("tokens", fmt.Errorf("item %d: %w", i+1, err))
 			continue
@@ -158,14 +167,41 @@ func (l *loader) tokens() []Token {
 		if n, ok := m["name"]; ok {
 			t.Name = fmt.Sprint(n)
 		}
-		s, _ := m["secret"].(string)
-		if err := checkSecret(s); err != nil {
-			l.fail("tokens", fmt.Errorf("item %d (%s): secret: %w", i+1, t.Name, err))
+		where := fmt.Sprintf("item %d (%s)", i+1, t.Name)
+		_, hasSecret := m["secret"]
+		if f, ok := m["secret_file"]; ok {
+			t.File, _ = f.(string)
+			t.File = strings.TrimSpace(t.File)
+			secret, loose, err := "", false, error(nil)
+			switch {
+			case hasSecret:
+				err = fmt.Errorf("give secret or secret_file, not both")
+			case t.File == "":
+				err = fmt.Errorf("empty: give the path of a file that holds the secret")
+			default:
+				if secret, loose, err = readSecretFile(t.File); err == nil {
+					if err = checkSecret(secret); err != nil {
+						err = fmt.Errorf("the secret in %s: %w", t.File, err)
+					}
+				}
+			}
+			if err != nil {
+				l.fail("tokens", fmt.Errorf("%s: secret_file: %w", where, err))
+			}
+			if loose {
+				l.warns = append(l.warns, secretFileWarning(fmt.Sprintf("%s: %s: secret_file", l.where("tokens"), where), t.File))
+			}
+			t.Secret = secret
+		} else {
+			s, _ := m["secret"].(string)
+			if err := checkSecret(s); err != nil {
+				l.fail("tokens", fmt.Errorf("%s: secret: %w", where, err))
+			}
+			t.Secret = s
 		}
-		t.Secret = s
 		if p, ok := m["ports"]; ok {
 			if t.Ports, err = portsValue(p); err != nil {
-				l.fail("tokens", fmt.Errorf("item %d (%s): ports: %w", i+1, t.Name, err))
+				l.fail("tokens", fmt.Errorf("%s: ports: %w", where, err))
 			}
 		}
 		for _, q := range []struct {
@@ -209,14 +245,15 @@ func (l *loader) tokens() []Token {
 	return out
 }
 
+// checkSecret checks a secret the relay is to accept.
 func checkSecret(s string) error {
 	switch {
 	case s == "":
 		return fmt.Errorf("empty; the relay refuses to run with an empty token (leave it unset to have one generated)")
-	case len(s) < MinSecretLen:
+	case len(s) < MinSecretLen && !IsPlaceholder(s):
 		return fmt.Errorf("shorter than %d characters; use a long random string, or leave it unset to have one generated", MinSecretLen)
 	}
-	return nil
+	return checkExample(s, relayTokenAdvice)
 }
 
 // LocateFlags registers the flags that find a running relay's data

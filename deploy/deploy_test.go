@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -28,6 +29,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/internal/examplefill"
 )
 
 // agentDrain is how long the agent lets connections finish after SIGTERM
@@ -347,7 +349,8 @@ func TestSystemdUnits(t *testing.T) {
 			checkEnvNames(t, text, p.envs(), tt.file)
 
 			// Load the configuration the unit describes, with the example
-			// file in place of the installed one.
+			// file in place of the installed one: as it stands, it is
+			// refused for its placeholders; with them filled in, it loads.
 			args, ok := setConfigFlag(argv[1:], p.example)
 			if !ok {
 				t.Errorf("%s: ExecStart has no --config", tt.file)
@@ -357,9 +360,20 @@ func TestSystemdUnits(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: ExecStart with %s: %v", tt.file, p.example, err)
 			}
+			if _, err := p.load(fs); !errors.Is(err, config.ErrPlaceholder) || !strings.Contains(err.Error(), "is a placeholder") {
+				t.Errorf("%s: ExecStart with %s as it stands: %v; want its placeholders refused", tt.file, p.example, err)
+			}
+			filled := filepath.Join(t.TempDir(), p.example)
+			if err := os.WriteFile(filled, []byte(examplefill.New().Fill(read(t, p.example))), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			args, _ = setConfigFlag(argv[1:], filled)
+			if fs, err = parseFlags(p, args); err != nil {
+				t.Fatalf("%s: ExecStart with %s: %v", tt.file, filled, err)
+			}
 			cfg, err := p.load(fs)
 			if err != nil {
-				t.Fatalf("%s: ExecStart with %s does not load: %v", tt.file, p.example, err)
+				t.Fatalf("%s: ExecStart with %s, its placeholders filled in, does not load: %v", tt.file, p.example, err)
 			}
 			drain := tt.drain
 			if r, ok := cfg.(config.Relay); ok {
@@ -428,6 +442,67 @@ func TestSystemdUnits(t *testing.T) {
 			}
 			if !slices.Contains(u.words("Install", "WantedBy"), "multi-user.target") {
 				t.Errorf("%s: not WantedBy=multi-user.target", tt.file)
+			}
+		})
+	}
+}
+
+// TestSystemdInstall checks the install steps in the units' comments: a
+// file they put in /etc/homeport (the configuration, which holds the
+// token) is readable by root and the service's user only. Mode 0640
+// goes with the unit's Group, which the steps create; mode 0600 owned by
+// root suits only the EnvironmentFile, which systemd reads as root.
+func TestSystemdInstall(t *testing.T) {
+	for _, file := range []string{"systemd/homeport-relay.service", "systemd/homeport-agent.service"} {
+		t.Run(file, func(t *testing.T) {
+			text := read(t, file)
+			u, err := parseUnit(text)
+			if err != nil {
+				t.Fatalf("%s: %v", file, err)
+			}
+			group, user := u.get("Service", "Group"), u.get("Service", "User")
+			envFile := strings.TrimPrefix(u.get("Service", "EnvironmentFile"), "-")
+			if !regexp.MustCompile(`(?m)^#\s+useradd .*\s` + regexp.QuoteMeta(user) + `$`).MatchString(text) {
+				t.Errorf("%s: the steps do not create the user %s that the unit runs as", file, user)
+			}
+			installs := 0
+			for _, line := range strings.Split(text, "\n") {
+				i := strings.Index(line, "install ")
+				if !strings.HasPrefix(strings.TrimSpace(line), "#") || i < 0 || !strings.Contains(line, "/etc/homeport/") {
+					continue
+				}
+				f := strings.Fields(strings.Trim(line[i:], `"`))
+				opt := map[string]string{"-m": "", "-o": "root", "-g": "root"}
+				dest, dir := "", false
+				for j := 1; j < len(f); j++ {
+					switch a := f[j]; a {
+					case "-m", "-o", "-g":
+						if j+1 < len(f) {
+							opt[a] = f[j+1]
+							j++
+						}
+					case "-d":
+						dir = true
+					default:
+						dest = a
+					}
+				}
+				if dir || !strings.HasPrefix(dest, "/etc/homeport/") {
+					continue
+				}
+				mode, owner, grp := opt["-m"], opt["-o"], opt["-g"]
+				installs++
+				switch {
+				case mode == "0640" && owner == "root" && grp == group:
+				case mode == "0600" && owner == "root" && dest == envFile:
+				case mode == "0600" && owner == user:
+				default:
+					t.Errorf("%s: %q installs %s with mode %s, %s:%s; want 0640 root:%s (or 0600 for the service's user, or root's EnvironmentFile)",
+						file, strings.TrimSpace(line), dest, mode, owner, grp, group)
+				}
+			}
+			if installs == 0 {
+				t.Errorf("%s: no step installs a file into /etc/homeport", file)
 			}
 		})
 	}

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -247,7 +248,22 @@ type binBanner struct {
 	relay, token, fingerprint string
 }
 
-var binBannerRE = regexp.MustCompile(`(?m)^  agent --relay (\S+) --token (\S+) --fingerprint (\S+) --tunnel 3390:127\.0\.0\.1:3389$`)
+// binBannerRE matches the agent command of the relay's banner: the token
+// in the environment (or <token> where it is not shown), the relay's
+// address and its fingerprint.
+var binBannerRE = regexp.MustCompile(`(?m)^  HOMEPORT_TOKEN='([^']*)' agent --relay (\S+) --fingerprint (\S+) --tunnel 3390:127\.0\.0\.1:3389$`)
+
+// binBannerOut returns the relay's banner from its output once the whole
+// banner is there (it ends with an empty line), with the terminal's line
+// ends made plain; "" until then.
+func binBannerOut(out string) string {
+	out = strings.ReplaceAll(out, "\r\n", "\n")
+	i := strings.Index(out, "\nThen point the client")
+	if i < 0 || !strings.Contains(out[i:], "\n\n") {
+		return ""
+	}
+	return out
+}
 
 // binStartRelay starts the relay on 127.0.0.1:port with data directory
 // dataDir, plus extra arguments, and returns it with the agent command its
@@ -259,12 +275,29 @@ func binStartRelay(t *testing.T, dataDir string, port uint16, extra ...string) (
 		"--listen", publicAddr(port),
 		"--bind-addr", "127.0.0.1",
 		"--advertise", "127.0.0.1"}, extra...)...)
+	return p, binAwaitBanner(p, dataDir)
+}
+
+// binAwaitBanner waits for the relay p's banner and returns its agent
+// command. Its standard output is not a terminal, so the banner shows
+// <token>; when it names the token file of dataDir, the token is read
+// from there, as the operator would.
+func binAwaitBanner(p *binProc, dataDir string) binBanner {
+	p.t.Helper()
 	var m []string
 	p.await(15*time.Second, "the relay's banner", func() bool {
-		m = binBannerRE.FindStringSubmatch(p.stdout.String())
+		m = binBannerRE.FindStringSubmatch(binBannerOut(p.stdout.String()))
 		return m != nil
 	})
-	return p, binBanner{relay: m[1], token: m[2], fingerprint: m[3]}
+	b := binBanner{relay: m[2], token: m[1], fingerprint: m[3]}
+	if path := filepath.Join(dataDir, relay.TokenFile); b.token == "<token>" && strings.Contains(p.stdout.String(), path) {
+		tok, err := os.ReadFile(path)
+		if err != nil {
+			p.t.Fatal(err)
+		}
+		b.token = strings.TrimSpace(string(tok))
+	}
+	return b
 }
 
 // binStartAgent starts an agent with the banner's credentials and the
@@ -300,8 +333,10 @@ func binRefused(addr string) bool {
 }
 
 // TestBinaryFirstStart: a relay started with no token or key creates its
-// data directory, prints the agent command, and that exact command gives
-// a working tunnel.
+// data directory and prints the agent command, with <token> in place of
+// the token and the file that holds it, since its standard output is not
+// a terminal; that command with the token from the file gives a working
+// tunnel.
 func TestBinaryFirstStart(t *testing.T) {
 	leak.Check(t)
 	target := serve(t, echo)
@@ -316,7 +351,14 @@ func TestBinaryFirstStart(t *testing.T) {
 		t.Errorf("banner: --fingerprint %q: %v", b.fingerprint, err)
 	}
 	if len(b.token) < config.MinSecretLen {
-		t.Errorf("banner: --token %q is too short", b.token)
+		t.Errorf("token %q is too short", b.token)
+	}
+	out := r.stdout.String()
+	if m := binBannerRE.FindStringSubmatch(out); m[1] != "<token>" || strings.Contains(out, b.token) {
+		t.Errorf("the banner to a pipe shows the token:\n%s", out)
+	}
+	if !contains(out, "Put the token kept in "+filepath.Join(dataDir, relay.TokenFile), "standard output is not one") {
+		t.Errorf("the banner does not say where the token is:\n%s", out)
 	}
 
 	// The data directory holds the token and key pair, readable by the
@@ -344,11 +386,12 @@ func TestBinaryFirstStart(t *testing.T) {
 			return contains(r.stderr.String(), "generated", path)
 		})
 	}
-	if tok, err := os.ReadFile(filepath.Join(dataDir, relay.TokenFile)); err != nil || strings.TrimSpace(string(tok)) != b.token {
-		t.Errorf("token file %q (%v) is not the printed token", tok, err)
+	// The three files and the control socket (mode 0600 too).
+	if entries, _ := os.ReadDir(dataDir); len(entries) != 4 {
+		t.Errorf("data directory holds %d entries, want 4 (no temporary files left)", len(entries))
 	}
-	if entries, _ := os.ReadDir(dataDir); len(entries) != 3 {
-		t.Errorf("data directory holds %d entries, want 3 (no temporary files left)", len(entries))
+	if st, err := os.Stat(filepath.Join(dataDir, "relay.sock")); err != nil || st.Mode()&os.ModeSocket == 0 || st.Mode().Perm() != 0o600 {
+		t.Errorf("control socket: %v, %v; want a socket of mode 0600", st, err)
 	}
 
 	a := binStartAgent(t, b, []string{binTunnel(public, target)})
@@ -366,7 +409,7 @@ func TestBinaryFirstStart(t *testing.T) {
 	}
 	t.Logf("8 MiB there and back in %v", time.Since(start).Round(time.Millisecond))
 
-	// The secret is printed for the operator once, never logged.
+	// The secret is never logged.
 	for _, p := range []*binProc{r, a} {
 		if strings.Contains(p.stderr.String(), b.token) {
 			t.Errorf("%s log contains the token", p.name)
@@ -374,6 +417,182 @@ func TestBinaryFirstStart(t *testing.T) {
 	}
 	if !r.running() || !a.running() {
 		t.Fatal("relay or agent exited")
+	}
+}
+
+// binShellQuote quotes s for a POSIX shell.
+func binShellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// binStartRelayOnTerminal starts the relay as binStartRelay does, with its
+// standard output on a pseudo-terminal (script from util-linux makes
+// one, and copies what the relay writes there to its own output); the
+// relay's log goes to logFile. Killing script hangs up the terminal,
+// which ends the relay.
+func binStartRelayOnTerminal(t *testing.T, dataDir string, port uint16, logFile string) *binProc {
+	t.Helper()
+	script, err := exec.LookPath("script")
+	if err != nil {
+		t.Skipf("no script command to run the relay on a terminal: %v", err)
+	}
+	cmd := "exec " + binShellQuote(binPath(t, "relay")) + " --data-dir " + binShellQuote(dataDir) +
+		" --listen " + publicAddr(port) + " --bind-addr 127.0.0.1 --advertise 127.0.0.1 2>>" + binShellQuote(logFile)
+	return binStartVia(t, "relay", script, "-qec", cmd, "/dev/null")
+}
+
+// TestBinaryTerminalBanner: on a terminal, the relay's first start shows
+// the token it generated, in the environment of the agent command and
+// never in its arguments or the log; that command, run by a shell as
+// printed, gives a working tunnel, and the agent's argument list has no
+// token. The second start shows <token> even on a terminal.
+func TestBinaryTerminalBanner(t *testing.T) {
+	leak.Check(t)
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skipf("no shell: %v", err)
+	}
+	target := serve(t, echo)
+	dir := t.TempDir()
+	dataDir, logFile := filepath.Join(dir, "data"), filepath.Join(dir, "relay.log")
+	relayPort, public := freePort(t), freePort(t)
+
+	r := binStartRelayOnTerminal(t, dataDir, relayPort, logFile)
+	var m []string
+	var out string
+	r.await(20*time.Second, "the relay's banner on the terminal", func() bool {
+		out = binBannerOut(r.stdout.String())
+		m = binBannerRE.FindStringSubmatch(out)
+		return m != nil
+	})
+	stored, err := os.ReadFile(filepath.Join(dataDir, relay.TokenFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := strings.TrimSpace(string(stored))
+	if m[1] != token {
+		t.Fatalf("the banner on a terminal shows token %q; the data directory holds %q", m[1], token)
+	}
+	if !contains(out, "$env:HOMEPORT_TOKEN='"+token+"'; .\\agent.exe --relay", "shown on this first start only") {
+		t.Errorf("no PowerShell command or no word on the token file:\n%s", out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, token) && !strings.HasPrefix(line, "  HOMEPORT_TOKEN='"+token+"' agent ") && !strings.HasPrefix(line, "  $env:HOMEPORT_TOKEN='"+token+"'; ") {
+			t.Errorf("the token is shown outside the agent command's environment: %q", line)
+		}
+	}
+
+	// Run the printed line as it is, but for the tunnel, with agent on
+	// the PATH; the shell starts the agent in the background and says
+	// its process ID.
+	line := strings.TrimSpace(m[0])
+	line = strings.Replace(line, "--tunnel 3390:127.0.0.1:3389", "--tunnel "+binTunnel(public, target), 1)
+	pidFile, runFile := filepath.Join(dir, "agent.pid"), filepath.Join(dir, "run.sh")
+	run := "PATH=" + binShellQuote(binDir) + ":$PATH\n" + line + " &\necho $! >" + binShellQuote(pidFile) + "\nwait $!\n"
+	if err := os.WriteFile(runFile, []byte(run), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := binStartVia(t, "agent", sh, runFile)
+	var pid int
+	a.await(10*time.Second, "the shell to start the agent", func() bool {
+		b, err := os.ReadFile(pidFile)
+		if err == nil && strings.HasSuffix(string(b), "\n") {
+			pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		return err == nil && pid > 0
+	})
+	t.Cleanup(func() { // the agent is the shell's child: end it first
+		if p, err := os.FindProcess(pid); err == nil {
+			_ = p.Kill()
+			_ = p.Release() // its pidfd
+		}
+	})
+	binAwaitTunnels(a, 1, 15*time.Second)
+	expectEcho(t, publicAddr(public))
+	for _, p := range []int{pid, a.cmd.Process.Pid} {
+		argv, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p))
+		if err != nil {
+			t.Logf("no argument list of process %d to check: %v", p, err)
+			continue
+		}
+		if strings.Contains(string(argv), token) {
+			t.Errorf("process %d has the token in its arguments: %q", p, argv)
+		}
+		if p == pid && !strings.Contains(string(argv), "--fingerprint") {
+			t.Errorf("process %d is not the agent: %q", p, argv)
+		}
+	}
+	if log, err := os.ReadFile(logFile); err != nil || strings.Contains(string(log), token) || !strings.Contains(string(log), "generated") {
+		t.Errorf("relay log (%v) has the token, or is not the log:\n%s", err, log)
+	}
+	if strings.Contains(a.stderr.String(), token) {
+		t.Error("the agent logged the token")
+	}
+
+	// The second start, on a terminal too, does not show it.
+	_ = r.cmd.Process.Kill()
+	r.exitCode(15 * time.Second)
+	waitFor(t, 15*time.Second, "the relay to end with its terminal", func() bool { return binRefused(publicAddr(relayPort)) })
+	r2 := binStartRelayOnTerminal(t, dataDir, relayPort, logFile)
+	var out2 string
+	r2.await(20*time.Second, "the second start's banner", func() bool {
+		out2 = binBannerOut(r2.stdout.String())
+		m = binBannerRE.FindStringSubmatch(out2)
+		return m != nil
+	})
+	if m[1] != "<token>" || strings.Contains(out2, token) || !contains(out2, "only on the start that generated it", filepath.Join(dataDir, relay.TokenFile)) {
+		t.Errorf("second start on a terminal:\n%s", out2)
+	}
+}
+
+// TestBinaryTokenFile: relay and agent read the token from files
+// (--token-file, HOMEPORT_TOKEN_FILE) and make a working tunnel; a token
+// file that other users may read is used, with a warning in the log that
+// names the file and the fix; the token itself is never logged.
+func TestBinaryTokenFile(t *testing.T) {
+	leak.Check(t)
+	target := serve(t, echo)
+	dir := t.TempDir()
+	secret := "file-token-" + strconv.FormatUint(rand.Uint64(), 36) + "-0123456789"
+	write := func(name string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(secret+"\n"), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil { // past the umask
+			t.Fatal(err)
+		}
+		return p
+	}
+	loose, tight := write("relay.token", 0o644), write("agent.token", 0o600)
+	relayPort, public := freePort(t), freePort(t)
+
+	r, b := binStartRelay(t, filepath.Join(dir, "data"), relayPort, "--token-file", loose)
+	a := binStart(t, "agent", "--relay", b.relay, "--token-file", tight, "--fingerprint", b.fingerprint, "--tunnel", binTunnel(public, target))
+	binAwaitTunnels(a, 1, 15*time.Second)
+	expectEcho(t, publicAddr(public))
+	waitFor(t, 10*time.Second, "the relay's warning about "+loose, func() bool {
+		return contains(r.stderr.String(), "level=WARN", "secret file is readable by other users", "file="+loose, "chmod 600 "+loose)
+	})
+	if strings.Contains(a.stderr.String(), "secret file is readable") {
+		t.Errorf("agent warned about %s, mode 0600", tight)
+	}
+
+	// The agent's token file by the environment, readable by others.
+	envCmd, err := exec.LookPath("env")
+	if err != nil {
+		t.Skipf("no env command: %v", err)
+	}
+	public2 := freePort(t)
+	a2 := binStartVia(t, "agent", envCmd, "HOMEPORT_TOKEN_FILE="+loose, binPath(t, "agent"),
+		"--relay", b.relay, "--fingerprint", b.fingerprint, "--id", "second", "--tunnel", binTunnel(public2, target))
+	binAwaitTunnels(a2, 1, 15*time.Second)
+	expectEcho(t, publicAddr(public2))
+	if !contains(a2.stderr.String(), "level=WARN", "secret file is readable by other users", "environment variable HOMEPORT_TOKEN_FILE", "chmod 600 "+loose) {
+		t.Errorf("agent did not warn about %s", loose)
+	}
+	for _, p := range []*binProc{r, a, a2} {
+		if strings.Contains(p.stdout.String()+p.stderr.String(), secret) {
+			t.Errorf("%s printed the token", p.name)
+		}
 	}
 }
 
@@ -412,6 +631,9 @@ func TestBinaryRestart(t *testing.T) {
 	}
 	if strings.Contains(r2.stderr.String(), "generated") {
 		t.Errorf("second start generated files again")
+	}
+	if strings.Contains(r1.stdout.String()+r2.stdout.String()+r1.stderr.String()+r2.stderr.String(), b1.token) {
+		t.Errorf("a start printed or logged the token")
 	}
 	binAwaitTunnels(a, 2, 15*time.Second)
 	t.Logf("agent back %v after the relay restarted", time.Since(back).Round(time.Millisecond))

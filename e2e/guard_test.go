@@ -1405,12 +1405,7 @@ func guardBinStartRelay(t *testing.T, dataDir string, port uint16, nofile int, e
 	args := append([]string{"-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, nofile), path,
 		"--data-dir", dataDir, "--listen", publicAddr(port), "--bind-addr", "127.0.0.1", "--advertise", "127.0.0.1"}, extra...)
 	p := binStartVia(t, "relay", sh, args...)
-	var m []string
-	p.await(15*time.Second, "the relay's banner", func() bool {
-		m = binBannerRE.FindStringSubmatch(p.stdout.String())
-		return m != nil
-	})
-	return p, binBanner{relay: m[1], token: m[2], fingerprint: m[3]}
+	return p, binAwaitBanner(p, dataDir)
 }
 
 // guardCPU returns the CPU time process pid used so far, or -1 where

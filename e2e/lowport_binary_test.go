@@ -63,12 +63,7 @@ func TestBinaryLowPortPermission(t *testing.T) {
 		"--bind-addr", "127.0.0.1",
 		"--advertise", "127.0.0.1",
 		"--allow-ports", "1-65535")...)
-	var m []string
-	r.await(15*time.Second, "the relay's banner", func() bool {
-		m = binBannerRE.FindStringSubmatch(r.stdout.String())
-		return m != nil
-	})
-	b := binBanner{relay: m[1], token: m[2], fingerprint: m[3]}
+	b := binAwaitBanner(r, dataDir)
 
 	target := serve(t, echo)
 	a := binStartAgent(t, b, []string{binTunnel(low, target)})

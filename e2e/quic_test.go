@@ -393,12 +393,7 @@ func udpFwdStartRelay(t *testing.T, dataDir string, port uint16, extra ...string
 		"--advertise", "127.0.0.1",
 	}, extra...)
 	p := binStart(t, "relay", args...)
-	var m []string
-	p.await(15*time.Second, "the relay's banner", func() bool {
-		m = binBannerRE.FindStringSubmatch(p.stdout.String())
-		return m != nil
-	})
-	return p, binBanner{relay: m[1], token: m[2], fingerprint: m[3]}
+	return p, binAwaitBanner(p, dataDir)
 }
 
 // udpFwdResetMin is the smallest packet quic-go answers with a stateless

@@ -652,7 +652,9 @@ type relay struct {
 	ready              time.Time // when it printed its banner
 }
 
-var bannerRE = regexp.MustCompile(`(?m)^  agent --relay (\S+) --token (\S+) --fingerprint (\S+) --tunnel`)
+// bannerRE matches the agent command of the relay's banner, which shows
+// <token> in place of the token: its output is not a terminal.
+var bannerRE = regexp.MustCompile(`(?m)^  HOMEPORT_TOKEN='<token>' agent --relay (\S+) --fingerprint (\S+) --tunnel`)
 
 // startRelay starts the relay on the VPS. Its data directory is the lab's,
 // so a restarted relay keeps its token and key. The visitor guard's
@@ -678,7 +680,11 @@ func (l *lab) startRelay() *relay {
 	if want := fmt.Sprintf("%s:%d", vpsIP, relayPort); m[1] != want {
 		l.t.Errorf("relay banner: --relay %s, want %s", m[1], want)
 	}
-	return &relay{proc: p, token: m[2], fingerprint: m[3], ready: time.Now()}
+	token, err := os.ReadFile(filepath.Join(l.dir, "relay-data", "token"))
+	if err != nil {
+		l.t.Fatalf("the relay's token: %v", err)
+	}
+	return &relay{proc: p, token: strings.TrimSpace(string(token)), fingerprint: m[2], ready: time.Now()}
 }
 
 // startAgent starts the agent at home with transport ("tcp", "quic" or

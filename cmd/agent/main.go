@@ -50,12 +50,14 @@ and registers its tunnels. Each tunnel is REMOTE_PORT:HOST:PORT, as in
 ssh -R: a connection to the relay's REMOTE_PORT reaches HOST:PORT as
 dialed from this machine. The agent reconnects by itself forever.
 
-The relay prints the exact command on its first start.
+The relay prints the exact command on its first start (on a terminal).
+Give the token by HOMEPORT_TOKEN, --token-file or the config file rather
+than --token, which other users can read in the process list.
 
 Settings come from defaults < --config file < HOMEPORT_* environment
 variables < flags.`,
-		Example: `  agent --relay vps.example.com:7000 --token T --fingerprint sha256:... --tunnel 3390:127.0.0.1:3389
-  agent --relay vps.example.com:7000 --token T --fingerprint sha256:... --tunnel rdp=3390:127.0.0.1:3389 --tunnel ssh=2222:127.0.0.1:22
+		Example: `  HOMEPORT_TOKEN=T agent --relay vps.example.com:7000 --fingerprint sha256:... --tunnel 3390:127.0.0.1:3389
+  agent --relay vps.example.com:7000 --token-file /etc/homeport/agent.token --fingerprint sha256:... --tunnel rdp=3390:127.0.0.1:3389 --tunnel ssh=2222:127.0.0.1:22
   agent --config agent.yaml`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
@@ -98,6 +100,7 @@ func run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 		return err
 	}
 	defer closeLog.Close()
+	cli.LogWarnings(log, cfg.Warnings)
 	stopDebug, err := cli.ServeDebug(cfg.DebugAddr, log)
 	if err != nil {
 		return err

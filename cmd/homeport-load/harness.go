@@ -159,8 +159,35 @@ func (p *proc) await(ctx context.Context, d time.Duration, what string, cond fun
 	return nil
 }
 
-// bannerRE matches the agent command the relay prints.
-var bannerRE = regexp.MustCompile(`(?m)^  agent --relay (\S+) --token (\S+) --fingerprint (\S+) `)
+// bannerRE matches the agent command the relay prints: the token (or
+// <token>, when it is not shown), the relay's address and fingerprint.
+// oldBannerRE matches it as relays before the token moved to the
+// environment printed it, for --relay-bin.
+var (
+	bannerRE    = regexp.MustCompile(`(?m)^  HOMEPORT_TOKEN='([^']*)' agent --relay (\S+) --fingerprint (\S+) `)
+	oldBannerRE = regexp.MustCompile(`(?m)^  agent --relay (\S+) --token (\S+) --fingerprint (\S+) `)
+)
+
+// parseBanner returns the relay address, token and fingerprint of the
+// relay's banner in out; the token comes from the token file in dataDir
+// when the banner shows <token> (its output is not a terminal).
+func parseBanner(out, dataDir string) (relayAddr, token, fingerprint string, ok bool) {
+	if m := bannerRE.FindStringSubmatch(out); m != nil {
+		relayAddr, token, fingerprint = m[2], m[1], m[3]
+	} else if m := oldBannerRE.FindStringSubmatch(out); m != nil {
+		relayAddr, token, fingerprint = m[1], m[2], m[3]
+	} else {
+		return "", "", "", false
+	}
+	if token == "<token>" {
+		b, err := os.ReadFile(filepath.Join(dataDir, "token"))
+		if err != nil {
+			return "", "", "", false
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	return relayAddr, token, fingerprint, true
+}
 
 // pair is a relay and an agent with one tunnel to the target.
 type pair struct {
@@ -228,17 +255,17 @@ func tryPair(ctx context.Context, b binaries, transport, targetAddr, workDir str
 	if err != nil {
 		return nil, err
 	}
-	var m []string
+	var relayAddr, token, fingerprint string
 	err = p.relay.await(ctx, 20*time.Second, "relay banner", func() bool {
 		out, _ := os.ReadFile(p.relay.stdout)
-		m = bannerRE.FindStringSubmatch(string(out))
-		return m != nil
+		var ok bool
+		relayAddr, token, fingerprint, ok = parseBanner(string(out), filepath.Join(dir, "data"))
+		return ok
 	})
 	if err != nil {
 		p.stop()
 		return nil, err
 	}
-	relayAddr := m[1]
 	if o.via != nil {
 		if relayAddr, p.stopVia, err = o.via(ctx, relayAddr); err != nil {
 			p.stop()
@@ -246,7 +273,7 @@ func tryPair(ctx context.Context, b binaries, transport, targetAddr, workDir str
 		}
 	}
 	p.agent, err = startProc("agent", b.agent, dir, append([]string{
-		"--relay", relayAddr, "--token", m[2], "--fingerprint", m[3],
+		"--relay", relayAddr, "--token", token, "--fingerprint", fingerprint,
 		"--transport", transport,
 		"--id", "homeport-load",
 		"--tunnel", fmt.Sprintf("load=%d:%s", port, targetAddr),

@@ -2,7 +2,10 @@ package main
 
 import (
 	"io"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -48,5 +51,29 @@ func TestParseLevels(t *testing.T) {
 	}
 	if got, err := parseLevels(""); err != nil || len(got) != 0 {
 		t.Errorf("parseLevels(\"\") = %v, %v", got, err)
+	}
+}
+
+// TestParseBanner reads the relay's banner as relays print it now (the
+// token in the environment, or <token> and the token file) and as they
+// printed it before (--token), for --relay-bin.
+func TestParseBanner(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "token"), []byte("stored-token-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fp := "sha256:" + strings.Repeat("ab", 32)
+	for _, tt := range []struct{ out, token string }{
+		{"\n  HOMEPORT_TOKEN='shown-token-0123456789' agent --relay 127.0.0.1:7000 --fingerprint " + fp + " --tunnel 3390:127.0.0.1:3389\n", "shown-token-0123456789"},
+		{"\n  HOMEPORT_TOKEN='<token>' agent --relay 127.0.0.1:7000 --fingerprint " + fp + " --tunnel 3390:127.0.0.1:3389\n", "stored-token-0123456789"},
+		{"\n  agent --relay 127.0.0.1:7000 --token old-token-0123456789 --fingerprint " + fp + " --tunnel 3390:127.0.0.1:3389\n", "old-token-0123456789"},
+	} {
+		relayAddr, token, fingerprint, ok := parseBanner(tt.out, dir)
+		if !ok || relayAddr != "127.0.0.1:7000" || token != tt.token || fingerprint != fp {
+			t.Errorf("parseBanner(%q) = %q, %q, %q, %v", tt.out, relayAddr, token, fingerprint, ok)
+		}
+	}
+	if _, _, _, ok := parseBanner("homeport relay ready", dir); ok {
+		t.Error("parsed a banner without the agent command")
 	}
 }

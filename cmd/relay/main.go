@@ -50,7 +50,10 @@ tunnel's public port and carries every connection to the agent.
 
 With no settings at all it creates its data directory, generates a token
 and a TLS key (kept there and reused on every start), and prints the
-exact agent command to run on the home machine.
+exact agent command to run on the home machine. The token itself is
+shown on that first start only, and only on a terminal: later, and in
+a service's log, the command has <token> in its place, and the token is
+read from the data directory's token file.
 
 Settings come from defaults < --config file < HOMEPORT_* environment
 variables < flags.`,
@@ -98,6 +101,7 @@ func run(ctx context.Context, cfg config.Relay, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer closeLog.Close()
+	cli.LogWarnings(log, cfg.Warnings)
 	stopDebug, err := cli.ServeDebug(cfg.DebugAddr, log)
 	if err != nil {
 		return err
@@ -143,6 +147,7 @@ func run(ctx context.Context, cfg config.Relay, stdout, stderr io.Writer) error 
 		}
 		waits = append(waits, waitMetrics)
 	}
-	printBanner(stdout, cfg, id, addr)
+	f, isFile := stdout.(*os.File)
+	newBanner(cfg, id, addr, isFile && cli.IsTerminal(f)).print(stdout)
 	return srv.Serve(ctx)
 }

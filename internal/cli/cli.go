@@ -68,3 +68,10 @@ func OpenLog(stderr io.Writer, c config.Log) (*slog.Logger, io.Closer, error) {
 type nopCloser struct{}
 
 func (nopCloser) Close() error { return nil }
+
+// LogWarnings logs each of the configuration's warnings at Warn.
+func LogWarnings(log *slog.Logger, ws []config.Warning) {
+	for _, w := range ws {
+		log.Warn(w.Msg, "setting", w.Setting, "file", w.File, "fix", w.Fix)
+	}
+}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/ddns"
+	"github.com/homeport/homeport/internal/examplefill"
 )
 
 func base(provider string) *config.DDNS {
@@ -254,7 +255,7 @@ func TestDocExamplesBuild(t *testing.T) {
 			os.Unsetenv(name)
 		}
 	}
-	fill := strings.NewReplacer("<the token>", "0123456789abcdef0123", `"sha256:…"`, `"sha256:4f2a9c0d1e8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f"`)
+	fill := examplefill.New()
 	n := 0
 	for _, doc := range []string{"../../docs/configuration.md", "../../README.md"} {
 		b, err := os.ReadFile(doc)
@@ -267,7 +268,7 @@ func TestDocExamplesBuild(t *testing.T) {
 			}
 			n++
 			path := filepath.Join(t.TempDir(), "example.yaml")
-			if err := os.WriteFile(path, []byte(fill.Replace(m[1])), 0o600); err != nil {
+			if err := os.WriteFile(path, []byte(fill.Fill(m[1])), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
