@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -49,6 +48,12 @@ type Server struct {
 	// learned tells keepKnownAgents to write it.
 	knownPath string
 	learned   chan struct{}
+
+	// refusals counts agent connections the guard refused since
+	// refusalWarned, the last warning about them (see refused).
+	refusalsMu    sync.Mutex
+	refusals      int
+	refusalWarned time.Time
 
 	handlers sync.WaitGroup // agent connections, in handshake or in session
 	visitors sync.WaitGroup // visitor connections being spliced
@@ -134,13 +139,17 @@ func (s *Server) Listen() (net.Addr, error) {
 			return nil, err
 		}
 		quicTr = tunnel.QUICTransport{Session: s.sessionConfig(), HandshakeTimeout: s.cfg.HandshakeTimeout, ResetKey: key,
-			MaxHandshakes: s.cfg.Guard.MaxHandshakes,
-			Refuse: func(a net.Addr) bool {
-				if !s.hs.banned(addrOf(a)) {
-					return false
+			// The guard caps logins; this bounds what quic-go holds:
+			// the logins, and up to max_handshakes more that the guard
+			// pushed out before quic-go handed them over (it cannot end
+			// one before), until they time out or arrive.
+			MaxHandshakes: 2*s.cfg.Guard.MaxHandshakes + trustedReserve,
+			Admit: func(a net.Addr) (tunnel.Admission, error) {
+				l, why := s.admit(a, "quic", nil)
+				if l == nil {
+					return nil, errors.New(why)
 				}
-				s.log.Debug("agent connection refused", "agent_addr", a.String(), "transport", "quic", "reason", "banned after failed logins")
-				return true
+				return l, nil
 			},
 			OnSmallBuffers: func(rcv, snd int) {
 				s.log.Warn("UDP buffers are small for QUIC", "receive_kib", rcv>>10, "send_kib", snd>>10, "hint", tunnel.UDPBufferHint)
@@ -265,19 +274,62 @@ func (s *Server) acceptLoop(ctx context.Context, ln tunnel.Listener) error {
 		}
 		delay = 0
 		// Refused at once, before any handshake: a blocking limit would
-		// let a flood starve real agents.
-		ip := addrOf(c.RemoteAddr())
-		if ok, why := s.hs.admit(ip); !ok {
-			tunnel.Refuse(c)
-			s.log.Debug("agent connection refused", "agent_addr", c.RemoteAddr().String(), "reason", why)
+		// let a flood starve real agents. A QUIC link was admitted
+		// before its handshake (see Listen).
+		refuse := func() { tunnel.Refuse(c) }
+		l, ok := tunnel.AdmissionOf(c).(*login)
+		if ok && !s.hs.attach(l, refuse) {
+			refuse()
+			s.log.Debug("agent connection closed: its login was pushed out by a newer one", "agent_addr", c.RemoteAddr().String(), "transport", transportName(ln))
 			continue
+		}
+		if !ok {
+			if l, _ = s.admit(c.RemoteAddr(), transportName(ln), refuse); l == nil {
+				refuse()
+				continue
+			}
 		}
 		s.handlers.Add(1)
 		go func() {
 			defer s.handlers.Done()
-			s.handleAgent(ctx, c, ip)
+			s.handleAgent(ctx, c, l)
 		}()
 	}
+}
+
+// admit asks the handshake guard to count a login from remote, and logs
+// what it did: a refusal, a login it pushed out to make room.
+func (s *Server) admit(remote net.Addr, transport string, evict func()) (*login, string) {
+	l, pushed, why := s.hs.admit(addrOf(remote), evict)
+	if l == nil {
+		s.refused(remote, transport, why)
+		return nil, why
+	}
+	if pushed.IsValid() {
+		s.log.Debug("agent login pushed out by a newer one", "agent_addr", pushed.String(), "new_addr", remote.String(), "transport", transport)
+	}
+	return l, ""
+}
+
+// refusalWarnEvery is how often at most the relay warns about agent
+// connections its guard refused: a flood would fill the log otherwise.
+// Each refusal is logged at Debug.
+const refusalWarnEvery = 10 * time.Second
+
+// refused logs an agent connection refused by the handshake guard.
+func (s *Server) refused(remote net.Addr, transport, why string) {
+	s.log.Debug("agent connection refused", "agent_addr", remote.String(), "transport", transport, "reason", why)
+	now := time.Now()
+	s.refusalsMu.Lock()
+	s.refusals++
+	if !s.refusalWarned.IsZero() && now.Sub(s.refusalWarned) < refusalWarnEvery {
+		s.refusalsMu.Unlock()
+		return
+	}
+	n := s.refusals
+	s.refusals, s.refusalWarned = 0, now
+	s.refusalsMu.Unlock()
+	s.log.Warn("agent connections refused", "count", n, "since", "the last such warning", "last_addr", remote.String(), "transport", transport, "reason", why)
 }
 
 func nextAcceptDelay(d time.Duration) time.Duration {
@@ -331,18 +383,20 @@ func (s *Server) shutdown() {
 }
 
 // handleAgent authenticates one agent link and serves its session.
-func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, ip netip.Addr) {
+func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, l *login) {
 	remote := c.RemoteAddr().String()
 	log := s.log.With("agent_addr", remote)
 	// The login ends (for the handshake guard) at the first return or
-	// once authenticated.
+	// with its verdict.
 	result, loginDone := loginAborted, false
+	var ban banInfo
 	endLogin := func() {
 		if loginDone {
 			return
 		}
 		loginDone = true
-		if s.hs.done(ip, result) {
+		ban = s.hs.done(l, result)
+		if ban.started {
 			log.Warn("agent address banned after failed logins", "ban_for", s.cfg.Guard.AuthBanFor)
 		}
 	}
@@ -359,10 +413,30 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, ip netip.Addr) 
 		log.Debug("agent TLS handshake failed", "err", err)
 		return
 	}
-	agent, err := tunnel.AuthenticateAgent(c, s.secrets, remote)
-	if err == nil {
-		result = loginOK
+	agent, err := tunnel.AuthenticateAgent(c, s.secrets, remote, func(ok bool) string {
+		if l.banned {
+			// The brake on a banned address: its logins, one at a
+			// time, are answered no sooner than this.
+			t := time.NewTimer(time.Until(l.start.Add(bannedPace)))
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			t.Stop()
+		}
+		result = loginFailed
+		if ok {
+			result = loginOK
+		}
 		endLogin()
+		if ok || ban.left <= 0 {
+			return ""
+		}
+		return fmt.Sprintf("wrong token; this address is banned from logging in for %v after %d failed logins (a correct token still gets in)",
+			ban.left.Round(time.Second), s.cfg.Guard.AuthBanAfter)
+	})
+	if err == nil && ban.left > 0 {
+		log.Info("agent logged in from a banned address", "agent", agent.ID, "ban_left", ban.left.Round(time.Second))
 	}
 	if err != nil {
 		stop()

@@ -86,7 +86,12 @@ func computeMAC(secret, nonce, ekm []byte, agentID string) []byte {
 // the agent's address as the relay sees it, told to the agent on success.
 // The caller bounds the exchange with the link's deadline. On a wrong
 // token it tells the agent and returns an error wrapping ErrAuthFailed.
-func AuthenticateAgent(c Conn, secrets [][]byte, observed string) (Agent, error) {
+//
+// verdict, when set, is called once the agent's proof has been checked
+// (ok: it matched a token) and before the answer goes out: it may hold
+// the answer back, and for a wrong token it returns the message of the
+// Reject ("" for "wrong token").
+func AuthenticateAgent(c Conn, secrets [][]byte, observed string, verdict func(ok bool) (rejectMsg string)) (Agent, error) {
 	ekm, err := exportKey(c)
 	if err != nil {
 		return Agent{}, err
@@ -114,9 +119,16 @@ func AuthenticateAgent(c Conn, secrets [][]byte, observed string) (Agent, error)
 			match = i
 		}
 	}
+	msg := ""
+	if verdict != nil {
+		msg = verdict(match >= 0)
+	}
 	if match < 0 {
-		_ = WriteMessage(c, &Reject{Code: CodeAuthFailed, Message: "wrong token"})
-		return Agent{}, fmt.Errorf("agent %q: %w: wrong token", h.AgentID, ErrAuthFailed)
+		if msg == "" {
+			msg = "wrong token"
+		}
+		_ = WriteMessage(c, &Reject{Code: CodeAuthFailed, Message: msg})
+		return Agent{}, fmt.Errorf("agent %q: %w: %s", h.AgentID, ErrAuthFailed, msg)
 	}
 	if err := WriteMessage(c, &Welcome{ObservedAddr: observed}); err != nil {
 		return Agent{}, fmt.Errorf("send welcome: %w", err)
