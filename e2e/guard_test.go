@@ -182,17 +182,6 @@ func guardLines(log string, subs ...string) []string {
 	return out
 }
 
-// guardWait polls cond every 10 ms for up to d and reports whether it
-// became true.
-func guardWait(d time.Duration, cond func() bool) bool {
-	for deadline := time.Now().Add(d); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			return false
-		}
-	}
-	return true
-}
-
 // guardGoSlack is how many goroutines may come and go besides those a
 // test counts.
 const guardGoSlack = 10
