@@ -703,6 +703,35 @@ func binExpectRefused(t *testing.T, b binBanner, target, token, fingerprint, tra
 	}
 }
 
+// TestBinaryAuthBan: an agent started again and again with a wrong token
+// (a service manager restarting it) gets its address banned; the agent
+// that starts the ban, and the next one, exit saying what happened and for
+// how long, in the relay's words; the same address then logs in at once
+// with the right token, and the relay logs that it did so while banned.
+func TestBinaryAuthBan(t *testing.T) {
+	leak.Check(t)
+	target := serve(t, echo)
+	r, b := binStartRelay(t, t.TempDir(), freePort(t), "--auth-ban-after", "2", "--auth-ban-for", "10m")
+	const wrong = "wrong-token-0123456789abcdef"
+	binExpectRefused(t, b, target, wrong, b.fingerprint, config.TransportTCP,
+		[]string{"relay refused this agent", "authentication failed: wrong token:", "the token is wrong"})
+	banned := []string{"relay refused this agent", "wrong token; this address is banned from logging in for", "after 2 failed logins (a correct token still gets in)", "the token is wrong"}
+	binExpectRefused(t, b, target, wrong, b.fingerprint, config.TransportTCP, banned)
+	r.await(5*time.Second, "the relay's log of the ban", func() bool { return r.count(`msg="agent address banned after failed logins"`) == 1 })
+	binExpectRefused(t, b, target, wrong, b.fingerprint, config.TransportQUIC, banned)
+
+	port := freePort(t)
+	a := binStartAgent(t, b, []string{binTunnel(port, target)})
+	binAwaitTunnels(a, 1, 15*time.Second)
+	expectEcho(t, publicAddr(port))
+	r.await(5*time.Second, "the relay's log of the login while banned", func() bool {
+		return r.count(`msg="agent logged in from a banned address"`) == 1
+	})
+	if n := r.count(`msg="agent connection refused"`); n > 0 {
+		t.Errorf("relay refused %d agent connections", n)
+	}
+}
+
 // TestBinaryBadConfig: a bad configuration file stops the command with
 // status 1 and an error naming the file and the setting, without a usage
 // dump. An unknown key stops loading at once; wrong values are reported

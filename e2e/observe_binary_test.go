@@ -30,6 +30,12 @@ func TestBinaryStatusAndMetrics(t *testing.T) {
 	r, banner := binStartRelay(t, dir, freePort(t), "--metrics-addr", metricsAddr)
 	target := serve(t, echo)
 	port := freePort(t)
+	// A wrong token first: refused, counted and listed.
+	wrong := banner
+	wrong.token = "wrong-token-0123456789abcdef"
+	if code := binStartAgent(t, wrong, []string{binTunnel(port, target)}).exitCode(30 * time.Second); code != 1 {
+		t.Fatalf("agent with a wrong token: exit %d, want 1", code)
+	}
 	a := binStartAgent(t, banner, []string{"web=" + binTunnel(port, target)}, "--id", "home-pc")
 	binAwaitTunnels(a, 1, 30*time.Second)
 
@@ -63,6 +69,9 @@ func TestBinaryStatusAndMetrics(t *testing.T) {
 	if len(st.Agents) != 1 || st.Agents[0].ID != "home-pc" || st.Agents[0].Token != "default" {
 		t.Fatalf("agents: %+v", st.Agents)
 	}
+	if len(st.Refusals) != 1 || st.Refusals[0].Where != "agent port" || st.Refusals[0].Reason != "wrong token" {
+		t.Fatalf("refusals: %+v", st.Refusals)
+	}
 	tn := st.Tunnels[0]
 	// The open visitor's byte counts too: bytes count as they pass.
 	if tn.Name != "web" || tn.Port != port || tn.Visitors != 1 || tn.Accepted != 2 || tn.BytesIn != n+1 || tn.BytesOut != n+1 {
@@ -94,6 +103,8 @@ func TestBinaryStatusAndMetrics(t *testing.T) {
 		{"homeport_relay_tunnel_visitors_accepted_total", tunnel, 2},
 		{"homeport_relay_agent_streams", map[string]string{"token": "default", "agent": "home-pc"}, 1},
 		{"homeport_build_info", map[string]string{"program": "relay"}, 1},
+		{"homeport_relay_logins_total", map[string]string{"result": "ok"}, 1},
+		{"homeport_relay_logins_total", map[string]string{"result": "wrong_token"}, 1},
 	} {
 		if v, ok := metricValue(fams, c.name, c.labels); !ok || v != c.want {
 			t.Errorf("%s%v = %v (found %v), want %v", c.name, c.labels, v, ok, c.want)
@@ -106,6 +117,16 @@ func TestBinaryStatusAndMetrics(t *testing.T) {
 	}
 	if agents != 1 {
 		t.Errorf("homeport_relay_agents: %v in all, want 1", agents)
+	}
+	// Both visitors waited for the agent's answer once.
+	opens := uint64(0)
+	if f := fams["homeport_relay_stream_open_seconds"]; f != nil {
+		for _, m := range f.GetMetric() {
+			opens += m.GetHistogram().GetSampleCount()
+		}
+	}
+	if opens != 2 {
+		t.Errorf("homeport_relay_stream_open_seconds: %d samples, want 2", opens)
 	}
 	for _, path := range []string{"/healthz", "/readyz"} {
 		resp, err := http.Get("http://" + metricsAddr + path)

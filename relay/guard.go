@@ -68,7 +68,20 @@ func withGuardDefaults(g config.Guard) config.Guard {
 	return g
 }
 
-// handshakeGuard limits logins on the agent port.
+// handshakeGuard limits logins on the agent port, over TCP and QUIC alike:
+// a login counts from the connection's accept (for QUIC, from the client's
+// first packet, before any crypto work) until its verdict.
+//
+// When every slot is taken, a newcomer pushes out the oldest pending login
+// of the source that holds the most (more than the newcomer's own source),
+// provided that login has been pending for loginMinAge: so a flood of idle
+// or stalled logins, however many sources it comes from, cannot keep a new
+// agent out, while a genuine login, which ends within a few round trips,
+// is not cut by one.
+//
+// A source banned after failed logins may still log in with the right
+// token, but one login at a time, each answered no sooner than bannedPace
+// after it began: a guesser gets about one try a second.
 type handshakeGuard struct {
 	cfg config.Guard
 	now func() time.Time
@@ -76,6 +89,13 @@ type handshakeGuard struct {
 	mu      sync.Mutex
 	pending int
 	sources map[netip.Addr]*loginState
+	// active are the sources with pending logins, for eviction.
+	active []*loginState
+	// lingering counts logins pushed out before they had a connection
+	// to close (QUIC handshakes quic-go has not handed over): quic-go
+	// runs them until they time out or arrive. At most MaxHandshakes
+	// linger; past that such logins are not pushed out.
+	lingering int
 	// trusted holds sources that logged in successfully lately: they may
 	// go past the global cap (by trustedReserve), so that a flood from
 	// elsewhere cannot keep a known agent from logging in again.
@@ -93,6 +113,18 @@ const (
 	trustedReserve = 64
 )
 
+const (
+	// loginMinAge is how long a login must have been pending before a
+	// newcomer may push it out: far longer than the few round trips a
+	// genuine login takes once its connection is up.
+	loginMinAge = time.Second
+	// bannedPace is the earliest a banned source's login is answered,
+	// after it began; a banned source's login gives way to a newer one
+	// of the source after bannedPace+loginMinAge (a stalled connection
+	// must not keep the right token out).
+	bannedPace = time.Second
+)
+
 // loginResult is how a login admitted by a handshakeGuard ended.
 type loginResult int
 
@@ -102,69 +134,213 @@ const (
 	loginOK
 )
 
+// loginState is what a guard knows of one source.
 type loginState struct {
-	pending     int
+	key         netip.Addr
+	logins      []*login // pending, oldest first
+	active      int      // index in handshakeGuard.active; -1: none pending
 	fails       int
 	since       time.Time // first failure counted
 	bannedUntil time.Time
+}
+
+// login is one login admitted by a handshakeGuard.
+type login struct {
+	g      *handshakeGuard
+	ip     netip.Addr
+	start  time.Time
+	st     *loginState // nil: an untracked source (see maxTracked)
+	banned bool        // its source was banned when it began
+	// Under g.mu: ended, once the guard no longer counts it; evict closes
+	// its connection (nil: it cannot be closed yet, as a QUIC handshake
+	// before quic-go hands it over; pushed out, it then ends there).
+	ended     bool
+	evict     func()
+	lingering bool // pushed out, it has not arrived nor timed out
+}
+
+// Abort ends a login that failed before its connection reached the relay
+// (tunnel.Admission, for QUIC).
+func (l *login) Abort() { l.g.done(l, loginAborted) }
+
+// banInfo is what a verdict did to a banned (or now banned) source.
+type banInfo struct {
+	started bool          // this failure started the ban
+	left    time.Duration // how long it lasts still; 0: not banned
 }
 
 func newHandshakeGuard(cfg config.Guard) *handshakeGuard {
 	return &handshakeGuard{cfg: cfg, now: time.Now, sources: make(map[netip.Addr]*loginState), trusted: make(map[netip.Addr]time.Time)}
 }
 
-// banned reports whether ip is banned now.
-func (g *handshakeGuard) banned(ip netip.Addr) bool {
-	now := g.now()
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	st := g.sources[sourceKey(ip)]
-	return st != nil && now.Before(st.bannedUntil)
-}
-
-// admit counts a new connection from ip, or says why it is refused.
-func (g *handshakeGuard) admit(ip netip.Addr) (ok bool, why string) {
+// admit counts a new login from ip, or says why it is refused; evict, if
+// not nil, closes its connection (see attach). A login it pushed out to
+// make room is ended and its connection closed (pushed: its address).
+func (g *handshakeGuard) admit(ip netip.Addr, evict func()) (l *login, pushed netip.Addr, why string) {
 	k := sourceKey(ip)
 	now := g.now()
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	st := g.sources[k]
+	banned := st != nil && now.Before(st.bannedUntil)
+	mine := 0
+	if st != nil {
+		mine = len(st.logins)
+	}
+	var victim *login
 	switch {
-	case st != nil && now.Before(st.bannedUntil):
-		return false, "banned after failed logins"
-	case g.pending >= g.cfg.MaxHandshakes+trustedReserve,
-		g.pending >= g.cfg.MaxHandshakes && now.Sub(g.trusted[k]) > trustedFor:
-		return false, "too many logins in progress"
-	case st != nil && st.pending >= g.cfg.MaxHandshakesPerIP:
-		return false, "too many logins in progress from this address"
+	case banned && mine > 0:
+		if victim = st.oldest(now.Add(-bannedPace-loginMinAge), g.lingering < g.cfg.MaxHandshakes); victim == nil {
+			g.mu.Unlock()
+			return nil, pushed, "banned after failed logins: one login at a time, and one is in progress"
+		}
+	case mine >= g.cfg.MaxHandshakesPerIP:
+		g.mu.Unlock()
+		return nil, pushed, "too many logins in progress from this address"
+	}
+	limit := g.cfg.MaxHandshakes
+	if now.Sub(g.trusted[k]) <= trustedFor {
+		limit += trustedReserve
+	}
+	if victim == nil && g.pending >= limit {
+		if victim = g.victim(mine, now.Add(-loginMinAge), g.lingering < g.cfg.MaxHandshakes); victim == nil {
+			g.mu.Unlock()
+			return nil, pushed, "too many logins in progress"
+		}
+	}
+	var closeVictim func()
+	if victim != nil {
+		pushed, closeVictim = victim.ip, victim.evict
+		g.end(victim)
+		if closeVictim == nil {
+			victim.lingering = true
+			g.lingering++
+		}
 	}
 	if st == nil && len(g.sources) < maxTracked {
-		st = &loginState{}
+		st = &loginState{key: k, active: -1}
 		g.sources[k] = st
 	}
+	l = &login{g: g, ip: ip, start: now, st: st, banned: banned, evict: evict}
 	if st != nil {
-		st.pending++
+		if len(st.logins) == 0 {
+			st.active = len(g.active)
+			g.active = append(g.active, st)
+		}
+		st.logins = append(st.logins, l)
 	}
 	g.pending++
-	return true, ""
+	g.mu.Unlock()
+	if closeVictim != nil {
+		go closeVictim() // closing a TLS connection may wait on its writer
+	}
+	return l, pushed, ""
 }
 
-// done ends a login admitted before; banned reports that a wrong token
-// got the source banned. Only a successful login clears the failures
-// counted: connections that end without a verdict leave them be.
-func (g *handshakeGuard) done(ip netip.Addr, res loginResult) (banned bool) {
-	failed := res == loginFailed
-	k := sourceKey(ip)
+// oldest returns the source's oldest pending login that began at cutoff
+// or before and may be pushed out (linger: also one without a connection
+// to close yet), or nil.
+func (st *loginState) oldest(cutoff time.Time, linger bool) *login {
+	for _, l := range st.logins {
+		if l.start.After(cutoff) {
+			return nil
+		}
+		if l.evict != nil || linger {
+			return l
+		}
+	}
+	return nil
+}
+
+// victim picks the login a newcomer from a source with mine pending logins
+// pushes out, of the sources with more: any of them for a newcomer whose
+// source has none, else one with at least two more (swapping one login
+// for another would only churn). Of those, the one with the most (ties:
+// the oldest login), its oldest login that oldest allows. nil: none. It
+// looks at every source with a pending login, at most max_handshakes +
+// trustedReserve of them, and only when the global cap is reached.
+func (g *handshakeGuard) victim(mine int, cutoff time.Time, linger bool) *login {
+	var best *login
+	bestN := 0
+	for _, st := range g.active {
+		n := len(st.logins)
+		if n <= mine || mine > 0 && n == mine+1 || n < bestN {
+			continue
+		}
+		l := st.oldest(cutoff, linger)
+		if l == nil {
+			continue
+		}
+		if best == nil || n > bestN || l.start.Before(best.start) {
+			best, bestN = l, n
+		}
+	}
+	return best
+}
+
+// attach sets what closes l's connection, once there is one (QUIC: at
+// Accept). It reports false if l was pushed out meanwhile: the caller
+// closes the connection.
+func (g *handshakeGuard) attach(l *login, evict func()) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if l.ended {
+		g.arrived(l)
+		return false
+	}
+	l.evict = evict
+	return true
+}
+
+// arrived notes that a login pushed out has ended in quic-go too (under
+// mu).
+func (g *handshakeGuard) arrived(l *login) {
+	if l.lingering {
+		l.lingering = false
+		g.lingering--
+	}
+}
+
+// end stops counting l (under mu).
+func (g *handshakeGuard) end(l *login) {
+	l.ended = true
+	g.pending--
+	st := l.st
+	if st == nil {
+		return
+	}
+	for i, x := range st.logins {
+		if x == l {
+			st.logins = append(st.logins[:i], st.logins[i+1:]...)
+			break
+		}
+	}
+	if len(st.logins) == 0 && st.active >= 0 {
+		last := g.active[len(g.active)-1]
+		g.active[st.active] = last
+		last.active = st.active
+		g.active = g.active[:len(g.active)-1]
+		st.active = -1
+	}
+}
+
+// done ends a login admitted before with its verdict, and reports what it
+// did to a ban of the source. Only a successful login clears the failures
+// counted (outside a ban): connections that end without a verdict leave
+// them be. A login pushed out before has ended already; done ignores it.
+func (g *handshakeGuard) done(l *login, res loginResult) (ban banInfo) {
 	now := g.now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.pending--
-	st := g.sources[k]
-	if st == nil {
-		return false
+	if l.ended {
+		g.arrived(l)
+		return ban
 	}
-	st.pending--
-	if failed && g.cfg.AuthBanAfter > 0 {
+	g.end(l)
+	st := l.st
+	if st == nil {
+		return ban
+	}
+	if res == loginFailed && g.cfg.AuthBanAfter > 0 {
 		if st.fails == 0 || now.Sub(st.since) > g.cfg.AuthBanFor {
 			st.fails, st.since = 0, now
 		}
@@ -172,11 +348,19 @@ func (g *handshakeGuard) done(ip netip.Addr, res loginResult) (banned bool) {
 		if st.fails >= g.cfg.AuthBanAfter {
 			st.fails = 0
 			st.bannedUntil = now.Add(g.cfg.AuthBanFor)
-			banned = true
+			ban.started = true
 		}
 	}
+	if now.Before(st.bannedUntil) {
+		ban.left = st.bannedUntil.Sub(now)
+	}
 	if res == loginOK {
-		st.fails = 0
+		// A correct token does not lift a ban: it proves this agent, not
+		// whoever else shares the address.
+		if ban.left == 0 {
+			st.fails = 0
+		}
+		k := st.key
 		if last, ok := g.trusted[k]; ok || len(g.trusted) < maxTrusted {
 			g.trusted[k] = now
 			if g.learned != nil && (!ok || now.Sub(last) >= knownRefresh) {
@@ -184,11 +368,11 @@ func (g *handshakeGuard) done(ip netip.Addr, res loginResult) (banned bool) {
 			}
 		}
 	}
-	if st.pending == 0 && st.fails == 0 && !now.Before(st.bannedUntil) {
-		delete(g.sources, k)
+	if len(st.logins) == 0 && st.fails == 0 && !now.Before(st.bannedUntil) {
+		delete(g.sources, st.key)
 	}
 	g.sweep(now)
-	return banned
+	return ban
 }
 
 // trustedSnapshot returns a copy of the trusted sources.
@@ -224,7 +408,7 @@ func (g *handshakeGuard) sweep(now time.Time) {
 		if n++; n > 8 {
 			return
 		}
-		if st.pending == 0 && !now.Before(st.bannedUntil) && (st.fails == 0 || now.Sub(st.since) > g.cfg.AuthBanFor) {
+		if len(st.logins) == 0 && !now.Before(st.bannedUntil) && (st.fails == 0 || now.Sub(st.since) > g.cfg.AuthBanFor) {
 			delete(g.sources, k)
 		}
 	}

@@ -76,25 +76,26 @@ func TestGuardTrustsKnownAgents(t *testing.T) {
 	g.trust(map[netip.Addr]time.Time{known: clk.t.Add(-time.Hour)})
 
 	for _, a := range []netip.Addr{addr("203.0.113.1"), addr("203.0.113.2")} {
-		if ok, _ := g.admit(a); !ok {
+		if l, _, _ := g.admit(a, nil); l == nil {
 			t.Fatalf("login from %v refused below the cap", a)
 		}
 	}
-	if ok, _ := g.admit(stranger); ok {
+	if l, _, _ := g.admit(stranger, nil); l != nil {
 		t.Fatal("a stranger admitted past the full cap")
 	}
-	if ok, _ := g.admit(known); !ok {
+	l, _, _ := g.admit(known, nil)
+	if l == nil {
 		t.Fatal("a known agent's address refused at the full cap")
 	}
-	g.done(known, loginOK)
+	g.done(l, loginOK)
 	if learned != 1 {
 		t.Fatalf("login of an entry an hour old reported %d times, want 1", learned)
 	}
 	clk.add(time.Minute)
-	if ok, _ := g.admit(known); !ok {
+	if l, _, _ = g.admit(known, nil); l == nil {
 		t.Fatal("known agent refused")
 	}
-	g.done(known, loginOK)
+	g.done(l, loginOK)
 	if learned != 1 {
 		t.Fatalf("a login a minute after the last reported again (%d)", learned)
 	}

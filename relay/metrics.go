@@ -29,7 +29,7 @@ func newMetrics() *metrics {
 	return &metrics{
 		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "homeport_relay_logins_total",
-			Help: "Agent logins on the agent port by result: ok, wrong_token, banned (refused while banned), busy (refused before the handshake), failed (handshake failed or timed out).",
+			Help: "Agent logins on the agent port by result: ok, wrong_token, refused (right token, but a quota or a taken id), busy (refused before the handshake: limits), failed (handshake failed, timed out or malformed).",
 		}, []string{"result"}),
 		sessionsUp: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "homeport_relay_sessions_started_total",

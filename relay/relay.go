@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -55,6 +54,12 @@ type Server struct {
 	// learned tells keepKnownAgents to write it.
 	knownPath string
 	learned   chan struct{}
+
+	// refusals counts agent connections the guard refused since
+	// refusalWarned, the last warning about them (see refused).
+	refusedMu     sync.Mutex
+	refusedCount  int
+	refusalWarned time.Time
 
 	handlers sync.WaitGroup // agent connections, in handshake or in session
 	visitors sync.WaitGroup // visitor connections being spliced
@@ -159,13 +164,17 @@ func (s *Server) Listen() (net.Addr, error) {
 			return nil, err
 		}
 		quicTr = tunnel.QUICTransport{Session: s.sessionConfig(), HandshakeTimeout: s.cfg.HandshakeTimeout, ResetKey: key,
-			MaxHandshakes: s.cfg.Guard.MaxHandshakes,
-			Refuse: func(a net.Addr) bool {
-				if !s.hs.banned(addrOf(a)) {
-					return false
+			// The guard caps logins; this bounds what quic-go holds:
+			// the logins, and up to max_handshakes more that the guard
+			// pushed out before quic-go handed them over (it cannot end
+			// one before), until they time out or arrive.
+			MaxHandshakes: 2*s.cfg.Guard.MaxHandshakes + trustedReserve,
+			Admit: func(a net.Addr) (tunnel.Admission, error) {
+				l, why := s.admit(a, "quic", nil)
+				if l == nil {
+					return nil, errors.New(why)
 				}
-				s.log.Debug("agent connection refused", "agent_addr", a.String(), "transport", "quic", "reason", "banned after failed logins")
-				return true
+				return l, nil
 			},
 			OnSmallBuffers: func(rcv, snd int) {
 				s.log.Warn("UDP buffers are small for QUIC", "receive_kib", rcv>>10, "send_kib", snd>>10, "hint", tunnel.UDPBufferHint)
@@ -293,19 +302,64 @@ func (s *Server) acceptLoop(ctx context.Context, ln tunnel.Listener) error {
 		}
 		delay = 0
 		// Refused at once, before any handshake: a blocking limit would
-		// let a flood starve real agents.
-		ip := addrOf(c.RemoteAddr())
-		if ok, why := s.hs.admit(ip); !ok {
-			tunnel.Refuse(c)
-			s.log.Debug("agent connection refused", "agent_addr", c.RemoteAddr().String(), "reason", why)
+		// let a flood starve real agents. A QUIC link was admitted
+		// before its handshake (see Listen).
+		refuse := func() { tunnel.Refuse(c) }
+		l, ok := tunnel.AdmissionOf(c).(*login)
+		if ok && !s.hs.attach(l, refuse) {
+			refuse()
+			s.log.Debug("agent connection closed: its login was pushed out by a newer one", "agent_addr", c.RemoteAddr().String(), "transport", transportName(ln))
 			continue
+		}
+		if !ok {
+			if l, _ = s.admit(c.RemoteAddr(), transportName(ln), refuse); l == nil {
+				refuse()
+				continue
+			}
 		}
 		s.handlers.Add(1)
 		go func() {
 			defer s.handlers.Done()
-			s.handleAgent(ctx, c, ip, transportName(ln))
+			s.handleAgent(ctx, c, l, transportName(ln))
 		}()
 	}
+}
+
+// admit asks the handshake guard to count a login from remote, and logs
+// what it did: a refusal, a login it pushed out to make room.
+func (s *Server) admit(remote net.Addr, transport string, evict func()) (*login, string) {
+	l, pushed, why := s.hs.admit(addrOf(remote), evict)
+	if l == nil {
+		s.refused(remote, transport, why)
+		return nil, why
+	}
+	if pushed.IsValid() {
+		s.log.Debug("agent login pushed out by a newer one", "agent_addr", pushed.String(), "new_addr", remote.String(), "transport", transport)
+	}
+	return l, ""
+}
+
+// refusalWarnEvery is how often at most the relay warns about agent
+// connections its guard refused: a flood would fill the log otherwise.
+// Each refusal is logged at Debug.
+const refusalWarnEvery = 10 * time.Second
+
+// refused logs an agent connection refused by the handshake guard.
+func (s *Server) refused(remote net.Addr, transport, why string) {
+	s.log.Debug("agent connection refused", "agent_addr", remote.String(), "transport", transport, "reason", why)
+	now := time.Now()
+	s.metrics.logins.WithLabelValues("busy").Inc()
+	s.refusals.add(RefusalStatus{Time: now, Where: "agent port", Addr: remote.String(), Reason: why})
+	s.refusedMu.Lock()
+	s.refusedCount++
+	if !s.refusalWarned.IsZero() && now.Sub(s.refusalWarned) < refusalWarnEvery {
+		s.refusedMu.Unlock()
+		return
+	}
+	n := s.refusedCount
+	s.refusedCount, s.refusalWarned = 0, now
+	s.refusedMu.Unlock()
+	s.log.Warn("agent connections refused", "count", n, "since", "the last such warning", "last_addr", remote.String(), "transport", transport, "reason", why)
 }
 
 func nextAcceptDelay(d time.Duration) time.Duration {
@@ -359,19 +413,22 @@ func (s *Server) shutdown() {
 }
 
 // handleAgent authenticates one agent link and serves its session.
-func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, ip netip.Addr, transport string) {
+func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, l *login, transport string) {
 	remote := c.RemoteAddr().String()
 	log := s.log.With("agent_addr", remote)
 	// The login ends (for the handshake guard) at the first return or
-	// once authenticated.
+	// with its verdict.
 	result, loginDone := loginAborted, false
+	var ban banInfo
 	endLogin := func() {
 		if loginDone {
 			return
 		}
 		loginDone = true
-		if s.hs.done(ip, result) {
+		ban = s.hs.done(l, result)
+		if ban.started {
 			log.Warn("agent address banned after failed logins", "ban_for", s.cfg.Guard.AuthBanFor)
+			s.metrics.bans.WithLabelValues("agent_port").Inc()
 		}
 	}
 	defer endLogin()
@@ -385,14 +442,36 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, ip netip.Addr, 
 		stop()
 		c.Close()
 		log.Debug("agent TLS handshake failed", "err", err)
+		s.metrics.logins.WithLabelValues("failed").Inc()
 		return
 	}
-	agent, err := tunnel.AuthenticateAgent(c, s.secrets, remote, s.admit)
-	var re *tunnel.RejectError
-	if err == nil || errors.As(err, &re) && !errors.Is(err, tunnel.ErrAuthFailed) {
-		// Refused by admit: the token was right.
-		result = loginOK
+	agent, err := tunnel.AuthenticateAgent(c, s.secrets, remote, tunnel.AuthHooks{Admit: s.admitAgent, Verdict: func(ok bool) string {
+		if l.banned {
+			// The brake on a banned address: its logins, one at a
+			// time, are answered no sooner than this.
+			t := time.NewTimer(time.Until(l.start.Add(bannedPace)))
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			t.Stop()
+		}
+		result = loginFailed
+		if ok {
+			result = loginOK
+		}
 		endLogin()
+		if ok || ban.left <= 0 {
+			return ""
+		}
+		return fmt.Sprintf("wrong token; this address is banned from logging in for %v after %d failed logins (a correct token still gets in)",
+			ban.left.Round(time.Second), s.cfg.Guard.AuthBanAfter)
+	}})
+	// A refusal by admit (quota, id in use) came with the right token.
+	var re *tunnel.RejectError
+	errors.As(err, &re)
+	if err == nil && ban.left > 0 {
+		log.Info("agent logged in from a banned address", "agent", agent.ID, "ban_left", ban.left.Round(time.Second))
 	}
 	if err != nil {
 		stop()
@@ -401,14 +480,20 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, ip netip.Addr, 
 		case errors.Is(err, tunnel.ErrAuthFailed):
 			result = loginFailed
 			log.Warn("agent authentication failed", "err", err)
+			s.metrics.logins.WithLabelValues("wrong_token").Inc()
+			s.refusals.add(RefusalStatus{Time: time.Now(), Where: "agent port", Addr: remote, Reason: "wrong token", Banned: ban.started})
 		case re != nil && re.Code == tunnel.CodeIDInUse:
 			// An agent waiting for its duplicate to leave, every few
 			// seconds: the takeover was logged.
 			log.Debug("agent login refused", "err", err)
+			s.metrics.logins.WithLabelValues("refused").Inc()
 		case re != nil:
 			log.Warn("agent login refused", "err", err)
+			s.metrics.logins.WithLabelValues("refused").Inc()
+			s.refusals.add(RefusalStatus{Time: time.Now(), Where: "agent port", Addr: remote, Reason: re.Code.String() + ": " + re.Message})
 		default:
 			log.Info("agent handshake failed", "err", err)
+			s.metrics.logins.WithLabelValues("failed").Inc()
 		}
 		return
 	}
@@ -442,6 +527,8 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, ip netip.Addr, 
 		as.end(code, msg)
 		return
 	}
+	s.metrics.logins.WithLabelValues("ok").Inc()
+	s.metrics.sessionsUp.WithLabelValues(transport).Inc()
 	as.serve(ctx)
 }
 
@@ -471,10 +558,10 @@ func (s *Server) quotas(i int) (agents, tunnels int) {
 	return cmp.Or(t.MaxAgents, s.cfg.MaxAgents), cmp.Or(t.MaxTunnels, s.cfg.MaxTunnels)
 }
 
-// admit decides whether an agent whose token matched may log in: a
+// admitAgent decides whether an agent whose token matched may log in: a
 // standby login (tunnel.FlagStandby) only while no session holds its id,
 // and a new id only within the token's max_agents.
-func (s *Server) admit(a tunnel.Agent) (tunnel.Code, string) {
+func (s *Server) admitAgent(a tunnel.Agent) (tunnel.Code, string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.admitLocked(a)

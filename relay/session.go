@@ -36,6 +36,9 @@ type agentSession struct {
 	// leaving is set once the agent announced its end (GoAway): a
 	// session that ends after that ended cleanly.
 	leaving atomic.Bool
+	// endCode is the first code the relay ended or retired the session
+	// with (0: it did not; the agent or the link did).
+	endCode atomic.Uint32
 
 	// UDP flows of this session by number, for session datagrams.
 	nextFlow atomic.Uint32
@@ -119,7 +122,29 @@ func (as *agentSession) serve(ctx context.Context) {
 	}
 	as.end(tunnel.CodeOK, "")
 	wg.Wait()
-	as.log.Info("agent session down", "reason", reason)
+	cause := as.endCause(reason)
+	as.srv.metrics.sessionsEnded.WithLabelValues(as.transport, cause).Inc()
+	as.log.Info("agent session down", "reason", reason, "cause", cause, "age", time.Since(as.started).Round(time.Millisecond))
+}
+
+// endCause names why the session ended, for logs and metrics: one of
+// agent_left, replaced, revoked, shutdown, protocol_error, lost.
+func (as *agentSession) endCause(reason string) string {
+	switch tunnel.Code(as.endCode.Load()) {
+	case tunnel.CodeReplaced:
+		return "replaced"
+	case tunnel.CodeAuthFailed:
+		return "revoked"
+	case tunnel.CodeShutdown:
+		return "shutdown"
+	}
+	switch {
+	case as.leaving.Load():
+		return "agent_left"
+	case reason != "session ended" && reason != "agent closed the session":
+		return "protocol_error"
+	}
+	return "lost"
 }
 
 // refuseStreams closes every stream the agent opens after the control
@@ -138,6 +163,9 @@ func (as *agentSession) refuseStreams(ctx context.Context) {
 // end closes the session's public ports, tells the agent why (when code is
 // not CodeOK) and closes the session. The ports are free when end returns.
 func (as *agentSession) end(code tunnel.Code, msg string) {
+	if code != tunnel.CodeOK {
+		as.endCode.CompareAndSwap(0, uint32(code))
+	}
 	as.closeTunnels()
 	if code != tunnel.CodeOK {
 		as.goAway(code, msg)
@@ -164,6 +192,7 @@ const retireCheck = 250 * time.Millisecond
 // connections still open go on until they end, and then the session is
 // closed. A link that really died is ended by the keepalive meanwhile.
 func (as *agentSession) retire(msg string) {
+	as.endCode.CompareAndSwap(0, uint32(tunnel.CodeReplaced))
 	as.closeTunnels()
 	go func() {
 		as.goAway(tunnel.CodeReplaced, msg)
@@ -381,7 +410,8 @@ func (t *publicTunnel) serveVisitor(c *net.TCPConn) {
 	st = tunnel.CutAware(st, as.lost)
 	t.stats.visitors.Add(1)
 	t.stats.accepted.Add(1)
-	in, out, err := tunnel.SpliceCounted(ctx, c, &openResultReader{Stream: st}, &t.stats.bytesIn, &t.stats.bytesOut)
+	answered := func() { as.srv.metrics.streamOpen.WithLabelValues(as.transport).Observe(time.Since(start).Seconds()) }
+	in, out, err := tunnel.SpliceCounted(ctx, c, &openResultReader{Stream: st, answered: answered}, &t.stats.bytesIn, &t.stats.bytesOut)
 	t.stats.visitors.Add(-1)
 	level := slog.LevelDebug
 	if as.srv.cfg.AccessLog {
@@ -400,7 +430,8 @@ func (t *publicTunnel) serveVisitor(c *net.TCPConn) {
 // splice and closes the visitor's connection.
 type openResultReader struct {
 	tunnel.Stream
-	read bool
+	read     bool
+	answered func() // called when the agent has answered (nil: nothing)
 }
 
 func (r *openResultReader) Read(p []byte) (int, error) {
@@ -409,6 +440,9 @@ func (r *openResultReader) Read(p []byte) (int, error) {
 		var res tunnel.OpenResult
 		if err := tunnel.ReadInto(r.Stream, tunnel.MaxFrameSize, &res); err != nil {
 			return 0, fmt.Errorf("agent answer: %w", err)
+		}
+		if r.answered != nil {
+			r.answered()
 		}
 		if res.Code != tunnel.CodeOK {
 			return 0, &tunnel.OpenError{Code: res.Code, Message: res.Message}
@@ -434,6 +468,7 @@ func (r *openResultReader) Unwrap() tunnel.Stream { return r.Stream }
 func (as *agentSession) logRefusal(tunnelName, visitor, why string, banned bool) {
 	as.srv.refusals.add(RefusalStatus{Time: time.Now(), Where: tunnelName, Addr: visitor, Reason: why, Banned: banned})
 	if banned {
+		as.srv.metrics.bans.WithLabelValues("tunnel").Inc()
 		as.log.Warn("visitor address banned from tunnel", "tunnel", tunnelName, "visitor", visitor, "reason", why, "ban_for", as.srv.cfg.Guard.VisitorBanFor)
 		return
 	}

@@ -81,15 +81,26 @@ func computeMAC(secret, nonce, ekm []byte, agentID string) []byte {
 	return m.Sum(nil)
 }
 
+// AuthHooks are the relay's say in a login, beyond the token.
+type AuthHooks struct {
+	// Verdict, when set, is called once the agent's proof has been
+	// checked (ok: it matched a token) and before the answer goes out: it
+	// may hold the answer back, and for a wrong token it returns the
+	// message of the Reject ("" for "wrong token").
+	Verdict func(ok bool) (rejectMsg string)
+	// Admit, when set, is asked about an agent whose token matched,
+	// before it is welcomed: a refusal (a code other than CodeOK) is sent
+	// to the agent as a Reject and returned as a *RejectError.
+	Admit func(Agent) (Code, string)
+}
+
 // AuthenticateAgent runs the relay's side of authentication on a link whose
 // TLS handshake is complete. secrets are the accepted tokens; observed is
 // the agent's address as the relay sees it, told to the agent on success.
 // The caller bounds the exchange with the link's deadline. On a wrong
 // token it tells the agent and returns an error wrapping ErrAuthFailed.
-// admit, when not nil, is asked about an agent whose token matched,
-// before it is welcomed: a refusal (a code other than CodeOK) is sent to
-// the agent as a Reject and returned as a *RejectError.
-func AuthenticateAgent(c Conn, secrets [][]byte, observed string, admit func(Agent) (Code, string)) (Agent, error) {
+// hooks (zero: none) let the relay weigh in; see AuthHooks.
+func AuthenticateAgent(c Conn, secrets [][]byte, observed string, hooks AuthHooks) (Agent, error) {
 	ekm, err := exportKey(c)
 	if err != nil {
 		return Agent{}, err
@@ -117,13 +128,20 @@ func AuthenticateAgent(c Conn, secrets [][]byte, observed string, admit func(Age
 			match = i
 		}
 	}
+	msg := ""
+	if hooks.Verdict != nil {
+		msg = hooks.Verdict(match >= 0)
+	}
 	if match < 0 {
-		_ = WriteMessage(c, &Reject{Code: CodeAuthFailed, Message: "wrong token"})
-		return Agent{}, fmt.Errorf("agent %q: %w: wrong token", h.AgentID, ErrAuthFailed)
+		if msg == "" {
+			msg = "wrong token"
+		}
+		_ = WriteMessage(c, &Reject{Code: CodeAuthFailed, Message: msg})
+		return Agent{}, fmt.Errorf("agent %q: %w: %s", h.AgentID, ErrAuthFailed, msg)
 	}
 	a := Agent{ID: h.AgentID, Software: h.Software, Token: match, Flags: h.Flags}
-	if admit != nil {
-		if code, msg := admit(a); code != CodeOK {
+	if hooks.Admit != nil {
+		if code, msg := hooks.Admit(a); code != CodeOK {
 			_ = WriteMessage(c, &Reject{Code: code, Message: msg})
 			return Agent{}, fmt.Errorf("agent %q: %w", h.AgentID, &RejectError{Code: code, Message: msg})
 		}

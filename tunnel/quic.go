@@ -43,9 +43,12 @@ type QUICTransport struct {
 	// with a Retry, so a flood from spoofed addresses builds no state.
 	// 0: no cap.
 	MaxHandshakes int
-	// Refuse, on the relay, when set, refuses a client's handshake
-	// before it starts (a banned address).
-	Refuse func(remote net.Addr) bool
+	// Admit, on the relay, when set, is asked about each client before
+	// its handshake starts (before any crypto work, and after the Retry
+	// above): an error refuses the client at once (it reads ErrBusy).
+	// What it returns comes back with the link (AdmissionOf); if the
+	// handshake fails before Accept, its Abort is called instead.
+	Admit func(remote net.Addr) (Admission, error)
 	// OnSmallBuffers, when set, is called for a UDP socket whose kernel
 	// buffers stayed below what QUIC needs for full speed (quic-go asks
 	// for 7 MiB; the kernel caps it at net.core.rmem_max/wmem_max).
@@ -184,22 +187,27 @@ func (t QUICTransport) Listen(addr string, conf *tls.Config) (Listener, error) {
 	}
 	sock := newQUICSocket(udp, t.ResetKey)
 	hs := &handshakes{}
-	if t.MaxHandshakes > 0 || t.Refuse != nil {
+	if t.MaxHandshakes > 0 || t.Admit != nil {
 		limit, retryAbove := int64(t.MaxHandshakes), int64(max(t.MaxHandshakes/4, 1))
 		if limit <= 0 {
 			limit, retryAbove = 1<<62, 1<<62
 		}
 		sock.tr.VerifySourceAddress = func(net.Addr) bool { return hs.n.Load() >= retryAbove }
 		sock.tr.ConnContext = func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
-			if t.Refuse != nil && t.Refuse(info.RemoteAddr) {
-				return nil, errRefused
-			}
 			if hs.n.Add(1) > limit {
 				hs.n.Add(-1)
 				return nil, errTooManyHandshakes
 			}
 			tok := &handshakeToken{n: &hs.n}
-			context.AfterFunc(ctx, tok.done) // a handshake that failed
+			if t.Admit != nil {
+				adm, err := t.Admit(info.RemoteAddr)
+				if err != nil {
+					hs.n.Add(-1)
+					return nil, err
+				}
+				tok.adm = adm
+			}
+			context.AfterFunc(ctx, func() { tok.end(false) }) // a handshake that failed
 			return context.WithValue(ctx, handshakeKey{}, tok), nil
 		}
 	}
@@ -213,24 +221,49 @@ func (t QUICTransport) Listen(addr string, conf *tls.Config) (Listener, error) {
 	return &quicListener{ln: ln, sock: sock, qconf: qconf}, nil
 }
 
-var (
-	errTooManyHandshakes = errors.New("too many QUIC handshakes in progress")
-	errRefused           = errors.New("QUIC client refused")
-)
+var errTooManyHandshakes = errors.New("too many QUIC handshakes in progress")
+
+// Admission is what a QUIC listener's Admit returned for a client.
+type Admission interface {
+	// Abort ends an admission whose handshake failed before Accept.
+	Abort()
+}
+
+// AdmissionOf returns what Admit returned for an accepted link (nil for
+// another link).
+func AdmissionOf(c Conn) Admission {
+	if l, ok := c.(*quicLink); ok {
+		return l.adm
+	}
+	return nil
+}
 
 // handshakes counts QUIC handshakes in progress on a listener.
 type handshakes struct{ n atomic.Int64 }
 
 type handshakeKey struct{}
 
-// handshakeToken is one handshake in progress; done ends it once, when
-// the connection is accepted or when it failed.
+// handshakeToken is one handshake in progress; it ends once, when the
+// connection is accepted or when it failed.
 type handshakeToken struct {
-	n    *atomic.Int64
-	once sync.Once
+	n        *atomic.Int64
+	adm      Admission
+	once     sync.Once
+	accepted bool
 }
 
-func (h *handshakeToken) done() { h.once.Do(func() { h.n.Add(-1) }) }
+// end ends the handshake; it reports whether this call did, for an
+// accepted one (a handshake that failed first is Aborted).
+func (h *handshakeToken) end(accepted bool) (ok bool) {
+	h.once.Do(func() {
+		h.n.Add(-1)
+		h.accepted, ok = accepted, true
+		if !accepted && h.adm != nil {
+			h.adm.Abort()
+		}
+	})
+	return ok
+}
 
 // quicSocket is a UDP socket with its quic.Transport, shared by a listener
 // and the connections it accepted. Closing the transport would end every
@@ -272,18 +305,27 @@ type quicListener struct {
 }
 
 func (l *quicListener) Accept(ctx context.Context) (Conn, error) {
-	c, err := l.ln.Accept(ctx)
-	if err != nil {
-		if errors.Is(err, quic.ErrServerClosed) {
-			return nil, fmt.Errorf("%w: %w", net.ErrClosed, err)
+	for {
+		c, err := l.ln.Accept(ctx)
+		if err != nil {
+			if errors.Is(err, quic.ErrServerClosed) {
+				return nil, fmt.Errorf("%w: %w", net.ErrClosed, err)
+			}
+			return nil, err
 		}
-		return nil, err
+		var adm Admission
+		if tok, ok := c.Context().Value(handshakeKey{}).(*handshakeToken); ok {
+			if !tok.end(true) {
+				// The connection failed on its way here, and its
+				// admission was aborted.
+				c.CloseWithError(quicCodeBusy, "relay busy")
+				continue
+			}
+			adm = tok.adm
+		}
+		l.sock.acquire()
+		return &quicLink{conn: c, sock: l.sock, qconf: l.qconf, adm: adm}, nil
 	}
-	if tok, ok := c.Context().Value(handshakeKey{}).(*handshakeToken); ok {
-		tok.done()
-	}
-	l.sock.acquire()
-	return &quicLink{conn: c, sock: l.sock, qconf: l.qconf}, nil
 }
 
 func (l *quicListener) Addr() net.Addr { return l.ln.Addr() }
@@ -308,6 +350,7 @@ type quicLink struct {
 
 	// sock is the UDP socket: the client's own, or the listener's.
 	sock *quicSocket
+	adm  Admission   // relay: what the listener's Admit returned
 	tr   *quicSocket // client only, until Handshake hands it to sock
 
 	wrote atomic.Bool // something was written: Close lingers for it
@@ -347,6 +390,12 @@ func (l *quicLink) clientHandshake(ctx context.Context) error {
 	}
 	c, err := sock.tr.Dial(ctx, l.raddr, l.tlsConf, l.qconf)
 	if err != nil {
+		var te *quic.TransportError
+		if errors.As(err, &te) && te.Remote && te.ErrorCode == quic.ConnectionRefused {
+			// The relay refused the handshake before it began (see
+			// Admit and MaxHandshakes).
+			err = fmt.Errorf("%w: %w", ErrBusy, err)
+		}
 		return err
 	}
 	if l.check != nil {

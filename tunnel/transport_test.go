@@ -192,7 +192,7 @@ func TestAuthenticate(t *testing.T) {
 				}
 				ch := make(chan res, 1)
 				go func() {
-					a, err := AuthenticateAgent(server, secrets, "198.51.100.9:4242", nil)
+					a, err := AuthenticateAgent(server, secrets, "198.51.100.9:4242", AuthHooks{})
 					ch <- res{a, err}
 				}()
 				w, err := Authenticate(client, []byte(tt.secret), "home-pc", "test/1", 0)
@@ -237,7 +237,7 @@ func TestAuthReplay(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := AuthenticateAgent(s2, [][]byte{secret}, "x", nil)
+		_, err := AuthenticateAgent(s2, [][]byte{secret}, "x", AuthHooks{})
 		done <- err
 	}()
 	var ch challenge
@@ -267,7 +267,7 @@ func TestAuthGarbage(t *testing.T) {
 		server.SetDeadline(time.Now().Add(5 * time.Second))
 		done := make(chan error, 1)
 		go func() {
-			_, err := AuthenticateAgent(server, [][]byte{[]byte("some-token-0123456789")}, "x", nil)
+			_, err := AuthenticateAgent(server, [][]byte{[]byte("some-token-0123456789")}, "x", AuthHooks{})
 			done <- err
 		}()
 		var ch challenge
