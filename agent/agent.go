@@ -29,15 +29,20 @@ const Software = "homeport-agent"
 
 // Agent keeps a session to the relay and serves its tunnels.
 type Agent struct {
-	cfg      config.Agent
-	tcp      tunnel.Transport
-	quic     tunnel.Transport
-	policy   quicPolicy // transport: auto
-	tls      *tls.Config
-	log      *slog.Logger
-	tunnels  map[string]config.Tunnel
-	software string
-	status   *statusBoard
+	cfg          config.Agent
+	tcp          tunnel.Transport
+	quic         tunnel.Transport
+	policy       quicPolicy // transport: auto
+	tls          *tls.Config
+	log          *slog.Logger
+	tunnels      map[string]config.Tunnel
+	software     string
+	status       *statusBoard
+	started      time.Time
+	sessionState sessionBoard
+	statsMu      sync.Mutex
+	stats        map[string]*tunnelStats // by tunnel name
+	metrics      *metrics
 
 	// ddns is the dynamic DNS updater (nil: off); relayAddr feeds its
 	// relay source with the address the relay sees this agent at.
@@ -100,6 +105,12 @@ func New(cfg config.Agent, version string, log *slog.Logger) (*Agent, error) {
 		names = append(names, t.Name)
 	}
 	a.status = newStatusBoard(names, time.Now())
+	a.started = time.Now()
+	a.stats = make(map[string]*tunnelStats, len(names))
+	for _, n := range names {
+		a.stats[n] = &tunnelStats{}
+	}
+	a.metrics = newMetrics()
 	switch {
 	case cfg.Fingerprint != "":
 		conf, err := tunnel.PinnedTLSConfig(cfg.Fingerprint)
@@ -206,6 +217,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		start := time.Now()
 		l, err := next, error(nil)
 		if l == nil {
+			a.sessionState.connecting()
 			l, err = a.establish(ctx, false, standby)
 			if err == nil && standby {
 				standby = false
@@ -308,6 +320,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Warn("connecting to relay failed; retrying", "relay", a.cfg.Relay, "err", err, "retry_in", delay.Round(time.Millisecond))
 		}
 		attempt++
+		a.sessionState.waiting(err, time.Now().Add(delay))
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -465,6 +478,7 @@ func (a *Agent) establish(ctx context.Context, replacing, standby bool) (*link, 
 			l.retry = append(l.retry, r.Name)
 		}
 	}
+	a.sessionState.up(name, welcome.ObservedAddr, sess)
 	if a.OnSession != nil {
 		a.OnSession(SessionInfo{Transport: name, ObservedAddr: welcome.ObservedAddr, Results: res.Results})
 	}

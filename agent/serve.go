@@ -264,7 +264,8 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowT
 	// connection, and keep them for its whole life, to log rarely.
 	who := []any{"tunnel", open.Tunnel, "visitor", open.Visitor}
 	t, ok := a.tunnels[open.Tunnel]
-	if !ok || t.Protocol != "tcp" {
+	stats := a.statsOf(open.Tunnel)
+	if !ok || t.Protocol != "tcp" || stats == nil {
 		refuse(st, tunnel.CodeUnknownTunnel, fmt.Sprintf("agent has no tunnel %q", open.Tunnel))
 		a.log.Warn("relay asked for an unknown tunnel", who...)
 		return
@@ -272,11 +273,13 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowT
 	d := net.Dialer{Timeout: a.cfg.DialTimeout}
 	c, err := d.DialContext(ctx, "tcp", t.Target)
 	if err != nil {
+		stats.dialFailed(err)
 		msg := fmt.Sprintf("tunnel %q: dial %s: %v", t.Name, t.Target, err)
 		refuse(st, tunnel.CodeDialFailed, msg)
 		a.log.Warn("target unreachable", append(who, "target", t.Target, "err", err)...)
 		return
 	}
+	a.metrics.streamOpen.Observe(time.Since(start).Seconds())
 	if t.ProxyProtocol != "" {
 		if err := writeProxyHeader(c, t.ProxyProtocol, open); err != nil {
 			c.Close()
@@ -291,8 +294,11 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowT
 		a.log.Debug("stream closed before the target answered", append(who, "err", err)...)
 		return
 	}
+	stats.visitors.Add(1)
+	stats.accepted.Add(1)
 	spawn(func() {
-		in, out, err := tunnel.Splice(ctx, st, c.(*net.TCPConn))
+		defer stats.visitors.Add(-1)
+		in, out, err := tunnel.SpliceCounted(ctx, st, c.(*net.TCPConn), &stats.bytesIn, &stats.bytesOut)
 		level := slog.LevelDebug
 		if a.cfg.AccessLog {
 			level = slog.LevelInfo

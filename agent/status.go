@@ -35,6 +35,8 @@ type SessionStatus struct {
 	// Reconnects counts sessions made after the first.
 	Reconnects int    `json:"reconnects"`
 	Error      string `json:"error,omitempty"`
+	// RetryAt is when the agent tries again, while waiting.
+	RetryAt time.Time `json:"retry_at,omitzero"`
 }
 
 // TunnelStatus is one configured tunnel.
@@ -43,19 +45,24 @@ type TunnelStatus struct {
 	Protocol string `json:"protocol"`
 	Port     uint16 `json:"remote_port"`
 	Target   string `json:"target"`
-	// State is "up" (registered at the relay), "refused" (the relay said
-	// no; Error says why, and the agent retries when that can help),
-	// or "down" (no session).
+	// State is "up" (registered at the relay), "retrying" (refused for a
+	// reason that may pass; asked again at NextRetry), "refused" (only a
+	// change of configuration helps; Error says why), or "down" (no
+	// session).
 	State     string    `json:"state"`
 	Since     time.Time `json:"since,omitzero"`
 	NextRetry time.Time `json:"next_retry,omitzero"`
 	Error     string    `json:"error,omitempty"`
-	// Visitors is connections (UDP: flows) open now.
+	// Visitors is connections (UDP: flows) open now, Accepted all since
+	// the agent started.
 	Visitors int64 `json:"visitors"`
+	Accepted int64 `json:"accepted"`
 	// BytesIn is from visitors to the target, BytesOut back.
 	BytesIn  int64 `json:"bytes_in"`
 	BytesOut int64 `json:"bytes_out"`
-	// DialError is the last failure to reach the target, and when.
+	// DialFailures counts failures to reach the target; DialError is the
+	// last one, and when.
+	DialFailures  int64     `json:"dial_failures"`
 	DialError     string    `json:"last_dial_error,omitempty"`
 	DialErrorTime time.Time `json:"last_dial_error_time,omitzero"`
 }

@@ -76,7 +76,8 @@ func (a *Agent) handleFlow(ctx context.Context, st tunnel.Stream, open *tunnel.O
 	start := time.Now()
 	log := a.log.With("tunnel", open.Tunnel, "visitor", open.Visitor)
 	t, ok := a.tunnels[open.Tunnel]
-	if !ok || t.Protocol != "udp" {
+	stats := a.statsOf(open.Tunnel)
+	if !ok || t.Protocol != "udp" || stats == nil {
 		refuse(st, tunnel.CodeUnknownTunnel, fmt.Sprintf("agent has no UDP tunnel %q", open.Tunnel))
 		log.Warn("relay asked for an unknown UDP tunnel")
 		return
@@ -87,6 +88,7 @@ func (a *Agent) handleFlow(ctx context.Context, st tunnel.Stream, open *tunnel.O
 		c, err = net.DialUDP("udp", nil, raddr)
 	}
 	if err != nil {
+		stats.dialFailed(err)
 		refuse(st, tunnel.CodeDialFailed, fmt.Sprintf("tunnel %q: %s: %v", t.Name, t.Target, err))
 		log.Warn("UDP target unusable", "target", t.Target, "err", err)
 		return
@@ -105,6 +107,9 @@ func (a *Agent) handleFlow(ctx context.Context, st tunnel.Stream, open *tunnel.O
 		st.Close()
 		return
 	}
+	stats.visitors.Add(1)
+	stats.accepted.Add(1)
+	defer stats.visitors.Add(-1)
 	stop := context.AfterFunc(ctx, func() { st.Close(); c.Close() })
 	defer stop()
 

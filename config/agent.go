@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"net/netip"
@@ -15,6 +16,7 @@ import (
 func agentSettings() []setting {
 	s := []setting{
 		{key: "relay", flag: "relay", short: "r", kind: kString, usage: "relay's agent address, HOST:PORT"},
+		{key: "data_dir", flag: "data-dir", kind: kString, usage: "directory of the agent's control socket, for agent status (default " + DefaultDataDir() + ")"},
 		{key: "transport", flag: "transport", kind: kString, def: "auto", usage: "how to reach the relay: quic, tcp (TLS over TCP), or auto (QUIC, falling back to TCP when UDP is blocked)"},
 		{key: "token", flag: "token", short: "t", kind: kString, usage: "token the relay printed; HOMEPORT_TOKEN or --token-file keep it out of the process list"},
 		{key: "token_file", flag: "token-file", kind: kString, usage: "file that holds the token, instead of --token"},
@@ -47,6 +49,8 @@ func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
 		return Agent{}, err
 	}
 	c := Agent{
+		File:             l.file,
+		DataDir:          cmp.Or(l.str("data_dir"), DefaultDataDir()),
 		Relay:            l.str("relay"),
 		Token:            l.str("token"),
 		CAFile:           l.str("ca_file"),
@@ -286,4 +290,16 @@ func prefixList(v any) ([]netip.Prefix, error) {
 		return nil, fmt.Errorf("%d networks: at most %d", len(out), MaxPrefixes)
 	}
 	return out, nil
+}
+
+// AgentDataDir returns the data directory that the flags in fs, the
+// environment and the --config file name (or the default), without
+// validating the rest of the configuration: enough for a command that
+// talks to a running agent.
+func AgentDataDir(fs *pflag.FlagSet) (string, error) {
+	l, err := newLoader(fs, agentSettings(), relaySettings(), "agent")
+	if err != nil {
+		return "", err
+	}
+	return cmp.Or(l.str("data_dir"), DefaultDataDir()), nil
 }

@@ -128,6 +128,10 @@ const (
 
 // Agent is the validated configuration of an agent.
 type Agent struct {
+	// File is the configuration file read, "" for none.
+	File string
+	// DataDir holds the agent's control socket.
+	DataDir string
 	// Relay is the relay's agent address, host:port.
 	Relay string
 	// Transport is how the agent reaches the relay: TransportAuto (the

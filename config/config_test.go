@@ -383,7 +383,8 @@ func TestAgentLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Agent{
-		Relay: "vps.example.com:7000", Transport: TransportAuto, Token: "0123456789abcdef", Fingerprint: fp, ID: "home-pc",
+		DataDir: DefaultDataDir(),
+		Relay:   "vps.example.com:7000", Transport: TransportAuto, Token: "0123456789abcdef", Fingerprint: fp, ID: "home-pc",
 		Tunnels: []Tunnel{
 			{Name: "rdp", Protocol: "tcp", RemotePort: 3390, Target: "127.0.0.1:3389"},
 			{Name: "tcp-2222", Protocol: "tcp", RemotePort: 2222, Target: "[::1]:22"},

@@ -313,6 +313,7 @@ func TestDocExamples(t *testing.T) {
 				return
 			}
 			a, errA := LoadAgent(agentFlags(t, "--config", path))
+			a.File = ""
 			if errA == nil {
 				groups[b.heading] = append(groups[b.heading], loaded{b, a})
 				formats["agent"][b.lang] = true

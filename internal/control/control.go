@@ -179,3 +179,28 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	*d = Duration(f * float64(time.Second))
 	return nil
 }
+
+// Start listens on the endpoint of role in dataDir and serves h until ctx
+// ends; the returned function waits for the server to stop. An endpoint
+// that cannot be made costs only the status commands, with a warning;
+// one that another running process answers on is an error.
+func Start(ctx context.Context, dataDir, role string, h http.Handler, log *slog.Logger) (wait func(), err error) {
+	ep := Endpoint(dataDir, role)
+	ln, err := Listen(ep)
+	if err != nil {
+		if errors.Is(err, ErrInUse) {
+			return nil, err
+		}
+		log.Warn("control socket unavailable: "+role+" status will not work", "err", err)
+		return func() {}, nil
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := Serve(ctx, ln, h, log); err != nil {
+			log.Warn("control socket", "err", err)
+		}
+	}()
+	log.Debug("control socket ready", "path", ep)
+	return func() { <-done }, nil
+}

@@ -1,0 +1,124 @@
+package agent
+
+import (
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the agent's Prometheus metrics: the stream-open latency,
+// counted where it happens, and what the status holds, read at scrape
+// time. Labels are the relay's address and tunnel names, never a
+// visitor's address.
+type metrics struct {
+	streamOpen prometheus.Histogram
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		streamOpen: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "homeport_agent_stream_open_seconds",
+			Help:    "Time from a visitor stream's arrival to its target's connection.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+	}
+}
+
+// RegisterMetrics adds the agent's metrics to reg.
+func (a *Agent) RegisterMetrics(reg prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{a.metrics.streamOpen, &statusCollector{a}} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Ready reports why the agent cannot carry traffic (nil: it can): no
+// session to the relay yet.
+func (a *Agent) Ready() error {
+	s := a.sessionState.snapshot(a.cfg.Relay)
+	if s.State != "up" {
+		if s.Error != "" {
+			return errors.New("no session to the relay: " + s.Error)
+		}
+		return errors.New("no session to the relay yet")
+	}
+	return nil
+}
+
+var (
+	descSessionUp = prometheus.NewDesc("homeport_agent_session_up",
+		"1 while the session to the relay is up, by transport.", []string{"relay", "transport"}, nil)
+	descSessionRTT = prometheus.NewDesc("homeport_agent_session_rtt_seconds",
+		"Round-trip time of the session to the relay, as last measured.", []string{"relay"}, nil)
+	descStreams = prometheus.NewDesc("homeport_agent_session_streams",
+		"Open visitor streams of the session.", []string{"relay"}, nil)
+	descReconnects = prometheus.NewDesc("homeport_agent_reconnects_total",
+		"Sessions to the relay made after the first.", []string{"relay"}, nil)
+	tunnelLabels = []string{"tunnel", "protocol"}
+	descTunnelUp = prometheus.NewDesc("homeport_agent_tunnel_up",
+		"1 while the relay has the tunnel's public port open.", tunnelLabels, nil)
+	descVisitors = prometheus.NewDesc("homeport_agent_tunnel_visitors",
+		"Visitor connections (UDP: flows) open now.", tunnelLabels, nil)
+	descAccepted = prometheus.NewDesc("homeport_agent_tunnel_visitors_total",
+		"Visitor connections (UDP: flows) connected to the target since the agent started.", tunnelLabels, nil)
+	descBytes = prometheus.NewDesc("homeport_agent_tunnel_bytes_total",
+		"Bytes carried since the agent started, by direction: in (from visitors) or out (to visitors).", append(tunnelLabels, "direction"), nil)
+	descDialFailures = prometheus.NewDesc("homeport_agent_tunnel_dial_failures_total",
+		"Failures to reach the tunnel's target.", tunnelLabels, nil)
+	descDDNSSynced = prometheus.NewDesc("homeport_ddns_synced",
+		"1 when the name's records match the address wanted, read back from the provider.", []string{"name", "type"}, nil)
+	descDDNSUpdates = prometheus.NewDesc("homeport_ddns_updates_total",
+		"Confirmed writes of the name's records.", []string{"name", "type"}, nil)
+	descDDNSFailures = prometheus.NewDesc("homeport_ddns_failures_total",
+		"Failed attempts to read or write the name's records.", []string{"name", "type"}, nil)
+)
+
+type statusCollector struct{ a *Agent }
+
+func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descSessionUp, descSessionRTT, descStreams, descReconnects, descTunnelUp,
+		descVisitors, descAccepted, descBytes, descDialFailures, descDDNSSynced, descDDNSUpdates, descDDNSFailures} {
+		ch <- d
+	}
+}
+
+func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.a.Status()
+	for _, s := range st.Sessions {
+		up := 0.0
+		if s.State == "up" {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descSessionUp, prometheus.GaugeValue, up, s.Relay, s.Transport)
+		if s.RTT > 0 {
+			ch <- prometheus.MustNewConstMetric(descSessionRTT, prometheus.GaugeValue, time.Duration(s.RTT).Seconds(), s.Relay)
+		}
+		ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(s.Streams), s.Relay)
+		ch <- prometheus.MustNewConstMetric(descReconnects, prometheus.CounterValue, float64(s.Reconnects), s.Relay)
+	}
+	for _, t := range st.Tunnels {
+		l := []string{t.Name, t.Protocol}
+		up := 0.0
+		if t.State == string(TunnelUp) {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descTunnelUp, prometheus.GaugeValue, up, l...)
+		ch <- prometheus.MustNewConstMetric(descVisitors, prometheus.GaugeValue, float64(t.Visitors), l...)
+		ch <- prometheus.MustNewConstMetric(descAccepted, prometheus.CounterValue, float64(t.Accepted), l...)
+		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(t.BytesIn), append(l, "in")...)
+		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(t.BytesOut), append(l, "out")...)
+		ch <- prometheus.MustNewConstMetric(descDialFailures, prometheus.CounterValue, float64(t.DialFailures), l...)
+	}
+	for _, d := range st.DDNS {
+		v := 0.0
+		if d.Synced && d.Error == "" {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descDDNSSynced, prometheus.GaugeValue, v, d.Name, d.Type)
+		ch <- prometheus.MustNewConstMetric(descDDNSUpdates, prometheus.CounterValue, float64(d.Updates), d.Name, d.Type)
+		ch <- prometheus.MustNewConstMetric(descDDNSFailures, prometheus.CounterValue, float64(d.Failures), d.Name, d.Type)
+	}
+}
