@@ -58,6 +58,8 @@ type Relay struct {
 	// DebugAddr, when set, is the loopback address where Go's profiler
 	// (net/http/pprof) is served.
 	DebugAddr string
+	// Dashboard configures the web dashboard (off unless Dashboard.Addr).
+	Dashboard Dashboard
 }
 
 // Token is one accepted agent credential.

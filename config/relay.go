@@ -38,6 +38,7 @@ func relaySettings() []setting {
 		{key: "visitors.ban_for", flag: "visitor-ban-for", kind: kDuration, def: "10m", usage: "how long a visitor address stays banned"},
 		ddnsSetting(),
 	}
+	s = append(s, dashboardSettings()...)
 	return append(append(append(s, sessionSettings()...), logSettings()...), debugSettings()...)
 }
 
@@ -84,6 +85,7 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 		Session:   l.session(),
 		Log:       l.log(),
 		DebugAddr: l.debugAddr(),
+		Dashboard: l.dashboard(),
 	}
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir()

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -124,6 +125,17 @@ func run(ctx context.Context, cfg config.Relay, stdout, stderr io.Writer) error 
 		return err // the process ends, and with it the agent port
 	}
 	defer func() { stopControl(); waitControl() }()
+	loaded := time.Now()
+	waitDashboard, err := serveDashboard(ctx, cfg, func() relay.Status {
+		st := srv.Status()
+		st.Version = cli.Version()
+		st.Config = relay.ConfigStatus{File: cfg.File, Loaded: loaded}
+		return st
+	}, log)
+	if err != nil {
+		return err
+	}
+	defer func() { stopControl(); waitDashboard() }()
 	printBanner(stdout, cfg, id, addr)
 	return srv.Serve(ctx)
 }
