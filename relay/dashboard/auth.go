@@ -181,15 +181,21 @@ func loopbackHost(host string) bool {
 }
 
 // sameOrigin reports whether a form post comes from the dashboard's own
-// pages: browsers send Origin on a POST; a missing one (an old browser, a
-// script) is let through, since the session cookie is SameSite=Strict.
+// pages. Browsers say where a request comes from in Sec-Fetch-Site; older
+// ones only in Origin, which is "null" under the dashboard's own
+// Referrer-Policy (no-referrer). A post that says neither (an old browser,
+// a script) is let through: the session cookie is SameSite=Strict anyway.
 func sameOrigin(r *http.Request) bool {
-	o := r.Header.Get("Origin")
-	if o == "" {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "same-origin", "none":
 		return true
-	}
-	if o == "null" {
+	case "":
+	default: // cross-site, same-site (another port or subdomain)
 		return false
+	}
+	o := r.Header.Get("Origin")
+	if o == "" || o == "null" {
+		return true
 	}
 	_, host, ok := strings.Cut(o, "://")
 	return ok && strings.EqualFold(host, r.Host)

@@ -148,6 +148,9 @@ func (d *Dashboard) Handler() http.Handler {
 	mux.HandleFunc("GET /static/{file}", func(w http.ResponseWriter, r *http.Request) {
 		files.ServeHTTP(w, r) // files only: {file} matches no directory
 	})
+	mux.HandleFunc("GET /favicon.ico", func(w http.ResponseWriter, r *http.Request) {
+		http.ServeFileFS(w, r, d.static, "icon.svg") // for pages without the icon link
+	})
 	mux.HandleFunc("GET /login", d.loginPage)
 	mux.HandleFunc("POST /login", d.loginPost)
 	mux.HandleFunc("POST /logout", d.logout)

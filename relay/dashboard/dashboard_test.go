@@ -239,7 +239,7 @@ func TestPasswordRequired(t *testing.T) {
 	if a.code != http.StatusOK || !strings.Contains(a.body, `type="password"`) || !strings.Contains(a.body, "5 wrong passwords") {
 		t.Errorf("/login: %d\n%s", a.code, a.body)
 	}
-	for _, path := range []string{"/static/style.css", "/static/app.js", "/static/icon.svg"} {
+	for _, path := range []string{"/static/style.css", "/static/app.js", "/static/icon.svg", "/favicon.ico"} {
 		if a := td.get(t, c, path); a.code != http.StatusOK || strings.Contains(a.body, "home-pc") {
 			t.Errorf("%s: %d", path, a.code)
 		}
@@ -399,34 +399,47 @@ func TestLoginLimiter(t *testing.T) {
 	}
 }
 
-// TestOrigin: a login or logout posted from another site is refused.
+// TestOrigin: a login or logout posted from another site is refused, by
+// Sec-Fetch-Site where the browser sends it, else by Origin; the
+// dashboard's own form is let through, also with the "null" Origin that
+// its no-referrer policy makes older browsers send.
 func TestOrigin(t *testing.T) {
 	leak.Check(t)
 	td := start(t, Options{Password: testPassword}, false)
-	c := td.client(t)
-	for _, path := range []string{"/login", "/logout"} {
-		req, _ := http.NewRequest("POST", td.srv.URL+path, strings.NewReader("password="+testPassword))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		req.Header.Set("Origin", "http://evil.example")
-		resp, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusForbidden || len(resp.Cookies()) != 0 {
-			t.Errorf("%s from another origin: %d %v", path, resp.StatusCode, resp.Cookies())
-		}
+	tests := []struct {
+		name, site, origin string
+		ok                 bool
+	}{
+		{"cross-site", "cross-site", td.srv.URL, false},
+		{"same-site, another port", "same-site", "", false},
+		{"same-origin", "same-origin", "null", true},
+		{"typed by the user", "none", "", true},
+		{"another origin", "", "http://evil.example", false},
+		{"another port", "", "http://127.0.0.1:1", false},
+		{"own origin", "", td.srv.URL, true},
+		{"null origin", "", "null", true},
+		{"neither", "", "", true},
 	}
-	req, _ := http.NewRequest("POST", td.srv.URL+"/login", strings.NewReader("password="+testPassword))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Origin", td.srv.URL)
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusSeeOther {
-		t.Errorf("login from the dashboard's own origin: %d", resp.StatusCode)
+	for _, tt := range tests {
+		for _, path := range []string{"/login", "/logout"} {
+			c := td.client(t)
+			req, _ := http.NewRequest("POST", td.srv.URL+path, strings.NewReader("password="+testPassword))
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			if tt.site != "" {
+				req.Header.Set("Sec-Fetch-Site", tt.site)
+			}
+			if tt.origin != "" {
+				req.Header.Set("Origin", tt.origin)
+			}
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if ok := resp.StatusCode == http.StatusSeeOther; ok != tt.ok || !ok && len(resp.Cookies()) != 0 {
+				t.Errorf("%s %s: %d %v, want let through: %v", tt.name, path, resp.StatusCode, resp.Cookies(), tt.ok)
+			}
+		}
 	}
 }
 

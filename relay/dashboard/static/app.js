@@ -229,7 +229,8 @@
     g.setTransform(dpr, 0, 0, dpr, 0, 0);
     g.clearRect(0, 0, w, h);
     const css = getComputedStyle(canvas);
-    const left = 64;
+    const color = (name, fallback) => css.getPropertyValue(name).trim() || fallback;
+    const left = 72;
     const top = 8;
     const bottom = h - 18;
     const right = w - 6;
@@ -237,9 +238,10 @@
     const x = (tms) => left + (right - left) * (1 - (now - tms) / windowMs);
     const y = (v) => bottom - (bottom - top) * (v / max);
 
+    // Grid: three rates up the side, a line every 5 minutes across.
     g.font = '11px system-ui, sans-serif';
-    g.fillStyle = css.getPropertyValue('--muted') || '#666';
-    g.strokeStyle = css.getPropertyValue('--grid') || '#ddd';
+    g.fillStyle = color('--muted', '#666');
+    g.strokeStyle = color('--grid', '#ddd');
     g.lineWidth = 1;
     g.textAlign = 'right';
     g.textBaseline = 'middle';
@@ -252,38 +254,57 @@
       g.fillText(rate(max * f), left - 6, yy);
     }
     g.textBaseline = 'alphabetic';
-    g.textAlign = 'left';
-    g.fillText('−' + span(windowMs), left, h - 4);
-    g.textAlign = 'right';
-    g.fillText('now', right, h - 4);
-
-    const line = (key, color) => {
-      g.strokeStyle = color;
-      g.lineWidth = 2;
+    const step = 5 * 60 * 1000;
+    for (let ago = windowMs; ago >= 0; ago -= step) {
+      const xx = Math.round(x(now - ago)) + 0.5;
       g.beginPath();
-      let started = false;
-      for (const p of pts) {
-        const xx = x(p.t);
-        if (xx < left) continue;
-        if (started) g.lineTo(xx, y(p[key]));
-        else g.moveTo(xx, y(p[key]));
-        started = true;
+      g.moveTo(xx, top);
+      g.lineTo(xx, bottom);
+      g.stroke();
+      g.textAlign = ago === windowMs ? 'left' : ago === 0 ? 'right' : 'center';
+      g.fillText(ago === 0 ? 'now' : '−' + span(ago), xx, h - 4);
+    }
+
+    // A line for each direction, the area under "in" shaded.
+    const visible = pts.filter((p) => x(p.t) >= left);
+    const line = (key, stroke, fill) => {
+      if (visible.length === 0) return;
+      g.beginPath();
+      visible.forEach((p, i) => (i === 0 ? g.moveTo(x(p.t), y(p[key])) : g.lineTo(x(p.t), y(p[key]))));
+      if (fill) {
+        g.save();
+        g.lineTo(x(visible[visible.length - 1].t), bottom);
+        g.lineTo(x(visible[0].t), bottom);
+        g.closePath();
+        g.globalAlpha = 0.15;
+        g.fillStyle = stroke;
+        g.fill();
+        g.restore();
+        g.beginPath();
+        visible.forEach((p, i) => (i === 0 ? g.moveTo(x(p.t), y(p[key])) : g.lineTo(x(p.t), y(p[key]))));
       }
+      g.strokeStyle = stroke;
+      g.lineWidth = 2;
+      g.lineJoin = 'round';
       g.stroke();
     };
-    line('in', css.getPropertyValue('--in') || '#2b6cb0');
-    line('out', css.getPropertyValue('--out') || '#dd6b20');
+    line('in', color('--in', '#2b6cb0'), true);
+    line('out', color('--out', '#dd6b20'), false);
   }
 
-  // niceMax rounds a peak rate up to 1, 2 or 5 times a power of ten, at
-  // least 1 KiB/s, so that the axis labels read well.
+  // niceMax rounds a peak rate up to 1, 2 or 5 times a power of ten of the
+  // unit it is shown in (B/s, KiB/s, MiB/s...), at least 1 KiB/s, so that
+  // the axis labels read well.
   function niceMax(v) {
     v = Math.max(v, 1024);
-    const p = Math.pow(10, Math.floor(Math.log10(v)));
+    let unit = 1;
+    while (v >= 1024 * unit) unit *= 1024;
+    const u = v / unit;
+    const p = Math.pow(10, Math.floor(Math.log10(u)));
     for (const m of [1, 2, 5, 10]) {
-      if (v <= m * p) return m * p;
+      if (u <= m * p) return m * p * unit;
     }
-    return 10 * p;
+    return 10 * p * unit;
   }
 
   // --- updates ----------------------------------------------------------
