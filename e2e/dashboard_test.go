@@ -6,10 +6,19 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	cryptorand "crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -29,19 +38,19 @@ import (
 // dashPassword is the dashboard password of these tests.
 const dashPassword = "dashboard-password-e2e-0123"
 
-var dashURLRE = regexp.MustCompile(`msg="dashboard listening".*? url=(http://127\.0\.0\.1:\d+/)`)
+var dashURLRE = regexp.MustCompile(`msg="dashboard listening".*? url=(https?://127\.0\.0\.1:\d+/)`)
 
 // binStartDashboard starts a relay whose dashboard, on a free loopback
 // port, needs dashPassword (from a file), and returns it with its banner,
 // its data directory and the dashboard's URL.
-func binStartDashboard(t *testing.T) (r *binProc, b binBanner, dataDir, dashURL string) {
+func binStartDashboard(t *testing.T, extra ...string) (r *binProc, b binBanner, dataDir, dashURL string) {
 	t.Helper()
 	pwFile := filepath.Join(t.TempDir(), "dashboard-password")
 	if err := os.WriteFile(pwFile, []byte(dashPassword+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	dataDir = filepath.Join(t.TempDir(), "data")
-	r, b = binStartRelay(t, dataDir, freePort(t), "--dashboard-addr", "127.0.0.1:0", "--dashboard-password-file", pwFile)
+	r, b = binStartRelay(t, dataDir, freePort(t), append([]string{"--dashboard-addr", "127.0.0.1:0", "--dashboard-password-file", pwFile}, extra...)...)
 	var m []string
 	r.await(15*time.Second, "the dashboard's URL in the relay's log", func() bool {
 		m = dashURLRE.FindStringSubmatch(r.stderr.String())
@@ -230,4 +239,65 @@ func mustURL(t *testing.T, s string) *url.URL {
 		t.Fatal(err)
 	}
 	return u
+}
+
+// TestBinaryDashboardTLS: with dashboard_tls_cert and dashboard_tls_key
+// the relay serves the dashboard over HTTPS with that certificate, and
+// the session cookie is Secure.
+func TestBinaryDashboardTLS(t *testing.T) {
+	leak.Check(t)
+	dir := t.TempDir()
+	certPEM, keyPEM := selfSigned(t)
+	certFile, keyFile := filepath.Join(dir, "dashboard.crt"), filepath.Join(dir, "dashboard.key")
+	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, _, base := binStartDashboard(t, "--dashboard-tls-cert", certFile, "--dashboard-tls-key", keyFile)
+	if !strings.HasPrefix(base, "https://") {
+		t.Fatalf("dashboard at %s, want https", base)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(certPEM)
+	c := dashClient()
+	c.Transport = &http.Transport{DisableKeepAlives: true, TLSClientConfig: &tls.Config{RootCAs: pool}}
+	code, hdr, _ := dashDo(t, c, "POST", base+"login", url.Values{"password": {dashPassword}})
+	cookies := (&http.Response{Header: hdr}).Cookies()
+	if code != http.StatusSeeOther || len(cookies) != 1 || !cookies[0].Secure || !cookies[0].HttpOnly {
+		t.Fatalf("login over HTTPS: %d %v", code, hdr)
+	}
+	if code, _, body := dashDo(t, c, "GET", base+"api/status", nil); code != http.StatusOK || !strings.Contains(body, `"fingerprint"`) {
+		t.Fatalf("/api/status over HTTPS: %d %.200s", code, body)
+	}
+	// Plain HTTP on that port gets nothing useful.
+	plain := strings.Replace(base, "https://", "http://", 1)
+	if code, _, body := dashDo(t, dashClient(), "GET", plain+"api/status", nil); code == http.StatusOK || strings.Contains(body, "fingerprint") {
+		t.Errorf("plain HTTP to the HTTPS dashboard: %d %.200s", code, body)
+	}
+}
+
+// selfSigned makes a certificate for 127.0.0.1 and its key, in PEM.
+func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), cryptorand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "dashboard test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(cryptorand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
 }
