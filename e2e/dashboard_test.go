@@ -135,6 +135,7 @@ func TestBinaryDashboard(t *testing.T) {
 
 	c := dashClient()
 	code, hdr, body := dashDo(t, c, "GET", base, nil)
+	answers = append(answers, fmt.Sprint(hdr), body)
 	if code != http.StatusSeeOther || hdr.Get("Location") != "/login" {
 		t.Fatalf("/ before login: %d to %q", code, hdr.Get("Location"))
 	}
