@@ -71,6 +71,8 @@ type Relay struct {
 	MetricsAddr string
 	// Warnings are problems that do not stop the relay, for its log.
 	Warnings []Warning
+	// Dashboard configures the web dashboard (off unless Dashboard.Addr).
+	Dashboard Dashboard
 }
 
 // Token is one accepted agent credential.

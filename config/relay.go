@@ -44,6 +44,7 @@ func relaySettings() []setting {
 		{key: "visitors.ban_for", flag: "visitor-ban-for", kind: kDuration, def: "10m", usage: "how long a visitor address stays banned"},
 		ddnsSetting(),
 	}
+	s = append(s, dashboardSettings()...)
 	return append(append(append(s, sessionSettings()...), logSettings()...), debugSettings()...)
 }
 
@@ -94,6 +95,7 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 		Log:         l.log(),
 		DebugAddr:   l.debugAddr(),
 		MetricsAddr: l.metricsAddr(),
+		Dashboard:   l.dashboard(),
 	}
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir()

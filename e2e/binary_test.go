@@ -755,6 +755,8 @@ func TestBinaryBadConfig(t *testing.T) {
 			[]string{"handshake_timeout in ", "\nshutdown_timeout in ", `"5" has no unit`, "\nlog.level in ", `"loud"`}},
 		{"relay profiler on the network", "relay", "relay.yaml", "debug_addr: 0.0.0.0:6060\n",
 			[]string{"debug_addr in ", "loopback only"}},
+		{"relay dashboard on the network without a password", "relay", "relay.yaml", "dashboard_addr: 0.0.0.0:8080\n",
+			[]string{"dashboard_addr in ", "reachable from the network", "set dashboard_password"}},
 		{"agent setting of the relay", "agent", "agent.yaml", okAgent + "allow_ports: 3390\n",
 			[]string{`unknown setting "allow_ports"`, "setting of the other program"}},
 		{"agent bad duration", "agent", "agent.json",

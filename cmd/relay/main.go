@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -131,11 +132,23 @@ func run(ctx context.Context, cfg config.Relay, stdout, stderr io.Writer) error 
 			wait()
 		}
 	}()
-	waitControl, err := serveControl(ctx, cfg, srv, log)
+	loaded := time.Now()
+	status := func() relay.Status {
+		st := srv.Status()
+		st.Version = cli.Version()
+		st.Config = relay.ConfigStatus{File: cfg.File, Loaded: loaded}
+		return st
+	}
+	waitControl, err := serveControl(ctx, cfg, status, log)
 	if err != nil {
 		return err // the process ends, and with it the agent port
 	}
 	waits = append(waits, waitControl)
+	waitDashboard, err := serveDashboard(ctx, cfg, status, log)
+	if err != nil {
+		return err
+	}
+	waits = append(waits, waitDashboard)
 	if cfg.MetricsAddr != "" {
 		reg := metrics.NewRegistry("relay", cli.Version())
 		if err := srv.RegisterMetrics(reg); err != nil {
