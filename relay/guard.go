@@ -543,3 +543,40 @@ func (g *visitorGuard) sweep(now time.Time) {
 		}
 	}
 }
+
+// maxBansShown bounds the bans a status lists from one guard.
+const maxBansShown = 256
+
+// bans lists the sources banned now, at most maxBansShown.
+func (g *handshakeGuard) bans(now time.Time) []BanStatus {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []BanStatus
+	for k, st := range g.sources {
+		if now.Before(st.bannedUntil) && len(out) < maxBansShown {
+			out = append(out, BanStatus{Where: "agent port", Addr: sourceText(k), Until: st.bannedUntil})
+		}
+	}
+	return out
+}
+
+// bans lists the sources banned from the tunnel now, at most maxBansShown.
+func (g *visitorGuard) bans(now time.Time, where string) []BanStatus {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []BanStatus
+	for k, st := range g.sources {
+		if now.Before(st.bannedUntil) && len(out) < maxBansShown {
+			out = append(out, BanStatus{Where: where, Addr: sourceText(k), Until: st.bannedUntil})
+		}
+	}
+	return out
+}
+
+// sourceText names a guard's source: an IPv4 address, or an IPv6 /64.
+func sourceText(k netip.Addr) string {
+	if k.Is6() {
+		return netip.PrefixFrom(k, 64).String()
+	}
+	return k.String()
+}

@@ -319,6 +319,7 @@ func listenRefusal(proto tunnel.Protocol, port uint16, addr string, err error) (
 type portTunnel interface {
 	close() // stop serving and free the port
 	status() TunnelStatus
+	bans(now time.Time) []BanStatus
 }
 
 func (as *agentSession) listenTCP(name string, port uint16, addr string, guard *visitorGuard) (portTunnel, error) {

@@ -201,10 +201,23 @@ func (s *Server) Status() Status {
 	slices.SortFunc(st.Tunnels, func(a, b TunnelStatus) int {
 		return cmp.Or(cmp.Compare(a.Port, b.Port), cmp.Compare(a.Protocol, b.Protocol))
 	})
+	st.Bans = append(st.Bans, s.hs.bans(now)...)
+	for _, as := range sessions {
+		as.mu.Lock()
+		for _, t := range as.tunnels {
+			st.Bans = append(st.Bans, t.bans(now)...)
+		}
+		as.mu.Unlock()
+	}
+	slices.SortFunc(st.Bans, func(a, b BanStatus) int {
+		return cmp.Or(cmp.Compare(a.Where, b.Where), cmp.Compare(a.Addr, b.Addr))
+	})
 	st.Refusals = s.refusals.snapshot()
 	st.DDNS = ddnsrun.Snapshot(s.ddns)
 	return st
 }
+
+func (t *publicTunnel) bans(now time.Time) []BanStatus { return t.guard.bans(now, t.name) }
 
 func (t *publicTunnel) status() TunnelStatus {
 	ts := TunnelStatus{Name: t.name, Protocol: "tcp", Port: t.port, Token: t.owner.token.Name, Agent: t.owner.agent.ID, Since: t.since}

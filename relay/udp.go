@@ -384,6 +384,8 @@ func (as *agentSession) receiveDatagrams(ctx context.Context) {
 	})
 }
 
+func (t *udpTunnel) bans(now time.Time) []BanStatus { return t.guard.bans(now, t.name) }
+
 func (t *udpTunnel) status() TunnelStatus {
 	ts := TunnelStatus{Name: t.name, Protocol: "udp", Port: t.port, Token: t.owner.token.Name, Agent: t.owner.agent.ID, Since: t.since}
 	t.stats.fill(&ts)
