@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -18,6 +19,7 @@ import (
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/cli"
 	"github.com/homeport/homeport/internal/ddnsrun"
+	"github.com/homeport/homeport/internal/metrics"
 	"github.com/homeport/homeport/internal/service"
 )
 
@@ -83,6 +85,7 @@ variables < flags.`,
 		return err
 	}))
 	cmd.AddCommand(ddnsCommand(stdout, stderr))
+	cmd.AddCommand(statusCommand(stdout))
 	cmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
@@ -109,6 +112,38 @@ func run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 	a, err := agent.New(cfg, cli.Version(), log)
 	if err != nil {
 		return err
+	}
+	// The side servers (control socket, metrics) stop with the agent.
+	ctx, stopSide := context.WithCancel(ctx)
+	var waits []func()
+	defer func() {
+		stopSide()
+		for _, wait := range waits {
+			wait()
+		}
+	}()
+	loaded := time.Now()
+	status := func() agent.Status {
+		st := a.Status()
+		st.Version = cli.Version()
+		st.Config = agent.ConfigStatus{File: cfg.File, Loaded: loaded}
+		return st
+	}
+	waitControl, err := serveControl(ctx, cfg, status, log)
+	if err != nil {
+		return err
+	}
+	waits = append(waits, waitControl)
+	if cfg.MetricsAddr != "" {
+		reg := metrics.NewRegistry("agent", cli.Version())
+		if err := a.RegisterMetrics(reg); err != nil {
+			return err
+		}
+		waitMetrics, err := metrics.Serve(ctx, cfg.MetricsAddr, metrics.Handler(reg, a.Ready, log), log)
+		if err != nil {
+			return err
+		}
+		waits = append(waits, waitMetrics)
 	}
 	return a.Run(ctx)
 }
