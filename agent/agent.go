@@ -37,6 +37,9 @@ type Agent struct {
 	log      *slog.Logger
 	tunnels  map[string]config.Tunnel
 	software string
+	// udpQueues holds each UDP tunnel's budget for the target's datagrams
+	// waiting to go to the relay, and counts what it drops.
+	udpQueues map[string]*tunnel.UDPBudget
 
 	// ddns is the dynamic DNS updater (nil: off); relayAddr feeds its
 	// relay source with the address the relay sees this agent at.
@@ -76,10 +79,11 @@ const (
 // New checks cfg and returns an agent. version is reported to the relay.
 func New(cfg config.Agent, version string, log *slog.Logger) (*Agent, error) {
 	a := &Agent{
-		cfg:      cfg,
-		log:      log,
-		tunnels:  make(map[string]config.Tunnel, len(cfg.Tunnels)),
-		software: Software + "/" + version,
+		cfg:       cfg,
+		log:       log,
+		tunnels:   make(map[string]config.Tunnel, len(cfg.Tunnels)),
+		software:  Software + "/" + version,
+		udpQueues: make(map[string]*tunnel.UDPBudget),
 	}
 	if cfg.Token == "" {
 		return nil, errors.New("agent: token: empty")
@@ -92,6 +96,14 @@ func New(cfg config.Agent, version string, log *slog.Logger) (*Agent, error) {
 			return nil, fmt.Errorf("agent: tunnel %q: duplicate name", t.Name)
 		}
 		a.tunnels[t.Name] = t
+		if t.Protocol == "udp" {
+			b, err := tunnel.NewUDPBudget(tunnel.FlowQueueBudget, tunnel.TunnelQueueBudget,
+				log.With("tunnel", t.Name), "UDP datagrams to the relay dropped: it takes them slower than they come")
+			if err != nil {
+				return nil, fmt.Errorf("agent: tunnel %q: %w", t.Name, err)
+			}
+			a.udpQueues[t.Name] = b
+		}
 	}
 	switch {
 	case cfg.Fingerprint != "":
@@ -185,6 +197,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		next     *link          // a session already up, handed over
 		retired  sync.WaitGroup // replaced sessions carrying their last connections
 	)
+	defer func() {
+		for _, b := range a.udpQueues {
+			b.Close()
+		}
+	}()
 	defer retired.Wait()
 	defer a.runDDNS(ctx)()
 	for {

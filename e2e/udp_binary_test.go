@@ -5,6 +5,8 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -36,6 +38,25 @@ func procKiB(t *testing.T, pid int, field string) int64 {
 		}
 	}
 	t.Fatalf("/proc/%d/status has no %s", pid, field)
+	return 0
+}
+
+// udpRxQueue returns the bytes waiting in the receive queue of the UDP
+// socket on 127.0.0.1:port, or 0 where that is unknown.
+func udpRxQueue(port uint16) int64 {
+	b, err := os.ReadFile("/proc/net/udp")
+	if err != nil {
+		return 0
+	}
+	local := fmt.Sprintf("0100007F:%04X", port)
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 5 && f[1] == local {
+			_, rx, _ := strings.Cut(f[4], ":")
+			n, _ := strconv.ParseInt(rx, 16, 64)
+			return n
+		}
+	}
 	return 0
 }
 
@@ -131,6 +152,92 @@ func testBinaryUDPPausedAgent(t *testing.T, tr string) {
 	for i, v := range visitors {
 		v.sent[string(big)] = true // echoes of the large datagrams, late
 		if err := v.exchange(fmt.Appendf(nil, "visitor %d after the agent went on", i)); err != nil {
+			t.Errorf("visitor %d after SIGCONT: %v", i, err)
+		}
+	}
+	if !r.running() || !a.running() {
+		t.Fatal("relay or agent exited")
+	}
+}
+
+// TestBinaryUDPPausedRelay: a UDP target sends the largest datagrams as
+// fast as it can to 4 flows whose relay is stopped (SIGSTOP). The agent
+// holds only its queue budget of them and logs the drops; once the relay
+// goes on (SIGCONT), every flow carries datagrams again.
+func TestBinaryUDPPausedRelay(t *testing.T) {
+	for _, tr := range []string{"tcp", "quic"} {
+		t.Run(tr, func(t *testing.T) { testBinaryUDPPausedRelay(t, tr) })
+	}
+}
+
+func testBinaryUDPPausedRelay(t *testing.T, tr string) {
+	leak.Check(t)
+	const flows = 4
+	big := bytes.Repeat([]byte{'x'}, tunnel.MaxDatagram)
+	// The target echoes, and answers "flood" with large datagrams as fast
+	// as it can until the test stops it.
+	var (
+		wg     sync.WaitGroup
+		stop   atomic.Bool
+		sent   atomic.Int64
+		floods atomic.Int32
+	)
+	t.Cleanup(func() { stop.Store(true); wg.Wait() })
+	target := udpServe(t, "127.0.0.1:0", func(pc *net.UDPConn, from netip.AddrPort, p []byte) {
+		if string(p) != "flood" {
+			pc.WriteToUDPAddrPort(p, from)
+			return
+		}
+		floods.Add(1)
+		wg.Go(func() {
+			for !stop.Load() {
+				if _, err := pc.WriteToUDPAddrPort(big, from); err == nil {
+					sent.Add(1)
+				}
+			}
+		})
+	})
+	public := udpFreePort(t)
+	r, b := binStartRelay(t, t.TempDir(), freePort(t))
+	a := binStartAgent(t, b, []string{fmt.Sprintf("udp:%d:%s", public, target.addr())}, "--transport", tr)
+	binAwaitTunnels(a, 1, 15*time.Second)
+	visitors := make([]*udpVisitor, flows)
+	for i := range visitors {
+		visitors[i] = udpDial(t, public)
+		if err := visitors[i].exchange(fmt.Appendf(nil, "hello from visitor %d", i)); err != nil {
+			t.Fatalf("visitor %d before the relay stops: %v", i, err)
+		}
+	}
+
+	for _, v := range visitors {
+		if _, err := v.c.Write([]byte("flood")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "the target flooding every flow", func() bool { return floods.Load() == flows })
+
+	r.signal(syscall.SIGSTOP)
+	stopped := true
+	defer func() {
+		if stopped {
+			r.signal(syscall.SIGCONT)
+		}
+	}()
+	a.await(30*time.Second, "the agent's log of dropped datagrams", func() bool {
+		return a.count(`msg="UDP datagrams to the relay dropped`) >= 1
+	})
+	var rxq int64 // what the kernel holds for the agent's flow sockets
+	for _, p := range target.senders() {
+		rxq += udpRxQueue(p.Port())
+	}
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("%s: target sent %d MiB toward the stopped relay; the agent's flow sockets held %d KiB in the kernel", tr, sent.Load()*int64(len(big))>>20, rxq>>10)
+	r.signal(syscall.SIGCONT)
+	stopped = false
+	for i, v := range visitors {
+		v.sent[string(big)] = true // the flood, late
+		if err := v.exchange(fmt.Appendf(nil, "visitor %d after the relay went on", i)); err != nil {
 			t.Errorf("visitor %d after SIGCONT: %v", i, err)
 		}
 	}
