@@ -189,7 +189,23 @@ var ErrRejected = errors.New("relay refused this agent")
 // relay's key does not match the pin), Run returns that error with the fix,
 // since retrying cannot help; after a session has once been up, it keeps
 // retrying, slowly for such refusals.
-func (a *Agent) Run(ctx context.Context) error {
+func (a *Agent) Run(ctx context.Context) (err error) {
+	// Stopping takes a moment (the relay is told, connections drain):
+	// say when it starts and when it is done, as the relay does.
+	said := make(chan struct{})
+	stopping := context.AfterFunc(ctx, func() {
+		a.log.Info("agent shutting down")
+		close(said)
+	})
+	defer func() {
+		if stopping() {
+			return // still running: Run failed
+		}
+		<-said
+		if err == nil {
+			a.log.Info("agent stopped")
+		}
+	}()
 	var (
 		attempt  int
 		everUp   bool
