@@ -43,6 +43,9 @@ type Agent struct {
 	statsMu      sync.Mutex
 	stats        map[string]*tunnelStats // by tunnel name
 	metrics      *metrics
+	// udpQueues holds each UDP tunnel's budget for the target's datagrams
+	// waiting to go to the relay, and counts what it drops.
+	udpQueues map[string]*tunnel.UDPBudget
 
 	// ddns is the dynamic DNS updater (nil: off); relayAddr feeds its
 	// relay source with the address the relay sees this agent at.
@@ -85,10 +88,11 @@ const (
 // New checks cfg and returns an agent. version is reported to the relay.
 func New(cfg config.Agent, version string, log *slog.Logger) (*Agent, error) {
 	a := &Agent{
-		cfg:      cfg,
-		log:      log,
-		tunnels:  make(map[string]config.Tunnel, len(cfg.Tunnels)),
-		software: Software + "/" + version,
+		cfg:       cfg,
+		log:       log,
+		tunnels:   make(map[string]config.Tunnel, len(cfg.Tunnels)),
+		software:  Software + "/" + version,
+		udpQueues: make(map[string]*tunnel.UDPBudget),
 	}
 	if cfg.Token == "" {
 		return nil, errors.New("agent: token: empty")
@@ -103,6 +107,14 @@ func New(cfg config.Agent, version string, log *slog.Logger) (*Agent, error) {
 		}
 		a.tunnels[t.Name] = t
 		names = append(names, t.Name)
+		if t.Protocol == "udp" {
+			b, err := tunnel.NewUDPBudget(tunnel.FlowQueueBudget, tunnel.TunnelQueueBudget,
+				log.With("tunnel", t.Name), "UDP datagrams to the relay dropped: it takes them slower than they come")
+			if err != nil {
+				return nil, fmt.Errorf("agent: tunnel %q: %w", t.Name, err)
+			}
+			a.udpQueues[t.Name] = b
+		}
 	}
 	a.status = newStatusBoard(names, time.Now())
 	a.started = time.Now()
@@ -195,7 +207,23 @@ var ErrRejected = errors.New("relay refused this agent")
 // relay's key does not match the pin), Run returns that error with the fix,
 // since retrying cannot help; after a session has once been up, it keeps
 // retrying, slowly for such refusals.
-func (a *Agent) Run(ctx context.Context) error {
+func (a *Agent) Run(ctx context.Context) (err error) {
+	// Stopping takes a moment (the relay is told, connections drain):
+	// say when it starts and when it is done, as the relay does.
+	said := make(chan struct{})
+	stopping := context.AfterFunc(ctx, func() {
+		a.log.Info("agent shutting down")
+		close(said)
+	})
+	defer func() {
+		if stopping() {
+			return // still running: Run failed
+		}
+		<-said
+		if err == nil {
+			a.log.Info("agent stopped")
+		}
+	}()
 	var (
 		attempt  int
 		everUp   bool
@@ -211,6 +239,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		next     *link          // a session already up, handed over
 		retired  sync.WaitGroup // replaced sessions carrying their last connections
 	)
+	defer func() {
+		for _, b := range a.udpQueues {
+			b.Close()
+		}
+	}()
 	defer retired.Wait()
 	defer a.runDDNS(ctx)()
 	for {

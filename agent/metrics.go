@@ -66,6 +66,8 @@ var (
 		"Visitor connections (UDP: flows) connected to the target since the agent started.", tunnelLabels, nil)
 	descBytes = prometheus.NewDesc("homeport_agent_tunnel_bytes_total",
 		"Bytes carried since the agent started, by direction: in (from visitors) or out (to visitors).", append(tunnelLabels, "direction"), nil)
+	descDropped = prometheus.NewDesc("homeport_agent_tunnel_udp_dropped_total",
+		"The target's UDP datagrams dropped while the relay took them slower than they came.", tunnelLabels, nil)
 	descDialFailures = prometheus.NewDesc("homeport_agent_tunnel_dial_failures_total",
 		"Failures to reach the tunnel's target.", tunnelLabels, nil)
 	descDDNSSynced = prometheus.NewDesc("homeport_ddns_synced",
@@ -80,7 +82,7 @@ type statusCollector struct{ a *Agent }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSessionUp, descSessionRTT, descStreams, descReconnects, descTunnelUp,
-		descVisitors, descAccepted, descBytes, descDialFailures, descDDNSSynced, descDDNSUpdates, descDDNSFailures} {
+		descVisitors, descAccepted, descBytes, descDropped, descDialFailures, descDDNSSynced, descDDNSUpdates, descDDNSFailures} {
 		ch <- d
 	}
 }
@@ -111,6 +113,9 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(t.BytesIn), append(l, "in")...)
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(t.BytesOut), append(l, "out")...)
 		ch <- prometheus.MustNewConstMetric(descDialFailures, prometheus.CounterValue, float64(t.DialFailures), l...)
+		if t.Protocol == "udp" {
+			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(t.Dropped), l...)
+		}
 	}
 	for _, d := range st.DDNS {
 		v := 0.0

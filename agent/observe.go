@@ -133,6 +133,10 @@ func (a *Agent) Status() Status {
 			ts.DialError, ts.DialErrorTime = s.dialErr, s.dialErrTime
 			s.mu.Unlock()
 		}
+		if q := a.udpQueues[t.Name]; q != nil {
+			d := q.Drops()
+			ts.Dropped = int64(d.FlowFull + d.TunnelFull)
+		}
 		st.Tunnels = append(st.Tunnels, ts)
 	}
 	st.DDNS = ddnsrun.Snapshot(a.ddns)

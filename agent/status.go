@@ -65,6 +65,9 @@ type TunnelStatus struct {
 	DialFailures  int64     `json:"dial_failures"`
 	DialError     string    `json:"last_dial_error,omitempty"`
 	DialErrorTime time.Time `json:"last_dial_error_time,omitzero"`
+	// Dropped counts the target's UDP datagrams dropped while the relay
+	// took them slower than they came.
+	Dropped int64 `json:"dropped,omitempty"`
 }
 
 // ConfigStatus says which configuration is in force.

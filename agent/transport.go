@@ -111,7 +111,7 @@ func (a *Agent) transports() (tcp, quic tunnel.Transport) {
 	return tunnel.TCPTransport{}, tunnel.QUICTransport{
 		OnSmallBuffers: func(rcv, snd int) {
 			once.Do(func() {
-				a.log.Warn("UDP buffers are small for QUIC", "receive_kib", rcv>>10, "send_kib", snd>>10, "hint", tunnel.UDPBufferHint)
+				tunnel.LogSmallBuffers(a.log, rcv, snd)
 			})
 		},
 		Session: tunnel.SessionConfig{

@@ -29,6 +29,14 @@ type flowTable struct {
 type agentFlow struct {
 	c       *net.UDPConn
 	in, out atomic.Int64 // datagrams to and from the target
+	stats   *tunnelStats // the tunnel's, for bytes
+}
+
+// toTarget sends a visitor's datagram to the target.
+func (f *agentFlow) toTarget(p []byte) {
+	f.in.Add(1)
+	f.stats.bytesIn.Add(int64(len(p)))
+	_, _ = f.c.Write(p)
 }
 
 func newFlowTable(sess tunnel.Session) *flowTable {
@@ -62,8 +70,7 @@ func (ft *flowTable) receive(ctx context.Context, sess tunnel.Session) {
 		f := ft.flows[id]
 		ft.mu.Unlock()
 		if f != nil {
-			f.in.Add(1)
-			_, _ = f.c.Write(p)
+			f.toTarget(p)
 		}
 	})
 }
@@ -97,7 +104,7 @@ func (a *Agent) handleFlow(ctx context.Context, st tunnel.Stream, open *tunnel.O
 	// Kernel buffers are only used while datagrams wait, so a generous
 	// limit costs an idle flow nothing.
 	_ = c.SetReadBuffer(flowSocketBuffer)
-	f := &agentFlow{c: c}
+	f := &agentFlow{c: c, stats: stats}
 	if !flows.add(open.Flow, f) {
 		refuse(st, tunnel.CodeBadRequest, fmt.Sprintf("flow %d is already open", open.Flow))
 		return
@@ -113,8 +120,19 @@ func (a *Agent) handleFlow(ctx context.Context, st tunnel.Stream, open *tunnel.O
 	stop := context.AfterFunc(ctx, func() { st.Close(); c.Close() })
 	defer stop()
 
+	// Target to relay: a reader takes the target's datagrams into the
+	// flow's queue at once, within the tunnel's budget (see
+	// tunnel.UDPBudget), and a sender sends them on; while the relay does
+	// not take them as fast as they come, what is over budget is dropped.
+	q := a.udpQueues[t.Name].NewQueue()
+	quit := make(chan struct{})
 	replies := make(chan error, 1)
-	go func() { replies <- a.flowReplies(st, c, open.Flow, flows.ds, &f.out) }()
+	go func() { replies <- flowSend(st, q, open.Flow, flows.ds, &f.out, &stats.bytesOut, quit) }()
+	received := make(chan struct{})
+	go func() {
+		defer close(received)
+		flowReceive(c, q)
+	}()
 
 	// Relay to target: datagrams framed on the stream (session datagrams
 	// go through flows.receive).
@@ -128,14 +146,16 @@ func (a *Agent) handleFlow(ctx context.Context, st tunnel.Stream, open *tunnel.O
 			}
 			break
 		}
-		f.in.Add(1)
-		_, _ = c.Write(buf[:n])
+		f.toTarget(buf[:n])
 	}
-	c.Close() // ends flowReplies
-	st.Close()
+	c.Close() // ends flowReceive
+	close(quit)
+	st.Close() // ends a blocked send
+	<-received
 	if err := <-replies; err != nil {
 		end = "to relay: " + err.Error()
 	}
+	q.Close()
 	level := slog.LevelDebug
 	if a.cfg.AccessLog {
 		level = slog.LevelInfo
@@ -144,17 +164,16 @@ func (a *Agent) handleFlow(ctx context.Context, st tunnel.Stream, open *tunnel.O
 		"datagrams_in", f.in.Load(), "datagrams_out", f.out.Load(), "duration", time.Since(start).Round(time.Millisecond), "end", end)
 }
 
-// flowReplies sends the target's datagrams to the relay until the flow's
-// socket is closed.
-func (a *Agent) flowReplies(st tunnel.Stream, c *net.UDPConn, id uint32, ds tunnel.DatagramSession, out *atomic.Int64) error {
+// flowReceive queues the target's datagrams for the relay until the
+// flow's socket is closed.
+func flowReceive(c *net.UDPConn, q *tunnel.DatagramQueue) {
 	buf := make([]byte, tunnel.MaxDatagram+1)
-	var dg []byte
 	errs := 0
 	for {
 		n, err := c.Read(buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
-				return nil
+				return
 			}
 			// ICMP port unreachable from the target: nobody listens
 			// (yet); UDP goes on, without spinning on an error that stays.
@@ -167,19 +186,48 @@ func (a *Agent) flowReplies(st tunnel.Stream, c *net.UDPConn, id uint32, ds tunn
 		if n > tunnel.MaxDatagram {
 			continue
 		}
-		out.Add(1)
-		if ds != nil {
-			dg = tunnel.AppendFlowDatagram(dg[:0], id, buf[:n])
-			err := ds.SendDatagram(dg)
-			if err == nil {
-				continue
+		q.Push(buf[:n])
+	}
+}
+
+// flowSend sends the flow's queued datagrams to the relay, as session
+// datagrams where they fit, until quit is closed or sending fails; then
+// the queue takes no more.
+func flowSend(st tunnel.Stream, q *tunnel.DatagramQueue, id uint32, ds tunnel.DatagramSession, out, outBytes *atomic.Int64, quit <-chan struct{}) error {
+	var dg []byte
+	for {
+		select {
+		case <-quit:
+			return nil
+		case <-q.Ready():
+		}
+		for {
+			p, ok := q.Pop()
+			if !ok {
+				break
 			}
-			if !errors.Is(err, tunnel.ErrDatagramTooLarge) {
+			out.Add(1)
+			outBytes.Add(int64(len(p)))
+			var err error
+			dg, err = sendReply(st, ds, dg, id, p)
+			q.Done(p)
+			if err != nil {
+				q.Close()
 				return err
 			}
 		}
-		if err := tunnel.WriteDatagram(st, buf[:n]); err != nil {
-			return err
+	}
+}
+
+// sendReply sends one of the target's datagrams to the relay. dg is for
+// the session datagram, returned for the next.
+func sendReply(st tunnel.Stream, ds tunnel.DatagramSession, dg []byte, id uint32, p []byte) ([]byte, error) {
+	if ds != nil {
+		dg = tunnel.AppendFlowDatagram(dg[:0], id, p)
+		err := ds.SendDatagram(dg)
+		if err == nil || !errors.Is(err, tunnel.ErrDatagramTooLarge) {
+			return dg, err
 		}
 	}
+	return dg, tunnel.WriteDatagram(st, p)
 }

@@ -149,12 +149,22 @@ func binStart(t *testing.T, name string, args ...string) *binProc {
 // that execs one) for the binary name.
 func binStartVia(t *testing.T, name, program string, args ...string) *binProc {
 	t.Helper()
+	return binStartWith(t, name, program, nil, args...)
+}
+
+// binStartWith is binStartVia with setup, when not nil, changing the
+// command before it starts.
+func binStartWith(t *testing.T, name, program string, setup func(*exec.Cmd), args ...string) *binProc {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), binProcTimeout)
 	p := &binProc{t: t, name: name, done: make(chan struct{})}
 	p.cmd = exec.CommandContext(ctx, program, args...)
 	p.cmd.Env = binEnv()
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 	p.cmd.WaitDelay = 5 * time.Second
+	if setup != nil {
+		setup(p.cmd)
+	}
 	if err := p.cmd.Start(); err != nil {
 		cancel()
 		t.Fatal(err)

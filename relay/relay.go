@@ -33,6 +33,8 @@ type Server struct {
 	// lns are the agent port's listeners: TCP, and QUIC on the same port
 	// number over UDP.
 	lns []tunnel.Listener
+	// smallBuffers logs small UDP buffers once, however many sockets.
+	smallBuffers sync.Once
 
 	// ddns is the dynamic DNS updater; nil: off.
 	ddns *ddns.Updater
@@ -177,7 +179,7 @@ func (s *Server) Listen() (net.Addr, error) {
 				return l, nil
 			},
 			OnSmallBuffers: func(rcv, snd int) {
-				s.log.Warn("UDP buffers are small for QUIC", "receive_kib", rcv>>10, "send_kib", snd>>10, "hint", tunnel.UDPBufferHint)
+				s.smallBuffers.Do(func() { tunnel.LogSmallBuffers(s.log, rcv, snd) })
 			}}
 	}
 	host, port, err := net.SplitHostPort(s.cfg.Listen)

@@ -18,11 +18,10 @@ import (
 // target from a socket of its own per flow, so replies find their visitor.
 // Flows end after udp_flow_timeout without a datagram either way, and a
 // tunnel serves at most udp_max_flows of them; datagrams from further
-// visitors are dropped until a flow ends.
-
-// flowQueue is how many datagrams may wait for a flow's stream; more are
-// dropped, as a congested network would.
-const flowQueue = 128
+// visitors are dropped until a flow ends. Datagrams waiting for a flow's
+// stream (an agent that does not take them as fast as they come) are held
+// within the budgets of tunnel.UDPBudget; more are dropped, as a congested
+// network would, and counted.
 
 // udpSocketBuffer is the kernel buffer asked for a public UDP socket.
 const udpSocketBuffer = 4 << 20
@@ -32,7 +31,8 @@ type udpTunnel struct {
 	port  uint16
 	owner *agentSession
 	pc    *net.UDPConn
-	guard *visitorGuard // per visitor address: lists, flows, rate
+	guard *visitorGuard     // per visitor address: lists, flows, rate
+	queue *tunnel.UDPBudget // datagrams waiting for the agent; drops
 
 	mu      sync.Mutex
 	flows   map[netip.AddrPort]*udpFlow
@@ -60,7 +60,13 @@ func (as *agentSession) listenUDP(name string, port uint16, addr string, guard *
 	// kernel caps this at net.core.rmem_max.
 	_ = pc.SetReadBuffer(udpSocketBuffer)
 	_ = pc.SetWriteBuffer(udpSocketBuffer)
-	t := &udpTunnel{name: name, port: port, owner: as, pc: pc, guard: guard, flows: make(map[netip.AddrPort]*udpFlow), stop: make(chan struct{}), since: time.Now()}
+	budget, err := tunnel.NewUDPBudget(tunnel.FlowQueueBudget, tunnel.TunnelQueueBudget,
+		as.log.With("tunnel", name), "UDP datagrams to the agent dropped: it takes them slower than they come")
+	if err != nil {
+		pc.Close()
+		return nil, err
+	}
+	t := &udpTunnel{name: name, port: port, owner: as, pc: pc, guard: guard, queue: budget, flows: make(map[netip.AddrPort]*udpFlow), stop: make(chan struct{}), since: time.Now()}
 	t.wg.Add(2)
 	go t.readLoop()
 	go t.janitor()
@@ -85,6 +91,7 @@ func (t *udpTunnel) close() {
 		f.end("tunnel closed")
 	}
 	t.wg.Wait()
+	t.queue.Close()
 	t.owner.srv.releasePort(portKey{tunnel.ProtoUDP, t.port}, t, t.owner.key.token, true)
 }
 
@@ -151,7 +158,7 @@ func (t *udpTunnel) flow(addr netip.Addr, port uint16) *udpFlow {
 		}
 		return nil
 	}
-	f := &udpFlow{t: t, visitor: visitor, id: t.owner.nextFlow.Add(1), queue: make(chan []byte, flowQueue), done: make(chan struct{}), start: time.Now()}
+	f := &udpFlow{t: t, visitor: visitor, id: t.owner.nextFlow.Add(1), queue: t.queue.NewQueue(), done: make(chan struct{}), start: time.Now()}
 	f.touch()
 	t.flows[visitor] = f
 	t.stats.visitors.Add(1)
@@ -204,7 +211,7 @@ type udpFlow struct {
 	t       *udpTunnel
 	visitor netip.AddrPort
 	id      uint32
-	queue   chan []byte
+	queue   *tunnel.DatagramQueue // the visitor's datagrams for the agent
 	start   time.Time
 
 	last    atomic.Int64 // unix nanoseconds of the last datagram either way
@@ -220,14 +227,10 @@ func (f *udpFlow) touch()                { f.last.Store(time.Now().UnixNano()) }
 func (f *udpFlow) lastActive() time.Time { return time.Unix(0, f.last.Load()) }
 
 // enqueue hands a visitor's datagram to the flow, or drops it when the
-// flow is behind.
+// flow is behind (see tunnel.UDPBudget).
 func (f *udpFlow) enqueue(p []byte) {
 	f.touch()
-	select {
-	case f.queue <- append([]byte(nil), p...):
-	case <-f.done:
-	default:
-	}
+	f.queue.Push(p)
 }
 
 // end ends the flow. It leaves the tunnel's table at once, so that the
@@ -236,6 +239,7 @@ func (f *udpFlow) end(reason string) {
 	f.once.Do(func() {
 		f.reason = reason
 		close(f.done)
+		f.queue.Close()
 		f.t.mu.Lock()
 		if f.t.flows[f.visitor] == f {
 			delete(f.t.flows, f.visitor)
@@ -291,25 +295,40 @@ func (f *udpFlow) run() {
 			<-replies
 			f.logEnd()
 			return
-		case p := <-f.queue:
-			f.in.Add(1)
-			t.stats.bytesIn.Add(int64(len(p)))
-			if ds != nil && f.ready.Load() {
-				buf = tunnel.AppendFlowDatagram(buf[:0], f.id, p)
-				err := ds.SendDatagram(buf)
-				if err == nil {
-					continue
+		case <-f.queue.Ready():
+			for {
+				p, ok := f.queue.Pop()
+				if !ok {
+					break
 				}
-				if !errors.Is(err, tunnel.ErrDatagramTooLarge) {
-					f.end("session datagram: " + err.Error())
-					continue
-				}
-			}
-			if err := tunnel.WriteDatagram(st, p); err != nil {
-				f.end("stream to agent: " + err.Error())
+				f.in.Add(1)
+				t.stats.bytesIn.Add(int64(len(p)))
+				buf = f.send(st, ds, buf, p)
+				f.queue.Done(p)
 			}
 		}
 	}
+}
+
+// send sends one of the visitor's datagrams to the agent: as a session
+// datagram where it fits, on the stream otherwise. buf is for the session
+// datagram, returned for the next.
+func (f *udpFlow) send(st tunnel.Stream, ds tunnel.DatagramSession, buf, p []byte) []byte {
+	if ds != nil && f.ready.Load() {
+		buf = tunnel.AppendFlowDatagram(buf[:0], f.id, p)
+		err := ds.SendDatagram(buf)
+		if err == nil {
+			return buf
+		}
+		if !errors.Is(err, tunnel.ErrDatagramTooLarge) {
+			f.end("session datagram: " + err.Error())
+			return buf
+		}
+	}
+	if err := tunnel.WriteDatagram(st, p); err != nil {
+		f.end("stream to agent: " + err.Error())
+	}
+	return buf
 }
 
 // readReplies reads the agent's answer, then its datagrams for the
@@ -389,5 +408,7 @@ func (t *udpTunnel) bans(now time.Time) []BanStatus { return t.guard.bans(now, t
 func (t *udpTunnel) status() TunnelStatus {
 	ts := TunnelStatus{Name: t.name, Protocol: "udp", Port: t.port, Token: t.owner.token.Name, Agent: t.owner.agent.ID, Since: t.since}
 	t.stats.fill(&ts)
+	d := t.queue.Drops()
+	ts.Dropped += int64(d.FlowFull + d.TunnelFull)
 	return ts
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -60,6 +61,20 @@ const quicWantBuffer = 7 << 20
 
 // UDPBufferHint is the advice to log with OnSmallBuffers.
 const UDPBufferHint = "raise the kernel's UDP buffer limits for QUIC: sysctl -w net.core.rmem_max=7500000 net.core.wmem_max=7500000 (and put them in /etc/sysctl.d/ to keep them)"
+
+// LogSmallBuffers logs what OnSmallBuffers reports: as a warning with
+// UDPBufferHint where this process could apply the fix, and as
+// information where it cannot (not root, a container), since there the
+// operator of this process has nothing to do.
+func LogSmallBuffers(log *slog.Logger, rcv, snd int) {
+	const msg = "UDP buffers are small for QUIC"
+	if err := udpLimitsWritable(); err != nil {
+		log.Info(msg, "receive_kib", rcv>>10, "send_kib", snd>>10,
+			"note", "QUIC works, more slowly on fast links; the kernel's limits cannot be raised from this process: "+err.Error())
+		return
+	}
+	log.Warn(msg, "receive_kib", rcv>>10, "send_kib", snd>>10, "hint", UDPBufferHint)
+}
 
 // checkBuffers calls OnSmallBuffers if udp's buffers are small. quic-go
 // sets them when the socket is first used.
@@ -466,11 +481,7 @@ func (l *quicLink) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	n, err := st.Read(p)
-	var ae *quic.ApplicationError
-	if errors.As(err, &ae) && ae.Remote && ae.ErrorCode == quicCodeBusy {
-		err = fmt.Errorf("%w: %w", ErrBusy, err)
-	}
-	return n, err
+	return n, quicWords(err)
 }
 
 // refuse closes the link as refused before authentication: the agent reads
@@ -662,11 +673,40 @@ func (s *quicSession) wrap(st *quic.Stream) Stream {
 }
 
 func (s *quicSession) mapErr(err error) error {
-	if s.conn.Context().Err() != nil {
+	err = quicWords(err)
+	if s.conn.Context().Err() != nil && !errors.Is(err, ErrSessionClosed) {
 		return fmt.Errorf("%w: %w", ErrSessionClosed, err)
 	}
 	return err
 }
+
+// quicWords puts a QUIC connection close with one of homeport's codes in
+// words: quic-go's own text ("Application error 0x0 (remote)") tells a
+// user nothing. The error still wraps quic-go's.
+func quicWords(err error) error {
+	var ae *quic.ApplicationError
+	if err == nil || !errors.As(err, &ae) {
+		return err
+	}
+	var words error
+	switch {
+	case ae.ErrorCode == quicCodeClosed && ae.Remote:
+		words = ErrPeerClosed
+	case ae.ErrorCode == quicCodeClosed:
+		words = ErrSessionClosed
+	case ae.ErrorCode == quicCodeBusy && ae.Remote:
+		words = ErrBusy
+	default:
+		return err
+	}
+	return &wordedError{words: words, err: err}
+}
+
+// wordedError is err, told as words.
+type wordedError struct{ words, err error }
+
+func (e *wordedError) Error() string   { return e.words.Error() }
+func (e *wordedError) Unwrap() []error { return []error{e.words, e.err} }
 
 func (s *quicSession) OpenStream(ctx context.Context) (Stream, error) {
 	st, err := s.conn.OpenStreamSync(ctx)
@@ -780,12 +820,13 @@ func (s *quicStream) Write(p []byte) (int, error) {
 	return n, s.mapErr(err)
 }
 
-// mapErr tells the stall guard's reset from others.
+// mapErr tells the stall guard's reset from others, and puts the
+// session's close in words.
 func (s *quicStream) mapErr(err error) error {
 	if err != nil && s.stalled.Load() {
 		return ErrStalled
 	}
-	return err
+	return quicWords(err)
 }
 
 // OnCut sets what a reset by the stall guard calls: a splice ends, and

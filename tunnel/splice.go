@@ -54,6 +54,11 @@ type readWaiter interface {
 // closes both ends. Splice closes a and b before it returns. err is the
 // first error other than a clean EOF, or nil.
 //
+// A TCP end is reset, not closed with a FIN, if this process dies during
+// the splice: its linger is zero until the splice ends cleanly (see
+// resetOnCrash), so that a peer of a raw protocol never takes a crash
+// for a complete transfer. A half-close still sends a FIN.
+//
 // One direction runs on the caller's goroutine, the other on a goroutine
 // of its own. Where that one reads a TCP connection (on Linux), it parks
 // once the connection has sent nothing for a moment (parkAfter): its
@@ -73,6 +78,8 @@ func SpliceCounted(ctx context.Context, a, b HalfCloser, countAB, countBA *atomi
 		halfDone atomic.Bool
 		ab, ba   *pipe
 	)
+	resetOnCrash(a, true)
+	resetOnCrash(b, true)
 	abort := func(err error) {
 		once.Do(func() {
 			cause = err
@@ -80,6 +87,9 @@ func SpliceCounted(ctx context.Context, a, b HalfCloser, countAB, countBA *atomi
 				// A cut must not look like an end: reset both ends.
 				reset(a)
 				reset(b)
+			} else {
+				resetOnCrash(a, false)
+				resetOnCrash(b, false)
 			}
 			a.Close()
 			b.Close()
@@ -123,6 +133,22 @@ func reset(c HalfCloser) {
 	}
 	if a, ok := find[interface{ Abort() }](c); ok {
 		a.Abort()
+	}
+}
+
+// resetOnCrash sets a TCP end's linger to zero (on) or back to the
+// system's default (off). With a zero linger, the kernel resets the
+// connection when the socket is closed, and so when the process dies with
+// it open; shutdown (CloseWrite) still sends a FIN. A clean end turns it
+// off before it closes. Streams need nothing: their session's end is
+// already an error (ErrStreamCut, a QUIC or TCP reset) at the other end.
+func resetOnCrash(c HalfCloser, on bool) {
+	if c, ok := c.(interface{ SetLinger(int) error }); ok {
+		sec := -1
+		if on {
+			sec = 0
+		}
+		_ = c.SetLinger(sec)
 	}
 }
 

@@ -521,6 +521,48 @@ func TestSessionDoneOnPeerClose(t *testing.T) {
 	}
 }
 
+// TestQUICPeerClosedInWords: a QUIC session whose peer closed it on
+// purpose reads ErrPeerClosed, told in words, on its streams and on
+// AcceptStream, and the closer's own ends read ErrSessionClosed; no
+// "Application error 0x0" in what a log would show.
+func TestQUICPeerClosedInWords(t *testing.T) {
+	c, s := sessionPair(t, QUICTransport{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cst, err := c.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cst.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	sst, err := s.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(sst, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	_, readErr := sst.Read(make([]byte, 1))
+	_, acceptErr := s.AcceptStream(ctx)
+	_, ownErr := cst.Read(make([]byte, 1))
+	for _, tt := range []struct {
+		what string
+		err  error
+		want error
+		text string
+	}{
+		{"stream read at the peer", readErr, ErrPeerClosed, "peer closed the session"},
+		{"AcceptStream at the peer", acceptErr, ErrPeerClosed, "session closed: peer closed the session"},
+		{"stream read at the closer", ownErr, ErrSessionClosed, "session closed"},
+	} {
+		if !errors.Is(tt.err, tt.want) || tt.err.Error() != tt.text {
+			t.Errorf("%s: %v; want %q (errors.Is %v)", tt.what, tt.err, tt.text, tt.want)
+		}
+	}
+}
+
 // TestQUICSmallBuffers: a UDP socket whose kernel buffers are below what
 // QUIC wants is reported, with sizes, so the relay can log the fix.
 func TestQUICSmallBuffers(t *testing.T) {

@@ -154,3 +154,8 @@ func Refuse(c Conn) {
 // ErrSessionClosed is returned by OpenStream and AcceptStream on a session
 // that has ended.
 var ErrSessionClosed = errors.New("session closed")
+
+// ErrPeerClosed is read from a session, or a stream of it, that the peer
+// closed on purpose (an agent or relay that stops), not on a failure.
+// (QUIC: the connection close with code 0.)
+var ErrPeerClosed = errors.New("peer closed the session")

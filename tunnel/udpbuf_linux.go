@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"net"
+	"os"
 	"syscall"
 )
 
@@ -26,4 +27,20 @@ func udpBuffers(c *net.UDPConn) (rcv, snd int, err error) {
 		err = serr
 	}
 	return rcv / 2, snd / 2, err
+}
+
+// udpLimitsWritable tells whether this process could raise the kernel's
+// limits on socket buffers (as UDPBufferHint says): it can open both
+// sysctl files for writing (they are opened, not written). That fails
+// where the hint cannot help from here: not root, /proc/sys read-only (a
+// container), a user namespace without the host's privileges.
+func udpLimitsWritable() error {
+	for _, name := range []string{"/proc/sys/net/core/rmem_max", "/proc/sys/net/core/wmem_max"} {
+		f, err := os.OpenFile(name, os.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		f.Close()
+	}
+	return nil
 }

@@ -129,11 +129,13 @@ func run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 		st.Config = agent.ConfigStatus{File: cfg.File, Loaded: loaded}
 		return st
 	}
-	waitControl, err := serveControl(ctx, cfg, status, log)
-	if err != nil {
-		return err
+	// Another agent with this data directory keeps the socket: this one
+	// runs on without, since agents (unlike relays) share a machine.
+	if waitControl, err := serveControl(ctx, cfg, status, log); err != nil {
+		log.Warn("control socket taken by another agent: agent status shows that one; give this agent its own data_dir", "err", err)
+	} else {
+		waits = append(waits, waitControl)
 	}
-	waits = append(waits, waitControl)
 	if cfg.MetricsAddr != "" {
 		reg := metrics.NewRegistry("agent", cli.Version())
 		if err := a.RegisterMetrics(reg); err != nil {
