@@ -473,10 +473,10 @@ func (g *visitorGuard) admit(ip netip.Addr) (ok bool, why string, banned bool) {
 	}
 	k := sourceKey(ip)
 	now := g.now()
-	rate := float64(g.cfg.VisitorRate) / 60 // per second
-	burst := float64(g.cfg.VisitorBurst)
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	rate := float64(g.cfg.VisitorRate) / 60 // per second
+	burst := float64(g.cfg.VisitorBurst)
 	st := g.sources[k]
 	if st == nil {
 		if len(g.sources) >= maxTracked {
@@ -579,4 +579,20 @@ func sourceText(k netip.Addr) string {
 		return netip.PrefixFrom(k, 64).String()
 	}
 	return k.String()
+}
+
+// setConfig puts new limits in force (a reload); what the guard counted
+// so far stays.
+func (g *handshakeGuard) setConfig(cfg config.Guard) {
+	g.mu.Lock()
+	g.cfg = cfg
+	g.mu.Unlock()
+}
+
+// setConfig puts new limits in force (a reload); the tunnel's allow and
+// deny lists, and what the guard counted so far, stay.
+func (g *visitorGuard) setConfig(cfg config.Guard) {
+	g.mu.Lock()
+	g.cfg = cfg
+	g.mu.Unlock()
 }

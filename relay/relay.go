@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/homeport/homeport/config"
@@ -24,11 +25,10 @@ import (
 
 // Server is a relay.
 type Server struct {
-	cfg     config.Relay
-	id      Identity
-	secrets [][]byte
-	log     *slog.Logger
-	hs      *handshakeGuard
+	live atomic.Pointer[liveConfig] // see conf
+	id   Identity
+	log  *slog.Logger
+	hs   *handshakeGuard
 
 	// lns are the agent port's listeners: TCP, and QUIC on the same port
 	// number over UDP.
@@ -36,8 +36,12 @@ type Server struct {
 	// smallBuffers logs small UDP buffers once, however many sockets.
 	smallBuffers sync.Once
 
-	// ddns is the dynamic DNS updater; nil: off.
-	ddns *ddns.Updater
+	// ddns is the dynamic DNS updater (nil: off), run by runDDNS; a
+	// reload may replace it (ddnsMu guards both, and where it runs).
+	ddnsMu   sync.Mutex
+	ddns     *ddns.Updater
+	ddnsCtx  context.Context // set while Serve runs
+	ddnsStop func()
 
 	mu       sync.Mutex
 	sessions map[sessionKey]*agentSession
@@ -48,7 +52,7 @@ type Server struct {
 	// reserved are released ports kept for the token that held them
 	// (cfg.PortReserve); held counts each token's claimed ports.
 	reserved map[portKey]reservation
-	held     map[int]int
+	held     map[string]int
 	closing  bool
 	serving  bool // Serve has started
 
@@ -75,18 +79,20 @@ type Server struct {
 	metrics  *metrics
 }
 
+// sessionKey names an agent: its token's name and its id. Tokens are
+// known by name across reloads.
 type sessionKey struct {
-	token int
+	token string
 	agent string
 }
 
 // New returns a relay for cfg and the identity from LoadIdentity.
 func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
-	if len(id.Tokens) == 0 {
-		return nil, errors.New("relay: no token: refusing to start without one")
+	lc, err := newLiveConfig(cfg, id.Tokens)
+	if err != nil {
+		return nil, err
 	}
 	s := &Server{
-		cfg:      cfg,
 		id:       id,
 		log:      log,
 		sessions: make(map[sessionKey]*agentSession),
@@ -95,36 +101,10 @@ func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
 		started:  time.Now(),
 		metrics:  newMetrics(),
 		reserved: make(map[portKey]reservation),
-		held:     make(map[int]int),
+		held:     make(map[string]int),
 	}
-	for i, t := range id.Tokens {
-		if t.Secret == "" {
-			return nil, fmt.Errorf("relay: tokens[%d] (%s): empty token: refusing to start", i, t.Name)
-		}
-		for _, o := range id.Tokens[:i] {
-			if both := t.Ports.Intersect(o.Ports); len(both) > 0 {
-				return nil, fmt.Errorf("relay: tokens %q and %q both list ports %s: a port belongs to one token only", o.Name, t.Name, both)
-			}
-		}
-		s.secrets = append(s.secrets, []byte(t.Secret))
-	}
-	if s.cfg.MaxAgents <= 0 {
-		s.cfg.MaxAgents = DefaultMaxAgents
-	}
-	if s.cfg.MaxTunnels <= 0 {
-		s.cfg.MaxTunnels = DefaultMaxTunnels
-	}
-	if s.cfg.HandshakeTimeout <= 0 {
-		s.cfg.HandshakeTimeout = 10 * time.Second
-	}
-	if s.cfg.UDPFlowTimeout <= 0 {
-		s.cfg.UDPFlowTimeout = time.Minute
-	}
-	if s.cfg.UDPMaxFlows <= 0 {
-		s.cfg.UDPMaxFlows = 1024
-	}
-	s.cfg.Guard = withGuardDefaults(s.cfg.Guard)
-	s.hs = newHandshakeGuard(s.cfg.Guard)
+	s.live.Store(lc)
+	s.hs = newHandshakeGuard(lc.Guard)
 	// Known agents are kept where the data directory exists (it need not
 	// when token and key pair are configured).
 	if st, err := os.Stat(cfg.DataDir); cfg.DataDir != "" && err == nil && st.IsDir() {
@@ -160,17 +140,17 @@ func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
 func (s *Server) Listen() (net.Addr, error) {
 	conf := tunnel.ServerTLSConfig(s.id.Cert)
 	var quicTr tunnel.QUICTransport
-	if s.cfg.QUIC {
+	if s.conf().QUIC {
 		key, err := tunnel.StatelessResetKey(s.id.Cert)
 		if err != nil {
 			return nil, err
 		}
-		quicTr = tunnel.QUICTransport{Session: s.sessionConfig(), HandshakeTimeout: s.cfg.HandshakeTimeout, ResetKey: key,
+		quicTr = tunnel.QUICTransport{Session: s.sessionConfig(), HandshakeTimeout: s.conf().HandshakeTimeout, ResetKey: key,
 			// The guard caps logins; this bounds what quic-go holds:
 			// the logins, and up to max_handshakes more that the guard
 			// pushed out before quic-go handed them over (it cannot end
 			// one before), until they time out or arrive.
-			MaxHandshakes: 2*s.cfg.Guard.MaxHandshakes + trustedReserve,
+			MaxHandshakes: 2*s.conf().Guard.MaxHandshakes + trustedReserve,
 			Admit: func(a net.Addr) (tunnel.Admission, error) {
 				l, why := s.admit(a, "quic", nil)
 				if l == nil {
@@ -182,16 +162,16 @@ func (s *Server) Listen() (net.Addr, error) {
 				s.smallBuffers.Do(func() { tunnel.LogSmallBuffers(s.log, rcv, snd) })
 			}}
 	}
-	host, port, err := net.SplitHostPort(s.cfg.Listen)
+	host, port, err := net.SplitHostPort(s.conf().Listen)
 	if err != nil {
-		return nil, fmt.Errorf("agent port %s: %w", s.cfg.Listen, err)
+		return nil, fmt.Errorf("agent port %s: %w", s.conf().Listen, err)
 	}
 	for attempt := 0; ; attempt++ {
-		ln, err := tunnel.TCPTransport{}.Listen(s.cfg.Listen, conf)
+		ln, err := tunnel.TCPTransport{}.Listen(s.conf().Listen, conf)
 		if err != nil {
-			return nil, fmt.Errorf("agent port %s: %w", s.cfg.Listen, err)
+			return nil, fmt.Errorf("agent port %s: %w", s.conf().Listen, err)
 		}
-		if !s.cfg.QUIC {
+		if !s.conf().QUIC {
 			s.lns = []tunnel.Listener{ln}
 			return ln.Addr(), nil
 		}
@@ -203,7 +183,7 @@ func (s *Server) Listen() (net.Addr, error) {
 		}
 		ln.Close()
 		if port != "0" || attempt == 10 {
-			return nil, fmt.Errorf("agent port %s, UDP for QUIC: %w (set quic: false to accept agents over TCP only)", s.cfg.Listen, err)
+			return nil, fmt.Errorf("agent port %s, UDP for QUIC: %w (set quic: false to accept agents over TCP only)", s.conf().Listen, err)
 		}
 	}
 }
@@ -251,21 +231,51 @@ func (s *Server) Serve(ctx context.Context) error {
 // runDDNS runs the dynamic DNS updater, if configured, until ctx ends;
 // the returned function stops it and waits.
 func (s *Server) runDDNS(ctx context.Context) (stop func()) {
-	if s.ddns == nil {
-		return func() {}
+	s.ddnsMu.Lock()
+	s.ddnsCtx = ctx
+	s.startDDNSLocked()
+	s.ddnsMu.Unlock()
+	return func() {
+		s.ddnsMu.Lock()
+		defer s.ddnsMu.Unlock()
+		s.ddnsCtx = nil
+		if s.ddnsStop != nil {
+			s.ddnsStop()
+			s.ddnsStop = nil
+		}
 	}
-	ctx, cancel := context.WithCancel(ctx)
+}
+
+// startDDNSLocked runs s.ddns, if any, while Serve runs.
+func (s *Server) startDDNSLocked() {
+	if s.ddns == nil || s.ddnsCtx == nil {
+		return
+	}
+	u := s.ddns
+	ctx, cancel := context.WithCancel(s.ddnsCtx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := s.ddns.Run(ctx); err != nil {
+		if err := u.Run(ctx); err != nil {
 			s.log.Error("ddns: updater stopped; the relay keeps running", "err", err)
 		}
 	}()
-	return func() {
+	s.ddnsStop = func() {
 		cancel()
 		<-done
 	}
+}
+
+// replaceDDNS stops the running updater and runs u (nil: none) instead.
+func (s *Server) replaceDDNS(u *ddns.Updater) {
+	s.ddnsMu.Lock()
+	defer s.ddnsMu.Unlock()
+	if s.ddnsStop != nil {
+		s.ddnsStop()
+		s.ddnsStop = nil
+	}
+	s.ddns = u
+	s.startDDNSLocked()
 }
 
 // Run is Listen followed by Serve.
@@ -392,7 +402,7 @@ func (s *Server) shutdown() {
 
 	drained := make(chan struct{})
 	go func() { s.visitors.Wait(); close(drained) }()
-	if n := s.cfg.ShutdownTimeout; n > 0 {
+	if n := s.conf().ShutdownTimeout; n > 0 {
 		t := time.NewTimer(n)
 		select {
 		case <-drained:
@@ -429,12 +439,12 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, l *login, trans
 		loginDone = true
 		ban = s.hs.done(l, result)
 		if ban.started {
-			log.Warn("agent address banned after failed logins", "ban_for", s.cfg.Guard.AuthBanFor)
+			log.Warn("agent address banned after failed logins", "ban_for", s.conf().Guard.AuthBanFor)
 			s.metrics.bans.WithLabelValues("agent_port").Inc()
 		}
 	}
 	defer endLogin()
-	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
+	deadline := time.Now().Add(s.conf().HandshakeTimeout)
 	_ = c.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	hsCtx, cancel := context.WithDeadline(ctx, deadline)
@@ -447,7 +457,11 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, l *login, trans
 		s.metrics.logins.WithLabelValues("failed").Inc()
 		return
 	}
-	agent, err := tunnel.AuthenticateAgent(c, s.secrets, remote, tunnel.AuthHooks{Admit: s.admitAgent, Verdict: func(ok bool) string {
+	// One configuration for the whole login: a reload meanwhile applies
+	// to the session once it is up (see Reload).
+	lc := s.conf()
+	admit := func(a tunnel.Agent) (tunnel.Code, string) { return s.admitAgent(lc, lc.Tokens[a.Token].Name, a) }
+	agent, err := tunnel.AuthenticateAgent(c, lc.secrets, remote, tunnel.AuthHooks{Admit: admit, Verdict: func(ok bool) string {
 		if l.banned {
 			// The brake on a banned address: its logins, one at a
 			// time, are answered no sooner than this.
@@ -467,7 +481,7 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, l *login, trans
 			return ""
 		}
 		return fmt.Sprintf("wrong token; this address is banned from logging in for %v after %d failed logins (a correct token still gets in)",
-			ban.left.Round(time.Second), s.cfg.Guard.AuthBanAfter)
+			ban.left.Round(time.Second), s.conf().Guard.AuthBanAfter)
 	}})
 	// A refusal by admit (quota, id in use) came with the right token.
 	var re *tunnel.RejectError
@@ -519,7 +533,7 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, l *login, trans
 	}
 	_ = c.SetDeadline(time.Time{})
 
-	token := s.id.Tokens[agent.Token]
+	token := lc.Tokens[agent.Token]
 	as := newAgentSession(s, sess, ctrl, agent, token, transport, log)
 	if code, msg := s.addSession(as); code != tunnel.CodeOK {
 		// The rare login that raced with another past admit.
@@ -536,9 +550,9 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, l *login, trans
 
 func (s *Server) sessionConfig() tunnel.SessionConfig {
 	return tunnel.SessionConfig{
-		KeepAlive:        s.cfg.Session.KeepAlive,
-		KeepAliveTimeout: s.cfg.Session.KeepAliveTimeout,
-		StreamWindow:     s.cfg.Session.StreamWindow,
+		KeepAlive:        s.conf().Session.KeepAlive,
+		KeepAliveTimeout: s.conf().Session.KeepAliveTimeout,
+		StreamWindow:     s.conf().Session.StreamWindow,
 	}
 }
 
@@ -554,26 +568,26 @@ const (
 	DefaultMaxTunnels = 64
 )
 
-// quotas returns the agent ids and tunnels token i may have.
-func (s *Server) quotas(i int) (agents, tunnels int) {
-	t := s.id.Tokens[i]
-	return cmp.Or(t.MaxAgents, s.cfg.MaxAgents), cmp.Or(t.MaxTunnels, s.cfg.MaxTunnels)
+// quotas returns the agent ids and tunnels the named token may have.
+func (lc *liveConfig) quotas(token string) (agents, tunnels int) {
+	t, _ := lc.token(token)
+	return cmp.Or(t.MaxAgents, lc.MaxAgents), cmp.Or(t.MaxTunnels, lc.MaxTunnels)
 }
 
 // admitAgent decides whether an agent whose token matched may log in: a
 // standby login (tunnel.FlagStandby) only while no session holds its id,
 // and a new id only within the token's max_agents.
-func (s *Server) admitAgent(a tunnel.Agent) (tunnel.Code, string) {
+func (s *Server) admitAgent(lc *liveConfig, token string, a tunnel.Agent) (tunnel.Code, string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.admitLocked(a)
+	return s.admitLocked(lc, token, a)
 }
 
-func (s *Server) admitLocked(a tunnel.Agent) (tunnel.Code, string) {
+func (s *Server) admitLocked(lc *liveConfig, token string, a tunnel.Agent) (tunnel.Code, string) {
 	if s.closing {
 		return tunnel.CodeShutdown, "relay shutting down"
 	}
-	key := sessionKey{token: a.Token, agent: a.ID}
+	key := sessionKey{token: token, agent: a.ID}
 	if cur := s.sessions[key]; cur != nil {
 		if a.Flags&tunnel.FlagStandby != 0 {
 			return tunnel.CodeIDInUse, fmt.Sprintf("agent id %q is held by a session from %s, up since %s; logging in once it ends",
@@ -583,13 +597,13 @@ func (s *Server) admitLocked(a tunnel.Agent) (tunnel.Code, string) {
 	}
 	n := 0
 	for k := range s.sessions {
-		if k.token == a.Token {
+		if k.token == token {
 			n++
 		}
 	}
-	if limit, _ := s.quotas(a.Token); n >= limit {
+	if limit, _ := lc.quotas(token); n >= limit {
 		return tunnel.CodeQuota, fmt.Sprintf("token %q has %d agent ids logged in, its max_agents; give the agents of one computer one id, stop one, or raise max_agents (for the token or the relay) in the relay's configuration",
-			s.id.Tokens[a.Token].Name, n)
+			token, n)
 	}
 	return tunnel.CodeOK, ""
 }
@@ -602,7 +616,7 @@ func (s *Server) admitLocked(a tunnel.Agent) (tunnel.Code, string) {
 // is ended.
 func (s *Server) addSession(as *agentSession) (tunnel.Code, string) {
 	s.mu.Lock()
-	if code, msg := s.admitLocked(as.agent); code != tunnel.CodeOK {
+	if code, msg := s.admitLocked(s.conf(), as.key.token, as.agent); code != tunnel.CodeOK {
 		s.mu.Unlock()
 		return code, msg
 	}
@@ -662,7 +676,7 @@ type portKey struct {
 
 // reservation keeps a released port for the token that held it.
 type reservation struct {
-	token int
+	token string
 	until time.Time
 }
 
@@ -670,7 +684,7 @@ type reservation struct {
 // the code and message for the agent) if another tunnel holds it, if it is
 // reserved for another token, or if token has all the tunnels its quota
 // allows.
-func (s *Server) claimPort(k portKey, owner any, token int) (tunnel.Code, string) {
+func (s *Server) claimPort(k portKey, owner any, token string) (tunnel.Code, string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
@@ -692,9 +706,9 @@ func (s *Server) claimPort(k portKey, owner any, token int) (tunnel.Code, string
 				k.proto, k.port, r.until.UTC().Format(time.DateTime+" UTC"))
 		}
 	}
-	if _, limit := s.quotas(token); s.held[token] >= limit {
+	if _, limit := s.conf().quotas(token); s.held[token] >= limit {
 		return tunnel.CodeQuota, fmt.Sprintf("token %q holds %d tunnels, its max_tunnels; close one, or raise max_tunnels (for the token or the relay) in the relay's configuration",
-			s.id.Tokens[token].Name, s.held[token])
+			token, s.held[token])
 	}
 	delete(s.reserved, k)
 	s.ports[k] = owner
@@ -710,7 +724,7 @@ type tunnelOf interface {
 
 // releasePort frees k if owner, a tunnel of token's, holds it; with
 // reserve, the port then stays reserved to token for cfg.PortReserve.
-func (s *Server) releasePort(k portKey, owner any, token int, reserve bool) {
+func (s *Server) releasePort(k portKey, owner any, token string, reserve bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ports[k] != owner {
@@ -718,7 +732,7 @@ func (s *Server) releasePort(k portKey, owner any, token int, reserve bool) {
 	}
 	delete(s.ports, k)
 	s.held[token]--
-	if !reserve || s.closing || s.cfg.PortReserve <= 0 {
+	if !reserve || s.closing || s.conf().PortReserve <= 0 {
 		return
 	}
 	now := time.Now()
@@ -729,27 +743,30 @@ func (s *Server) releasePort(k portKey, owner any, token int, reserve bool) {
 			}
 		}
 	}
-	s.reserved[k] = reservation{token: token, until: now.Add(s.cfg.PortReserve)}
+	s.reserved[k] = reservation{token: token, until: now.Add(s.conf().PortReserve)}
 }
 
-// portRefusal says why token i may not use port, or returns "" if it
+// portRefusal says why the named token may not use port, or returns "" if it
 // may: the port must be in allow_ports; a port listed in a token's ports
 // belongs to that token alone; a token without ports may use only the
 // ports no token lists.
-func (s *Server) portRefusal(i int, port uint16) string {
-	if !s.cfg.AllowPorts.Contains(port) {
-		return fmt.Sprintf("port %d is outside the relay's allow_ports (%s); to use it, add it to allow_ports in the relay's configuration", port, s.cfg.AllowPorts)
+func (lc *liveConfig) portRefusal(name string, port uint16) string {
+	if !lc.AllowPorts.Contains(port) {
+		return fmt.Sprintf("port %d is outside the relay's allow_ports (%s); to use it, add it to allow_ports in the relay's configuration", port, lc.AllowPorts)
 	}
-	token := s.id.Tokens[i]
+	token, ok := lc.token(name)
+	if !ok {
+		return fmt.Sprintf("token %q is no longer in the relay's configuration", name)
+	}
 	if len(token.Ports) > 0 {
 		if token.Ports.Contains(port) {
 			return ""
 		}
 		return fmt.Sprintf("port %d is not in the ports of token %q (%s); to use it, add it to that token's ports in the relay's configuration", port, token.Name, token.Ports)
 	}
-	for j, t := range s.id.Tokens {
-		if j != i && t.Ports.Contains(port) {
-			return fmt.Sprintf("port %d is in the ports of another token, and only that token's agents may use it; token %q lists no ports, so its agents may use the ports of allow_ports (%s) that no token lists", port, token.Name, s.cfg.AllowPorts)
+	for _, t := range lc.Tokens {
+		if t.Name != name && t.Ports.Contains(port) {
+			return fmt.Sprintf("port %d is in the ports of another token, and only that token's agents may use it; token %q lists no ports, so its agents may use the ports of allow_ports (%s) that no token lists", port, token.Name, lc.AllowPorts)
 		}
 	}
 	return ""

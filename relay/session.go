@@ -55,7 +55,7 @@ type agentSession struct {
 func newAgentSession(s *Server, sess tunnel.Session, ctrl tunnel.Stream, a tunnel.Agent, token config.Token, transport string, log *slog.Logger) *agentSession {
 	return &agentSession{
 		srv:       s,
-		key:       sessionKey{token: a.Token, agent: a.ID},
+		key:       sessionKey{token: token.Name, agent: a.ID},
 		token:     token,
 		remote:    sess.RemoteAddr().String(),
 		started:   time.Now(),
@@ -264,7 +264,7 @@ func (as *agentSession) open(req tunnel.TunnelRequest) (tunnel.Code, string) {
 	case req.RemotePort == 0:
 		return tunnel.CodeBadRequest, fmt.Sprintf("tunnel %q: port 0", req.Name)
 	}
-	if why := as.srv.portRefusal(as.key.token, req.RemotePort); why != "" {
+	if why := as.srv.conf().portRefusal(as.key.token, req.RemotePort); why != "" {
 		return tunnel.CodePortNotAllowed, why
 	}
 	as.mu.Lock()
@@ -280,10 +280,10 @@ func (as *agentSession) open(req tunnel.TunnelRequest) (tunnel.Code, string) {
 	if code, msg := as.srv.claimPort(key, owner, as.key.token); code != tunnel.CodeOK {
 		return code, msg
 	}
-	addr := net.JoinHostPort(as.srv.cfg.BindAddr, strconv.Itoa(int(req.RemotePort)))
+	addr := net.JoinHostPort(as.srv.conf().BindAddr, strconv.Itoa(int(req.RemotePort)))
 	var t portTunnel
 	var err error
-	guard := newVisitorGuard(as.srv.cfg.Guard, req.Allow, req.Deny)
+	guard := newVisitorGuard(as.srv.conf().Guard, req.Allow, req.Deny)
 	if req.Protocol == tunnel.ProtoUDP {
 		t, err = as.listenUDP(req.Name, req.RemotePort, addr, guard)
 	} else {
@@ -320,6 +320,7 @@ type portTunnel interface {
 	close() // stop serving and free the port
 	status() TunnelStatus
 	bans(now time.Time) []BanStatus
+	setLimits(cfg config.Guard) // a reload's new visitor limits
 }
 
 func (as *agentSession) listenTCP(name string, port uint16, addr string, guard *visitorGuard) (portTunnel, error) {
@@ -343,6 +344,8 @@ type publicTunnel struct {
 	since time.Time
 	stats tunnelStats
 }
+
+func (t *publicTunnel) setLimits(cfg config.Guard) { t.guard.setConfig(cfg) }
 
 func (t *publicTunnel) close() {
 	t.ln.Close()
@@ -415,7 +418,7 @@ func (t *publicTunnel) serveVisitor(c *net.TCPConn) {
 	in, out, err := tunnel.SpliceCounted(ctx, c, &openResultReader{Stream: st, answered: answered}, &t.stats.bytesIn, &t.stats.bytesOut)
 	t.stats.visitors.Add(-1)
 	level := slog.LevelDebug
-	if as.srv.cfg.AccessLog {
+	if as.srv.conf().AccessLog {
 		level = slog.LevelInfo
 	}
 	var oe *tunnel.OpenError
@@ -470,11 +473,11 @@ func (as *agentSession) logRefusal(tunnelName, visitor, why string, banned bool)
 	as.srv.refusals.add(RefusalStatus{Time: time.Now(), Where: tunnelName, Addr: visitor, Reason: why, Banned: banned})
 	if banned {
 		as.srv.metrics.bans.WithLabelValues("tunnel").Inc()
-		as.log.Warn("visitor address banned from tunnel", "tunnel", tunnelName, "visitor", visitor, "reason", why, "ban_for", as.srv.cfg.Guard.VisitorBanFor)
+		as.log.Warn("visitor address banned from tunnel", "tunnel", tunnelName, "visitor", visitor, "reason", why, "ban_for", as.srv.conf().Guard.VisitorBanFor)
 		return
 	}
 	level := slog.LevelDebug
-	if as.srv.cfg.AccessLog {
+	if as.srv.conf().AccessLog {
 		level = slog.LevelInfo
 	}
 	as.log.Log(context.Background(), level, "visitor refused", "tunnel", tunnelName, "visitor", visitor, "reason", why)

@@ -213,7 +213,10 @@ func (s *Server) Status() Status {
 		return cmp.Or(cmp.Compare(a.Where, b.Where), cmp.Compare(a.Addr, b.Addr))
 	})
 	st.Refusals = s.refusals.snapshot()
-	st.DDNS = ddnsrun.Snapshot(s.ddns)
+	s.ddnsMu.Lock()
+	u := s.ddns
+	s.ddnsMu.Unlock()
+	st.DDNS = ddnsrun.Snapshot(u)
 	return st
 }
 

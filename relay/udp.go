@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/tunnel"
 )
 
@@ -72,6 +73,8 @@ func (as *agentSession) listenUDP(name string, port uint16, addr string, guard *
 	go t.janitor()
 	return t, nil
 }
+
+func (t *udpTunnel) setLimits(cfg config.Guard) { t.guard.setConfig(cfg) }
 
 func (t *udpTunnel) close() {
 	t.mu.Lock()
@@ -140,10 +143,10 @@ func (t *udpTunnel) flow(addr netip.Addr, port uint16) *udpFlow {
 		return nil
 	}
 	srv := t.owner.srv
-	if len(t.flows) >= srv.cfg.UDPMaxFlows {
+	if len(t.flows) >= srv.conf().UDPMaxFlows {
 		t.stats.dropped.Add(1)
 		if t.dropped++; t.dropped == 1 {
-			t.owner.log.Warn("UDP tunnel at its flow limit; dropping datagrams from new visitors", "tunnel", t.name, "flows", len(t.flows), "udp_max_flows", srv.cfg.UDPMaxFlows)
+			t.owner.log.Warn("UDP tunnel at its flow limit; dropping datagrams from new visitors", "tunnel", t.name, "flows", len(t.flows), "udp_max_flows", srv.conf().UDPMaxFlows)
 		}
 		return nil
 	}
@@ -183,7 +186,7 @@ func (t *udpTunnel) remove(f *udpFlow) {
 // janitor ends flows that have been idle for udp_flow_timeout.
 func (t *udpTunnel) janitor() {
 	defer t.wg.Done()
-	timeout := t.owner.srv.cfg.UDPFlowTimeout
+	timeout := t.owner.srv.conf().UDPFlowTimeout
 	tick := time.NewTicker(min(max(timeout/4, 10*time.Millisecond), time.Second))
 	defer tick.Stop()
 	for {
@@ -366,7 +369,7 @@ func (f *udpFlow) reply(p []byte) {
 func (f *udpFlow) logEnd() {
 	as := f.t.owner
 	level := slog.LevelDebug
-	if as.srv.cfg.AccessLog {
+	if as.srv.conf().AccessLog {
 		level = slog.LevelInfo
 	}
 	as.log.Log(context.Background(), level, "UDP visitor flow", "tunnel", f.t.name, "visitor", f.visitor.String(),

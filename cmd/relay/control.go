@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -16,12 +17,23 @@ import (
 
 // serveControl serves the control socket in the data directory until ctx
 // ends; the returned function waits for it.
-func serveControl(ctx context.Context, cfg config.Relay, status func() relay.Status, log *slog.Logger) (wait func(), err error) {
+func serveControl(ctx context.Context, cfg config.Relay, status func() relay.Status, reload func(trigger string) error, log *slog.Logger) (wait func(), err error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		control.WriteJSON(w, http.StatusOK, status())
 	})
+	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
+		if err := reload("relay reload"); err != nil {
+			control.WriteJSON(w, http.StatusUnprocessableEntity, control.Problem{Error: "configuration reload refused; the running configuration stays in force: " + strings.ReplaceAll(err.Error(), "\n", "; ")})
+			return
+		}
+		control.WriteJSON(w, http.StatusOK, struct{}{})
+	})
 	return control.Start(ctx, cfg.DataDir, "relay", mux, log)
+}
+
+func reloadCommand(stdout io.Writer) *cobra.Command {
+	return cli.ReloadCommand("relay", config.LocateFlags, config.RelayDataDir, stdout)
 }
 
 func statusCommand(stdout io.Writer) *cobra.Command {

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -69,7 +68,7 @@ variables < flags.`,
 			if err != nil {
 				return err
 			}
-			return run(cmd.Context(), cfg, stdout, stderr)
+			return run(cmd.Context(), cmd.Flags(), cfg, stdout, stderr)
 		},
 	}
 	cmd.SetOut(stdout)
@@ -85,6 +84,7 @@ variables < flags.`,
 		return err
 	}))
 	cmd.AddCommand(statusCommand(stdout))
+	cmd.AddCommand(reloadCommand(stdout))
 	cmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
@@ -96,7 +96,9 @@ variables < flags.`,
 	return cmd
 }
 
-func run(ctx context.Context, cfg config.Relay, stdout, stderr io.Writer) error {
+// run serves the relay of cfg, loaded from the flags in fs (and the
+// file and environment they name), which a reload reads again.
+func run(ctx context.Context, fs *pflag.FlagSet, cfg config.Relay, stdout, stderr io.Writer) error {
 	log, closeLog, err := cli.OpenLog(stderr, cfg.Log)
 	if err != nil {
 		return err
@@ -132,14 +134,27 @@ func run(ctx context.Context, cfg config.Relay, stdout, stderr io.Writer) error 
 			wait()
 		}
 	}()
-	loaded := time.Now()
+	reloads := &cli.Reloads{File: cfg.File, Log: log, Apply: func() ([]string, []string, error) {
+		next, err := config.LoadRelay(fs)
+		if err != nil {
+			return nil, nil, err
+		}
+		cli.LogWarnings(log, next.Warnings)
+		id, err := relay.LoadIdentity(next)
+		if err != nil {
+			return nil, nil, err
+		}
+		return srv.Reload(next, id)
+	}}
+	reloads.Started()
 	status := func() relay.Status {
 		st := srv.Status()
 		st.Version = cli.Version()
-		st.Config = relay.ConfigStatus{File: cfg.File, Loaded: loaded}
+		loaded, n, lastErr, lastFail := reloads.State()
+		st.Config = relay.ConfigStatus{File: cfg.File, Loaded: loaded, Reloads: n, LastErr: lastErr, LastFail: lastFail}
 		return st
 	}
-	waitControl, err := serveControl(ctx, cfg, status, log)
+	waitControl, err := serveControl(ctx, cfg, status, reloads.Reload, log)
 	if err != nil {
 		return err // the process ends, and with it the agent port
 	}
@@ -160,6 +175,7 @@ func run(ctx context.Context, cfg config.Relay, stdout, stderr io.Writer) error 
 		}
 		waits = append(waits, waitMetrics)
 	}
+	waits = append(waits, reloads.Watch(ctx))
 	f, isFile := stdout.(*os.File)
 	newBanner(cfg, id, addr, isFile && cli.IsTerminal(f)).print(stdout)
 	return srv.Serve(ctx)

@@ -136,7 +136,7 @@ func (c *Client) do(ctx context.Context, method, route string, in, out any) erro
 	if resp.StatusCode/100 != 2 {
 		var p Problem
 		if json.Unmarshal(b, &p) == nil && p.Error != "" {
-			return fmt.Errorf("%s: %s", c.role, p.Error)
+			return errors.New(p.Error)
 		}
 		return fmt.Errorf("%s control %s: %s", c.role, route, resp.Status)
 	}

@@ -84,7 +84,7 @@ func TestStatusAndErrors(t *testing.T) {
 		t.Fatalf("echo: %+v %v", a, err)
 	}
 	err := c.Post(ctx, "/v1/echo", nil, nil)
-	if err == nil || err.Error() != "relay: empty body" {
+	if err == nil || err.Error() != "empty body" {
 		t.Fatalf("problem answer: %v", err)
 	}
 	if err := c.Get(ctx, "/v1/nothing", nil); err == nil || !strings.Contains(err.Error(), "404") {
