@@ -11,6 +11,7 @@ import (
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/tunnel"
 )
 
 // echoTransfer sends size bytes through c to an echo target and checks
@@ -130,4 +131,46 @@ func testRelayReload(t *testing.T, tr string) {
 	if strings.Join(names, ",") != "alice,carol" {
 		t.Fatalf("agents after a refused reload: %v", names)
 	}
+}
+
+// TestRelayReloadShrinksPorts: a reload that takes a port away from a
+// token cuts that token's agent, which comes back and is refused that one
+// tunnel in words; its other tunnel serves again.
+func TestRelayReloadShrinksPorts(t *testing.T) {
+	const secret = "alice-secret-0123456789abcdef"
+	pa, pb := freePort(t), freePort(t)
+	r := startRelay(t, func(c *config.Relay) {
+		c.Tokens = []config.Token{{Name: "alice", Secret: secret, Ports: config.PortRanges{{Lo: pa, Hi: pa}, {Lo: pb, Hi: pb}}}}
+	})
+	target := serve(t, echo)
+	cfg := agentConfig(r, tcpTunnel("keep", pa, target), tcpTunnel("lose", pb, target))
+	cfg.Token = secret
+	a := startAgent(t, cfg)
+	a.waitSession(20 * time.Second)
+
+	next := r.cfg
+	next.Tokens = []config.Token{{Name: "alice", Secret: secret, Ports: config.PortRanges{{Lo: pa, Hi: pa}}}}
+	id := r.id
+	id.Tokens = next.Tokens
+	if _, _, err := r.srv.Reload(next, id); err != nil {
+		t.Fatal(err)
+	}
+	si := a.waitAny(30 * time.Second) // the agent's next session
+	for _, res := range si.Results {
+		switch res.Name {
+		case "keep":
+			if res.Code != tunnel.CodeOK {
+				t.Errorf("tunnel keep: %v %s", res.Code, res.Message)
+			}
+		case "lose":
+			if res.Code != tunnel.CodePortNotAllowed || !strings.Contains(res.Message, `is not in the ports of token "alice"`) {
+				t.Errorf("tunnel lose: %v %s", res.Code, res.Message)
+			}
+		}
+	}
+	if !strings.Contains(a.logs.String(), "the relay's configuration changed") {
+		t.Errorf("the agent was not told why its session ended:\n%s", a.logs)
+	}
+	expectEcho(t, publicAddr(pa))
+	expectClosed(t, publicAddr(pb), 10*time.Second)
 }
