@@ -14,10 +14,6 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
 	"github.com/homeport/homeport/agent"
 	"github.com/homeport/homeport/relay"
 )
@@ -116,6 +112,7 @@ func TestBinaryStatusAndMetrics(t *testing.T) {
 		{"homeport_build_info", map[string]string{"program": "relay"}, 1},
 		{"homeport_relay_logins_total", map[string]string{"result": "ok"}, 1},
 		{"homeport_relay_logins_total", map[string]string{"result": "wrong_token"}, 1},
+		{"homeport_relay_sessions_started_total", nil, 1},
 	} {
 		if v, ok := metricValue(fams, c.name, c.labels); !ok || v != c.want {
 			t.Errorf("%s%v = %v (found %v), want %v", c.name, c.labels, v, ok, c.want)
@@ -211,60 +208,4 @@ func TestBinaryStatusAndMetrics(t *testing.T) {
 	if code != 1 || out != "" || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, "the relay is not running") {
 		t.Fatalf("status of a stopped relay: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
-}
-
-// scrape fetches and parses a Prometheus text endpoint.
-func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("%s: %s", url, resp.Status)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("%s: %v", url, err)
-	}
-	return fams
-}
-
-// metricValue finds the sample of family name whose labels include want.
-func metricValue(fams map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
-	f := fams[name]
-	if f == nil {
-		return 0, false
-	}
-next:
-	for _, m := range f.GetMetric() {
-		have := map[string]string{}
-		for _, l := range m.GetLabel() {
-			have[l.GetName()] = l.GetValue()
-		}
-		for k, v := range want {
-			if have[k] != v {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.GetCounter().GetValue(), true
-		case m.Gauge != nil:
-			return m.GetGauge().GetValue(), true
-		case m.Untyped != nil:
-			return m.GetUntyped().GetValue(), true
-		}
-	}
-	return 0, false
-}
-
-func with(m map[string]string, k, v string) map[string]string {
-	out := map[string]string{k: v}
-	for mk, mv := range m {
-		out[mk] = mv
-	}
-	return out
 }

@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/homeport/homeport/relay"
 )
 
@@ -96,5 +99,21 @@ func testRelayStatus(t *testing.T, tr string) {
 	refs := r.srv.Status().Refusals
 	if len(refs) != 1 || refs[0].Where != "shut" || refs[0].Reason != "address not allowed by the tunnel" {
 		t.Fatalf("refusals: %+v", refs)
+	}
+	// The metrics count it by reason.
+	reg := prometheus.NewRegistry()
+	if err := r.srv.RegisterMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]*dto.MetricFamily{}
+	for _, f := range fams {
+		byName[f.GetName()] = f
+	}
+	if v, ok := metricValue(byName, "homeport_relay_visitors_refused_total", map[string]string{"tunnel": "shut", "reason": "not_allowed", "token": "default"}); !ok || v != 1 {
+		t.Fatalf("homeport_relay_visitors_refused_total{shut,not_allowed}: %v %v", v, ok)
 	}
 }

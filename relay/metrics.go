@@ -23,6 +23,25 @@ type metrics struct {
 	sessionsEnded *prometheus.CounterVec   // transport, cause
 	bans          *prometheus.CounterVec   // where
 	streamOpen    *prometheus.HistogramVec // transport
+	refused       *prometheus.CounterVec   // token, tunnel, reason
+}
+
+// refusalReason is a visitor guard's refusal as a metric label: a fixed
+// set, whatever the guard's words.
+func refusalReason(why string) string {
+	switch why {
+	case "address denied by the tunnel":
+		return "denied"
+	case "address not allowed by the tunnel":
+		return "not_allowed"
+	case "banned for too many connections":
+		return "banned"
+	case "too many open connections from this address":
+		return "too_many_conns"
+	case "too many new connections from this address":
+		return "rate"
+	}
+	return "other"
 }
 
 func newMetrics() *metrics {
@@ -43,6 +62,10 @@ func newMetrics() *metrics {
 			Name: "homeport_relay_bans_total",
 			Help: "Addresses banned, on the agent port (agent_port) or from a public port (tunnel).",
 		}, []string{"where"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "homeport_relay_visitors_refused_total",
+			Help: "Visitors turned away by a tunnel's guard, by reason: denied, not_allowed (the tunnel's deny and allow lists), banned, too_many_conns, rate.",
+		}, []string{"token", "tunnel", "reason"}),
 		streamOpen: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "homeport_relay_stream_open_seconds",
 			Help:    "Time from a visitor's connection to the agent's answer (the target dialed), by transport.",
@@ -54,7 +77,7 @@ func newMetrics() *metrics {
 // RegisterMetrics adds the relay's metrics to reg.
 func (s *Server) RegisterMetrics(reg prometheus.Registerer) error {
 	m := s.metrics
-	for _, c := range []prometheus.Collector{m.logins, m.sessionsUp, m.sessionsEnded, m.bans, m.streamOpen, &statusCollector{s}} {
+	for _, c := range []prometheus.Collector{m.logins, m.sessionsUp, m.sessionsEnded, m.bans, m.streamOpen, m.refused, &statusCollector{s}} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

@@ -379,6 +379,7 @@ func (t *publicTunnel) acceptLoop() {
 			_ = tc.SetLinger(0)
 			tc.Close()
 			t.stats.refusal(banned)
+			t.owner.srv.metrics.refused.WithLabelValues(t.owner.key.token, t.name, refusalReason(why)).Inc()
 			t.owner.logRefusal(t.name, c.RemoteAddr().String(), why, banned)
 			continue
 		}

@@ -153,6 +153,7 @@ func (t *udpTunnel) flow(addr netip.Addr, port uint16) *udpFlow {
 	t.dropped = 0
 	if ok, why, banned := t.guard.admit(addr); !ok {
 		t.stats.refusal(banned)
+		t.owner.srv.metrics.refused.WithLabelValues(t.owner.key.token, t.name, refusalReason(why)).Inc()
 		// Every datagram of a refused source comes here: log bans only.
 		if banned {
 			t.owner.logRefusal(t.name, visitor.String(), why, banned)
