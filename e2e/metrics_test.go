@@ -1,32 +1,8 @@
 package e2e
 
 import (
-	"net/http"
-	"testing"
-
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 )
-
-// scrape fetches and parses a Prometheus text endpoint.
-func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("%s: %s", url, resp.Status)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("%s: %v", url, err)
-	}
-	return fams
-}
 
 // metricValue finds the sample of family name whose labels include want.
 func metricValue(fams map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
@@ -55,12 +31,4 @@ next:
 		}
 	}
 	return 0, false
-}
-
-func with(m map[string]string, k, v string) map[string]string {
-	out := map[string]string{k: v}
-	for mk, mv := range m {
-		out[mk] = mv
-	}
-	return out
 }
