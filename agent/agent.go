@@ -6,20 +6,17 @@ package agent
 import (
 	"cmp"
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/homeport/homeport/config"
-	"github.com/homeport/homeport/ddns"
 	"github.com/homeport/homeport/internal/ddnsrun"
 	"github.com/homeport/homeport/tunnel"
 )
@@ -29,13 +26,13 @@ const Software = "homeport-agent"
 
 // Agent keeps a session to the relay and serves its tunnels.
 type Agent struct {
-	cfg          config.Agent
-	tcp          tunnel.Transport
-	quic         tunnel.Transport
+	// set is the configuration in force, replaced whole by Reload: each
+	// visitor, session and retry reads it once and works with what it got.
+	set          atomic.Pointer[settings]
+	reloadMu     sync.Mutex // one Reload at a time
 	policy       quicPolicy // transport: auto
-	tls          *tls.Config
+	smallBuffers sync.Once  // QUIC's small UDP buffers are logged once
 	log          *slog.Logger
-	tunnels      map[string]config.Tunnel
 	software     string
 	status       *statusBoard
 	started      time.Time
@@ -43,14 +40,24 @@ type Agent struct {
 	statsMu      sync.Mutex
 	stats        map[string]*tunnelStats // by tunnel name
 	metrics      *metrics
-	// udpQueues holds each UDP tunnel's budget for the target's datagrams
-	// waiting to go to the relay, and counts what it drops.
-	udpQueues map[string]*tunnel.UDPBudget
+	// budgets are every UDP budget made (see settings.udpQueues), closed
+	// when Run ends.
+	budgetsMu sync.Mutex
+	budgets   []*tunnel.UDPBudget
 
-	// ddns is the dynamic DNS updater (nil: off); relayAddr feeds its
+	// live is the session serving now, for Reload to bring its
+	// registrations in line (nil: none).
+	live atomic.Pointer[registrar]
+	// renewAt: sessions made with settings older than this generation are
+	// replaced by a new one (make-before-break); renew wakes the watcher.
+	renewAt atomic.Uint64
+	renew   chan struct{}
+
+	// ddns runs the dynamic DNS updater (none: off); relayAddr feeds its
 	// relay source with the address the relay sees this agent at.
-	ddns      *ddns.Updater
+	ddns      ddnsRunner
 	relayAddr *ddnsrun.RelayAddr
+	version   string
 
 	// OnSession, when set, is called after every successful registration
 	// with the relay's answer; tests and status reporting use it.
@@ -86,35 +93,23 @@ const (
 )
 
 // New checks cfg and returns an agent. version is reported to the relay.
+// An error names every mistake found.
 func New(cfg config.Agent, version string, log *slog.Logger) (*Agent, error) {
 	a := &Agent{
-		cfg:       cfg,
 		log:       log,
-		tunnels:   make(map[string]config.Tunnel, len(cfg.Tunnels)),
 		software:  Software + "/" + version,
-		udpQueues: make(map[string]*tunnel.UDPBudget),
+		version:   version,
+		renew:     make(chan struct{}, 1),
+		relayAddr: ddnsrun.NewRelayAddr(),
 	}
-	if cfg.Token == "" {
-		return nil, errors.New("agent: token: empty")
+	set, u, err := a.prepare(cfg, nil)
+	if err != nil {
+		return nil, err
 	}
-	if len(cfg.Tunnels) == 0 {
-		return nil, errors.New("agent: no tunnels")
-	}
+	a.set.Store(set)
 	names := make([]string, 0, len(cfg.Tunnels))
 	for _, t := range cfg.Tunnels {
-		if _, dup := a.tunnels[t.Name]; dup {
-			return nil, fmt.Errorf("agent: tunnel %q: duplicate name", t.Name)
-		}
-		a.tunnels[t.Name] = t
 		names = append(names, t.Name)
-		if t.Protocol == "udp" {
-			b, err := tunnel.NewUDPBudget(tunnel.FlowQueueBudget, tunnel.TunnelQueueBudget,
-				log.With("tunnel", t.Name), "UDP datagrams to the relay dropped: it takes them slower than they come")
-			if err != nil {
-				return nil, fmt.Errorf("agent: tunnel %q: %w", t.Name, err)
-			}
-			a.udpQueues[t.Name] = b
-		}
 	}
 	a.status = newStatusBoard(names, time.Now())
 	a.started = time.Now()
@@ -123,81 +118,12 @@ func New(cfg config.Agent, version string, log *slog.Logger) (*Agent, error) {
 		a.stats[n] = &tunnelStats{}
 	}
 	a.metrics = newMetrics()
-	switch {
-	case cfg.Fingerprint != "":
-		conf, err := tunnel.PinnedTLSConfig(cfg.Fingerprint)
-		if err != nil {
-			return nil, fmt.Errorf("agent: %w", err)
-		}
-		a.tls = conf
-	case cfg.CAFile != "":
-		pem, err := os.ReadFile(cfg.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("agent: ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("agent: ca_file %s: no PEM certificate in it", cfg.CAFile)
-		}
-		name := cfg.ServerName
-		if name == "" {
-			host, _, err := net.SplitHostPort(cfg.Relay)
-			if err != nil {
-				return nil, fmt.Errorf("agent: relay %q: %w", cfg.Relay, err)
-			}
-			name = host
-		}
-		a.tls = tunnel.CATLSConfig(pool, name)
-	default:
-		return nil, errors.New("agent: neither fingerprint nor ca_file: the relay cannot be verified")
-	}
-	if a.cfg.DialTimeout <= 0 {
-		a.cfg.DialTimeout = 5 * time.Second
-	}
-	if a.cfg.HandshakeTimeout <= 0 {
-		a.cfg.HandshakeTimeout = 10 * time.Second
-	}
-	if a.cfg.ReconnectMax <= 0 {
-		a.cfg.ReconnectMax = 30 * time.Second
-	}
-	switch a.cfg.Transport {
-	case "":
-		a.cfg.Transport = config.TransportAuto
-	case config.TransportAuto, config.TransportTCP, config.TransportQUIC:
-	default:
-		return nil, fmt.Errorf("agent: transport %q: want auto, tcp or quic", a.cfg.Transport)
-	}
-	a.tcp, a.quic = a.transports()
-	if cfg.DDNS != nil {
-		a.relayAddr = ddnsrun.NewRelayAddr()
-		u, err := ddnsrun.New(cfg.DDNS, ddnsrun.Options{Log: log, Relay: a.relayAddr, UserAgent: ddns.UserAgent(version)})
-		if err != nil {
-			return nil, fmt.Errorf("agent: %w", err)
-		}
-		a.ddns = u
-	}
+	a.ddns.u = u
 	return a, nil
 }
 
-// runDDNS runs the dynamic DNS updater, if configured, until ctx ends;
-// the returned function stops it and waits.
-func (a *Agent) runDDNS(ctx context.Context) (stop func()) {
-	if a.ddns == nil {
-		return func() {}
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := a.ddns.Run(ctx); err != nil {
-			a.log.Error("ddns: updater stopped; the tunnels keep running", "err", err)
-		}
-	}()
-	return func() {
-		cancel()
-		<-done
-	}
-}
+// conf returns the configuration in force.
+func (a *Agent) conf() *settings { return a.set.Load() }
 
 // ErrRejected wraps a definitive refusal on the first connection attempt.
 var ErrRejected = errors.New("relay refused this agent")
@@ -240,21 +166,25 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		retired  sync.WaitGroup // replaced sessions carrying their last connections
 	)
 	defer func() {
-		for _, b := range a.udpQueues {
+		a.budgetsMu.Lock()
+		defer a.budgetsMu.Unlock()
+		for _, b := range a.budgets {
 			b.Close()
 		}
 	}()
 	defer retired.Wait()
-	defer a.runDDNS(ctx)()
+	a.ddns.start(ctx, a.log)
+	defer a.ddns.stop()
 	for {
+		cfg := a.conf().cfg
 		start := time.Now()
 		l, err := next, error(nil)
 		if l == nil {
 			a.sessionState.connecting()
-			l, err = a.establish(ctx, false, standby)
+			l, err = a.establish(ctx, false, standby, nil)
 			if err == nil && standby {
 				standby = false
-				a.log.Info("the other agent with this agent's id has left; serving the tunnels again", "id", a.cfg.ID)
+				a.log.Info("the other agent with this agent's id has left; serving the tunnels again", "id", cfg.ID)
 			}
 		}
 		next = nil
@@ -299,10 +229,10 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 				// FlagStandby: the relay lets this one in only then, so
 				// two agents with one id do not take it from each other.
 				standby = true
-				delay = jitter(refusedBase, a.cfg.ReconnectMax, standbyN)
+				delay = jitter(refusedBase, cfg.ReconnectMax, standbyN)
 				standbyN++
 				a.log.Error("another agent with this agent's id took over; waiting for it to leave; give each agent its own id (--id)",
-					"id", a.cfg.ID, "relay_said", f.err, "retry_in", delay.Round(time.Millisecond))
+					"id", cfg.ID, "relay_said", f.err, "retry_in", delay.Round(time.Millisecond))
 			case f.definitive:
 				delay = rejectedBackoff
 				a.log.Error("session ended by the relay", "err", f.err, "retry_in", delay)
@@ -310,12 +240,12 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 				// A relay that crashed or restarted, or a link that
 				// died: try again as soon as for an unreachable relay,
 				// however short the session was.
-				delay = jitter(dialBackoffBase, min(dialBackoffMax, a.cfg.ReconnectMax), attempt)
+				delay = jitter(dialBackoffBase, min(dialBackoffMax, cfg.ReconnectMax), attempt)
 				if !f.logged {
 					a.log.Warn("session lost; reconnecting", "err", f.err, "retry_in", delay.Round(time.Millisecond))
 				}
 			default:
-				delay = jitter(backoffBase, a.cfg.ReconnectMax, attempt)
+				delay = jitter(backoffBase, cfg.ReconnectMax, attempt)
 				if !f.logged {
 					a.log.Warn("session lost; reconnecting", "err", f.err, "retry_in", delay.Round(time.Millisecond))
 				}
@@ -325,11 +255,11 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			// the id): try again, slowly, and say so once.
 			level, msg := slog.LevelError, "relay refused this agent for now; retrying"
 			if re.Code == tunnel.CodeIDInUse {
-				delay = jitter(refusedBase, a.cfg.ReconnectMax, standbyN)
+				delay = jitter(refusedBase, cfg.ReconnectMax, standbyN)
 				standbyN++
 				level, msg = slog.LevelInfo, "the other agent still holds this agent's id; waiting"
 			} else {
-				delay = jitter(refusedBase, a.cfg.ReconnectMax, attempt)
+				delay = jitter(refusedBase, cfg.ReconnectMax, attempt)
 			}
 			if *re == lastRefusal {
 				level = slog.LevelDebug
@@ -343,14 +273,14 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			delay = rejectedBackoff
 			a.log.Error("relay refused this agent", "err", f, "retry_in", delay)
 		case f != nil && f.stage == stageDial:
-			delay = jitter(dialBackoffBase, min(dialBackoffMax, a.cfg.ReconnectMax), attempt)
+			delay = jitter(dialBackoffBase, min(dialBackoffMax, cfg.ReconnectMax), attempt)
 			if dialFail%30 == 0 { // do not fill the log while the relay is away
-				a.log.Warn("relay unreachable; retrying", "relay", a.cfg.Relay, "err", f.err, "retry_in", delay.Round(time.Millisecond))
+				a.log.Warn("relay unreachable; retrying", "relay", cfg.Relay, "err", f.err, "retry_in", delay.Round(time.Millisecond))
 			}
 			dialFail++
 		default:
-			delay = jitter(backoffBase, a.cfg.ReconnectMax, attempt)
-			a.log.Warn("connecting to relay failed; retrying", "relay", a.cfg.Relay, "err", err, "retry_in", delay.Round(time.Millisecond))
+			delay = jitter(backoffBase, cfg.ReconnectMax, attempt)
+			a.log.Warn("connecting to relay failed; retrying", "relay", cfg.Relay, "err", err, "retry_in", delay.Round(time.Millisecond))
 		}
 		attempt++
 		a.sessionState.waiting(err, time.Now().Add(delay))
@@ -360,6 +290,11 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			t.Stop()
 			return nil
 		case <-t.C:
+		case <-a.renew:
+			// Settings that make a new session changed (a new token,
+			// say): try them at once.
+			t.Stop()
+			attempt, dialFail = 0, 0
 		}
 	}
 }
@@ -407,10 +342,18 @@ func (f *failure) Unwrap() error { return f.err }
 type link struct {
 	transport string
 	sess      tunnel.Session
-	ctrl      tunnel.Stream
-	// retry names the tunnels the relay refused for a reason that may
-	// pass: the session registers them again (retryRefused).
-	retry []string
+	w         *controlWriter // the control stream
+	// set is the configuration the session was made with.
+	set *settings
+	// features are what the relay announced in its Welcome.
+	features tunnel.Features
+	// asked are the tunnels asked for on this session, by name, with the
+	// relay's answers; after establish, only the session's registrar
+	// touches them.
+	asked map[string]*asked
+	// retry are the tunnels the relay refused for a reason that may
+	// pass: the session registers them again (registrar.retry).
+	retry []*asked
 }
 
 // handover ends the serving of a session whose link went quiet, once a
@@ -423,14 +366,17 @@ func (h *handover) Error() string { return "a newer session took over" }
 // replacing says that the agent still holds a session it replaces
 // (make-before-break); see tunnel.FlagReplacing. standby says that
 // another agent took over this agent's id, and the login must wait for it
-// to leave; see tunnel.FlagStandby.
-func (a *Agent) establish(ctx context.Context, replacing, standby bool) (*link, error) {
-	auto := a.cfg.Transport == config.TransportAuto
+// to leave; see tunnel.FlagStandby. handoff, when set, is called once the
+// relay has let the agent in, before the tunnels are registered.
+func (a *Agent) establish(ctx context.Context, replacing, standby bool, handoff func(*settings)) (*link, error) {
+	set := a.conf()
+	cfg := &set.cfg
+	auto := cfg.Transport == config.TransportAuto
 	name := config.TransportTCP
-	if a.cfg.Transport == config.TransportQUIC || auto && a.policy.usable(time.Now()) {
+	if cfg.Transport == config.TransportQUIC || auto && a.policy.usable(time.Now()) {
 		name = config.TransportQUIC
 	}
-	dctx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
+	dctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
 	defer cancel()
 	var c tunnel.Conn
 	var f *failure
@@ -438,16 +384,16 @@ func (a *Agent) establish(ctx context.Context, replacing, standby bool) (*link, 
 		// All QUIC attempts together get quicAttemptTimeout, so that a
 		// blocked UDP path delays TCP by no more than that.
 		qctx, cancel := context.WithTimeout(dctx, quicAttemptTimeout)
-		c, f = a.connect(qctx, name)
+		c, f = a.connect(qctx, set, name)
 		cancel()
 	} else {
-		c, f = a.connect(dctx, name)
+		c, f = a.connect(dctx, set, name)
 	}
 	if f != nil && auto && name == config.TransportQUIC && !f.definitive && ctx.Err() == nil {
 		pause := a.policy.failed(time.Now())
-		a.log.Warn("QUIC to the relay failed; using TCP", "relay", a.cfg.Relay, "err", f.err, "retry_quic_in", pause.Round(time.Second))
+		a.log.Warn("QUIC to the relay failed; using TCP", "relay", cfg.Relay, "err", f.err, "retry_quic_in", pause.Round(time.Second))
 		name = config.TransportTCP
-		c, f = a.connect(dctx, name)
+		c, f = a.connect(dctx, set, name)
 	}
 	if f != nil {
 		return nil, f
@@ -455,60 +401,65 @@ func (a *Agent) establish(ctx context.Context, replacing, standby bool) (*link, 
 	if name == config.TransportQUIC && auto {
 		a.policy.worked()
 	}
-	var flags tunnel.HelloFlags
+	flags := tunnel.FlagFeatures
 	if replacing {
 		flags |= tunnel.FlagReplacing
 	}
 	if standby {
 		flags |= tunnel.FlagStandby
 	}
-	welcome, err := tunnel.Authenticate(c, []byte(a.cfg.Token), a.cfg.ID, a.software, flags)
+	welcome, err := tunnel.Authenticate(c, []byte(cfg.Token), cfg.ID, a.software, flags)
 	if err != nil {
 		c.Close()
 		if errors.Is(err, tunnel.ErrAuthFailed) {
 			return nil, &failure{stage: stageSetup, definitive: true, err: fmt.Errorf(
-				"relay %s: %w: the token is wrong; copy it from the relay's start-up output or its data directory", a.cfg.Relay, err)}
+				"relay %s: %w: the token is wrong; copy it from the relay's start-up output or its data directory", cfg.Relay, err)}
 		}
 		if errors.Is(err, tunnel.ErrBusy) {
-			return nil, &failure{stage: stageDial, err: fmt.Errorf("relay %s: %w", a.cfg.Relay, err)}
+			return nil, &failure{stage: stageDial, err: fmt.Errorf("relay %s: %w", cfg.Relay, err)}
 		}
 		var re *tunnel.RejectError
 		if errors.As(err, &re) && (re.Code == tunnel.CodeQuota || re.Code == tunnel.CodeIDInUse) {
-			return nil, &failure{stage: stageSetup, refused: true, err: fmt.Errorf("relay %s: %w", a.cfg.Relay, err)}
+			return nil, &failure{stage: stageSetup, refused: true, err: fmt.Errorf("relay %s: %w", cfg.Relay, err)}
 		}
 		if errors.As(err, &re) || errors.Is(err, tunnel.ErrVersion) {
-			return nil, &failure{stage: stageSetup, definitive: true, err: fmt.Errorf("relay %s: %w", a.cfg.Relay, err)}
+			return nil, &failure{stage: stageSetup, definitive: true, err: fmt.Errorf("relay %s: %w", cfg.Relay, err)}
 		}
-		return nil, &failure{stage: stageSetup, err: fmt.Errorf("relay %s: authenticate: %w", a.cfg.Relay, err)}
+		return nil, &failure{stage: stageSetup, err: fmt.Errorf("relay %s: authenticate: %w", cfg.Relay, err)}
 	}
 	sess, err := c.Mux(tunnel.SessionConfig{
-		KeepAlive:        a.cfg.Session.KeepAlive,
-		KeepAliveTimeout: a.cfg.Session.KeepAliveTimeout,
-		StreamWindow:     a.cfg.Session.StreamWindow,
+		KeepAlive:        cfg.Session.KeepAlive,
+		KeepAliveTimeout: cfg.Session.KeepAliveTimeout,
+		StreamWindow:     cfg.Session.StreamWindow,
 	})
 	if err != nil {
 		c.Close()
 		return nil, &failure{stage: stageSetup, err: err}
 	}
-	ctrl, res, err := a.register(dctx, sess)
+	if handoff != nil {
+		handoff(set)
+	}
+	ctrl, res, err := a.register(dctx, sess, set.requests())
 	if err != nil {
 		sess.Close()
 		return nil, &failure{stage: stageSetup, err: err}
 	}
 	_ = c.SetDeadline(time.Time{})
 
-	a.log.Info("connected to relay", "relay", a.cfg.Relay, "transport", name, "remote", sess.RemoteAddr().String(), "public_addr", welcome.ObservedAddr)
-	if a.relayAddr != nil {
-		if err := a.relayAddr.Set(welcome.ObservedAddr); err != nil {
-			a.log.Warn("ddns: relay source", "err", err)
-		}
+	a.log.Info("connected to relay", "relay", cfg.Relay, "transport", name, "remote", sess.RemoteAddr().String(), "public_addr", welcome.ObservedAddr)
+	if err := a.relayAddr.Set(welcome.ObservedAddr); err != nil && a.ddns.running() {
+		a.log.Warn("ddns: relay source", "err", err)
 	}
-	l := &link{transport: name, sess: sess, ctrl: ctrl}
+	l := &link{transport: name, sess: sess, w: &controlWriter{ctrl: ctrl}, set: set, features: welcome.Features,
+		asked: make(map[string]*asked, len(res.Results))}
 	now := time.Now()
-	for _, r := range res.Results {
-		a.logResult(r, a.status.result(r, now), true)
+	reqs := set.requests()
+	for i, r := range res.Results {
+		it := &asked{req: reqs[i], up: r.Code == tunnel.CodeOK}
+		l.asked[r.Name] = it
+		a.logResult(set, r, a.status.result(r, now), true)
 		if r.Code != tunnel.CodeOK && retryable(r.Code) {
-			l.retry = append(l.retry, r.Name)
+			l.retry = append(l.retry, it)
 		}
 	}
 	a.sessionState.up(name, welcome.ObservedAddr, sess)
@@ -519,20 +470,23 @@ func (a *Agent) establish(ctx context.Context, replacing, standby bool) (*link, 
 }
 
 // register opens the control stream and registers the tunnels on it.
-func (a *Agent) register(ctx context.Context, sess tunnel.Session) (tunnel.Stream, *tunnel.RegisterResult, error) {
+func (a *Agent) register(ctx context.Context, sess tunnel.Session, reqs []tunnel.TunnelRequest) (tunnel.Stream, *tunnel.RegisterResult, error) {
 	ctrl, err := sess.OpenStream(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open control stream: %w", err)
 	}
 	// One Register per frame's worth of tunnels; the relay answers each.
 	var res tunnel.RegisterResult
-	for _, reg := range tunnel.SplitRegister(a.requests()) {
+	for _, reg := range tunnel.SplitRegister(reqs) {
 		if err := tunnel.WriteMessage(ctrl, reg); err != nil {
 			return nil, nil, fmt.Errorf("register tunnels: %w", err)
 		}
 		var part tunnel.RegisterResult
 		if err := tunnel.ReadInto(ctrl, tunnel.MaxFrameSize, &part); err != nil {
 			return nil, nil, fmt.Errorf("register tunnels: %w", err)
+		}
+		if len(part.Results) != len(reg.Tunnels) {
+			return nil, nil, fmt.Errorf("register tunnels: the relay answered %d of %d", len(part.Results), len(reg.Tunnels))
 		}
 		res.Results = append(res.Results, part.Results...)
 	}
@@ -543,7 +497,7 @@ func (a *Agent) register(ctx context.Context, sess tunnel.Session) (tunnel.Strea
 // session replaces it (*handover); the replaced one then goes on carrying
 // its open connections in the background, counted in retired.
 func (a *Agent) session(ctx context.Context, l *link, retired *sync.WaitGroup) error {
-	auto := a.cfg.Transport == config.TransportAuto
+	auto := l.set.cfg.Transport == config.TransportAuto
 	start := time.Now()
 	// watchers end with the session, or when it is handed over.
 	wctx, stopWatch := context.WithCancel(ctx)
@@ -563,6 +517,7 @@ func (a *Agent) session(ctx context.Context, l *link, retired *sync.WaitGroup) e
 	}
 	newer := make(chan *link, 1)
 	watched.Go(func() { a.watchSilence(wctx, l, &replacing, &tried, newer) })
+	watched.Go(func() { a.watchRenew(wctx, l, &replacing, &tried, newer) })
 
 	served := make(chan error, 1)
 	go func() { served <- a.serve(ctx, l) }()
@@ -680,10 +635,12 @@ func (a *Agent) watchSilence(ctx context.Context, l *link, replacing, tried *ato
 		if d < suspectAfter {
 			continue
 		}
+		if !replacing.CompareAndSwap(false, true) {
+			continue // a new session with reloaded settings is on its way
+		}
 		a.log.Warn("relay silent; opening a new session beside this one", "silent_for", d.Round(time.Millisecond))
-		replacing.Store(true)
 		tried.Store(true)
-		next, err := a.establish(ctx, true, false)
+		next, err := a.establish(ctx, true, false, nil)
 		if err == nil {
 			newer <- next
 			return
@@ -709,7 +666,7 @@ const (
 
 // connect runs connection attempts (see redialEvery) until one succeeds,
 // one fails definitively, or all have failed; a late success is closed.
-func (a *Agent) connect(ctx context.Context, name string) (tunnel.Conn, *failure) {
+func (a *Agent) connect(ctx context.Context, set *settings, name string) (tunnel.Conn, *failure) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
@@ -721,7 +678,7 @@ func (a *Agent) connect(ctx context.Context, name string) (tunnel.Conn, *failure
 	attempt := func() {
 		pending++
 		go func() {
-			c, f := a.connectOnce(ctx, name)
+			c, f := a.connectOnce(ctx, set, name)
 			results <- result{c, f}
 		}()
 	}
@@ -757,14 +714,14 @@ func (a *Agent) connect(ctx context.Context, name string) (tunnel.Conn, *failure
 
 // connectOnce dials the relay over the named transport and runs the TLS
 // handshake, which verifies the relay.
-func (a *Agent) connectOnce(ctx context.Context, name string) (tunnel.Conn, *failure) {
-	tr := a.tcp
+func (a *Agent) connectOnce(ctx context.Context, set *settings, name string) (tunnel.Conn, *failure) {
+	tr := set.tcp
 	if name == config.TransportQUIC {
-		tr = a.quic
+		tr = set.quic
 	}
-	c, err := tr.Dial(ctx, a.cfg.Relay, a.tls)
+	c, err := tr.Dial(ctx, set.cfg.Relay, set.tls)
 	if err != nil {
-		return nil, &failure{stage: stageDial, err: fmt.Errorf("dial relay %s (%s): %w", a.cfg.Relay, name, err)}
+		return nil, &failure{stage: stageDial, err: fmt.Errorf("dial relay %s (%s): %w", set.cfg.Relay, name, err)}
 	}
 	deadline, _ := ctx.Deadline()
 	_ = c.SetDeadline(deadline)
@@ -772,24 +729,24 @@ func (a *Agent) connectOnce(ctx context.Context, name string) (tunnel.Conn, *fai
 		c.Close()
 		if errors.Is(err, tunnel.ErrFingerprintMismatch) {
 			return nil, &failure{stage: stageSetup, definitive: true, err: fmt.Errorf(
-				"relay %s: %w. If the relay's key was regenerated, copy the new fingerprint from the relay's start-up output; otherwise something is intercepting the connection", a.cfg.Relay, err)}
+				"relay %s: %w. If the relay's key was regenerated, copy the new fingerprint from the relay's start-up output; otherwise something is intercepting the connection", set.cfg.Relay, err)}
 		}
 		if errors.Is(err, tunnel.ErrBusy) {
 			// Refused at once, as a closed port would be: try again soon.
-			return nil, &failure{stage: stageDial, err: fmt.Errorf("relay %s (%s): %w", a.cfg.Relay, name, err)}
+			return nil, &failure{stage: stageDial, err: fmt.Errorf("relay %s (%s): %w", set.cfg.Relay, name, err)}
 		}
 		var ue x509.UnknownAuthorityError
 		var he x509.HostnameError
 		if errors.As(err, &ue) || errors.As(err, &he) {
-			return nil, &failure{stage: stageSetup, definitive: true, err: fmt.Errorf("relay %s: certificate not trusted: %w", a.cfg.Relay, err)}
+			return nil, &failure{stage: stageSetup, definitive: true, err: fmt.Errorf("relay %s: certificate not trusted: %w", set.cfg.Relay, err)}
 		}
 		// Over QUIC, no answer at all is what an unreachable relay
 		// looks like (UDP has no connection refused to report).
 		var ne net.Error
 		if name == config.TransportQUIC && (errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()) {
-			return nil, &failure{stage: stageDial, err: fmt.Errorf("relay %s (quic): no answer: %w", a.cfg.Relay, err)}
+			return nil, &failure{stage: stageDial, err: fmt.Errorf("relay %s (quic): no answer: %w", set.cfg.Relay, err)}
 		}
-		return nil, &failure{stage: stageSetup, err: fmt.Errorf("relay %s (%s): TLS handshake: %w", a.cfg.Relay, name, err)}
+		return nil, &failure{stage: stageSetup, err: fmt.Errorf("relay %s (%s): TLS handshake: %w", set.cfg.Relay, name, err)}
 	}
 	return c, nil
 }

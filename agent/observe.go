@@ -111,13 +111,14 @@ func (a *Agent) statsOf(name string) *tunnelStats {
 // Status returns a snapshot of the agent. Version and Config are the
 // caller's to fill in.
 func (a *Agent) Status() Status {
-	st := Status{ID: a.cfg.ID, Started: a.started, Now: time.Now(), Tunnels: []TunnelStatus{}}
-	st.Sessions = []SessionStatus{a.sessionState.snapshot(a.cfg.Relay)}
+	set := a.conf()
+	st := Status{ID: set.cfg.ID, Started: a.started, Now: time.Now(), Tunnels: []TunnelStatus{}}
+	st.Sessions = []SessionStatus{a.sessionState.snapshot(set.cfg.Relay)}
 	regs := map[string]Registration{}
 	for _, r := range a.Registrations() {
 		regs[r.Name] = r
 	}
-	for _, t := range a.cfg.Tunnels {
+	for _, t := range set.cfg.Tunnels {
 		ts := TunnelStatus{Name: t.Name, Protocol: t.Protocol, Port: t.RemotePort, Target: t.Target, State: string(TunnelDown)}
 		if r, ok := regs[t.Name]; ok {
 			ts.State, ts.Since, ts.NextRetry = string(r.State), r.Since, r.NextRetry
@@ -133,12 +134,12 @@ func (a *Agent) Status() Status {
 			ts.DialError, ts.DialErrorTime = s.dialErr, s.dialErrTime
 			s.mu.Unlock()
 		}
-		if q := a.udpQueues[t.Name]; q != nil {
+		if q := set.udpQueues[t.Name]; q != nil {
 			d := q.Drops()
 			ts.Dropped = int64(d.FlowFull + d.TunnelFull)
 		}
 		st.Tunnels = append(st.Tunnels, ts)
 	}
-	st.DDNS = ddnsrun.Snapshot(a.ddns)
+	st.DDNS = ddnsrun.Snapshot(a.ddns.updater())
 	return st
 }

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,14 +30,14 @@ const (
 // ports, refuses streams that were already on their way, lets the open
 // connections finish for up to shutdownDrain, then closes the session.
 func (a *Agent) serve(ctx context.Context, l *link) error {
-	sess, ctrl := l.sess, l.ctrl
+	sess, ctrl := l.sess, l.w.ctrl
 	spliceCx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 
 	// The control stream carries the relay's later words: GoAway, and
-	// answers to registrations. Its one reader ends with the session;
-	// writes (registrations again, the agent's GoAway) go through w.
-	w := &controlWriter{ctrl: ctrl}
+	// answers to the agent's requests. Its one reader ends with the
+	// session; writes (registrations, the agent's GoAway) go through l.w.
+	w := l.w
 	goaway := make(chan *tunnel.GoAway, 1)
 	gone := make(chan struct{}) // closed at the relay's first GoAway
 	results := make(chan *tunnel.RegisterResult, 1)
@@ -71,7 +70,7 @@ func (a *Agent) serve(ctx context.Context, l *link) error {
 				default:
 				}
 			case *tunnel.RegisterResult:
-				// retryRefused has at most one registration out.
+				// The registrar has at most one request out.
 				select {
 				case results <- m:
 				default:
@@ -84,22 +83,24 @@ func (a *Agent) serve(ctx context.Context, l *link) error {
 	}()
 
 	// Tunnels the relay refused for a reason that may pass are asked for
-	// again on this session until they are up.
-	retryCtx, stopRetry := context.WithCancel(ctx)
-	retryDone := make(chan struct{})
-	go func() {
-		defer close(retryDone)
-		var reqs []tunnel.TunnelRequest
-		for _, r := range a.requests() {
-			if slices.Contains(l.retry, r.Name) {
-				reqs = append(reqs, r)
-			}
+	// again on this session until they are up; a reload brings the
+	// session's tunnels in line (sync) through the registrar too, once
+	// now for one that came while the session was being made.
+	regCtx, stopReg := context.WithCancel(ctx)
+	reg := &registrar{a: a, l: l, ctx: regCtx, results: results, gone: gone}
+	if len(l.retry) > 0 {
+		reg.retries.Go(func() { reg.retry(l.retry) })
+	}
+	reg.retries.Go(func() {
+		if err := reg.sync(); errors.Is(err, errNoUnregister) {
+			a.renewSessions(a.conf().gen)
 		}
-		a.retryRefused(retryCtx, sess, w, results, gone, reqs)
-	}()
+	})
+	a.live.Store(reg)
 	defer func() {
-		stopRetry()
-		<-retryDone
+		a.live.CompareAndSwap(reg, nil)
+		stopReg()
+		reg.retries.Wait()
 	}()
 
 	// UDP flows: datagrams that arrive outside their stream (QUIC) are
@@ -263,14 +264,15 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowT
 	// Not a logger With these: it would format them for every
 	// connection, and keep them for its whole life, to log rarely.
 	who := []any{"tunnel", open.Tunnel, "visitor", open.Visitor}
-	t, ok := a.tunnels[open.Tunnel]
+	set := a.conf()
+	t, ok := set.tunnels[open.Tunnel]
 	stats := a.statsOf(open.Tunnel)
 	if !ok || t.Protocol != "tcp" || stats == nil {
 		refuse(st, tunnel.CodeUnknownTunnel, fmt.Sprintf("agent has no tunnel %q", open.Tunnel))
 		a.log.Warn("relay asked for an unknown tunnel", who...)
 		return
 	}
-	d := net.Dialer{Timeout: a.cfg.DialTimeout}
+	d := net.Dialer{Timeout: set.cfg.DialTimeout}
 	c, err := d.DialContext(ctx, "tcp", t.Target)
 	if err != nil {
 		stats.dialFailed(err)
@@ -300,7 +302,7 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowT
 		defer stats.visitors.Add(-1)
 		in, out, err := tunnel.SpliceCounted(ctx, st, c.(*net.TCPConn), &stats.bytesIn, &stats.bytesOut)
 		level := slog.LevelDebug
-		if a.cfg.AccessLog {
+		if a.conf().cfg.AccessLog {
 			level = slog.LevelInfo
 		}
 		if errors.Is(err, tunnel.ErrStalled) {

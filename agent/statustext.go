@@ -19,7 +19,7 @@ func (s Status) WriteText(w io.Writer) {
 		file = "no file"
 	}
 	fmt.Fprintf(w, "configuration: %s, loaded %s ago, reloads %d\n", file, control.Age(s.Now, s.Config.Loaded), s.Config.Reloads)
-	if s.Config.LastErr != "" {
+	if s.Config.LastErr != "" && !s.Config.LastFail.Before(s.Config.Loaded) {
 		fmt.Fprintf(w, "last reload refused %s ago: %s\n", control.Age(s.Now, s.Config.LastFail), s.Config.LastErr)
 	}
 	fmt.Fprintln(w)

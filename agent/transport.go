@@ -101,16 +101,14 @@ func (p *quicPolicy) retryIn(now time.Time) time.Duration {
 }
 
 // transports builds the agent's transports from its configuration.
-func (a *Agent) transports() (tcp, quic tunnel.Transport) {
-	cfg := a.cfg
+func (a *Agent) transports(cfg *config.Agent) (tcp, quic tunnel.Transport) {
 	hs := cfg.HandshakeTimeout
 	if cfg.Transport == config.TransportAuto {
 		hs = min(hs, quicAttemptTimeout)
 	}
-	var once sync.Once
 	return tunnel.TCPTransport{}, tunnel.QUICTransport{
 		OnSmallBuffers: func(rcv, snd int) {
-			once.Do(func() {
+			a.smallBuffers.Do(func() {
 				tunnel.LogSmallBuffers(a.log, rcv, snd)
 			})
 		},
@@ -128,7 +126,8 @@ func (a *Agent) transports() (tcp, quic tunnel.Transport) {
 func (a *Agent) probeQUIC(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, quicAttemptTimeout)
 	defer cancel()
-	c, err := a.quic.Dial(ctx, a.cfg.Relay, a.tls)
+	set := a.conf()
+	c, err := set.quic.Dial(ctx, set.cfg.Relay, set.tls)
 	if err != nil {
 		return err
 	}

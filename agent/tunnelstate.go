@@ -2,8 +2,10 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -116,6 +118,22 @@ func (b *statusBoard) result(r tunnel.TunnelResult, now time.Time) (news bool) {
 	return news
 }
 
+// setNames makes the board's tunnels names, in that order: new ones are
+// down until the relay answers, removed ones go.
+func (b *statusBoard) setNames(names []string, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	m := make(map[string]*Registration, len(names))
+	for _, n := range names {
+		if st := b.m[n]; st != nil {
+			m[n] = st
+		} else {
+			m[n] = &Registration{Name: n, State: TunnelDown, Since: now}
+		}
+	}
+	b.order, b.m = slices.Clone(names), m
+}
+
 // retryAt records when the retrying tunnels are asked for again.
 func (b *statusBoard) retryAt(names []string, at time.Time) {
 	b.mu.Lock()
@@ -140,11 +158,11 @@ func (b *statusBoard) down(now time.Time) {
 
 // logResult logs the relay's answer for a tunnel: always on the first
 // registration of a session (first), otherwise only when it is news.
-func (a *Agent) logResult(r tunnel.TunnelResult, news, first bool) {
-	t := a.tunnels[r.Name]
+func (a *Agent) logResult(set *settings, r tunnel.TunnelResult, news, first bool) {
+	t := set.tunnels[r.Name]
 	switch {
 	case r.Code == tunnel.CodeOK && (first || news):
-		relayHost, _, _ := net.SplitHostPort(a.cfg.Relay)
+		relayHost, _, _ := net.SplitHostPort(set.cfg.Relay)
 		a.log.Info("tunnel ready", "tunnel", r.Name, "protocol", t.Protocol, "public", net.JoinHostPort(relayHost, fmt.Sprint(t.RemotePort)), "target", t.Target)
 	case r.Code == tunnel.CodeOK:
 	case first || news:
@@ -174,80 +192,264 @@ func (w *controlWriter) write(m tunnel.Message, d time.Duration) error {
 	return err
 }
 
-// retryRefused registers again, on the session's control stream, the
-// tunnels the relay refused for a reason that may pass, with backoff (1 s
-// doubling up to reconnect_max, jittered), until each is up or refused
-// for good. It returns when none is left, when ctx or the session ends,
-// or when the relay announced the session's end (gone). results carries
-// the relay's RegisterResults, read by the control stream's one reader.
-func (a *Agent) retryRefused(ctx context.Context, sess tunnel.Session, w *controlWriter, results <-chan *tunnel.RegisterResult, gone <-chan struct{}, reqs []tunnel.TunnelRequest) {
-	for attempt := 0; len(reqs) > 0; attempt++ {
-		delay := jitter(time.Second, a.cfg.ReconnectMax, attempt)
-		names := make([]string, len(reqs))
-		for i, r := range reqs {
-			names[i] = r.Name
+// asked is a tunnel request made on a session, and the relay's answer.
+type asked struct {
+	req tunnel.TunnelRequest
+	up  bool // the relay accepted it: it holds the public port
+}
+
+// Errors of the registrar.
+var (
+	// errSessionEnded: the session ended or is ending.
+	errSessionEnded = errors.New("session ended")
+	// errNoUnregister: a tunnel must be closed, and the relay does not
+	// know Unregister (tunnel.FeatureUnregister).
+	errNoUnregister = errors.New("the relay cannot close a tunnel of a live session")
+)
+
+// registrar makes the agent's requests on one session's control stream:
+// registrations (again, for refused tunnels; and those a reload adds) and
+// Unregister (for tunnels a reload removes). The relay answers each with a
+// RegisterResult, read by the control stream's one reader and passed on
+// results; one request is out at a time (op).
+type registrar struct {
+	a       *Agent
+	l       *link
+	ctx     context.Context // ends when the session stops serving
+	results <-chan *tunnel.RegisterResult
+	gone    <-chan struct{} // closed at the relay's first GoAway
+	// op is held for a whole exchange with the relay, and guards l.asked
+	// and leaving.
+	op      sync.Mutex
+	retries sync.WaitGroup
+	// leaving: the session gave up its tunnels for a new session (leave);
+	// it asks for none any more.
+	leaving bool
+}
+
+// ended reports whether the session ended or is ending, or gave up its
+// tunnels; r.op is held.
+func (r *registrar) ended() bool {
+	return r.leaving || r.ctx.Err() != nil || isDone(r.l.sess.Done()) || isDone(r.gone)
+}
+
+// leave closes every tunnel of the session at the relay, which answers
+// when their ports are free, and stops asking for tunnels on it. It fails
+// with errNoUnregister, changing nothing, if the relay cannot do that.
+func (r *registrar) leave() error {
+	r.op.Lock()
+	defer r.op.Unlock()
+	if r.l.features&tunnel.FeatureUnregister == 0 {
+		return errNoUnregister
+	}
+	if r.ended() {
+		return errSessionEnded
+	}
+	r.leaving = true
+	var up []string
+	for name, it := range r.l.asked {
+		if it.up {
+			up = append(up, name)
 		}
-		a.status.retryAt(names, time.Now().Add(delay))
+	}
+	clear(r.l.asked)
+	slices.Sort(up)
+	for _, m := range tunnel.SplitUnregister(up) {
+		if len(m.Names) == 0 {
+			continue
+		}
+		if _, err := r.call(m, len(m.Names)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// stay undoes leave: the session asks for its tunnels again (sync).
+func (r *registrar) stay() {
+	r.op.Lock()
+	defer r.op.Unlock()
+	r.leaving = false
+}
+
+// call sends m and waits for the relay's answer, of n results; r.op is
+// held. An answer that does not come within handshake_timeout, or of
+// another length, ends the session.
+func (r *registrar) call(m tunnel.Message, n int) (*tunnel.RegisterResult, error) {
+	hs := r.a.conf().cfg.HandshakeTimeout
+	if err := r.l.w.write(m, hs); err != nil {
+		return nil, err // the session is failing; its reader tells
+	}
+	wait := time.NewTimer(hs)
+	defer wait.Stop()
+	select {
+	case res := <-r.results:
+		if len(res.Results) != n {
+			r.a.log.Warn("relay answered a request of a different length; reconnecting", "asked", n, "answered", len(res.Results))
+			r.l.sess.Close()
+			return nil, errSessionEnded
+		}
+		return res, nil
+	case <-r.ctx.Done():
+	case <-r.l.sess.Done():
+	case <-r.gone:
+	case <-wait.C:
+		r.a.log.Warn("relay did not answer a registration; reconnecting", "after", hs)
+		r.l.sess.Close()
+	}
+	return nil, errSessionEnded
+}
+
+// register sends reqs and records the answers. It returns the tunnels
+// refused for a reason that may pass.
+func (r *registrar) register(reqs []tunnel.TunnelRequest, first bool) (retry []*asked, err error) {
+	set := r.a.conf()
+	for _, reg := range tunnel.SplitRegister(reqs) {
+		if len(reg.Tunnels) == 0 {
+			continue
+		}
+		res, err := r.call(reg, len(reg.Tunnels))
+		if err != nil {
+			return retry, err
+		}
+		for i, tr := range res.Results {
+			if tr.Name != reg.Tunnels[i].Name || tr.Code == tunnel.CodeShutdown {
+				return retry, errSessionEnded // not an answer to this; or the session ends
+			}
+			it := r.l.asked[tr.Name]
+			if it == nil || !sameRequest(it.req, reg.Tunnels[i]) {
+				it = &asked{req: reg.Tunnels[i]}
+				r.l.asked[tr.Name] = it
+			}
+			it.up = tr.Code == tunnel.CodeOK
+			r.a.logResult(set, tr, r.a.status.result(tr, time.Now()), first)
+			if retryable(tr.Code) {
+				retry = append(retry, it)
+			}
+		}
+	}
+	return retry, nil
+}
+
+// retry registers again the tunnels the relay refused for a reason that
+// may pass, with backoff (1 s doubling up to reconnect_max, jittered),
+// until each is up, refused for good, or no longer asked for (a reload
+// removed or changed it). It returns then, or when the session ends.
+func (r *registrar) retry(items []*asked) {
+	for attempt := 0; ; attempt++ {
+		items = r.current(items)
+		if len(items) == 0 {
+			return
+		}
+		delay := jitter(time.Second, r.a.conf().cfg.ReconnectMax, attempt)
+		names := make([]string, len(items))
+		for i, it := range items {
+			names[i] = it.req.Name
+		}
+		r.a.status.retryAt(names, time.Now().Add(delay))
 		t := time.NewTimer(delay)
 		select {
-		case <-ctx.Done():
-		case <-sess.Done():
-		case <-gone:
+		case <-r.ctx.Done():
+		case <-r.l.sess.Done():
+		case <-r.gone:
 		case <-t.C:
 		}
 		t.Stop()
-		if ctx.Err() != nil || isDone(sess.Done()) || isDone(gone) {
+		r.op.Lock()
+		items = r.currentLocked(items)
+		if r.ended() {
+			r.op.Unlock()
 			return
 		}
-		var still []tunnel.TunnelRequest
-		for _, reg := range tunnel.SplitRegister(reqs) {
-			if err := w.write(reg, a.cfg.HandshakeTimeout); err != nil {
-				a.log.Debug("registering refused tunnels again", "err", err)
-				return // the session is failing; its reader tells
-			}
-			var res *tunnel.RegisterResult
-			wait := time.NewTimer(a.cfg.HandshakeTimeout)
-			select {
-			case res = <-results:
-			case <-ctx.Done():
-			case <-sess.Done():
-			case <-gone:
-			case <-wait.C:
-				a.log.Warn("relay did not answer a registration; reconnecting", "after", a.cfg.HandshakeTimeout)
-				sess.Close()
-			}
-			wait.Stop()
-			if res == nil {
-				return
-			}
-			if len(res.Results) != len(reg.Tunnels) {
-				a.log.Warn("relay answered a registration of a different length; reconnecting", "asked", len(reg.Tunnels), "answered", len(res.Results))
-				sess.Close()
-				return
-			}
-			for i, r := range res.Results {
-				if r.Name != reg.Tunnels[i].Name || r.Code == tunnel.CodeShutdown {
-					return // not an answer to this; or the session ends
-				}
-				a.logResult(r, a.status.result(r, time.Now()), false)
-				if retryable(r.Code) {
-					still = append(still, reg.Tunnels[i])
-				}
-			}
+		reqs := make([]tunnel.TunnelRequest, len(items))
+		for i, it := range items {
+			reqs[i] = it.req
 		}
-		reqs = still
+		still, err := r.register(reqs, false)
+		r.op.Unlock()
+		if err != nil {
+			r.a.log.Debug("registering refused tunnels again", "err", err)
+			return
+		}
+		items = still
 	}
 }
 
-// requests are the tunnel requests of the configuration, in its order.
-func (a *Agent) requests() []tunnel.TunnelRequest {
-	out := make([]tunnel.TunnelRequest, 0, len(a.cfg.Tunnels))
-	for _, t := range a.cfg.Tunnels {
-		proto := tunnel.ProtoTCP
-		if t.Protocol == "udp" {
-			proto = tunnel.ProtoUDP
-		}
-		out = append(out, tunnel.TunnelRequest{Name: t.Name, Protocol: proto, RemotePort: t.RemotePort, Allow: t.Allow, Deny: t.Deny})
+// current keeps the items still asked for on this session.
+func (r *registrar) current(items []*asked) []*asked {
+	r.op.Lock()
+	defer r.op.Unlock()
+	return r.currentLocked(items)
+}
+
+func (r *registrar) currentLocked(items []*asked) []*asked {
+	return slices.DeleteFunc(items, func(it *asked) bool { return r.l.asked[it.req.Name] != it })
+}
+
+// sync brings the tunnels asked for on this session in line with the
+// configuration in force: the relay is asked to close those removed or
+// changed (Unregister) and then to open those added or changed. It
+// returns errNoUnregister, and changes nothing, when a tunnel the relay
+// holds must be closed and the relay cannot do that on a live session.
+func (r *registrar) sync() error {
+	r.op.Lock()
+	defer r.op.Unlock()
+	if r.ended() {
+		return errSessionEnded
 	}
-	return out
+	set := r.a.conf()
+	reqs := set.requests()
+	want := make(map[string]tunnel.TunnelRequest, len(reqs))
+	for _, q := range reqs {
+		want[q.Name] = q
+	}
+	var stale, close []string // no longer wanted as asked; held by the relay
+	for name, it := range r.l.asked {
+		if q, ok := want[name]; !ok || !sameRequest(q, it.req) {
+			stale = append(stale, name)
+			if it.up {
+				close = append(close, name)
+			}
+		}
+	}
+	var add []tunnel.TunnelRequest
+	for _, q := range reqs {
+		if it := r.l.asked[q.Name]; it == nil || !sameRequest(q, it.req) {
+			add = append(add, q)
+		}
+	}
+	if len(close) > 0 && r.l.features&tunnel.FeatureUnregister == 0 {
+		return errNoUnregister
+	}
+	slices.Sort(close)
+	for _, m := range tunnel.SplitUnregister(close) {
+		if len(m.Names) == 0 {
+			continue
+		}
+		res, err := r.call(m, len(m.Names))
+		if err != nil {
+			return err
+		}
+		for i, tr := range res.Results {
+			if tr.Name != m.Names[i] || tr.Code == tunnel.CodeShutdown {
+				return errSessionEnded
+			}
+			if _, changed := want[tr.Name]; changed {
+				r.a.log.Info("tunnel changed: its public port closes for a moment and opens again", "tunnel", tr.Name)
+			} else {
+				r.a.log.Info("tunnel removed: its public port is closed; open connections go on", "tunnel", tr.Name)
+			}
+			if tr.Code != tunnel.CodeOK {
+				r.a.log.Debug("relay had no such tunnel", "tunnel", tr.Name, "reason", tr.Code.String(), "detail", tr.Message)
+			}
+		}
+	}
+	for _, name := range stale {
+		delete(r.l.asked, name)
+	}
+	retry, err := r.register(add, true)
+	if len(retry) > 0 {
+		r.retries.Go(func() { r.retry(retry) })
+	}
+	return err
 }

@@ -82,9 +82,11 @@ func (ft *flowTable) receive(ctx context.Context, sess tunnel.Session) {
 func (a *Agent) handleFlow(ctx context.Context, st tunnel.Stream, open *tunnel.OpenFlow, flows *flowTable) {
 	start := time.Now()
 	log := a.log.With("tunnel", open.Tunnel, "visitor", open.Visitor)
-	t, ok := a.tunnels[open.Tunnel]
+	set := a.conf()
+	t, ok := set.tunnels[open.Tunnel]
 	stats := a.statsOf(open.Tunnel)
-	if !ok || t.Protocol != "udp" || stats == nil {
+	q0 := set.udpQueues[open.Tunnel]
+	if !ok || t.Protocol != "udp" || stats == nil || q0 == nil {
 		refuse(st, tunnel.CodeUnknownTunnel, fmt.Sprintf("agent has no UDP tunnel %q", open.Tunnel))
 		log.Warn("relay asked for an unknown UDP tunnel")
 		return
@@ -124,7 +126,7 @@ func (a *Agent) handleFlow(ctx context.Context, st tunnel.Stream, open *tunnel.O
 	// flow's queue at once, within the tunnel's budget (see
 	// tunnel.UDPBudget), and a sender sends them on; while the relay does
 	// not take them as fast as they come, what is over budget is dropped.
-	q := a.udpQueues[t.Name].NewQueue()
+	q := q0.NewQueue()
 	quit := make(chan struct{})
 	replies := make(chan error, 1)
 	go func() { replies <- flowSend(st, q, open.Flow, flows.ds, &f.out, &stats.bytesOut, quit) }()
@@ -157,7 +159,7 @@ func (a *Agent) handleFlow(ctx context.Context, st tunnel.Stream, open *tunnel.O
 	}
 	q.Close()
 	level := slog.LevelDebug
-	if a.cfg.AccessLog {
+	if a.conf().cfg.AccessLog {
 		level = slog.LevelInfo
 	}
 	log.Log(context.Background(), level, "UDP visitor flow", "target", t.Target,

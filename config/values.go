@@ -335,3 +335,6 @@ func validDebugAddr(s string) error {
 	}
 	return nil
 }
+
+// Validate checks a tunnel as the configuration's loader does.
+func (t Tunnel) Validate() error { return t.validate() }

@@ -216,6 +216,15 @@ func (h *agentHandle) stop() {
 	}
 }
 
+// reload puts cfg in force in the running agent (agent.Reload).
+func (h *agentHandle) reload(cfg config.Agent) (agent.Changes, error) {
+	ch, err := h.agent.Reload(cfg)
+	if err == nil {
+		h.cfg = cfg
+	}
+	return ch, err
+}
+
 // waitSession waits for the agent's next registration and fails the test
 // unless every tunnel was accepted.
 func (h *agentHandle) waitSession(d time.Duration) agent.SessionInfo {

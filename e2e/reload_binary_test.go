@@ -12,25 +12,25 @@ import (
 	"testing"
 	"time"
 
-	"github.com/homeport/homeport/relay"
+	"github.com/homeport/homeport/agent"
 )
 
-// TestBinaryRelayReload: the real relay reloads its file when it changes:
-// a 64 MiB transfer of an untouched agent goes on whole, the removed
-// token's agent is cut and told why. A broken file (then SIGHUP) changes
-// nothing: the log names each mistake, the status shows the refusal, the
-// tunnels serve on, and `relay reload` says why in one line.
-func TestBinaryRelayReload(t *testing.T) {
+// TestBinaryAgentReload: the real agent reloads its configuration file
+// when it changes, and on SIGHUP. A tunnel added while 64 MiB go through
+// another arrives without disturbing the transfer (the agent connects
+// once); a broken file is refused with its mistakes named in the log and
+// in `agent status`, and the running tunnels go on; `agent reload` says
+// what happened in one line, and exits with 1 on a refusal.
+func TestBinaryAgentReload(t *testing.T) {
+	_, banner := binStartRelay(t, t.TempDir(), freePort(t))
+	target := serve(t, echo)
+	bulk, web := freePort(t), freePort(t)
 	dir := t.TempDir()
-	file := filepath.Join(dir, "relay.yaml")
-	const (
-		alice = "alice-secret-0123456789abcdef"
-		bob   = "bob-secret-0123456789abcdef00"
-	)
-	port := freePort(t)
+	file := filepath.Join(dir, "agent.yaml")
 	write := func(body string) {
 		t.Helper()
-		tmp := file + ".tmp"
+		// As an editor saves: a new file renamed over the old one.
+		tmp := file + ".new"
 		if err := os.WriteFile(tmp, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -38,73 +38,79 @@ func TestBinaryRelayReload(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	tokenYAML := func(secrets ...string) string {
-		var b strings.Builder
-		fmt.Fprintf(&b, "data_dir: %q\ntokens:\n", dir)
-		for _, s := range secrets {
-			fmt.Fprintf(&b, "  - name: %s\n    secret: %q\n", strings.SplitN(s, "-", 2)[0], s)
-		}
-		return b.String()
+	tunnelYAML := func(name string, port uint16, target string) string {
+		return fmt.Sprintf("  - {name: %s, remote_port: %d, target: %q}\n", name, port, target)
 	}
-	write(tokenYAML(alice, bob))
-	r, banner := binStartRelay(t, dir, port, "--config", file)
-	target := serve(t, echo)
-	pa, pb := freePort(t), freePort(t)
-	withToken := func(secret string) binBanner { b := banner; b.token = secret; return b }
-	a := binStartAgent(t, withToken(alice), []string{binTunnel(pa, target)}, "--id", "a", "--data-dir", t.TempDir())
-	b := binStartAgent(t, withToken(bob), []string{binTunnel(pb, target)}, "--id", "b", "--data-dir", t.TempDir())
+	write("data_dir: " + dir + "\ntunnels:\n" + tunnelYAML("bulk", bulk, target))
+	a := binStartAgent(t, banner, nil, "--config", file)
 	binAwaitTunnels(a, 1, 30*time.Second)
-	binAwaitTunnels(b, 1, 30*time.Second)
 
-	c := dial(t, publicAddr(pa))
-	c.SetDeadline(time.Now().Add(5 * time.Minute))
-	ok, why := echoTransfer(c, 64<<20, func() {
-		write(tokenYAML(alice) + "visitors:\n  rate: 1000\n")
-		r.await(30*time.Second, "the relay to reload its file", func() bool {
-			return r.count(`msg="configuration reloaded"`) == 1
-		})
-	})
-	if !ok {
-		t.Fatalf("64 MiB across the reload: %s", why)
+	size := transferSize()
+	x := startTransfer(t, publicAddr(bulk), size)
+	x.waitBack(t, size/8)
+	write("data_dir: " + dir + "\ntunnels:\n" + tunnelYAML("bulk", bulk, target) + tunnelYAML("web", web, target))
+	a.await(30*time.Second, "the reload", func() bool { return a.count(`msg="configuration reloaded"`) == 1 })
+	binAwaitTunnels(a, 2, 30*time.Second)
+	if x.back.Load() == size {
+		t.Fatal("the transfer ended before the reload: nothing shown")
 	}
-	if !strings.Contains(r.stderr.String(), `changed="token \"bob\" removed; agent_port and visitors limits changed"`) {
-		t.Errorf("the reload's log line does not say what changed:\n%s", r.stderr.String())
+	if !strings.Contains(a.stderr.String(), `trigger="file changed" tunnels_added=[web]`) {
+		t.Fatalf("reload not logged with what changed:\n%s", a.stderr.String())
 	}
+	expectEcho(t, publicAddr(web))
+	x.wait(t)
 	if n := a.count(`msg="connected to relay"`); n != 1 {
-		t.Errorf("the untouched agent connected %d times, want once", n)
+		t.Fatalf("agent connected %d times, want once", n)
 	}
-	b.await(20*time.Second, "the removed token's agent to be told", func() bool {
-		return strings.Contains(b.stderr.String(), `token \"bob\" was removed from the relay's configuration`)
-	})
 
-	// A broken file, then SIGHUP: refused as a whole.
-	write(tokenYAML(alice) + "visitors:\n  rate: -1\nallow_ports: \"70000\"\n")
-	r.signal(syscall.SIGHUP)
-	r.await(30*time.Second, "the refusal", func() bool {
-		return r.count(`msg="configuration reload refused; the running configuration stays in force"`) >= 1
-	})
-	for _, want := range []string{"visitors.rate in " + file, "allow_ports in " + file} {
-		if !strings.Contains(r.stderr.String(), want) {
-			t.Errorf("the refusal does not name %q:\n%s", want, r.stderr.String())
+	// A broken file: two tunnels with one name, and a target without a
+	// port. Refused when the file changes, and again on SIGHUP.
+	write("data_dir: " + dir + "\ntunnels:\n" + tunnelYAML("bulk", bulk, target) + tunnelYAML("bulk", freePort(t), target) + tunnelYAML("other", freePort(t), "nohost"))
+	const refused = `msg="configuration reload refused; the running configuration stays in force"`
+	a.await(30*time.Second, "the refusal of the changed file", func() bool { return a.count(refused) >= 2 })
+	a.signal(syscall.SIGHUP)
+	a.await(30*time.Second, "the refusal on SIGHUP", func() bool { return a.count("trigger=SIGHUP") >= 2 })
+	log := a.stderr.String()
+	for _, want := range []string{`two tunnels are named \"bulk\"`, `target \"nohost\"`} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log does not name the mistake %s:\n%s", want, log)
 		}
 	}
-	expectEcho(t, publicAddr(pa))
-	code, out, errOut := binRun(t, 30*time.Second, "relay", "status", "--data-dir", dir, "--json")
-	var st relay.Status
-	if code != 0 || json.Unmarshal([]byte(out), &st) != nil {
-		t.Fatalf("relay status: exit %d: %s %s", code, out, errOut)
+	code, out, errOut := binRun(t, 30*time.Second, "agent", "status", "--json", "--data-dir", dir)
+	if code != 0 {
+		t.Fatalf("agent status: exit %d: %s", code, errOut)
 	}
-	if st.Config.Reloads != 1 || !strings.Contains(st.Config.LastErr, "visitors.rate") || st.Config.File != file {
+	var st agent.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("agent status --json: %v\n%s", err, out)
+	}
+	if !strings.Contains(st.Config.LastErr, `two tunnels are named "bulk"`) || st.Config.LastFail.IsZero() || st.Config.Reloads != 1 || st.Config.File != file {
 		t.Fatalf("status config: %+v", st.Config)
 	}
-	code, out, errOut = binRun(t, 30*time.Second, "relay", "reload", "--data-dir", dir)
-	if code != 1 || out != "" || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, "configuration reload refused") || !strings.Contains(errOut, "visitors.rate") {
-		t.Fatalf("relay reload of a broken file: exit %d, stdout %q, stderr %q", code, out, errOut)
+	if len(st.Tunnels) != 2 || st.Tunnels[0].State != "up" || st.Tunnels[1].State != "up" {
+		t.Fatalf("status tunnels: %+v", st.Tunnels)
 	}
-	// Fixed again: relay reload applies it.
-	write(tokenYAML(alice, bob))
-	code, out, _ = binRun(t, 30*time.Second, "relay", "reload", "--data-dir", dir)
-	if code != 0 || out != "configuration reloaded\n" {
-		t.Fatalf("relay reload: exit %d, %q", code, out)
+	expectEcho(t, publicAddr(bulk))
+	expectEcho(t, publicAddr(web))
+
+	// agent reload: refused, in one line, with status 1.
+	code, out, errOut = binRun(t, 30*time.Second, "agent", "reload", "--data-dir", dir)
+	if code != 1 || out != "" || strings.Count(errOut, "\n") != 1 ||
+		!strings.HasPrefix(errOut, "agent: configuration reload refused; the running configuration stays in force: ") || !strings.Contains(errOut, `target "nohost"`) {
+		t.Fatalf("agent reload of a broken file: exit %d\nstdout: %q\nstderr: %q", code, out, errOut)
+	}
+
+	// Fixed, without web: its port closes; agent reload then finds
+	// nothing more to change.
+	write("data_dir: " + dir + "\ntunnels:\n" + tunnelYAML("bulk", bulk, target))
+	a.await(30*time.Second, "the reload of the fixed file", func() bool { return a.count(`msg="configuration reloaded"`) == 2 })
+	a.await(30*time.Second, "web's port closed", func() bool { return binRefused(publicAddr(web)) })
+	expectEcho(t, publicAddr(bulk))
+	code, out, errOut = binRun(t, 30*time.Second, "agent", "reload", "--data-dir", dir)
+	if code != 0 || out != "configuration reloaded: nothing changed\n" {
+		t.Fatalf("agent reload: exit %d\nstdout: %q\nstderr: %q", code, out, errOut)
+	}
+	if n := a.count(`msg="connected to relay"`); n != 1 {
+		t.Fatalf("agent connected %d times, want once", n)
 	}
 }

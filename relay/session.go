@@ -105,13 +105,18 @@ func (as *agentSession) serve(ctx context.Context) {
 			as.log.Info("agent going away; its ports are closed", "detail", ga.Message)
 			continue
 		}
-		reg, ok := m.(*tunnel.Register)
-		if !ok {
+		var res *tunnel.RegisterResult
+		switch m := m.(type) {
+		case *tunnel.Register:
+			res = as.register(m)
+		case *tunnel.Unregister:
+			res = as.unregister(m)
+		}
+		if res == nil {
 			reason = fmt.Sprintf("control stream: unexpected %T", m)
 			as.log.Warn("agent sent an unexpected control message; closing session", "type", fmt.Sprintf("%T", m))
 			break
 		}
-		res := as.register(reg)
 		as.ctrlMu.Lock()
 		err = tunnel.WriteMessage(as.ctrl, res)
 		as.ctrlMu.Unlock()
@@ -234,6 +239,29 @@ func (as *agentSession) closeTunnels() {
 	for _, t := range ts {
 		t.close()
 	}
+}
+
+// unregister answers an Unregister: each named tunnel of this session is
+// closed (its public port released, with the usual reservation, and its
+// visitor guard dropped); the connections open on it go on until they end.
+func (as *agentSession) unregister(m *tunnel.Unregister) *tunnel.RegisterResult {
+	res := &tunnel.RegisterResult{Results: make([]tunnel.TunnelResult, len(m.Names))}
+	for i, name := range m.Names {
+		r := &res.Results[i]
+		r.Name = name
+		as.mu.Lock()
+		t, ok := as.tunnels[name]
+		delete(as.tunnels, name)
+		as.mu.Unlock()
+		if !ok {
+			r.Code, r.Message = tunnel.CodeUnknownTunnel, fmt.Sprintf("this session has no tunnel %q", name)
+			as.log.Debug("agent closed a tunnel it does not have", "tunnel", name)
+			continue
+		}
+		t.close()
+		as.log.Info("tunnel closed by the agent", "tunnel", name, "port", t.status().Port)
+	}
+	return res
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)

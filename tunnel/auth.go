@@ -146,7 +146,11 @@ func AuthenticateAgent(c Conn, secrets [][]byte, observed string, hooks AuthHook
 			return Agent{}, fmt.Errorf("agent %q: %w", h.AgentID, &RejectError{Code: code, Message: msg})
 		}
 	}
-	if err := WriteMessage(c, &Welcome{ObservedAddr: observed}); err != nil {
+	w := Welcome{ObservedAddr: observed}
+	if h.Flags&FlagFeatures != 0 {
+		w.Features = RelayFeatures
+	}
+	if err := WriteMessage(c, &w); err != nil {
 		return Agent{}, fmt.Errorf("send welcome: %w", err)
 	}
 	return a, nil

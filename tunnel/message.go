@@ -139,8 +139,16 @@ type TunnelResult struct {
 	Message string
 }
 
-// RegisterResult answers a Register, one result per tunnel, in order.
+// RegisterResult answers a Register or an Unregister, one result per
+// tunnel, in order.
 type RegisterResult struct{ Results []TunnelResult }
+
+// Unregister asks the relay to close tunnels of this session: their public
+// ports close, and the connections open on them go on until they end. The
+// relay answers with a RegisterResult: CodeOK, or CodeUnknownTunnel for a
+// name it does not have. Only a relay that announced FeatureUnregister in
+// its Welcome knows it; an older one ends the session at it.
+type Unregister struct{ Names []string }
 
 // GoAway tells the agent why the relay ends the session.
 type GoAway struct {
@@ -174,7 +182,22 @@ type OpenResult struct {
 // Welcome tells an authenticated agent how the relay sees it.
 type Welcome struct {
 	ObservedAddr string // the agent's public address, as seen by the relay
+	// Features are the relay's additions to the protocol; sent only to
+	// an agent whose hello has FlagFeatures (older agents refuse a
+	// Welcome with a byte more), and zero from an older relay.
+	Features Features
 }
+
+// Features are additions to the protocol that a relay announces in its
+// Welcome, so that an agent uses them only with a relay that knows them.
+type Features byte
+
+// FeatureUnregister: the relay handles Unregister on the control stream.
+const FeatureUnregister Features = 1 << 0
+
+// RelayFeatures are the features of a relay built with this package,
+// announced by AuthenticateAgent (the relay's control loop handles each).
+const RelayFeatures = FeatureUnregister
 
 // Reject tells the agent why authentication failed.
 type Reject struct {
@@ -210,9 +233,14 @@ const FlagReplacing HelloFlags = 1 << 0
 // flag ignores it and logs the agent in as usual.
 const FlagStandby HelloFlags = 1 << 1
 
+// FlagFeatures says that the agent reads a Features byte at the end of the
+// Welcome; a relay that knows the flag sends it, an older one does not.
+const FlagFeatures HelloFlags = 1 << 2
+
 func (*Register) msgType() byte       { return msgRegister }
 func (*RegisterResult) msgType() byte { return msgRegisterResult }
 func (*GoAway) msgType() byte         { return msgGoAway }
+func (*Unregister) msgType() byte     { return msgUnregister }
 func (*Open) msgType() byte           { return msgOpen }
 func (*OpenFlow) msgType() byte       { return msgOpenFlow }
 func (*OpenResult) msgType() byte     { return msgOpenResult }
@@ -299,6 +327,36 @@ func (m *RegisterResult) decode(d *dec) {
 	}
 }
 
+func (m *Unregister) encode(e *enc) {
+	e.u16(uint16(len(m.Names)))
+	for _, n := range m.Names {
+		e.str(n)
+	}
+}
+
+func (m *Unregister) decode(d *dec) {
+	n := int(d.u16())
+	if n > MaxTunnels {
+		d.fail()
+		return
+	}
+	m.Names = make([]string, 0, min(n, 16))
+	for i := 0; i < n && d.err == nil; i++ {
+		m.Names = append(m.Names, d.str(MaxNameLen))
+	}
+}
+
+// SplitUnregister packs names into Unregister messages of at most
+// MaxTunnels names each (which always fit a frame), in order.
+func SplitUnregister(names []string) []*Unregister {
+	var out []*Unregister
+	for len(names) > MaxTunnels {
+		out = append(out, &Unregister{Names: names[:MaxTunnels:MaxTunnels]})
+		names = names[MaxTunnels:]
+	}
+	return append(out, &Unregister{Names: names})
+}
+
 func (m *GoAway) encode(e *enc) { e.u8(byte(m.Code)); e.str(clip(m.Message, MaxMessageLen)) }
 func (m *GoAway) decode(d *dec) { m.Code = Code(d.u8()); m.Message = d.str(MaxMessageLen) }
 
@@ -319,8 +377,21 @@ func (m *Open) decode(d *dec) {
 func (m *OpenResult) encode(e *enc) { e.u8(byte(m.Code)); e.str(clip(m.Message, MaxMessageLen)) }
 func (m *OpenResult) decode(d *dec) { m.Code = Code(d.u8()); m.Message = d.str(MaxMessageLen) }
 
-func (m *Welcome) encode(e *enc) { e.str(m.ObservedAddr) }
-func (m *Welcome) decode(d *dec) { m.ObservedAddr = d.str(MaxAddrLen) }
+// The features byte is optional: an older relay does not send it, and
+// one with no features need not.
+func (m *Welcome) encode(e *enc) {
+	e.str(m.ObservedAddr)
+	if m.Features != 0 {
+		e.u8(byte(m.Features))
+	}
+}
+
+func (m *Welcome) decode(d *dec) {
+	m.ObservedAddr = d.str(MaxAddrLen)
+	if d.err == nil && len(d.b) > 0 {
+		m.Features = Features(d.u8())
+	}
+}
 
 // A Reject is read before authentication, under MaxAuthFrameSize.
 func (m *Reject) encode(e *enc) {
@@ -368,6 +439,8 @@ func newMessage(typ byte) Message {
 		return new(RegisterResult)
 	case msgGoAway:
 		return new(GoAway)
+	case msgUnregister:
+		return new(Unregister)
 	case msgOpen:
 		return new(Open)
 	case msgOpenResult:

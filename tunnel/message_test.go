@@ -32,6 +32,11 @@ func sampleMessages() []Message {
 		&hello{Version: 1, AgentID: "home-pc", Software: "homeport-agent/1.1", MAC: [32]byte{7}, Flags: FlagStandby},
 		&Reject{Code: CodeIDInUse, Message: `agent id "home-pc" is held by a session from 203.0.113.9:51234`},
 		&RegisterResult{Results: []TunnelResult{{Name: "rdp", Code: CodePortReserved, Message: "reserved"}, {Name: "ssh", Code: CodeQuota, Message: "max_tunnels"}}},
+		&hello{Version: 1, AgentID: "home-pc", Software: "homeport-agent/1.2", MAC: [32]byte{5}, Flags: FlagFeatures},
+		&Welcome{ObservedAddr: "[2001:db8::9]:40000", Features: FeatureUnregister},
+		&Unregister{Names: []string{"rdp", "ssh"}},
+		&Unregister{Names: []string{}},
+		&RegisterResult{Results: []TunnelResult{{Name: "rdp", Code: CodeOK}, {Name: "gone", Code: CodeUnknownTunnel, Message: "no tunnel \"gone\""}}},
 	}
 }
 
@@ -101,6 +106,10 @@ func TestReadMessageErrors(t *testing.T) {
 		{"tunnel name too long", append([]byte{msgOpen, 0, 69, 0, 65}, make([]byte, 67)...), MaxFrameSize, ErrMalformed},
 		{"too many tunnels", []byte{msgRegister, 0, 2, 0x01, 0x01}, MaxFrameSize, ErrMalformed},
 		{"short nonce", []byte{msgChallenge, 0, 3, 1, 2, 3}, MaxFrameSize, ErrMalformed},
+		{"unregister: too many names", []byte{msgUnregister, 0, 2, 0x00, 0x81}, MaxFrameSize, ErrMalformed},
+		{"unregister: name too long", append([]byte{msgUnregister, 0, 69, 0, 1, 0, 65}, make([]byte, 65)...), MaxFrameSize, ErrMalformed},
+		{"unregister: fewer names than counted", []byte{msgUnregister, 0, 7, 0, 2, 0, 3, 'r', 'd', 'p'}, MaxFrameSize, ErrMalformed},
+		{"welcome: two bytes after the address", []byte{msgWelcome, 0, 5, 0, 1, 'a', 1, 0}, MaxFrameSize, ErrMalformed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -109,6 +118,60 @@ func TestReadMessageErrors(t *testing.T) {
 				t.Fatalf("got %v, want %v", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestUnregisterLimits: SplitUnregister keeps each message within
+// MaxTunnels names, and the longest such message fits a frame and decodes.
+func TestUnregisterLimits(t *testing.T) {
+	var names []string
+	for i := range 2*MaxTunnels + 3 {
+		names = append(names, fmt.Sprintf("%064d", i))
+	}
+	parts := SplitUnregister(names)
+	if len(parts) != 3 || len(parts[0].Names) != MaxTunnels || len(parts[2].Names) != 3 {
+		t.Fatalf("split into %d parts", len(parts))
+	}
+	var back []string
+	for _, m := range parts {
+		var buf bytes.Buffer
+		if err := WriteMessage(&buf, m); err != nil {
+			t.Fatal(err)
+		}
+		var got Unregister
+		if err := ReadInto(&buf, MaxFrameSize, &got); err != nil {
+			t.Fatal(err)
+		}
+		back = append(back, got.Names...)
+	}
+	if !reflect.DeepEqual(back, names) {
+		t.Fatal("names changed on the way")
+	}
+	if p := SplitUnregister(nil); len(p) != 1 || len(p[0].Names) != 0 {
+		t.Fatalf("no names: %#v", p)
+	}
+}
+
+// TestWelcomeFeatures: the features byte is optional, so a Welcome of an
+// older relay (no byte) reads as no features, and one with no features
+// is sent as an older relay sends it.
+func TestWelcomeFeatures(t *testing.T) {
+	var buf bytes.Buffer
+	if err := WriteMessage(&buf, &Welcome{ObservedAddr: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if want := []byte{msgWelcome, 0, 3, 0, 1, 'a'}; !bytes.Equal(buf.Bytes(), want) {
+		t.Fatalf("no features: % x, want % x", buf.Bytes(), want)
+	}
+	for _, in := range [][]byte{{msgWelcome, 0, 3, 0, 1, 'a'}, {msgWelcome, 0, 4, 0, 1, 'a', 0}} {
+		var w Welcome
+		if err := ReadInto(bytes.NewReader(in), MaxAuthFrameSize, &w); err != nil || w != (Welcome{ObservedAddr: "a"}) {
+			t.Fatalf("% x: %+v, %v", in, w, err)
+		}
+	}
+	var w Welcome
+	if err := ReadInto(bytes.NewReader([]byte{msgWelcome, 0, 4, 0, 1, 'a', 1}), MaxAuthFrameSize, &w); err != nil || w.Features != FeatureUnregister {
+		t.Fatalf("with features: %+v, %v", w, err)
 	}
 }
 
@@ -145,6 +208,8 @@ func FuzzReadMessage(f *testing.F) {
 		f.Add(buf.Bytes())
 	}
 	f.Add([]byte{msgRegister, 0xff, 0xff})
+	f.Add([]byte{msgUnregister, 0, 2, 0xff, 0xff})
+	f.Add([]byte{msgWelcome, 0, 4, 0, 1, 'a', 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := ReadMessage(bytes.NewReader(data), MaxFrameSize)
 		if err != nil {

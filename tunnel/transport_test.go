@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -218,6 +219,34 @@ func TestAuthenticate(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestAuthenticateFeatures: the relay announces its features only to an
+// agent that asks with FlagFeatures, so an older agent gets the Welcome it
+// knows.
+func TestAuthenticateFeatures(t *testing.T) {
+	secret := []byte("features-token-0123456789")
+	for _, flags := range []HelloFlags{0, FlagFeatures, FlagFeatures | FlagReplacing} {
+		t.Run(fmt.Sprintf("flags %#x", flags), func(t *testing.T) {
+			client, server := pinnedPair(t, TCPTransport{})
+			errc := make(chan error, 1)
+			go func() {
+				_, err := AuthenticateAgent(server, [][]byte{secret}, "198.51.100.9:4242", AuthHooks{})
+				errc <- err
+			}()
+			w, err := Authenticate(client, secret, "home-pc", "test/1", flags)
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+			want := Features(0)
+			if flags&FlagFeatures != 0 {
+				want = RelayFeatures
+			}
+			if err != nil || w.Features != want || w.Features&FeatureUnregister == 0 && want != 0 {
+				t.Fatalf("welcome %+v, %v; want features %#x", w, err, want)
+			}
+		})
 	}
 }
 

@@ -16,10 +16,15 @@ import (
 
 // serveControl serves the control socket in the data directory until ctx
 // ends; the returned function waits for it.
-func serveControl(ctx context.Context, cfg config.Agent, status func() agent.Status, log *slog.Logger) (wait func(), err error) {
+func serveControl(ctx context.Context, cfg config.Agent, status func() agent.Status, rl *reloader, log *slog.Logger) (wait func(), err error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		control.WriteJSON(w, http.StatusOK, status())
+	})
+	// A refused configuration is an answer, not a failure of the call:
+	// the result lists its mistakes.
+	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
+		control.WriteJSON(w, http.StatusOK, rl.reload("control socket"))
 	})
 	return control.Start(ctx, cfg.DataDir, "agent", mux, log)
 }

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -69,7 +68,7 @@ variables < flags.`,
 			if err != nil {
 				return err
 			}
-			return run(cmd.Context(), cfg, stderr)
+			return run(cmd.Context(), cfg, cmd.Flags(), stderr)
 		},
 	}
 	cmd.SetOut(stdout)
@@ -86,6 +85,7 @@ variables < flags.`,
 	}))
 	cmd.AddCommand(ddnsCommand(stdout, stderr))
 	cmd.AddCommand(statusCommand(stdout))
+	cmd.AddCommand(reloadCommand(stdout))
 	cmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
@@ -97,8 +97,10 @@ variables < flags.`,
 	return cmd
 }
 
-func run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
-	log, closeLog, err := cli.OpenLog(stderr, cfg.Log)
+// run runs the agent with cfg, loaded from fs (and the environment and
+// the --config file), which a reload reads again.
+func run(ctx context.Context, cfg config.Agent, fs *pflag.FlagSet, stderr io.Writer) error {
+	log, level, closeLog, err := cli.OpenLogLevel(stderr, cfg.Log)
 	if err != nil {
 		return err
 	}
@@ -122,16 +124,17 @@ func run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 			wait()
 		}
 	}()
-	loaded := time.Now()
+	rl := newReloader(a, fs, cfg, log, level)
 	status := func() agent.Status {
 		st := a.Status()
 		st.Version = cli.Version()
-		st.Config = agent.ConfigStatus{File: cfg.File, Loaded: loaded}
+		st.Config = rl.status()
 		return st
 	}
+	waits = append(waits, rl.watch(ctx))
 	// Another agent with this data directory keeps the socket: this one
 	// runs on without, since agents (unlike relays) share a machine.
-	if waitControl, err := serveControl(ctx, cfg, status, log); err != nil {
+	if waitControl, err := serveControl(ctx, cfg, status, rl, log); err != nil {
 		log.Warn("control socket taken by another agent: agent status shows that one; give this agent its own data_dir", "err", err)
 	} else {
 		waits = append(waits, waitControl)

@@ -1,0 +1,507 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"reflect"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/ddns"
+	"github.com/homeport/homeport/internal/ddnsrun"
+	"github.com/homeport/homeport/tunnel"
+)
+
+// Configuration reload. The configuration in force is a settings value,
+// never changed once made: Reload checks a new configuration as a whole,
+// makes a new settings value and swaps it in. A visitor's stream, a
+// session and a retry each read the settings once, so a visitor reaches
+// the target that was configured when it arrived.
+//
+// What a reload changes takes effect as follows:
+//   - tunnels added, removed, or with a new remote_port, protocol, allow or
+//     deny: registered or closed at once on the session up now (see
+//     registrar.sync); the connections open on other tunnels go on;
+//   - target and proxy_protocol: for visitors from now on;
+//   - dial_timeout, access_log, reconnect_max, handshake_timeout: for
+//     what comes next; session.*: for the next session;
+//   - relay, token, fingerprint, ca_file, server_name, id, transport: a new
+//     session is made beside the old one, which keeps its open
+//     connections until they end (make-before-break);
+//   - ddns: the updater is stopped and a new one started.
+
+// settings is one configuration in force.
+type settings struct {
+	cfg     config.Agent // with defaults filled in
+	tunnels map[string]config.Tunnel
+	tls     *tls.Config
+	tcp     tunnel.Transport
+	quic    tunnel.Transport
+	// udpQueues are the UDP tunnels' budgets for the target's datagrams
+	// waiting to go to the relay; a tunnel that stays keeps its budget.
+	udpQueues map[string]*tunnel.UDPBudget
+	// gen counts the reloads: 0 for the configuration the agent started
+	// with.
+	gen uint64
+}
+
+// requests are the tunnel requests of the configuration, in its order.
+func (s *settings) requests() []tunnel.TunnelRequest {
+	out := make([]tunnel.TunnelRequest, 0, len(s.cfg.Tunnels))
+	for _, t := range s.cfg.Tunnels {
+		out = append(out, tunnelRequest(t))
+	}
+	return out
+}
+
+func tunnelRequest(t config.Tunnel) tunnel.TunnelRequest {
+	proto := tunnel.ProtoTCP
+	if t.Protocol == "udp" {
+		proto = tunnel.ProtoUDP
+	}
+	return tunnel.TunnelRequest{Name: t.Name, Protocol: proto, RemotePort: t.RemotePort, Allow: t.Allow, Deny: t.Deny}
+}
+
+// sameRequest reports whether two requests ask the relay for the same.
+func sameRequest(x, y tunnel.TunnelRequest) bool {
+	return x.Name == y.Name && x.Protocol == y.Protocol && x.RemotePort == y.RemotePort &&
+		slices.Equal(x.Allow, y.Allow) && slices.Equal(x.Deny, y.Deny)
+}
+
+// prepare checks cfg and makes its settings, and its DDNS updater when cfg
+// has a ddns section that differs from old's (old nil: the first
+// configuration). Its error names every mistake; nothing is changed.
+func (a *Agent) prepare(cfg config.Agent, old *settings) (*settings, *ddns.Updater, error) {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("agent: "+format, args...)) }
+	if cfg.Token == "" {
+		bad("token: empty")
+	}
+	if len(cfg.Tunnels) == 0 {
+		bad("no tunnels")
+	}
+	set := &settings{cfg: cfg, tunnels: make(map[string]config.Tunnel, len(cfg.Tunnels)), udpQueues: map[string]*tunnel.UDPBudget{}}
+	for i, t := range cfg.Tunnels {
+		if _, dup := set.tunnels[t.Name]; dup {
+			bad("tunnel %q: duplicate name", t.Name)
+			continue
+		}
+		set.tunnels[t.Name] = t
+		if err := t.Validate(); err != nil {
+			if t.Name == "" {
+				bad("tunnel %d: %w", i+1, err)
+			} else {
+				bad("tunnel %q: %w", t.Name, err)
+			}
+		}
+	}
+	switch {
+	case cfg.Fingerprint != "":
+		conf, err := tunnel.PinnedTLSConfig(cfg.Fingerprint)
+		if err != nil {
+			bad("%w", err)
+		}
+		set.tls = conf
+	case cfg.CAFile != "":
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			bad("ca_file: %w", err)
+			break
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			bad("ca_file %s: no PEM certificate in it", cfg.CAFile)
+		}
+		name := cfg.ServerName
+		if name == "" {
+			host, _, err := net.SplitHostPort(cfg.Relay)
+			if err != nil {
+				bad("relay %q: %w", cfg.Relay, err)
+			}
+			name = host
+		}
+		set.tls = tunnel.CATLSConfig(pool, name)
+	default:
+		bad("neither fingerprint nor ca_file: the relay cannot be verified")
+	}
+	c := &set.cfg
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 5 * time.Second
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = 10 * time.Second
+	}
+	if c.ReconnectMax <= 0 {
+		c.ReconnectMax = 30 * time.Second
+	}
+	switch c.Transport {
+	case "":
+		c.Transport = config.TransportAuto
+	case config.TransportAuto, config.TransportTCP, config.TransportQUIC:
+	default:
+		bad("transport %q: want auto, tcp or quic", c.Transport)
+	}
+	var u *ddns.Updater
+	if cfg.DDNS != nil && (old == nil || !reflect.DeepEqual(cfg.DDNS, old.cfg.DDNS)) {
+		var err error
+		u, err = ddnsrun.New(cfg.DDNS, ddnsrun.Options{Log: a.log, Relay: a.relayAddr, UserAgent: ddns.UserAgent(a.version)})
+		if err != nil {
+			bad("%w", err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, nil, err
+	}
+	set.tcp, set.quic = a.transports(c)
+	for _, t := range cfg.Tunnels {
+		if t.Protocol != "udp" {
+			continue
+		}
+		if old != nil {
+			if b := old.udpQueues[t.Name]; b != nil {
+				set.udpQueues[t.Name] = b
+				continue
+			}
+		}
+		b, err := tunnel.NewUDPBudget(tunnel.FlowQueueBudget, tunnel.TunnelQueueBudget,
+			a.log.With("tunnel", t.Name), "UDP datagrams to the relay dropped: it takes them slower than they come")
+		if err != nil {
+			return nil, nil, fmt.Errorf("agent: tunnel %q: %w", t.Name, err)
+		}
+		set.udpQueues[t.Name] = b
+		a.budgetsMu.Lock()
+		a.budgets = append(a.budgets, b)
+		a.budgetsMu.Unlock()
+	}
+	if old != nil {
+		set.gen = old.gen + 1
+	}
+	return set, u, nil
+}
+
+// Changes is what a reload changed.
+type Changes struct {
+	// Added, Removed and Changed name tunnels.
+	Added   []string `json:"tunnels_added,omitempty"`
+	Removed []string `json:"tunnels_removed,omitempty"`
+	Changed []string `json:"tunnels_changed,omitempty"`
+	// NewSession names the settings whose change makes a new session
+	// (beside the old one, whose open connections go on).
+	NewSession []string `json:"new_session,omitempty"`
+	// NextSession names the settings that apply from the next session.
+	NextSession []string `json:"next_session,omitempty"`
+	// Other names the other settings that changed and apply from now on.
+	Other []string `json:"changed,omitempty"`
+}
+
+// Empty reports whether nothing changed.
+func (c Changes) Empty() bool {
+	return len(c.Added)+len(c.Removed)+len(c.Changed)+len(c.NewSession)+len(c.NextSession)+len(c.Other) == 0
+}
+
+// Attrs are the changes as log attributes.
+func (c Changes) Attrs() []any {
+	var out []any
+	for _, f := range []struct {
+		key  string
+		list []string
+	}{{"tunnels_added", c.Added}, {"tunnels_removed", c.Removed}, {"tunnels_changed", c.Changed},
+		{"new_session", c.NewSession}, {"next_session", c.NextSession}, {"changed", c.Other}} {
+		if len(f.list) > 0 {
+			out = append(out, f.key, f.list)
+		}
+	}
+	return out
+}
+
+// diff lists what differs from old to set.
+func diff(old, set *settings) Changes {
+	var c Changes
+	for _, t := range set.cfg.Tunnels {
+		o, ok := old.tunnels[t.Name]
+		switch {
+		case !ok:
+			c.Added = append(c.Added, t.Name)
+		case !reflect.DeepEqual(o, t):
+			c.Changed = append(c.Changed, t.Name)
+		}
+	}
+	for _, t := range old.cfg.Tunnels {
+		if _, ok := set.tunnels[t.Name]; !ok {
+			c.Removed = append(c.Removed, t.Name)
+		}
+	}
+	o, n := old.cfg, set.cfg
+	for _, f := range []struct {
+		key     string
+		changed bool
+		list    *[]string
+	}{
+		{"relay", o.Relay != n.Relay, &c.NewSession},
+		{"token", o.Token != n.Token, &c.NewSession},
+		{"fingerprint", o.Fingerprint != n.Fingerprint, &c.NewSession},
+		{"ca_file", o.CAFile != n.CAFile, &c.NewSession},
+		{"server_name", o.ServerName != n.ServerName, &c.NewSession},
+		{"id", o.ID != n.ID, &c.NewSession},
+		{"transport", o.Transport != n.Transport, &c.NewSession},
+		{"session", o.Session != n.Session, &c.NextSession},
+		{"dial_timeout", o.DialTimeout != n.DialTimeout, &c.Other},
+		{"handshake_timeout", o.HandshakeTimeout != n.HandshakeTimeout, &c.Other},
+		{"reconnect_max", o.ReconnectMax != n.ReconnectMax, &c.Other},
+		{"access_log", o.AccessLog != n.AccessLog, &c.Other},
+		{"ddns", !reflect.DeepEqual(o.DDNS, n.DDNS), &c.Other},
+	} {
+		if f.changed {
+			*f.list = append(*f.list, f.key)
+		}
+	}
+	return c
+}
+
+// Reload puts cfg in force in place of the running configuration. cfg is
+// checked as a whole first: if anything is wrong, the error names every
+// mistake and nothing changes. Otherwise the tunnels are brought in line
+// on the session up now (see the top of this file for what applies when),
+// and Reload returns what changed. A relay's refusal of a tunnel is not an
+// error of the configuration: it is logged, and shown in the status, as at
+// the start.
+func (a *Agent) Reload(cfg config.Agent) (Changes, error) {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	old := a.conf()
+	set, u, err := a.prepare(cfg, old)
+	if err != nil {
+		return Changes{}, err
+	}
+	ch := diff(old, set)
+
+	// Status and counters of new tunnels exist before any visitor can
+	// reach them.
+	names := make([]string, 0, len(set.cfg.Tunnels))
+	for _, t := range set.cfg.Tunnels {
+		names = append(names, t.Name)
+	}
+	a.status.setNames(names, time.Now())
+	a.statsMu.Lock()
+	for _, n := range ch.Added {
+		a.stats[n] = &tunnelStats{}
+	}
+	a.statsMu.Unlock()
+
+	a.set.Store(set)
+
+	a.statsMu.Lock()
+	for _, n := range ch.Removed {
+		delete(a.stats, n)
+	}
+	a.statsMu.Unlock()
+
+	if slices.Contains(ch.Other, "ddns") {
+		a.ddns.replace(u, a.log)
+	}
+	if len(ch.NewSession) > 0 {
+		a.log.Info("opening a new session with the changed settings; the old one keeps its open connections", "changed", ch.NewSession)
+		a.renewSessions(set.gen)
+	}
+	if r := a.live.Load(); r != nil {
+		if err := r.sync(); errors.Is(err, errNoUnregister) {
+			a.log.Info("the relay is older than closing a tunnel on a live session; opening a new session without it",
+				"tunnels", append(slices.Clone(ch.Removed), ch.Changed...))
+			a.renewSessions(set.gen)
+		} else if err != nil {
+			a.log.Debug("tunnels not brought in line on this session; the next one registers them", "err", err)
+		}
+	}
+	return ch, nil
+}
+
+// renewSessions asks for sessions made with settings older than gen to be
+// replaced.
+func (a *Agent) renewSessions(gen uint64) {
+	for {
+		cur := a.renewAt.Load()
+		if cur >= gen || a.renewAt.CompareAndSwap(cur, gen) {
+			break
+		}
+	}
+	select {
+	case a.renew <- struct{}{}:
+	default:
+	}
+}
+
+// watchRenew opens a new session beside l, when the settings l was made
+// with are to be replaced (renewSessions), and sends it on newer. It
+// returns when l ends, when ctx ends, or once it has sent one. While the
+// new session fails (a relay address that does not answer, a token the
+// relay refuses), l goes on serving, and the new one is tried again with
+// backoff; a failure that only a change of configuration can fix is not
+// retried until the next reload.
+func (a *Agent) watchRenew(ctx context.Context, l *link, replacing, tried *atomic.Bool, newer chan<- *link) {
+	attempt := 0
+	var wait <-chan time.Time
+	var gaveUp uint64 // the generation given up on
+	for {
+		if want := a.renewAt.Load(); l.set.gen < want && gaveUp < want && wait == nil {
+			if !replacing.CompareAndSwap(false, true) {
+				// A new session for a silent relay is on its way; it
+				// is made with the settings in force, or is checked
+				// again once it serves.
+				wait = time.After(silenceCheck)
+			} else {
+				tried.Store(true)
+				// A new session that the relay does not see as this
+				// one's successor (another relay, token or id) gets
+				// the ports only once this one gave them up.
+				handed := false
+				next, err := a.establish(ctx, true, false, func(set *settings) {
+					if k, nk := l.set.cfg, set.cfg; k.Relay != nk.Relay || k.Token != nk.Token || k.ID != nk.ID {
+						handed = true
+						a.handOff(l)
+					}
+				})
+				if err == nil {
+					newer <- next
+					return
+				}
+				if handed {
+					a.takeBack(l)
+				}
+				replacing.Store(false)
+				if ctx.Err() != nil {
+					return
+				}
+				var f *failure
+				if errors.As(err, &f) && f.definitive {
+					a.log.Error("new session with the changed settings refused; the old session goes on until it ends",
+						"err", err)
+					gaveUp = want
+				} else {
+					delay := jitter(refusedBase, a.conf().cfg.ReconnectMax, attempt)
+					attempt++
+					a.log.Warn("new session with the changed settings failed; the old session goes on; trying again",
+						"err", err, "retry_in", delay.Round(time.Millisecond))
+					wait = time.After(delay)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.sess.Done():
+			return
+		case <-a.renew:
+		case <-wait:
+			wait = nil
+		}
+	}
+}
+
+// handOff gives up the public ports of l, for a new session beside it
+// that the relay does not see as l's successor: with Unregister where the
+// relay knows it (the ports are free when it answers), else with a GoAway
+// (the relay closes them at once; the new session's registrations may
+// come first and are then retried). l's open connections go on.
+func (a *Agent) handOff(l *link) {
+	if r := a.live.Load(); r != nil && r.l == l {
+		if err := r.leave(); err == nil {
+			return
+		}
+	}
+	if err := l.w.write(&tunnel.GoAway{Code: tunnel.CodeShutdown, Message: "the agent's settings changed; its new session takes over"}, time.Second); err != nil {
+		a.log.Debug("telling the relay that the old session leaves", "err", err)
+	}
+}
+
+// takeBack registers the tunnels on l again after a handOff whose new
+// session failed.
+func (a *Agent) takeBack(l *link) {
+	if r := a.live.Load(); r != nil && r.l == l {
+		r.stay()
+		if err := r.sync(); err != nil {
+			a.log.Debug("registering the tunnels again on the old session", "err", err)
+		}
+	}
+}
+
+// ddnsRunner runs the dynamic DNS updater while the agent runs, and
+// replaces it when a reload changes its configuration.
+type ddnsRunner struct {
+	mu     sync.Mutex
+	u      *ddns.Updater // nil: off
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// start runs the updater, if any, until ctx ends or stop.
+func (r *ddnsRunner) start(ctx context.Context, log *slog.Logger) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ctx = ctx
+	r.runLocked(log)
+}
+
+func (r *ddnsRunner) runLocked(log *slog.Logger) {
+	if r.u == nil || r.ctx == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(r.ctx)
+	done := make(chan struct{})
+	u := r.u
+	go func() {
+		defer close(done)
+		if err := u.Run(ctx); err != nil {
+			log.Error("ddns: updater stopped; the tunnels keep running", "err", err)
+		}
+	}()
+	r.cancel, r.done = cancel, done
+}
+
+func (r *ddnsRunner) stopLocked() {
+	if r.cancel != nil {
+		r.cancel()
+		<-r.done
+		r.cancel, r.done = nil, nil
+	}
+}
+
+// stop stops the updater and waits for it.
+func (r *ddnsRunner) stop() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stopLocked()
+	r.ctx = nil
+}
+
+// replace stops the running updater and starts u (nil: none) in its place.
+func (r *ddnsRunner) replace(u *ddns.Updater, log *slog.Logger) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stopLocked()
+	r.u = u
+	r.runLocked(log)
+}
+
+// running reports whether an updater is configured.
+func (r *ddnsRunner) running() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.u != nil
+}
+
+// updater returns the updater (nil: none), for the status.
+func (r *ddnsRunner) updater() *ddns.Updater {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.u
+}
