@@ -72,7 +72,7 @@ func writeConfigLine(w io.Writer, now time.Time, c ConfigStatus) {
 		file = "no file"
 	}
 	fmt.Fprintf(w, "configuration: %s, loaded %s ago, reloads %d\n", file, control.Age(now, c.Loaded), c.Reloads)
-	if c.LastErr != "" {
+	if c.LastErr != "" && c.LastFail.After(c.Loaded) {
 		fmt.Fprintf(w, "last reload refused %s ago: %s\n", control.Age(now, c.LastFail), c.LastErr)
 	}
 }

@@ -16,7 +16,7 @@ import (
 
 // serveControl serves the control socket in the data directory until ctx
 // ends; the returned function waits for it.
-func serveControl(ctx context.Context, cfg config.Agent, status func() agent.Status, rl *reloader, log *slog.Logger) (wait func(), err error) {
+func serveControl(ctx context.Context, cfg config.Agent, status func() agent.Status, rl *cli.Reloader[agent.Changes], log *slog.Logger) (wait func(), err error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		control.WriteJSON(w, http.StatusOK, status())
@@ -24,7 +24,8 @@ func serveControl(ctx context.Context, cfg config.Agent, status func() agent.Sta
 	// A refused configuration is an answer, not a failure of the call:
 	// the result lists its mistakes.
 	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
-		control.WriteJSON(w, http.StatusOK, rl.reload("control socket"))
+		ch, mistakes := rl.Reload("agent reload")
+		control.WriteJSON(w, http.StatusOK, ReloadResult{Reloaded: mistakes == nil, Changes: ch, Errors: mistakes})
 	})
 	return control.Start(ctx, cfg.DataDir, "agent", mux, log)
 }

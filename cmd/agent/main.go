@@ -128,10 +128,11 @@ func run(ctx context.Context, cfg config.Agent, fs *pflag.FlagSet, stderr io.Wri
 	status := func() agent.Status {
 		st := a.Status()
 		st.Version = cli.Version()
-		st.Config = rl.status()
+		loaded, n, lastErr, lastFail := rl.State()
+		st.Config = agent.ConfigStatus{File: cfg.File, Loaded: loaded, Reloads: n, LastErr: lastErr, LastFail: lastFail}
 		return st
 	}
-	waits = append(waits, rl.watch(ctx))
+	waits = append(waits, rl.Watch(ctx))
 	// Another agent with this data directory keeps the socket: this one
 	// runs on without, since agents (unlike relays) share a machine.
 	if waitControl, err := serveControl(ctx, cfg, status, rl, log); err != nil {

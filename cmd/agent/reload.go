@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -17,26 +16,7 @@ import (
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/cli"
 	"github.com/homeport/homeport/internal/control"
-	"github.com/homeport/homeport/internal/reload"
 )
-
-// reloader reloads the agent's configuration from the sources it was
-// started with (the same flags, environment and --config file), on
-// SIGHUP, when the file changes, and when asked over the control socket.
-type reloader struct {
-	a     *agent.Agent
-	fs    *pflag.FlagSet
-	log   *slog.Logger
-	level *slog.LevelVar
-
-	mu  sync.Mutex
-	cfg config.Agent // in force
-	st  agent.ConfigStatus
-}
-
-func newReloader(a *agent.Agent, fs *pflag.FlagSet, cfg config.Agent, log *slog.Logger, level *slog.LevelVar) *reloader {
-	return &reloader{a: a, fs: fs, cfg: cfg, log: log, level: level, st: agent.ConfigStatus{File: cfg.File, Loaded: time.Now()}}
-}
 
 // ReloadResult is the answer of POST /v1/reload.
 type ReloadResult struct {
@@ -46,102 +26,47 @@ type ReloadResult struct {
 	Errors []string `json:"errors,omitempty"`
 }
 
-// watch reloads at every trigger of reload.Watch until ctx ends; the
-// returned function waits for it.
-func (r *reloader) watch(ctx context.Context) (wait func()) {
-	triggers := reload.Watch(ctx, r.cfg.File, r.log)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case t := <-triggers:
-				r.reload(string(t))
+// newReloader reloads the agent's configuration from the sources it was
+// started with (the same flags, environment and --config file).
+func newReloader(a *agent.Agent, fs *pflag.FlagSet, cfg config.Agent, log *slog.Logger, level *slog.LevelVar) *cli.Reloader[agent.Changes] {
+	inForce := cfg
+	return cli.NewReloader(cfg.File, log, func() (agent.Changes, []any, error) {
+		next, err := config.LoadAgent(fs)
+		if err != nil {
+			return agent.Changes{}, nil, err
+		}
+		ch, err := a.Reload(next)
+		if err != nil {
+			return agent.Changes{}, nil, err
+		}
+		old := inForce
+		inForce = next
+		cli.LogWarnings(log, next.Warnings)
+		if next.Log.Level != old.Log.Level {
+			if l, err := cli.ParseLevel(next.Log.Level); err == nil {
+				level.Set(l)
+				ch.Other = append(ch.Other, "log.level")
 			}
 		}
-	}()
-	return func() { <-done }
-}
-
-// reload loads the configuration again and puts it in force, or, if it
-// has any mistake, logs each and keeps the running one.
-func (r *reloader) reload(trigger string) ReloadResult {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	cfg, err := config.LoadAgent(r.fs)
-	var ch agent.Changes
-	if err == nil {
-		ch, err = r.a.Reload(cfg)
-	}
-	if err != nil {
-		mistakes := splitErrors(err)
-		for _, m := range mistakes {
-			r.log.Error("configuration reload refused; the running configuration stays in force", "trigger", trigger, "err", m)
-		}
-		r.st.LastErr, r.st.LastFail = strings.Join(mistakes, "; "), time.Now()
-		return ReloadResult{Errors: mistakes}
-	}
-	old := r.cfg
-	r.cfg = cfg
-	r.st.Loaded = time.Now()
-	r.st.Reloads++
-	cli.LogWarnings(r.log, cfg.Warnings)
-	if cfg.Log.Level != old.Log.Level {
-		if l, err := cli.ParseLevel(cfg.Log.Level); err == nil {
-			r.level.Set(l)
-			ch.Other = append(ch.Other, "log.level")
-		}
-	}
-	for _, f := range []struct {
-		key     string
-		changed bool
-	}{
-		{"data_dir", cfg.DataDir != old.DataDir},
-		{"metrics_addr", cfg.MetricsAddr != old.MetricsAddr},
-		{"debug_addr", cfg.DebugAddr != old.DebugAddr},
-		{"log.file", cfg.Log.File != old.Log.File},
-		{"log.format", cfg.Log.Format != old.Log.Format},
-	} {
-		if f.changed {
-			r.log.Warn(f.key + " changed: restart the agent to apply")
-		}
-	}
-	attrs := append([]any{"trigger", trigger}, ch.Attrs()...)
-	if ch.Empty() {
-		attrs = append(attrs, "changes", "none")
-	}
-	r.log.Info("configuration reloaded", attrs...)
-	return ReloadResult{Reloaded: true, Changes: ch}
-}
-
-// status is the configuration's part of the agent's status.
-func (r *reloader) status() agent.ConfigStatus {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.st
-}
-
-// splitErrors lists the mistakes joined in err (errors.Join), one each.
-func splitErrors(err error) []string {
-	var out []string
-	var walk func(error)
-	walk = func(err error) {
-		if j, ok := err.(interface{ Unwrap() []error }); ok {
-			for _, e := range j.Unwrap() {
-				walk(e)
-			}
-			return
-		}
-		for _, line := range strings.Split(err.Error(), "\n") {
-			if line = strings.TrimSpace(line); line != "" {
-				out = append(out, line)
+		for _, f := range []struct {
+			key     string
+			changed bool
+		}{
+			{"data_dir", next.DataDir != old.DataDir},
+			{"metrics_addr", next.MetricsAddr != old.MetricsAddr},
+			{"debug_addr", next.DebugAddr != old.DebugAddr},
+			{"log.file", next.Log.File != old.Log.File},
+			{"log.format", next.Log.Format != old.Log.Format},
+		} {
+			if f.changed {
+				log.Warn(f.key + " changed: restart the agent to apply")
 			}
 		}
-	}
-	walk(err)
-	return out
+		if ch.Empty() {
+			return ch, nil, nil
+		}
+		return ch, ch.Attrs(), nil
+	})
 }
 
 // errRefused ends "agent reload" with status 1.

@@ -17,14 +17,14 @@ import (
 
 // serveControl serves the control socket in the data directory until ctx
 // ends; the returned function waits for it.
-func serveControl(ctx context.Context, cfg config.Relay, status func() relay.Status, reload func(trigger string) error, log *slog.Logger) (wait func(), err error) {
+func serveControl(ctx context.Context, cfg config.Relay, status func() relay.Status, reload func(trigger string) (struct{}, []string), log *slog.Logger) (wait func(), err error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		control.WriteJSON(w, http.StatusOK, status())
 	})
 	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
-		if err := reload("relay reload"); err != nil {
-			control.WriteJSON(w, http.StatusUnprocessableEntity, control.Problem{Error: "configuration reload refused; the running configuration stays in force: " + strings.ReplaceAll(err.Error(), "\n", "; ")})
+		if _, mistakes := reload("relay reload"); mistakes != nil {
+			control.WriteJSON(w, http.StatusUnprocessableEntity, control.Problem{Error: "configuration reload refused; the running configuration stays in force: " + strings.Join(mistakes, "; ")})
 			return
 		}
 		control.WriteJSON(w, http.StatusOK, struct{}{})

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -134,19 +135,28 @@ func run(ctx context.Context, fs *pflag.FlagSet, cfg config.Relay, stdout, stder
 			wait()
 		}
 	}()
-	reloads := &cli.Reloads{File: cfg.File, Log: log, Apply: func() ([]string, []string, error) {
+	reloads := cli.NewReloader(cfg.File, log, func() (struct{}, []any, error) {
 		next, err := config.LoadRelay(fs)
 		if err != nil {
-			return nil, nil, err
+			return struct{}{}, nil, err
 		}
-		cli.LogWarnings(log, next.Warnings)
 		id, err := relay.LoadIdentity(next)
 		if err != nil {
-			return nil, nil, err
+			return struct{}{}, nil, err
 		}
-		return srv.Reload(next, id)
-	}}
-	reloads.Started()
+		changes, restartOnly, err := srv.Reload(next, id)
+		if err != nil {
+			return struct{}{}, nil, err
+		}
+		cli.LogWarnings(log, next.Warnings)
+		for _, k := range restartOnly {
+			log.Warn(k + " changed: restart the relay to apply")
+		}
+		if len(changes) == 0 {
+			return struct{}{}, nil, nil
+		}
+		return struct{}{}, []any{"changed", strings.Join(changes, "; ")}, nil
+	})
 	status := func() relay.Status {
 		st := srv.Status()
 		st.Version = cli.Version()

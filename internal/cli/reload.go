@@ -10,12 +10,17 @@ import (
 	"github.com/homeport/homeport/internal/reload"
 )
 
-// Reloads runs a program's configuration reloads, one at a time, and
-// keeps what the status shows of them.
-type Reloads struct {
-	File  string // the configuration file, "" for none
-	Apply func() (changes, restartOnly []string, err error)
-	Log   *slog.Logger
+// Reloader runs a program's configuration reloads, one at a time, from
+// every trigger (SIGHUP, the file's changes, the control socket), and
+// keeps what the status shows of them. T is what a reload reports of its
+// changes.
+type Reloader[T any] struct {
+	File string // the configuration file, "" for none
+	Log  *slog.Logger
+	// Apply loads the configuration again and puts it in force, or
+	// changes nothing and returns every mistake (errors.Join). attrs
+	// describe the changes for the log line.
+	Apply func() (changes T, attrs []any, err error)
 
 	mu       sync.Mutex
 	loaded   time.Time
@@ -24,52 +29,45 @@ type Reloads struct {
 	lastFail time.Time
 }
 
+// NewReloader returns a reloader whose first load is now.
+func NewReloader[T any](file string, log *slog.Logger, apply func() (T, []any, error)) *Reloader[T] {
+	return &Reloader[T]{File: file, Log: log, Apply: apply, loaded: time.Now()}
+}
+
 // State returns when the configuration in force was loaded, how many
-// reloads succeeded, and the last refusal (if any) and when.
-func (r *Reloads) State() (loaded time.Time, count int, lastErr string, lastFail time.Time) {
+// reloads succeeded, and the last refusal since (if any) and when.
+func (r *Reloader[T]) State() (loaded time.Time, count int, lastErr string, lastFail time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.loaded, r.count, r.lastErr, r.lastFail
 }
 
-// Started records the first load.
-func (r *Reloads) Started() {
-	r.mu.Lock()
-	r.loaded = time.Now()
-	r.mu.Unlock()
-}
-
-// Reload loads and applies the configuration once, logging the outcome:
-// every mistake of a refused one on a line of its own, every change of an
-// applied one, and each setting that waits for a restart.
-func (r *Reloads) Reload(trigger string) error {
+// Reload loads and applies the configuration once. A refusal logs every
+// mistake on a line of its own and returns them, one each.
+func (r *Reloader[T]) Reload(trigger string) (changes T, mistakes []string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	changes, restartOnly, err := r.Apply()
+	changes, attrs, err := r.Apply()
 	if err != nil {
-		r.lastErr, r.lastFail = strings.ReplaceAll(err.Error(), "\n", "; "), time.Now()
-		r.Log.Error("configuration reload refused; the running configuration stays in force", "trigger", trigger, "file", r.File)
-		for _, line := range strings.Split(err.Error(), "\n") {
-			r.Log.Error("configuration reload refused: mistake", "err", line)
+		mistakes = SplitErrors(err)
+		for _, m := range mistakes {
+			r.Log.Error("configuration reload refused; the running configuration stays in force", "trigger", trigger, "file", r.File, "err", m)
 		}
-		return err
+		r.lastErr, r.lastFail = strings.Join(mistakes, "; "), time.Now()
+		return changes, mistakes
 	}
 	r.count++
 	r.loaded = time.Now()
-	r.lastErr, r.lastFail = "", time.Time{}
-	if len(changes) == 0 {
-		changes = []string{"nothing"}
+	if len(attrs) == 0 {
+		attrs = []any{"changes", "none"}
 	}
-	r.Log.Info("configuration reloaded", "trigger", trigger, "file", r.File, "changed", strings.Join(changes, "; "))
-	for _, s := range restartOnly {
-		r.Log.Warn("changed setting takes effect at the next restart", "setting", s)
-	}
-	return nil
+	r.Log.Info("configuration reloaded", append([]any{"trigger", trigger}, attrs...)...)
+	return changes, nil
 }
 
 // Watch reloads on SIGHUP and changes of the file until ctx ends; the
 // returned function waits for it to stop.
-func (r *Reloads) Watch(ctx context.Context) (wait func()) {
+func (r *Reloader[T]) Watch(ctx context.Context) (wait func()) {
 	triggers := reload.Watch(ctx, r.File, r.Log)
 	done := make(chan struct{})
 	go func() {
@@ -79,9 +77,32 @@ func (r *Reloads) Watch(ctx context.Context) (wait func()) {
 			case <-ctx.Done():
 				return
 			case t := <-triggers:
-				_ = r.Reload(string(t))
+				r.Reload(string(t))
 			}
 		}
 	}()
 	return func() { <-done }
+}
+
+// SplitErrors lists the mistakes joined in err (errors.Join), one each.
+func SplitErrors(err error) []string {
+	var out []string
+	var walk func(error)
+	walk = func(err error) {
+		// Only a join itself is split: a mistake that wraps several
+		// causes stays one mistake.
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			for _, e := range j.Unwrap() {
+				walk(e)
+			}
+			return
+		}
+		for _, line := range strings.Split(err.Error(), "\n") {
+			if line = strings.TrimSpace(line); line != "" {
+				out = append(out, line)
+			}
+		}
+	}
+	walk(err)
+	return out
 }
