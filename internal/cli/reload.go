@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -17,6 +18,9 @@ import (
 type Reloader[T any] struct {
 	File string // the configuration file, "" for none
 	Log  *slog.Logger
+	// HUP: SIGHUP reloads. Off for a program on a terminal, whose
+	// SIGHUP means the terminal went away (see NewReloader).
+	HUP bool
 	// Apply loads the configuration again and puts it in force, or
 	// changes nothing and returns every mistake (errors.Join). attrs
 	// describe the changes for the log line.
@@ -29,9 +33,12 @@ type Reloader[T any] struct {
 	lastFail time.Time
 }
 
-// NewReloader returns a reloader whose first load is now.
+// NewReloader returns a reloader whose first load is now. SIGHUP reloads
+// unless standard input is a terminal: there it keeps meaning that the
+// terminal went away (the program stops), and `relay reload`, `agent
+// reload` or saving the file reload instead.
 func NewReloader[T any](file string, log *slog.Logger, apply func() (T, []any, error)) *Reloader[T] {
-	return &Reloader[T]{File: file, Log: log, Apply: apply, loaded: time.Now()}
+	return &Reloader[T]{File: file, Log: log, Apply: apply, loaded: time.Now(), HUP: !IsTerminal(os.Stdin)}
 }
 
 // State returns when the configuration in force was loaded, how many
@@ -68,7 +75,7 @@ func (r *Reloader[T]) Reload(trigger string) (changes T, mistakes []string) {
 // Watch reloads on SIGHUP and changes of the file until ctx ends; the
 // returned function waits for it to stop.
 func (r *Reloader[T]) Watch(ctx context.Context) (wait func()) {
-	triggers := reload.Watch(ctx, r.File, r.Log)
+	triggers := reload.Watch(ctx, r.File, r.HUP, r.Log)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -33,11 +33,13 @@ const (
 	File   Trigger = "file changed"
 )
 
-// Watch sends a Trigger on the returned channel for each SIGHUP and each
-// change of file's content ("": signals only) until ctx ends. Triggers
-// that arrive while one is pending are merged. A file that cannot be
-// watched (its directory is missing) is logged, and signals still work.
-func Watch(ctx context.Context, file string, log *slog.Logger) <-chan Trigger {
+// Watch sends a Trigger on the returned channel for each change of file's
+// content ("": none), and with hup for each SIGHUP, until ctx ends.
+// Triggers that arrive while one is pending are merged. A file that
+// cannot be watched (its directory is missing) is logged, and signals
+// still work. Without hup, SIGHUP keeps its usual meaning: a program on a
+// terminal ends when the terminal goes away.
+func Watch(ctx context.Context, file string, hup bool, log *slog.Logger) <-chan Trigger {
 	out := make(chan Trigger, 1)
 	send := func(t Trigger) {
 		select {
@@ -45,7 +47,11 @@ func Watch(ctx context.Context, file string, log *slog.Logger) <-chan Trigger {
 		default: // one is pending already: it will read the newest file
 		}
 	}
-	sigs, stopSigs := notifyHUP()
+	var sigs <-chan os.Signal
+	stopSigs := func() {}
+	if hup {
+		sigs, stopSigs = notifyHUP()
+	}
 	var events <-chan fsnotify.Event
 	var errs <-chan error
 	var w *fsnotify.Watcher

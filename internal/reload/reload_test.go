@@ -48,7 +48,7 @@ func TestWatchFile(t *testing.T) {
 	write(t, file, "listen: :7000\n")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c := Watch(ctx, file, slog.New(slog.DiscardHandler))
+	c := Watch(ctx, file, false, slog.New(slog.DiscardHandler))
 
 	write(t, file, "listen: :7001\n")
 	expect(t, c, File, "written in place")
@@ -95,7 +95,7 @@ func TestWatchConfigMap(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c := Watch(ctx, file, slog.New(slog.DiscardHandler))
+	c := Watch(ctx, file, false, slog.New(slog.DiscardHandler))
 
 	mk("..2026_02", "listen: :7001\n")
 	tmp := filepath.Join(dir, "..data_tmp")

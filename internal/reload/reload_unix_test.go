@@ -12,7 +12,7 @@ import (
 func TestWatchSignal(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c := Watch(ctx, "", slog.New(slog.DiscardHandler))
+	c := Watch(ctx, "", true, slog.New(slog.DiscardHandler))
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
