@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/homeport/homeport/internal/ddnsrun"
 )
 
 // metrics are the agent's Prometheus metrics: the stream-open latency,
@@ -70,21 +72,16 @@ var (
 		"The target's UDP datagrams dropped while the relay took them slower than they came.", tunnelLabels, nil)
 	descDialFailures = prometheus.NewDesc("homeport_agent_tunnel_dial_failures_total",
 		"Failures to reach the tunnel's target.", tunnelLabels, nil)
-	descDDNSSynced = prometheus.NewDesc("homeport_ddns_synced",
-		"1 when the name's records match the address wanted, read back from the provider.", []string{"name", "type"}, nil)
-	descDDNSUpdates = prometheus.NewDesc("homeport_ddns_updates_total",
-		"Confirmed writes of the name's records.", []string{"name", "type"}, nil)
-	descDDNSFailures = prometheus.NewDesc("homeport_ddns_failures_total",
-		"Failed attempts to read or write the name's records.", []string{"name", "type"}, nil)
 )
 
 type statusCollector struct{ a *Agent }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSessionUp, descSessionRTT, descStreams, descReconnects, descTunnelUp,
-		descVisitors, descAccepted, descBytes, descDropped, descDialFailures, descDDNSSynced, descDDNSUpdates, descDDNSFailures} {
+		descVisitors, descAccepted, descBytes, descDropped, descDialFailures} {
 		ch <- d
 	}
+	ddnsrun.DescribeMetrics(ch)
 }
 
 func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
@@ -117,13 +114,5 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(t.Dropped), l...)
 		}
 	}
-	for _, d := range st.DDNS {
-		v := 0.0
-		if d.Synced && d.Error == "" {
-			v = 1
-		}
-		ch <- prometheus.MustNewConstMetric(descDDNSSynced, prometheus.GaugeValue, v, d.Name, d.Type)
-		ch <- prometheus.MustNewConstMetric(descDDNSUpdates, prometheus.CounterValue, float64(d.Updates), d.Name, d.Type)
-		ch <- prometheus.MustNewConstMetric(descDDNSFailures, prometheus.CounterValue, float64(d.Failures), d.Name, d.Type)
-	}
+	ddnsrun.CollectMetrics(ch, st.DDNS)
 }

@@ -7,6 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/homeport/homeport/internal/ddnsrun"
+
 	"github.com/homeport/homeport/internal/control"
 )
 
@@ -106,12 +108,6 @@ var (
 		"Bytes carried since the tunnel opened, by direction: in (from visitors) or out (to visitors).", append(tunnelLabels, "direction"), nil)
 	descDropped = prometheus.NewDesc("homeport_relay_tunnel_udp_dropped_total",
 		"UDP datagrams dropped (over a budget or the flow limit) since the tunnel opened.", tunnelLabels, nil)
-	descDDNSSynced = prometheus.NewDesc("homeport_ddns_synced",
-		"1 when the name's records match the address wanted, read back from the provider.", []string{"name", "type"}, nil)
-	descDDNSUpdates = prometheus.NewDesc("homeport_ddns_updates_total",
-		"Confirmed writes of the name's records.", []string{"name", "type"}, nil)
-	descDDNSFailures = prometheus.NewDesc("homeport_ddns_failures_total",
-		"Failed attempts to read or write the name's records.", []string{"name", "type"}, nil)
 )
 
 // statusCollector reads the relay's status at scrape time.
@@ -119,9 +115,10 @@ type statusCollector struct{ s *Server }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAgents, descAgentStreams, descAgentRTT, descTunnelUp, descVisitorsNow,
-		descVisitorsAccepted, descVisitorsRefused, descVisitorBans, descBytes, descDropped, descDDNSSynced, descDDNSUpdates, descDDNSFailures} {
+		descVisitorsAccepted, descVisitorsRefused, descVisitorBans, descBytes, descDropped} {
 		ch <- d
 	}
+	ddnsrun.DescribeMetrics(ch)
 }
 
 func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
@@ -159,15 +156,7 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(t.Dropped), l...)
 		}
 	}
-	for _, d := range st.DDNS {
-		v := 0.0
-		if d.Synced && d.Error == "" {
-			v = 1
-		}
-		ch <- prometheus.MustNewConstMetric(descDDNSSynced, prometheus.GaugeValue, v, d.Name, d.Type)
-		ch <- prometheus.MustNewConstMetric(descDDNSUpdates, prometheus.CounterValue, float64(d.Updates), d.Name, d.Type)
-		ch <- prometheus.MustNewConstMetric(descDDNSFailures, prometheus.CounterValue, float64(d.Failures), d.Name, d.Type)
-	}
+	ddnsrun.CollectMetrics(ch, st.DDNS)
 }
 
 func secondsOf(d control.Duration) float64 { return time.Duration(d).Seconds() }

@@ -141,11 +141,7 @@ func run(ctx context.Context, cfg config.Agent, fs *pflag.FlagSet, stderr io.Wri
 		waits = append(waits, waitControl)
 	}
 	if cfg.MetricsAddr != "" {
-		reg := metrics.NewRegistry("agent", cli.Version())
-		if err := a.RegisterMetrics(reg); err != nil {
-			return err
-		}
-		waitMetrics, err := metrics.Serve(ctx, cfg.MetricsAddr, metrics.Handler(reg, a.Ready, log), log)
+		waitMetrics, err := metrics.Start(ctx, cfg.MetricsAddr, "agent", cli.Version(), a.RegisterMetrics, a.Ready, log)
 		if err != nil {
 			return err
 		}

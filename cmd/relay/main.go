@@ -175,11 +175,7 @@ func run(ctx context.Context, fs *pflag.FlagSet, cfg config.Relay, stdout, stder
 	}
 	waits = append(waits, waitDashboard)
 	if cfg.MetricsAddr != "" {
-		reg := metrics.NewRegistry("relay", cli.Version())
-		if err := srv.RegisterMetrics(reg); err != nil {
-			return err
-		}
-		waitMetrics, err := metrics.Serve(ctx, cfg.MetricsAddr, metrics.Handler(reg, srv.Ready, log), log)
+		waitMetrics, err := metrics.Start(ctx, cfg.MetricsAddr, "relay", cli.Version(), srv.RegisterMetrics, srv.Ready, log)
 		if err != nil {
 			return err
 		}

@@ -100,3 +100,14 @@ func Serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger) (
 	log.Info("serving metrics", "addr", ln.Addr().String(), "paths", "/metrics /healthz /readyz")
 	return wg.Wait, nil
 }
+
+// Start serves, on addr, program's registry (with what register adds to
+// it), its health and its readiness, until ctx ends; the returned
+// function waits for the server to stop.
+func Start(ctx context.Context, addr, program, version string, register func(prometheus.Registerer) error, ready func() error, log *slog.Logger) (wait func(), err error) {
+	reg := NewRegistry(program, version)
+	if err := register(reg); err != nil {
+		return nil, err
+	}
+	return Serve(ctx, addr, Handler(reg, ready, log), log)
+}
