@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/tunnel"
 )
@@ -28,8 +30,10 @@ type agentSession struct {
 	agent   tunnel.Agent
 	sess    tunnel.Session
 	log     *slog.Logger
-	// transport is tcp or quic.
+	// transport is tcp or quic; openTime observes its visitors' time to
+	// the agent's answer.
 	transport string
+	openTime  prometheus.Observer
 
 	ctrlMu sync.Mutex // serialises writes on ctrl
 	ctrl   tunnel.Stream
@@ -66,6 +70,7 @@ func newAgentSession(s *Server, sess tunnel.Session, ctrl tunnel.Stream, a tunne
 		tunnels:   make(map[string]portTunnel),
 		flows:     make(map[uint32]*udpFlow),
 		transport: transport,
+		openTime:  s.metrics.streamOpen.WithLabelValues(transport),
 	}
 }
 
@@ -443,7 +448,7 @@ func (t *publicTunnel) serveVisitor(c *net.TCPConn) {
 	st = tunnel.CutAware(st, as.lost)
 	t.stats.visitors.Add(1)
 	t.stats.accepted.Add(1)
-	answered := func() { as.srv.metrics.streamOpen.WithLabelValues(as.transport).Observe(time.Since(start).Seconds()) }
+	answered := func() { as.openTime.Observe(time.Since(start).Seconds()) }
 	in, out, err := tunnel.SpliceCounted(ctx, c, &openResultReader{Stream: st, answered: answered}, &t.stats.bytesIn, &t.stats.bytesOut)
 	t.stats.visitors.Add(-1)
 	level := slog.LevelDebug
