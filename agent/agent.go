@@ -431,6 +431,7 @@ func (a *Agent) establish(ctx context.Context, replacing, standby bool, handoff 
 		KeepAlive:        cfg.Session.KeepAlive,
 		KeepAliveTimeout: cfg.Session.KeepAliveTimeout,
 		StreamWindow:     cfg.Session.StreamWindow,
+		Log:              a.log.With("relay", cfg.Relay),
 	})
 	if err != nil {
 		c.Close()

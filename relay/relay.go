@@ -513,7 +513,9 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, l *login, trans
 		}
 		return
 	}
-	sess, err := c.Mux(s.sessionConfig())
+	sc := s.sessionConfig()
+	sc.Log = log // the multiplexer's own words, with the agent's address
+	sess, err := c.Mux(sc)
 	if err != nil {
 		stop()
 		c.Close()

@@ -161,6 +161,6 @@ func yamuxConfig(cfg SessionConfig) *yamux.Config {
 		// No close timeout: a half-closed stream may legitimately carry
 		// data the other way for hours. Splice bounds a stalled peer.
 		StreamCloseTimeout: 0,
-		Logger:             log.New(io.Discard, "", 0),
+		Logger:             log.New(yamuxLog{cfg.Log}, "", 0),
 	}
 }

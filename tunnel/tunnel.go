@@ -18,6 +18,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"time"
 )
@@ -102,6 +103,9 @@ type SessionConfig struct {
 	// AcceptBacklog is the number of streams that may wait for
 	// AcceptStream, and of opened streams not yet acknowledged.
 	AcceptBacklog int
+	// Log receives what the multiplexer itself says (yamux's log, for the
+	// TCP transport); nil: nothing.
+	Log *slog.Logger
 }
 
 // DefaultSessionConfig returns the settings used when none are given.
