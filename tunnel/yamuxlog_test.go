@@ -5,7 +5,9 @@ import (
 	"log"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 // TestYamuxLog: yamux's lines reach the structured log at the level that
@@ -31,4 +33,54 @@ func TestYamuxLog(t *testing.T) {
 	}
 	// No logger: nothing, and no panic.
 	log.New(yamuxLog{}, "", 0).Printf("[ERR] yamux: keepalive failed: x")
+}
+
+// TestYamuxLogSession: on a real TLS link, a peer that sends a frame of
+// another protocol version ends the session, and yamux's word on it
+// reaches the session's structured log as a warning.
+func TestYamuxLogSession(t *testing.T) {
+	c, s := pinnedPair(t, TCPTransport{})
+	var b syncBuffer
+	cfg := DefaultSessionConfig()
+	cfg.Log = slog.New(slog.NewTextHandler(&b, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	sess, err := c.Mux(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	// A yamux header (12 bytes) with version 7: no homeport peer sends it.
+	if _, err := s.Write([]byte{7, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sess.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the session outlived a frame of another version")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(b.String(), "level=WARN") || !strings.Contains(b.String(), "component=yamux") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning from yamux in the session's log: %q", b.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("logged: %s", strings.TrimSpace(b.String()))
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
