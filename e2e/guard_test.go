@@ -947,8 +947,14 @@ func testGuardPreAuthCaps(t *testing.T) {
 	})
 	// Refused before the TLS handshake, the agent reads the relay as
 	// busy and tries again within a second, as for a closed port.
-	waitFor(t, 5*time.Second, "the agent to read the refusal as busy", func() bool {
-		return contains(a.logs.String(), "relay busy")
+	// (Its log says so at the first failure and every 30th after; its
+	// status says so at each.)
+	waitFor(t, 20*time.Second, "the agent to read the refusal as busy", func() bool {
+		if contains(a.logs.String(), "relay busy") {
+			return true
+		}
+		ss := a.agent.Status().Sessions
+		return len(ss) == 1 && contains(ss[0].Error, "relay busy")
 	})
 	time.Sleep(3 * time.Second) // several refusals: a growing back-off would show now
 	start := time.Now()
