@@ -56,17 +56,13 @@ func TestBinaryRelayReload(t *testing.T) {
 	binAwaitTunnels(a, 1, 30*time.Second)
 	binAwaitTunnels(b, 1, 30*time.Second)
 
-	c := dial(t, publicAddr(pa))
-	c.SetDeadline(time.Now().Add(5 * time.Minute))
-	ok, why := echoTransfer(c, 64<<20, func() {
-		write(tokenYAML(alice) + "visitors:\n  rate: 1000\n")
-		r.await(30*time.Second, "the relay to reload its file", func() bool {
-			return r.count(`msg="configuration reloaded"`) == 1
-		})
+	x := startTransfer(t, publicAddr(pa), 64<<20)
+	x.waitBack(t, 32<<20)
+	write(tokenYAML(alice) + "visitors:\n  rate: 1000\n")
+	r.await(30*time.Second, "the relay to reload its file", func() bool {
+		return r.count(`msg="configuration reloaded"`) == 1
 	})
-	if !ok {
-		t.Fatalf("64 MiB across the reload: %s", why)
-	}
+	x.wait(t) // 64 MiB across the reload, intact
 	if !strings.Contains(r.stderr.String(), `changed="token \"bob\" removed; agent_port and visitors limits changed"`) {
 		t.Errorf("the reload's log line does not say what changed:\n%s", r.stderr.String())
 	}

@@ -1,10 +1,6 @@
 package e2e
 
 import (
-	"crypto/sha256"
-	"io"
-	"math/rand/v2"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -13,34 +9,6 @@ import (
 	"github.com/homeport/homeport/internal/leak"
 	"github.com/homeport/homeport/tunnel"
 )
-
-// echoTransfer sends size bytes through c to an echo target and checks
-// that the same bytes come back; midway (once half has come back) it calls
-// during. It returns an error rather than failing, for use in a goroutine.
-func echoTransfer(c *net.TCPConn, size int64, during func()) (ok bool, why string) {
-	sent := make(chan [32]byte, 1)
-	go func() {
-		h := sha256.New()
-		src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{9}), size), h)
-		_, _ = io.Copy(c, src)
-		c.CloseWrite()
-		sent <- [32]byte(h.Sum(nil))
-	}()
-	h := sha256.New()
-	n, err := io.CopyN(h, c, size/2)
-	if err != nil {
-		return false, "first half: " + err.Error()
-	}
-	during()
-	m, err := io.Copy(h, c)
-	if err != nil {
-		return false, "second half: " + err.Error()
-	}
-	if n+m != size || [32]byte(h.Sum(nil)) != <-sent {
-		return false, "a different sha256, or short"
-	}
-	return true, ""
-}
 
 // TestRelayReload: a reload that adds a token, removes another and changes
 // the visitor limits leaves a 64 MiB transfer of an untouched agent whole,
@@ -76,27 +44,21 @@ func testRelayReload(t *testing.T, tr string) {
 	a := start(alice, "a", pa)
 	b := start(bob, "b", pb)
 
-	size := int64(64 << 20)
-	if testing.Short() {
-		size = 8 << 20
+	size := transferSize()
+	// A transfer through an untouched agent; the reload comes midway.
+	x := startTransfer(t, publicAddr(pa), size)
+	x.waitBack(t, size/2)
+	next := r.cfg
+	next.Tokens = tokens(alice, carol)
+	next.Guard.VisitorRate = 1000
+	id := r.id
+	id.Tokens = next.Tokens
+	changes, restart, err := r.srv.Reload(next, id)
+	if err != nil || len(restart) != 0 {
+		t.Errorf("reload: %v (restart only: %v)", err, restart)
 	}
-	c := dial(t, publicAddr(pa))
-	c.SetDeadline(time.Now().Add(5 * time.Minute))
-	ok, why := echoTransfer(c, size, func() {
-		next := r.cfg
-		next.Tokens = tokens(alice, carol)
-		next.Guard.VisitorRate = 1000
-		id := r.id
-		id.Tokens = next.Tokens
-		changes, restart, err := r.srv.Reload(next, id)
-		if err != nil || len(restart) != 0 {
-			t.Errorf("reload: %v (restart only: %v)", err, restart)
-		}
-		t.Logf("reload changed: %s", strings.Join(changes, "; "))
-	})
-	if !ok {
-		t.Fatalf("64 MiB through an untouched agent across the reload: %s", why)
-	}
+	t.Logf("reload changed: %s", strings.Join(changes, "; "))
+	x.wait(t)
 	if n := strings.Count(a.logs.String(), `msg="connected to relay"`); n != 1 {
 		t.Fatalf("the untouched agent connected %d times, want once:\n%s", n, a.logs)
 	}
@@ -117,7 +79,7 @@ func testRelayReload(t *testing.T, tr string) {
 	// A broken configuration (two tokens with one port) changes nothing.
 	bad := r.cfg
 	bad.Tokens = []config.Token{{Name: "alice", Secret: alice, Ports: config.PortRanges{{Lo: pa, Hi: pa}}}, {Name: "carol", Secret: carol, Ports: config.PortRanges{{Lo: pa, Hi: pa}}}}
-	id := r.id
+	id = r.id
 	id.Tokens = bad.Tokens
 	if _, _, err := r.srv.Reload(bad, id); err == nil || !strings.Contains(err.Error(), "both list ports") {
 		t.Fatalf("a broken reload: %v", err)
