@@ -461,7 +461,7 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, l *login, trans
 	// to the session once it is up (see Reload).
 	lc := s.conf()
 	admit := func(a tunnel.Agent) (tunnel.Code, string) { return s.admitAgent(lc, lc.Tokens[a.Token].Name, a) }
-	agent, err := tunnel.AuthenticateAgent(c, lc.secrets, remote, tunnel.AuthHooks{Admit: admit, Verdict: func(ok bool) string {
+	agent, err := tunnel.AuthenticateAgent(c, lc.secrets, remote, tunnel.AuthHooks{Admit: admit, Verdict: func(ok, visitor bool) string {
 		if l.banned {
 			// The brake on a banned address: its logins, one at a
 			// time, are answered no sooner than this.
@@ -480,8 +480,12 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, l *login, trans
 		if ok || ban.left <= 0 {
 			return ""
 		}
-		return fmt.Sprintf("wrong token; this address is banned from logging in for %v after %d failed logins (a correct token still gets in)",
-			ban.left.Round(time.Second), s.conf().Guard.AuthBanAfter)
+		what := "token"
+		if visitor {
+			what = "visitor key"
+		}
+		return fmt.Sprintf("wrong %s; this address is banned from logging in for %v after %d failed logins (a correct %s still gets in)",
+			what, ban.left.Round(time.Second), s.conf().Guard.AuthBanAfter, what)
 	}})
 	// A refusal by admit (quota, id in use) came with the right token.
 	var re *tunnel.RejectError

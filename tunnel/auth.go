@@ -53,10 +53,14 @@ type Agent struct {
 	ID       string
 	Software string
 	// Token is the index of the matching secret in the list given to
-	// AuthenticateAgent.
+	// AuthenticateAgent, or for a visitor (FlagVisitor) in
+	// AuthHooks.VisitorKeys.
 	Token int
 	Flags HelloFlags
 }
+
+// Visitor reports whether a is a visitor, logged in with a visitor key.
+func (a Agent) Visitor() bool { return a.Flags&FlagVisitor != 0 }
 
 func exportKey(c Conn) ([]byte, error) {
 	cs := c.ConnectionState()
@@ -87,11 +91,16 @@ type AuthHooks struct {
 	// checked (ok: it matched a token) and before the answer goes out: it
 	// may hold the answer back, and for a wrong token it returns the
 	// message of the Reject ("" for "wrong token").
-	Verdict func(ok bool) (rejectMsg string)
+	// visitor says the login is a visitor's (FlagVisitor).
+	Verdict func(ok, visitor bool) (rejectMsg string)
 	// Admit, when set, is asked about an agent whose token matched,
 	// before it is welcomed: a refusal (a code other than CodeOK) is sent
 	// to the agent as a Reject and returned as a *RejectError.
 	Admit func(Agent) (Code, string)
+	// VisitorKeys are the keys a hello with FlagVisitor is checked
+	// against, instead of the agents' tokens (none: visitors are refused
+	// as a wrong key).
+	VisitorKeys [][]byte
 }
 
 // AuthenticateAgent runs the relay's side of authentication on a link whose
@@ -122,6 +131,9 @@ func AuthenticateAgent(c Conn, secrets [][]byte, observed string, hooks AuthHook
 		return Agent{}, fmt.Errorf("agent %q: %s: %w", h.AgentID, msg, ErrVersion)
 	}
 	match := -1
+	if h.Flags&FlagVisitor != 0 {
+		secrets = hooks.VisitorKeys
+	}
 	for i, s := range secrets {
 		want := computeMAC(s, ch.Nonce[:], ekm, h.AgentID)
 		if subtle.ConstantTimeCompare(want, h.MAC[:]) == 1 && match < 0 {
@@ -130,11 +142,14 @@ func AuthenticateAgent(c Conn, secrets [][]byte, observed string, hooks AuthHook
 	}
 	msg := ""
 	if hooks.Verdict != nil {
-		msg = hooks.Verdict(match >= 0)
+		msg = hooks.Verdict(match >= 0, h.Flags&FlagVisitor != 0)
 	}
 	if match < 0 {
 		if msg == "" {
 			msg = "wrong token"
+			if h.Flags&FlagVisitor != 0 {
+				msg = "wrong visitor key"
+			}
 		}
 		_ = WriteMessage(c, &Reject{Code: CodeAuthFailed, Message: msg})
 		return Agent{}, fmt.Errorf("agent %q: %w: %s", h.AgentID, ErrAuthFailed, msg)

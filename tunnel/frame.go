@@ -32,17 +32,19 @@ const (
 
 // Message types.
 const (
-	msgChallenge      byte = 0x01 // relay -> agent, pre-auth
-	msgHello          byte = 0x02 // agent -> relay, pre-auth
-	msgWelcome        byte = 0x03 // relay -> agent, auth ok
-	msgReject         byte = 0x04 // relay -> agent, auth failed
-	msgRegister       byte = 0x10 // agent -> relay, control stream
-	msgRegisterResult byte = 0x11 // relay -> agent, control stream
-	msgGoAway         byte = 0x12 // relay -> agent, control stream
-	msgUnregister     byte = 0x13 // agent -> relay, control stream
-	msgOpen           byte = 0x20 // relay -> agent, first frame of a visitor stream
-	msgOpenResult     byte = 0x21 // agent -> relay, first frame back on a visitor stream
-	msgOpenFlow       byte = 0x22 // relay -> agent, first frame of a UDP flow stream
+	msgChallenge       byte = 0x01 // relay -> agent, pre-auth
+	msgHello           byte = 0x02 // agent -> relay, pre-auth
+	msgWelcome         byte = 0x03 // relay -> agent, auth ok
+	msgReject          byte = 0x04 // relay -> agent, auth failed
+	msgRegister        byte = 0x10 // agent -> relay, control stream
+	msgRegisterResult  byte = 0x11 // relay -> agent, control stream
+	msgGoAway          byte = 0x12 // relay -> agent, control stream
+	msgUnregister      byte = 0x13 // agent -> relay, control stream
+	msgRegisterPrivate byte = 0x14 // agent -> relay, control stream
+	msgOpen            byte = 0x20 // relay -> agent, first frame of a visitor stream
+	msgOpenResult      byte = 0x21 // agent -> relay, first frame back on a visitor stream
+	msgOpenFlow        byte = 0x22 // relay -> agent, first frame of a UDP flow stream
+	msgVisit           byte = 0x23 // visitor -> relay, first frame of a visitor's stream
 )
 
 // Errors of the frame layer.
@@ -108,6 +110,14 @@ func (e *enc) prefixes(ps []netip.Prefix) {
 	}
 }
 func (e *enc) bytes(v []byte) { e.b = append(e.b, v...) }
+
+// optStr writes s as a str at the end of a message, or nothing when s is
+// empty (see dec.optStr).
+func (e *enc) optStr(s string) {
+	if s != "" {
+		e.str(s)
+	}
+}
 func (e *enc) str(s string) {
 	if len(s) > MaxFrameSize {
 		s = s[:MaxFrameSize]
@@ -207,6 +217,15 @@ func (d *dec) str(max int) string {
 	s := string(d.b[:n])
 	d.b = d.b[n:]
 	return s
+}
+
+// optStr reads a str that ends a message and may be absent (a message of
+// an older peer): "" when no byte is left.
+func (d *dec) optStr(limit int) string {
+	if d.err != nil || len(d.b) == 0 {
+		return ""
+	}
+	return d.str(limit)
 }
 
 // done reports the first error, or ErrMalformed for trailing bytes.

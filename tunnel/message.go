@@ -38,6 +38,8 @@ const (
 	CodeQuota          Code = 12 // the token's max_agents or max_tunnels is reached
 	CodePortReserved   Code = 13 // the port is kept for another token's agent for a while
 	CodeIDInUse        Code = 14 // a standby login's agent id has a live session
+	CodeOffline        Code = 15 // no agent serves the private tunnel now
+	CodeNotAllowed     Code = 16 // the visitor key may not use the private tunnel
 )
 
 var codeNames = [...]string{
@@ -56,6 +58,8 @@ var codeNames = [...]string{
 	CodeQuota:          "quota reached",
 	CodePortReserved:   "port reserved",
 	CodeIDInUse:        "agent id in use",
+	CodeOffline:        "tunnel offline",
+	CodeNotAllowed:     "not allowed",
 }
 
 func (c Code) String() string {
@@ -162,6 +166,9 @@ type Open struct {
 	Tunnel  string
 	Visitor string // the visitor's address as the relay sees it
 	Public  string // the relay's address the visitor connected to
+	// Via is the name of the visitor key of a private tunnel's visitor
+	// ("" for a public tunnel); sent only on a private tunnel's streams.
+	Via string
 }
 
 // OpenFlow is the first frame of a UDP flow's stream, relay to agent: the
@@ -171,6 +178,7 @@ type OpenFlow struct {
 	Tunnel  string
 	Visitor string
 	Flow    uint32
+	Via     string // as in Open
 }
 
 // OpenResult is the agent's first frame on a visitor stream.
@@ -194,6 +202,10 @@ type Features byte
 
 // FeatureUnregister: the relay handles Unregister on the control stream.
 const FeatureUnregister Features = 1 << 0
+
+// FeaturePrivate: the relay handles RegisterPrivate on the control stream
+// and logs visitors in (FlagVisitor).
+const FeaturePrivate Features = 1 << 1
 
 // RelayFeatures are the features of a relay built with this package,
 // announced by AuthenticateAgent (the relay's control loop handles each).
@@ -236,6 +248,11 @@ const FlagStandby HelloFlags = 1 << 1
 // FlagFeatures says that the agent reads a Features byte at the end of the
 // Welcome; a relay that knows the flag sends it, an older one does not.
 const FlagFeatures HelloFlags = 1 << 2
+
+// FlagVisitor says that the hello is a visitor's: its MAC is keyed with a
+// visitor key, not an agent token, and the session that follows carries
+// the visitor's streams to private tunnels (Visit), nothing else.
+const FlagVisitor HelloFlags = 1 << 3
 
 func (*Register) msgType() byte       { return msgRegister }
 func (*RegisterResult) msgType() byte { return msgRegisterResult }
@@ -360,18 +377,27 @@ func SplitUnregister(names []string) []*Unregister {
 func (m *GoAway) encode(e *enc) { e.u8(byte(m.Code)); e.str(clip(m.Message, MaxMessageLen)) }
 func (m *GoAway) decode(d *dec) { m.Code = Code(d.u8()); m.Message = d.str(MaxMessageLen) }
 
-func (m *OpenFlow) encode(e *enc) { e.str(m.Tunnel); e.str(m.Visitor); e.u32(m.Flow) }
+// Via is optional at the end of Open and OpenFlow: the relay sends it
+// only on private tunnels, which only agents that know it register.
+func (m *OpenFlow) encode(e *enc) {
+	e.str(m.Tunnel)
+	e.str(m.Visitor)
+	e.u32(m.Flow)
+	e.optStr(m.Via)
+}
 func (m *OpenFlow) decode(d *dec) {
 	m.Tunnel = d.str(MaxNameLen)
 	m.Visitor = d.str(MaxAddrLen)
 	m.Flow = d.u32()
+	m.Via = d.optStr(MaxNameLen)
 }
 
-func (m *Open) encode(e *enc) { e.str(m.Tunnel); e.str(m.Visitor); e.str(m.Public) }
+func (m *Open) encode(e *enc) { e.str(m.Tunnel); e.str(m.Visitor); e.str(m.Public); e.optStr(m.Via) }
 func (m *Open) decode(d *dec) {
 	m.Tunnel = d.str(MaxNameLen)
 	m.Visitor = d.str(MaxAddrLen)
 	m.Public = d.str(MaxAddrLen)
+	m.Via = d.optStr(MaxNameLen)
 }
 
 func (m *OpenResult) encode(e *enc) { e.u8(byte(m.Code)); e.str(clip(m.Message, MaxMessageLen)) }
@@ -447,6 +473,10 @@ func newMessage(typ byte) Message {
 		return new(OpenResult)
 	case msgOpenFlow:
 		return new(OpenFlow)
+	case msgRegisterPrivate:
+		return new(RegisterPrivate)
+	case msgVisit:
+		return new(Visit)
 	}
 	return nil
 }

@@ -37,6 +37,74 @@ func sampleMessages() []Message {
 		&Unregister{Names: []string{"rdp", "ssh"}},
 		&Unregister{Names: []string{}},
 		&RegisterResult{Results: []TunnelResult{{Name: "rdp", Code: CodeOK}, {Name: "gone", Code: CodeUnknownTunnel, Message: "no tunnel \"gone\""}}},
+		&hello{Version: 1, AgentID: "laptop", Software: "homeport-agent/1.3", MAC: [32]byte{3}, Flags: FlagFeatures | FlagVisitor},
+		&Welcome{ObservedAddr: "198.51.100.4:40000", Features: FeatureUnregister | FeaturePrivate},
+		&RegisterPrivate{Tunnels: []PrivateTunnel{{Name: "rdp", Protocol: ProtoTCP, Port: 3389, Visitors: []string{"laptop", "phone"}},
+			{Name: "rdp-udp", Protocol: ProtoUDP, Allow: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}}}},
+		&RegisterPrivate{Tunnels: []PrivateTunnel{}},
+		&Visit{Tunnel: "rdp", Protocol: ProtoTCP},
+		&Visit{Tunnel: "rdp-udp", Protocol: ProtoUDP, Flags: VisitCheck},
+		&Open{Tunnel: "rdp", Visitor: "198.51.100.4:40000", Public: "203.0.113.1:7000", Via: "laptop"},
+		&OpenFlow{Tunnel: "rdp-udp", Visitor: "198.51.100.4:40000", Flow: 7, Via: "laptop"},
+		&OpenResult{Code: CodeOffline, Message: "no agent serves private tunnel \"rdp\" now"},
+	}
+}
+
+// TestPrivateOlderForms: Open and OpenFlow without Via, as an older relay
+// sends them, still decode (Via empty), and the encoder of a public
+// tunnel's Open writes the older form, byte for byte.
+func TestPrivateOlderForms(t *testing.T) {
+	for _, m := range []Message{
+		&Open{Tunnel: "rdp", Visitor: "198.51.100.4:40000", Public: "203.0.113.1:3390"},
+		&OpenFlow{Tunnel: "dns", Visitor: "198.51.100.4:40000", Flow: 9},
+	} {
+		var buf bytes.Buffer
+		if err := WriteMessage(&buf, m); err != nil {
+			t.Fatal(err)
+		}
+		want := 3 + 2 + len("rdp") + 2 + len("198.51.100.4:40000") + 2 + len("203.0.113.1:3390")
+		if _, ok := m.(*OpenFlow); ok {
+			want = 3 + 2 + len("dns") + 2 + len("198.51.100.4:40000") + 4
+		}
+		if buf.Len() != want {
+			t.Errorf("%T without Via: %d bytes, want the older form's %d", m, buf.Len(), want)
+		}
+	}
+}
+
+// TestSplitRegisterPrivate: the largest private tunnels (longest names,
+// most networks and visitor names) are packed into frames that each
+// decode, in order, with none lost.
+func TestSplitRegisterPrivate(t *testing.T) {
+	var ts []PrivateTunnel
+	for i := range MaxTunnels {
+		pt := PrivateTunnel{Name: fmt.Sprintf("%064d", i), Protocol: ProtoTCP, Port: uint16(i)}
+		for j := range MaxVisitorNames {
+			pt.Visitors = append(pt.Visitors, fmt.Sprintf("%064d", j))
+		}
+		for j := range MaxPrefixes {
+			pt.Allow = append(pt.Allow, netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, byte(j)}), 128))
+		}
+		ts = append(ts, pt)
+	}
+	msgs := SplitRegisterPrivate(ts)
+	if len(msgs) < 2 {
+		t.Fatalf("%d messages for %d large tunnels: want them split", len(msgs), len(ts))
+	}
+	var got []PrivateTunnel
+	for _, m := range msgs {
+		var buf bytes.Buffer
+		if err := WriteMessage(&buf, m); err != nil {
+			t.Fatal(err)
+		}
+		d, err := ReadMessage(&buf, MaxFrameSize)
+		if err != nil {
+			t.Fatalf("a split message does not decode: %v", err)
+		}
+		got = append(got, d.(*RegisterPrivate).Tunnels...)
+	}
+	if !reflect.DeepEqual(got, ts) {
+		t.Fatalf("split and decoded: %d tunnels, not the %d sent, in order", len(got), len(ts))
 	}
 }
 
@@ -210,6 +278,8 @@ func FuzzReadMessage(f *testing.F) {
 	f.Add([]byte{msgRegister, 0xff, 0xff})
 	f.Add([]byte{msgUnregister, 0, 2, 0xff, 0xff})
 	f.Add([]byte{msgWelcome, 0, 4, 0, 1, 'a', 0})
+	f.Add([]byte{msgRegisterPrivate, 0, 9, 0, 1, 0, 1, 'a', 1, 0, 0, 0, 0, 0xff})
+	f.Add([]byte{msgOpen, 0, 8, 0, 0, 0, 0, 0, 0, 0, 9})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := ReadMessage(bytes.NewReader(data), MaxFrameSize)
 		if err != nil {

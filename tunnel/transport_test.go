@@ -250,6 +250,56 @@ func TestAuthenticateFeatures(t *testing.T) {
 	}
 }
 
+// TestAuthenticateVisitor: a visitor's hello is checked against the
+// visitor keys only, and an agent's against the tokens only: neither
+// secret opens the other door.
+func TestAuthenticateVisitor(t *testing.T) {
+	token := []byte("agent-token-0123456789")
+	keys := [][]byte{[]byte("laptop-key-0123456789"), []byte("phone-key-0123456789")}
+	tests := []struct {
+		name    string
+		secret  []byte
+		flags   HelloFlags
+		keys    [][]byte
+		want    int // visitor key index, or -1: refused
+		message string
+	}{
+		{"visitor key", keys[1], FlagVisitor | FlagFeatures, keys, 1, ""},
+		{"token as a visitor key", token, FlagVisitor, keys, -1, "wrong visitor key"},
+		{"visitor key as a token", keys[0], FlagFeatures, keys, -1, "wrong token"},
+		{"no visitor keys", keys[0], FlagVisitor, nil, -1, "wrong visitor key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client, server := pinnedPair(t, TCPTransport{})
+			type res struct {
+				a   Agent
+				err error
+			}
+			ch := make(chan res, 1)
+			go func() {
+				a, err := AuthenticateAgent(server, [][]byte{token}, "198.51.100.9:4242", AuthHooks{VisitorKeys: tt.keys})
+				ch <- res{a, err}
+			}()
+			_, err := Authenticate(client, tt.secret, "laptop", "test/1", tt.flags)
+			r := <-ch
+			if tt.want < 0 {
+				var re *RejectError
+				if !errors.As(err, &re) || re.Code != CodeAuthFailed || re.Message != tt.message || !errors.Is(r.err, ErrAuthFailed) {
+					t.Fatalf("visitor %v, relay %v; want a reject %q", err, r.err, tt.message)
+				}
+				return
+			}
+			if err != nil || r.err != nil {
+				t.Fatalf("visitor %v, relay %v", err, r.err)
+			}
+			if !r.a.Visitor() || r.a.Token != tt.want || r.a.ID != "laptop" {
+				t.Fatalf("relay saw %+v; want visitor key %d", r.a, tt.want)
+			}
+		})
+	}
+}
+
 // TestAuthReplay shows that a hello captured from one TLS session fails in
 // another, even for the same nonce: the MAC is bound to the session.
 func TestAuthReplay(t *testing.T) {
