@@ -241,7 +241,7 @@ func tunnelSection(item any) (Tunnel, error) {
 		return Tunnel{}, fmt.Errorf("name missing: a private tunnel needs one, by which visitors reach it")
 	}
 	if v, ok := m["visitors"]; ok {
-		if t.Visitors, err = nameList(v); err != nil {
+		if t.Visitors, err = visitorKeyNames(v); err != nil {
 			return Tunnel{}, fmt.Errorf("visitors: %w", err)
 		}
 	}
@@ -275,8 +275,9 @@ func tunnelSection(item any) (Tunnel, error) {
 	return t, nil
 }
 
-// nameList reads names, as a list or one comma-separated string.
-func nameList(v any) ([]string, error) {
+// visitorKeyNames reads names of visitor keys, as a list or one
+// comma-separated string; validate checks them.
+func visitorKeyNames(v any) ([]string, error) {
 	var items []string
 	switch v := v.(type) {
 	case string:
