@@ -463,3 +463,81 @@ func testPrivateAgentVisitors(t *testing.T, tr string) {
 		t.Errorf("laptop after the reload: %+v", res)
 	}
 }
+
+// TestPrivateAgentRelay: the home agent with the relay. Its private
+// tunnel registers beside a public one, the relay opens no port for it
+// (not even the suggested one), a visitor key the tunnel lists reaches the
+// target with the key's name in the agent's access log, and a key that the
+// relay lets reach the tunnel but the tunnel does not list is refused (not
+// allowed), with nothing dialed. The relay applies the list the agent sent
+// in RegisterPrivate, so it refuses that key before the agent sees it;
+// the agent's own check of a stream that gets through anyway is
+// TestPrivateAgentVisitors.
+func TestPrivateAgentRelay(t *testing.T) { forEachTransport(t, testPrivateAgentRelay) }
+
+func testPrivateAgentRelay(t *testing.T, tr string) {
+	leak.Check(t)
+	target, accepted := countingEcho(t)
+	r := privateRelay(t, func(c *config.Relay) {
+		c.Visitors[1].Tunnels = nil // phone's key: every tunnel of the token, for the relay
+	})
+	r.transport = tr
+	port, hint := freePort(t), freePort(t)
+	cfg := agentConfig(r, tcpTunnel("web", port, target),
+		config.Tunnel{Name: "desk", Protocol: "tcp", RemotePort: hint, Target: target, Private: true, Visitors: []string{"laptop"}})
+	cfg.AccessLog = true
+	a := startAgent(t, cfg)
+	a.waitSession(10 * time.Second)
+
+	if open, _ := probe(publicAddr(hint), 2*time.Second); open {
+		t.Fatalf("something listens on %d, the private tunnel's suggested port", hint)
+	}
+	var desk bool
+	for _, ts := range r.srv.Status().Tunnels {
+		if ts.Name == "desk" {
+			desk = ts.Private
+		}
+	}
+	if !desk {
+		t.Fatalf("the relay does not list desk as private: %+v", r.srv.Status().Tunnels)
+	}
+	expectEcho(t, publicAddr(port))
+	if n := accepted.Load(); n != 1 {
+		t.Fatalf("target accepted %d connections; want 1", n)
+	}
+
+	laptop, err := rawLogin(t, r, laptopKey, "laptop", tunnel.FlagVisitor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, res := visit(t, laptop, "desk", tunnel.ProtoTCP, 0)
+	if res.Code != tunnel.CodeOK {
+		t.Fatalf("laptop: %v %q", res.Code, res.Message)
+	}
+	expectStreamEcho(t, st)
+	waitFor(t, 10*time.Second, "the access log's via", func() bool {
+		return contains(a.logs.String(), "visitor connection", "tunnel=desk", "via=laptop")
+	})
+	if n := accepted.Load(); n != 2 {
+		t.Fatalf("target accepted %d connections; want 2", n)
+	}
+
+	phone, err := rawLogin(t, r, phoneKey, "phone", tunnel.FlagVisitor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, res = visit(t, phone, "desk", tunnel.ProtoTCP, 0)
+	st.Close()
+	if res.Code != tunnel.CodeNotAllowed || !contains(res.Message, `visitor key "phone"`) {
+		t.Fatalf("phone: %v %q; want not allowed", res.Code, res.Message)
+	}
+	if n := accepted.Load(); n != 2 {
+		t.Errorf("target accepted %d connections after phone's refusal; want 2", n)
+	}
+	regs := a.agent.Registrations()
+	if len(regs) != 2 || regs[1].Name != "desk" || regs[1].State != agent.TunnelUp {
+		t.Errorf("registrations %+v", regs)
+	}
+	laptop.Close()
+	phone.Close()
+}
