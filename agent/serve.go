@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -246,7 +247,7 @@ func (a *Agent) serve(ctx context.Context, l *link) error {
 func (a *Agent) sessionDown(l *link, cause, words string) {
 	end := tunnel.EndCauseOf(l.sess)
 	attrs := tunnel.EndLog(cause, words, time.Since(l.since), end, 1) // 1: the control stream
-	a.metrics.sessionsEnded.WithLabelValues(l.set.cfg.Relay, l.transport, attrs[1].(string)).Inc()
+	a.metrics.sessionsEnded.WithLabelValues(l.set.cfg.Relay, l.transport, cmp.Or(cause, string(end.Code))).Inc()
 	a.log.Info("relay session down", append([]any{"relay", l.set.cfg.Relay, "transport", l.transport}, attrs...)...)
 }
 

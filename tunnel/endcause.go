@@ -259,11 +259,11 @@ func (r *endRecord) note(err error) bool {
 	return true
 }
 
-// get returns the reason noted and the streams open then.
-func (r *endRecord) get() (err error, streams int, ok bool) {
+// get returns the streams open when the reason was noted, and the reason.
+func (r *endRecord) get() (streams int, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.err, r.n, r.set
+	return r.n, r.err
 }
 
 // noteLink records a failed read or write on the link. A link closed

@@ -646,7 +646,7 @@ func (s *quicSession) EndCause() EndCause {
 	if s.conn.Context().Err() != nil {
 		s.ended() // if the AfterFunc has not run yet
 	}
-	err, n, _ := s.end.get()
+	n, err := s.end.get()
 	c := classifyEnd(err)
 	c.Streams, c.RTT = n, s.conn.ConnectionStats().LatestRTT
 	return c

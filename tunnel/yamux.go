@@ -47,7 +47,7 @@ func (s *yamuxSession) EndCause() EndCause {
 		// on its own is noted when it closes the link, just after.
 		s.end.note(errMuxClosed)
 	}
-	err, n, _ := s.end.get()
+	n, err := s.end.get()
 	c := classifyEnd(err)
 	c.Streams, c.RTT = n, time.Duration(s.lastRTT.Load())
 	return c
