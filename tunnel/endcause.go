@@ -83,7 +83,10 @@ func (c EndCause) String() string {
 	case EndPeerClosed:
 		return "closed by the peer"
 	case EndKeepAliveTimeout:
-		s := fmt.Sprintf("keepalive timeout: nothing heard from the peer for %v", c.Silent.Round(time.Millisecond))
+		s := "keepalive timeout: nothing heard from the peer for the idle timeout"
+		if c.Silent > 0 {
+			s = fmt.Sprintf("keepalive timeout: nothing heard from the peer for %v", c.Silent.Round(time.Millisecond))
+		}
 		if c.RTT > 0 {
 			s += fmt.Sprintf(" (last round trip %v)", c.RTT.Round(time.Millisecond))
 		}
@@ -144,7 +147,7 @@ type linkError struct {
 	err error
 }
 
-func (e *linkError) Error() string { return e.op + ": " + e.err.Error() }
+func (e *linkError) Error() string { return e.err.Error() } // the error says read or write
 func (e *linkError) Unwrap() error { return e.err }
 
 // keepAliveError: nothing was heard from the peer for too long.
