@@ -342,7 +342,10 @@ func (f *failure) Unwrap() error { return f.err }
 type link struct {
 	transport string
 	sess      tunnel.Session
-	w         *controlWriter // the control stream
+	since     time.Time // when the session came up
+	// upgrade: the agent closes this TCP session for one over QUIC.
+	upgrade atomic.Bool
+	w       *controlWriter // the control stream
 	// set is the configuration the session was made with.
 	set *settings
 	// features are what the relay announced in its Welcome.
@@ -452,7 +455,7 @@ func (a *Agent) establish(ctx context.Context, replacing, standby bool, handoff 
 	if err := a.relayAddr.Set(welcome.ObservedAddr); err != nil && a.ddns.running() {
 		a.log.Warn("ddns: relay source", "err", err)
 	}
-	l := &link{transport: name, sess: sess, w: &controlWriter{ctrl: ctrl}, set: set, features: welcome.Features,
+	l := &link{transport: name, sess: sess, since: time.Now(), w: &controlWriter{ctrl: ctrl}, set: set, features: welcome.Features,
 		asked: make(map[string]*asked, len(results))}
 	now := time.Now()
 	for i, r := range results {
@@ -520,6 +523,7 @@ func (a *Agent) session(ctx context.Context, l *link, retired *sync.WaitGroup) e
 			a.watchQUIC(wctx, l.sess, func() {
 				if !replacing.Load() {
 					upgraded.Store(true)
+					l.upgrade.Store(true)
 					l.sess.Close()
 				}
 			})
@@ -590,9 +594,8 @@ func (a *Agent) retire(l *link, served <-chan error) {
 	var idle time.Duration
 	for {
 		select {
-		case err := <-served:
-			a.log.Debug("replaced session ended", "transport", l.transport, "err", err)
-			return
+		case <-served:
+			return // serve logged its end
 		case <-t.C:
 		}
 		// The control stream is always open.

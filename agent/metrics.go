@@ -14,7 +14,8 @@ import (
 // time. Labels are the relay's address and tunnel names, never a
 // visitor's address.
 type metrics struct {
-	streamOpen prometheus.Histogram
+	streamOpen    prometheus.Histogram
+	sessionsEnded *prometheus.CounterVec // relay, transport, cause
 }
 
 func newMetrics() *metrics {
@@ -24,12 +25,16 @@ func newMetrics() *metrics {
 			Help:    "Time from a visitor stream's arrival to its target's connection.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}),
+		sessionsEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "homeport_agent_sessions_ended_total",
+			Help: "Sessions to the relay that ended, by transport and cause: shutdown (the agent stopped), upgrade (moved to QUIC), replaced, relay_shutdown, revoked, go_away (the relay's word), protocol_error; or, when neither end said why, what the link saw: keepalive_timeout, peer_closed, read_error, write_error, stateless_reset, mux_error, closed.",
+		}, []string{"relay", "transport", "cause"}),
 	}
 }
 
 // RegisterMetrics adds the agent's metrics to reg.
 func (a *Agent) RegisterMetrics(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{a.metrics.streamOpen, &statusCollector{a}} {
+	for _, c := range []prometheus.Collector{a.metrics.streamOpen, a.metrics.sessionsEnded, &statusCollector{a}} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -47,6 +48,7 @@ func (a *Agent) serve(ctx context.Context, l *link) error {
 	// that end with a session that ended otherwise were cut.
 	var leaving atomic.Bool
 	lost := func() bool { return isDone(sess.Done()) && !leaving.Load() }
+	var ctrlErr atomic.Pointer[error] // the control stream broke
 	ctrlDone := make(chan struct{})
 	go func() {
 		defer close(ctrlDone)
@@ -58,6 +60,7 @@ func (a *Agent) serve(ctx context.Context, l *link) error {
 				// is already ending or draining.
 				if ctx.Err() == nil && !isDone(sess.Done()) {
 					a.log.Warn("control stream from the relay failed; reconnecting", "err", err)
+					ctrlErr.Store(&err)
 					sess.Close()
 				}
 				return
@@ -195,6 +198,7 @@ func (a *Agent) serve(ctx context.Context, l *link) error {
 		<-acceptErr
 		refusals.Wait()
 		<-ctrlDone
+		a.sessionDown(l, "shutdown", "the agent is shutting down")
 		return nil
 	case <-sess.Done():
 	case <-acceptErr:
@@ -213,6 +217,16 @@ func (a *Agent) serve(ctx context.Context, l *link) error {
 	<-acceptErr
 	refusals.Wait()
 	<-ctrlDone
+	switch p := ctrlErr.Load(); {
+	case ga != nil:
+		a.sessionDown(l, goAwayCause(ga.Code), fmt.Sprintf("the relay said: %s: %s", ga.Code, ga.Message))
+	case l.upgrade.Load():
+		a.sessionDown(l, "upgrade", "moved to QUIC")
+	case p != nil:
+		a.sessionDown(l, "protocol_error", fmt.Sprintf("control stream from the relay: %v", *p))
+	default:
+		a.sessionDown(l, "", "")
+	}
 	if ga != nil {
 		f := &failure{stage: stageUp, err: fmt.Errorf("relay: %s: %s", ga.Code, ga.Message)}
 		// Another agent with our id took over (unless it was our own
@@ -225,6 +239,32 @@ func (a *Agent) serve(ctx context.Context, l *link) error {
 		return f
 	}
 	return &failure{stage: stageUp, cut: true, err: errors.New("session closed")}
+}
+
+// sessionDown logs the end of l's session, in one line, and counts it by
+// cause: the agent's own (shutdown, upgrade), the relay's word (a GoAway:
+// replaced, relay_shutdown, revoked, go_away), a broken control stream
+// (protocol_error), or, when cause is empty, what the link saw (see
+// tunnel.EndCode).
+func (a *Agent) sessionDown(l *link, cause, words string) {
+	end := tunnel.EndCauseOf(l.sess)
+	attrs := tunnel.EndLog(cause, words, time.Since(l.since), end, 1) // 1: the control stream
+	a.metrics.sessionsEnded.WithLabelValues(l.set.cfg.Relay, l.transport, cmp.Or(cause, string(end.Code))).Inc()
+	a.log.Info("relay session down", append([]any{"relay", l.set.cfg.Relay, "transport", l.transport}, attrs...)...)
+}
+
+// goAwayCause names the relay's reason for ending a session, as a metric
+// label.
+func goAwayCause(c tunnel.Code) string {
+	switch c {
+	case tunnel.CodeReplaced:
+		return "replaced"
+	case tunnel.CodeShutdown:
+		return "relay_shutdown"
+	case tunnel.CodeAuthFailed:
+		return "revoked"
+	}
+	return "go_away"
 }
 
 // refuse answers a visitor stream with a refusal and closes it. It ends

@@ -214,8 +214,8 @@ const MaxPrefixes = 32
 type Session struct {
 	// KeepAlive is the interval between keepalive pings.
 	KeepAlive time.Duration
-	// KeepAliveTimeout is how long a ping may go unanswered before the
-	// session is declared dead.
+	// KeepAliveTimeout: a session from which nothing was heard for
+	// KeepAlive + KeepAliveTimeout is declared dead.
 	KeepAliveTimeout time.Duration
 	// StreamWindow is the per-stream receive window in bytes.
 	StreamWindow uint32

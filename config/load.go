@@ -542,7 +542,7 @@ func (l *loader) debugAddr() string {
 func sessionSettings() []setting {
 	return []setting{
 		{key: "session.keepalive", flag: "keepalive", kind: kDuration, def: "10s", usage: "interval between keepalive pings on the session"},
-		{key: "session.keepalive_timeout", flag: "keepalive-timeout", kind: kDuration, def: "10s", usage: "how long a ping may go unanswered before the session is declared dead"},
+		{key: "session.keepalive_timeout", flag: "keepalive-timeout", kind: kDuration, def: "10s", usage: "a session silent for keepalive + this is declared dead"},
 		{key: "session.stream_window", flag: "stream-window", kind: kSize, def: "16MiB", usage: "largest receive window of a stream (256KiB to 256MiB)"},
 	}
 }

@@ -58,7 +58,7 @@ func newMetrics() *metrics {
 		}, []string{"transport"}),
 		sessionsEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "homeport_relay_sessions_ended_total",
-			Help: "Agent sessions that ended, by transport and cause: agent_left, replaced, lost, protocol_error, revoked, shutdown.",
+			Help: "Agent sessions that ended, by transport and cause: agent_left, replaced, revoked, shutdown, protocol_error; or, when neither end said why, what the link saw: keepalive_timeout, peer_closed, read_error, write_error, stateless_reset, mux_error, closed.",
 		}, []string{"transport", "cause"}),
 		bans: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "homeport_relay_bans_total",

@@ -39,7 +39,8 @@ type agentSession struct {
 	ctrl   tunnel.Stream
 	// leaving is set once the agent announced its end (GoAway): a
 	// session that ends after that ended cleanly.
-	leaving atomic.Bool
+	leaving   atomic.Bool
+	goAwayMsg atomic.Pointer[string] // what the agent's GoAway said
 	// endCode is the first code the relay ended or retired the session
 	// with (0: it did not; the agent or the link did).
 	endCode atomic.Uint32
@@ -94,17 +95,22 @@ func (as *agentSession) serve(ctx context.Context) {
 	for {
 		m, err := tunnel.ReadMessage(as.ctrl, tunnel.MaxFrameSize)
 		if err != nil {
+			// A session's end may reach its streams a moment before
+			// Done: wait that moment before blaming the control stream.
+			t := time.NewTimer(controlGrace)
 			select {
 			case <-as.sess.Done():
 				reason = "session ended"
-			default:
+			case <-t.C:
 				reason = fmt.Sprintf("control stream: %v", err)
 			}
+			t.Stop()
 			break
 		}
 		if ga, ok := m.(*tunnel.GoAway); ok {
 			// The agent is shutting down: no new visitors, while the
 			// open connections drain until it closes the session.
+			as.goAwayMsg.Store(&ga.Message)
 			as.leaving.Store(true)
 			as.closeTunnels()
 			as.log.Info("agent going away; its ports are closed", "detail", ga.Message)
@@ -134,29 +140,42 @@ func (as *agentSession) serve(ctx context.Context) {
 	}
 	as.end(tunnel.CodeOK, "")
 	wg.Wait()
-	cause := as.endCause(reason)
+	link := tunnel.EndCauseOf(as.sess)
+	cause, words := as.endCause(reason, link)
 	as.srv.metrics.sessionsEnded.WithLabelValues(as.transport, cause).Inc()
-	as.log.Info("agent session down", "reason", reason, "cause", cause, "age", time.Since(as.started).Round(time.Millisecond))
+	attrs := tunnel.EndLog(cause, words, time.Since(as.started), link, 1) // 1: the control stream
+	as.log.Info("agent session down", attrs...)
 }
 
-// endCause names why the session ended, for logs and metrics: one of
-// agent_left, replaced, revoked, shutdown, protocol_error, lost.
-func (as *agentSession) endCause(reason string) string {
+// controlGrace is how long a failed read of the control stream waits for
+// the session's end before it is taken for the control stream's failure.
+const controlGrace = 100 * time.Millisecond
+
+// endCause names why the session ended, for logs and metrics, and says it
+// in words: the relay's own reasons (replaced, revoked, shutdown), the
+// agent's goodbye (agent_left), a control stream that broke the protocol
+// (protocol_error), or else what the link saw (see tunnel.EndCode:
+// keepalive_timeout, peer_closed, read_error, ...).
+func (as *agentSession) endCause(reason string, link tunnel.EndCause) (cause, words string) {
 	switch tunnel.Code(as.endCode.Load()) {
 	case tunnel.CodeReplaced:
-		return "replaced"
+		return "replaced", "replaced by a newer session"
 	case tunnel.CodeAuthFailed:
-		return "revoked"
+		return "revoked", "its token was revoked"
 	case tunnel.CodeShutdown:
-		return "shutdown"
+		return "shutdown", "the relay is shutting down"
 	}
 	switch {
 	case as.leaving.Load():
-		return "agent_left"
+		words := "the agent said goodbye"
+		if m := as.goAwayMsg.Load(); m != nil && *m != "" {
+			words += ": " + *m
+		}
+		return "agent_left", words
 	case reason != "session ended" && reason != "agent closed the session":
-		return "protocol_error"
+		return "protocol_error", reason
 	}
-	return "lost"
+	return string(link.Code), link.String()
 }
 
 // refuseStreams closes every stream the agent opens after the control

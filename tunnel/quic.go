@@ -590,7 +590,10 @@ func (l *quicLink) Mux(SessionConfig) (Session, error) {
 	go heartbeat(l.conn, period)
 	g := newStallGuard(l.qconf.InitialStreamReceiveWindow, l.qconf.MaxStreamReceiveWindow, l.qconf.MaxConnectionReceiveWindow)
 	go g.run(l.conn.Context().Done())
-	return &quicSession{conn: l.conn, sock: l.sock, heard: newHeardClock(), guard: g}, nil
+	s := &quicSession{conn: l.conn, sock: l.sock, heard: newHeardClock(), guard: g, end: &endRecord{}}
+	s.end.streams = s.NumStreams
+	context.AfterFunc(l.conn.Context(), s.ended)
+	return s, nil
 }
 
 // heartbeat sends a padded session datagram of flow 0 (no flow has that
@@ -632,6 +635,21 @@ type quicSession struct {
 	guard   *stallGuard
 	streams atomic.Int64
 	once    sync.Once
+	end     *endRecord // why the session ended
+}
+
+// ended notes why the connection ended, unless this end closed it.
+func (s *quicSession) ended() { s.end.note(context.Cause(s.conn.Context())) }
+
+// EndCause is why the session ended; see Ender.
+func (s *quicSession) EndCause() EndCause {
+	if s.conn.Context().Err() != nil {
+		s.ended() // if the AfterFunc has not run yet
+	}
+	n, err := s.end.get()
+	c := classifyEnd(err)
+	c.Streams, c.RTT = n, s.conn.ConnectionStats().LatestRTT
+	return c
 }
 
 // SilentFor is the time since a datagram (the peer's heartbeat, every
@@ -736,7 +754,15 @@ func (s *quicSession) RTT() time.Duration    { return s.conn.ConnectionStats().S
 func (s *quicSession) LocalAddr() net.Addr   { return s.conn.LocalAddr() }
 func (s *quicSession) RemoteAddr() net.Addr  { return s.conn.RemoteAddr() }
 
+// Close ends the session; unless it had ended already, this end closed it
+// (closeConn waits a moment for the peer to close first: that is still
+// this end's close).
 func (s *quicSession) Close() error {
+	if s.conn.Context().Err() != nil {
+		s.ended()
+	} else {
+		s.end.note(errLocalClose)
+	}
 	s.once.Do(func() {
 		closeConn(s.conn)
 		s.sock.release()

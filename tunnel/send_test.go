@@ -86,6 +86,7 @@ func TestOlderPeer(t *testing.T) {
 	}
 	yc := yamuxConfig(cfg)
 	yc.MaxStreamWindowSize = 4 << 20
+	yc.EnableKeepAlive, yc.ConnectionWriteTimeout = true, cfg.KeepAliveTimeout
 	old, err := yamux.Server(s.(*tlsLink).Conn, yc)
 	if err != nil {
 		t.Fatal(err)

@@ -85,14 +85,18 @@ func (c *tlsLink) Handshake(ctx context.Context) error {
 }
 
 func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
+	cfg = normalizeSessionConfig(cfg)
 	yc := yamuxConfig(cfg)
 	var s *yamux.Session
 	var err error
 	heard := newHeardClock()
-	wins := newRecvWindows(normalizeSessionConfig(cfg))
+	ys := &yamuxSession{heard: heard, end: &endRecord{}, idle: idleTimeout(cfg)}
+	ys.end.streams = ys.numStreams
+	wins := newRecvWindows(cfg)
 	sends := newSendWindows()
 	rxs := newRxTable()
-	fr := &frameReader{Conn: &readClock{Conn: c.Conn, heard: heard}, sends: sends, rxs: rxs}
+	link := &linkConn{Conn: c.Conn, heard: heard, end: ys.end}
+	fr := &frameReader{Conn: link, sends: sends, rxs: rxs, end: ys.end}
 	conn := &frameWriter{Conn: fr, raw: c.raw, wins: wins, sends: sends, rxs: rxs}
 	if c.client {
 		s, err = yamux.Client(conn, yc)
@@ -102,18 +106,26 @@ func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("yamux: %w", err)
 	}
-	ys := &yamuxSession{s: s, heard: heard, fw: conn, fr: fr, sends: sends, rxs: rxs}
+	ys.s, ys.fw, ys.fr, ys.sends, ys.rxs = s, conn, fr, sends, rxs
+	ys.ready.Store(true)
 	// The agent pings every second: what it hears back tells it early
 	// that the link went quiet (see SilentFor), and its own packets keep
 	// the home router's NAT mapping alive. The relay pings less often.
-	// Each answer measures the round trip for the receive windows.
-	period := min(yc.KeepAliveInterval, heartbeatMax)
+	// Each answer measures the round trip for the receive windows. These
+	// pings are the keepalive too (see watch): both ping at least every
+	// keepalive interval.
+	period := min(cfg.KeepAlive, heartbeatMax)
 	if !c.client {
-		period = relayPingPeriod
+		period = min(cfg.KeepAlive, relayPingPeriod)
 	}
 	go ys.heartbeat(period)
+	go ys.watch()
 	return ys, nil
 }
+
+// idleTimeout is how long a session may hear nothing from its peer
+// before it is declared dead, on both transports.
+func idleTimeout(cfg SessionConfig) time.Duration { return cfg.KeepAlive + cfg.KeepAliveTimeout }
 
 // heardClock remembers when the peer was last heard from.
 type heardClock struct {
@@ -130,27 +142,55 @@ func (c *heardClock) silentFor() time.Duration {
 	return time.Since(c.since) - time.Duration(c.last.Load())
 }
 
-// readClock is a link that notes when it last delivered bytes.
-type readClock struct {
+// linkConn is the link under yamux and this package's frames: it notes
+// when it last delivered bytes, and why it failed first (see endRecord).
+type linkConn struct {
 	net.Conn
 	heard *heardClock
+	end   *endRecord
 }
 
-func (c *readClock) Read(p []byte) (int, error) {
+func (c *linkConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.heard.touch()
 	}
+	if err != nil {
+		c.end.noteLink("read", err)
+	}
 	return n, err
 }
 
+func (c *linkConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if err != nil {
+		c.end.noteLink("write", err)
+	}
+	return n, err
+}
+
+// Close is called by yamux when the session ends; when nothing else said
+// why by then, yamux ended it on its own.
+func (c *linkConn) Close() error {
+	c.end.note(errMuxClosed)
+	return c.Conn.Close()
+}
+
+// yamuxConfig is the yamux configuration for cfg, normalized.
 func yamuxConfig(cfg SessionConfig) *yamux.Config {
-	cfg = normalizeSessionConfig(cfg)
 	return &yamux.Config{
-		AcceptBacklog:          cfg.AcceptBacklog,
-		EnableKeepAlive:        true,
-		KeepAliveInterval:      cfg.KeepAlive,
-		ConnectionWriteTimeout: cfg.KeepAliveTimeout,
+		AcceptBacklog: cfg.AcceptBacklog,
+		// Not yamux's keepalive: its ping's answer waits behind all the
+		// data the peer has queued on the link, so on a slow link it
+		// declares dead a session whose data is still arriving (see
+		// yamuxSession.watch, which replaces it).
+		EnableKeepAlive:   false,
+		KeepAliveInterval: cfg.KeepAlive,
+		// How long one of yamux's frames (a ping, a stream's opening or
+		// end, a small write) may wait to be written. It fails only that
+		// frame's caller, and must not fail on a link that is slow but
+		// alive: the idle timeout, which ends a link that is not.
+		ConnectionWriteTimeout: idleTimeout(cfg),
 		// recvWindows grants the credit (at most the stream window),
 		// and the data never reaches yamux (see streamRx); what yamux
 		// would grant on its own is rewritten.

@@ -93,10 +93,10 @@ type Stream interface {
 
 // SessionConfig tunes a Session.
 type SessionConfig struct {
-	// KeepAlive is the interval between pings.
+	// KeepAlive is the longest interval between pings.
 	KeepAlive time.Duration
-	// KeepAliveTimeout is how long a ping (or any write) may take before
-	// the session is declared dead.
+	// KeepAliveTimeout: a session from which nothing at all was heard for
+	// KeepAlive + KeepAliveTimeout is declared dead (see idleTimeout).
 	KeepAliveTimeout time.Duration
 	// StreamWindow is the per-stream receive window in bytes.
 	StreamWindow uint32

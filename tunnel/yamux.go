@@ -25,6 +25,59 @@ type yamuxSession struct {
 	fr    *frameReader
 	sends *sendWindows
 	rxs   *rxTable
+
+	end     *endRecord    // why the session ended
+	idle    time.Duration // nothing heard for this long: the peer is gone
+	ready   atomic.Bool   // s is set
+	lastRTT atomic.Int64  // the last round trip measured
+}
+
+// numStreams is the number of open streams, for endRecord.
+func (s *yamuxSession) numStreams() int {
+	if !s.ready.Load() {
+		return 0
+	}
+	return s.s.NumStreams()
+}
+
+// EndCause is why the session ended; see Ender.
+func (s *yamuxSession) EndCause() EndCause {
+	if s.s.IsClosed() {
+		// Every other end is noted before yamux closes; yamux closing
+		// on its own is noted when it closes the link, just after.
+		s.end.note(errMuxClosed)
+	}
+	n, err := s.end.get()
+	c := classifyEnd(err)
+	c.Streams, c.RTT = n, time.Duration(s.lastRTT.Load())
+	return c
+}
+
+// watch is the session's keepalive: it ends the session once nothing at
+// all has been heard from the peer for the idle timeout. Anything counts,
+// data as much as the answers to the pings that heartbeat sends at least
+// every keepalive interval, so a session whose data is still arriving
+// stays up however long a ping's answer queues behind that data. (yamux's
+// own keepalive, which this replaces, ended a session whose ping was not
+// answered within the keepalive timeout: on a slow or lossy link, where
+// the answer waits behind the peer's queue of data, a live session.)
+func (s *yamuxSession) watch() {
+	t := time.NewTimer(s.idle)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.s.CloseChan():
+			return
+		case <-t.C:
+		}
+		silent := s.heard.silentFor()
+		if silent >= s.idle {
+			s.end.note(&keepAliveError{silent: silent})
+			s.s.Close()
+			return
+		}
+		t.Reset(s.idle - silent)
+	}
 }
 
 // stream wraps st with its receive buffer, registered when the stream's
@@ -42,14 +95,32 @@ func (s *yamuxSession) SilentFor() time.Duration { return s.heard.silentFor() }
 
 // heartbeat pings the peer at once and then every period until the
 // session ends, and notes each round trip. A ping that goes unanswered
-// does not end the session: that is the keepalive's job, with its own
-// timeout.
+// does not end the session: that is watch's job, which hears its answers.
+//
+// Each ping waits for its answer on a goroutine of its own, so that the
+// pings leave every period however long their answers take: on a link
+// whose peer sends a long queue of data, each answer waits behind that
+// queue, but the pings themselves, on the quiet way, are what tell that
+// peer this end is alive (see watch). At most maxPings wait at a time:
+// an answer comes within the idle timeout, or never.
 func (s *yamuxSession) heartbeat(period time.Duration) {
 	t := time.NewTicker(period)
 	defer t.Stop()
+	maxPings := int(2*s.idle/period) + 1
+	waiting := make(chan struct{}, maxPings)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
-		if rtt, err := s.s.Ping(); err == nil {
-			s.fw.wins.sampleRTT(rtt)
+		select {
+		case waiting <- struct{}{}:
+			wg.Go(func() {
+				defer func() { <-waiting }()
+				if rtt, err := s.s.Ping(); err == nil {
+					s.fw.wins.sampleRTT(rtt)
+					s.lastRTT.Store(int64(rtt))
+				}
+			})
+		default:
 		}
 		select {
 		case <-s.s.CloseChan():
@@ -84,11 +155,19 @@ func (s *yamuxSession) AcceptStream(ctx context.Context) (Stream, error) {
 }
 
 func (s *yamuxSession) Done() <-chan struct{} { return s.s.CloseChan() }
-func (s *yamuxSession) Close() error          { return s.s.Close() }
-func (s *yamuxSession) NumStreams() int       { return s.s.NumStreams() }
-func (s *yamuxSession) RTT() time.Duration    { return time.Duration(s.fw.wins.rtt.Load()) }
-func (s *yamuxSession) LocalAddr() net.Addr   { return s.s.LocalAddr() }
-func (s *yamuxSession) RemoteAddr() net.Addr  { return s.s.RemoteAddr() }
+
+// Close ends the session; unless it had ended already, this end closed it.
+func (s *yamuxSession) Close() error {
+	if !s.s.IsClosed() {
+		s.end.note(errLocalClose)
+	}
+	return s.s.Close()
+}
+
+func (s *yamuxSession) NumStreams() int      { return s.s.NumStreams() }
+func (s *yamuxSession) RTT() time.Duration   { return time.Duration(s.fw.wins.rtt.Load()) }
+func (s *yamuxSession) LocalAddr() net.Addr  { return s.s.LocalAddr() }
+func (s *yamuxSession) RemoteAddr() net.Addr { return s.s.RemoteAddr() }
 
 func mapYamuxErr(err error) error {
 	if errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, io.EOF) {

@@ -3,12 +3,15 @@ package tunnel
 import (
 	"cmp"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/hashicorp/yamux"
 )
 
 // frameWriter joins a yamux data frame's 12-byte header to the start of
@@ -49,6 +52,8 @@ const (
 	yamuxHeaderSize       = 12
 	yamuxTypeData         = 0
 	yamuxTypeWindowUpdate = 1
+	yamuxTypeGoAway       = 3
+	yamuxVersion          = 0
 	yamuxFlagSYN          = 1
 	yamuxFlagACK          = 2
 	yamuxFlagFIN          = 4
@@ -195,6 +200,7 @@ type frameReader struct {
 	net.Conn
 	sends *sendWindows // told of the peer's window updates; nil in tests
 	rxs   *rxTable     // nil: every body goes to yamux (tests)
+	end   *endRecord   // told of protocol errors; nil in tests
 	hdr   [yamuxHeaderSize]byte
 	out   []byte // bytes for yamux: a header, or this end's frames
 	spare []byte // out's array for this end's frames
@@ -207,6 +213,11 @@ type frameReader struct {
 
 func (r *frameReader) Read(p []byte) (int, error) {
 	n, err := r.read(p)
+	if err != nil && r.end != nil && !errors.Is(err, net.ErrClosed) {
+		// A protocol error found here (the link's own errors were
+		// noted under it).
+		r.end.note(err)
+	}
 	if err != nil && r.rxs != nil {
 		// yamux ends the session on a read error, and closes the link
 		// when it ends for another reason, which ends a read too.
@@ -254,6 +265,7 @@ func (r *frameReader) next() error {
 	h := frameHeader(r.hdr[:])
 	id, flags := h.id(), h.flags()
 	r.out = r.hdr[:]
+	r.check(h)
 	switch h.typ() {
 	case yamuxTypeWindowUpdate:
 		if r.sends != nil {
@@ -277,6 +289,23 @@ func (r *frameReader) next() error {
 		h.setLength(0)
 	}
 	return nil
+}
+
+// check notes a frame that ends the session when yamux reads it (see
+// endRecord): one of another version or type, or a go-away for an error.
+// yamux itself reads it, ends the session and logs it.
+func (r *frameReader) check(h frameHeader) {
+	if r.end == nil {
+		return
+	}
+	switch {
+	case h[0] != yamuxVersion:
+		r.end.note(fmt.Errorf("%w: %d", yamux.ErrInvalidVersion, h[0]))
+	case h.typ() > yamuxTypeGoAway:
+		r.end.note(fmt.Errorf("%w: %d", yamux.ErrInvalidMsgType, h.typ()))
+	case h.typ() == yamuxTypeGoAway && h.length() != 0:
+		r.end.note(&peerGoAway{code: h.length()})
+	}
 }
 
 // stream returns the streamRx of stream id, registering one for a stream
