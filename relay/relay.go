@@ -425,7 +425,7 @@ func (s *Server) shutdown() {
 	}
 	s.visitCancel()
 	for _, vs := range visitors {
-		vs.end("relay shutting down")
+		vs.end("shutdown", "relay shutting down")
 	}
 	<-drained
 	// In parallel: ending a session may wait a moment for the agent to

@@ -118,7 +118,7 @@ func (s *Server) Reload(cfg config.Relay, id Identity) (changes, restartOnly []s
 	s.mu.Unlock()
 	for _, vs := range visitors {
 		if k, ok := lc.visitorKey(vs.key.Name); !ok || !reflect.DeepEqual(k, vs.key) {
-			vs.end("visitor key removed or changed in the relay's configuration")
+			vs.end("revoked", "visitor key removed or changed in the relay's configuration")
 		}
 	}
 	if ddnsChanged {

@@ -42,6 +42,7 @@ type visitorSession struct {
 
 	refusals atomic.Int32 // visits refused for a reason that will not pass
 	closing  atomic.Bool  // the relay ended the session (revoked, shutdown)
+	endWhy   atomic.Value // [2]string: the code and words of why the relay ended it
 	streams  sync.WaitGroup
 }
 
@@ -55,10 +56,11 @@ func (vs *visitorSession) lost() bool {
 	}
 }
 
-// end closes the session and its streams.
-func (vs *visitorSession) end(why string) {
+// end closes the session and its streams; code and why say why, for the
+// log (revoked, shutdown, protocol_error, refused_visits).
+func (vs *visitorSession) end(code, why string) {
 	if !vs.closing.Swap(true) {
-		vs.log.Info("visitor session closed by the relay", "reason", why)
+		vs.endWhy.Store([2]string{code, why})
 	}
 	vs.sess.Close()
 }
@@ -95,7 +97,13 @@ func (s *Server) serveVisitor(ctx context.Context, vs *visitorSession) {
 	}
 	vs.sess.Close()
 	vs.streams.Wait()
-	vs.log.Info("visitor session down", "age", time.Since(vs.started).Round(time.Millisecond))
+	// The relay's own reason, when it ended the session; else the link's.
+	link := tunnel.EndCauseOf(vs.sess)
+	cause, words := "", ""
+	if why, ok := vs.endWhy.Load().([2]string); ok {
+		cause, words = why[0], why[1]
+	}
+	vs.log.Info("visitor session down", tunnel.EndLog(cause, words, time.Since(vs.started), link, 0)...)
 }
 
 // answer writes the relay's answer to a Visit.
@@ -113,7 +121,7 @@ func (vs *visitorSession) handle(st tunnel.Stream) {
 		st.Close()
 		if !errors.Is(err, tunnel.ErrStreamCut) {
 			vs.log.Warn("visitor stream without a valid Visit; closing the session", "err", err)
-			vs.end("malformed Visit")
+			vs.end("protocol_error", "malformed Visit")
 		}
 		return
 	}
@@ -147,7 +155,7 @@ func (vs *visitorSession) grant(v tunnel.Visit) (privateTunnel, tunnel.Code, str
 	lc := vs.srv.conf()
 	key, ok := lc.visitorKey(vs.key.Name)
 	if !ok || key.Secret != vs.key.Secret {
-		vs.end("visitor key revoked")
+		vs.end("revoked", "visitor key removed from the relay's configuration")
 		return nil, tunnel.CodeAuthFailed, fmt.Sprintf("visitor key %q was removed from the relay's configuration", vs.key.Name)
 	}
 	switch {
@@ -190,7 +198,7 @@ func (vs *visitorSession) refused(v tunnel.Visit, code tunnel.Code, msg string) 
 		}
 	}
 	if limit := vs.srv.conf().Guard.AuthBanAfter; limit > 0 && int(vs.refusals.Add(1)) >= limit {
-		vs.end(fmt.Sprintf("%d visits refused", limit))
+		vs.end("refused_visits", fmt.Sprintf("%d visits refused", limit))
 	}
 }
 
