@@ -27,6 +27,10 @@ type Relay struct {
 	// Tokens are the accepted agent credentials. Empty means: use the
 	// token stored in DataDir, generating it on first start.
 	Tokens []Token
+	// Visitors are the accepted visitor keys of private tunnels
+	// ("visitor_keys"). Empty with Tokens empty means: use the key stored in
+	// DataDir, generating it on first start.
+	Visitors []VisitorKey
 	// TLSCert and TLSKey name a PEM certificate and key to use instead of
 	// the generated self-signed pair.
 	TLSCert, TLSKey string
@@ -91,6 +95,9 @@ type Token struct {
 	// MaxAgents and MaxTunnels override the relay's quotas for this
 	// token ("max_agents", "max_tunnels" in its item); 0: the relay's.
 	MaxAgents, MaxTunnels int
+	// Visit lets the token also log in as a visitor key named after it,
+	// to its own agents' private tunnels ("visit").
+	Visit bool
 }
 
 // String hides the secret.

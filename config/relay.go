@@ -21,6 +21,7 @@ func relaySettings() []setting {
 		{key: "token", flag: "token", short: "t", kind: kString, usage: "token agents must know (default: generated and kept in the data directory)"},
 		{key: "token_file", flag: "token-file", kind: kString, usage: "file that holds the token agents must know, instead of --token"},
 		{key: "tokens", kind: kFile, usage: "several tokens, each with a name, a secret or secret_file, and optional ports and quotas (config file only)"},
+		{key: "visitor_keys", kind: kFile, usage: "visitor keys for private tunnels, each with a name, a secret or secret_file, its token and the tunnels it may reach (config file only)"},
 		{key: "max_agents", flag: "max-agents", kind: kInt, def: "10", usage: "agent ids one token may have logged in at once, unless the token sets its own"},
 		{key: "max_tunnels", flag: "max-tunnels", kind: kInt, def: "64", usage: "tunnels (public ports) one token's agents may hold in all, unless the token sets its own"},
 		{key: "port_reserve", flag: "port-reserve", kind: kDuration, def: "15m", usage: "a released public port stays reserved this long to the token that held it (0s: not at all)"},
@@ -110,6 +111,7 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 		l.fail("tls_cert", fmt.Errorf("tls_cert and tls_key go together: give both or neither"))
 	}
 	c.Tokens = l.tokens()
+	c.Visitors = l.visitorKeys(c.Tokens)
 	c.DDNS = l.ddns(ddnsRelay)
 	if err := l.err(); err != nil {
 		return Relay{}, err
@@ -160,7 +162,7 @@ func (l *loader) tokens() []Token {
 		out = append(out, Token{Name: "default", Secret: secret, File: l.str("token_file")})
 	}
 	for i, item := range l.list("tokens") {
-		m, err := section(item, "name", "secret", "secret_file", "ports", "max_agents", "max_tunnels")
+		m, err := section(item, "name", "secret", "secret_file", "ports", "max_agents", "max_tunnels", "visit")
 		if err != nil {
 			l.fail("tokens", fmt.Errorf("item %d: %w", i+1, err))
 			continue
@@ -170,36 +172,11 @@ func (l *loader) tokens() []Token {
 			t.Name = fmt.Sprint(n)
 		}
 		where := fmt.Sprintf("item %d (%s)", i+1, t.Name)
-		_, hasSecret := m["secret"]
-		if f, ok := m["secret_file"]; ok {
-			t.File, _ = f.(string)
-			t.File = strings.TrimSpace(t.File)
-			secret, loose, err := "", false, error(nil)
-			switch {
-			case hasSecret:
-				err = fmt.Errorf("give secret or secret_file, not both")
-			case t.File == "":
-				err = fmt.Errorf("empty: give the path of a file that holds the secret")
-			default:
-				if secret, loose, err = readSecretFile(t.File); err == nil {
-					if err = checkSecret(secret); err != nil {
-						err = fmt.Errorf("the secret in %s: %w", t.File, err)
-					}
-				}
+		t.Secret, t.File = l.itemSecret("tokens", where, m)
+		if v, ok := m["visit"]; ok {
+			if t.Visit, err = boolValue(v); err != nil {
+				l.fail("tokens", fmt.Errorf("%s: visit: %w", where, err))
 			}
-			if err != nil {
-				l.fail("tokens", fmt.Errorf("%s: secret_file: %w", where, err))
-			}
-			if loose {
-				l.warns = append(l.warns, secretFileWarning(fmt.Sprintf("%s: %s: secret_file", l.where("tokens"), where), t.File))
-			}
-			t.Secret = secret
-		} else {
-			s, _ := m["secret"].(string)
-			if err := checkSecret(s); err != nil {
-				l.fail("tokens", fmt.Errorf("%s: secret: %w", where, err))
-			}
-			t.Secret = s
 		}
 		if p, ok := m["ports"]; ok {
 			if t.Ports, err = portsValue(p); err != nil {

@@ -15,13 +15,17 @@ import (
 type liveConfig struct {
 	config.Relay
 	secrets [][]byte
+	// visitorKeys are the secrets of Visitors, in order.
+	visitorKeys [][]byte
 }
 
 // conf returns the configuration in force.
 func (s *Server) conf() *liveConfig { return s.live.Load() }
 
-// newLiveConfig checks cfg and the tokens and fills in the defaults.
-func newLiveConfig(cfg config.Relay, tokens []config.Token) (*liveConfig, error) {
+// newLiveConfig checks cfg and the tokens and visitor keys of id, and
+// fills in the defaults.
+func newLiveConfig(cfg config.Relay, id Identity) (*liveConfig, error) {
+	tokens := id.Tokens
 	if len(tokens) == 0 {
 		return nil, errors.New("relay: no token: refusing to start without one")
 	}
@@ -43,6 +47,20 @@ func newLiveConfig(cfg config.Relay, tokens []config.Token) (*liveConfig, error)
 			}
 		}
 		lc.secrets = append(lc.secrets, []byte(t.Secret))
+	}
+	lc.Visitors = id.Visitors
+	keys := map[string]bool{}
+	for i, k := range id.Visitors {
+		switch {
+		case k.Secret == "":
+			errs = append(errs, fmt.Errorf("relay: visitors[%d] (%s): empty key: refusing to start", i, k.Name))
+		case keys[k.Name]:
+			errs = append(errs, fmt.Errorf("relay: two visitor keys are named %q", k.Name))
+		case !names[k.Token]:
+			errs = append(errs, fmt.Errorf("relay: visitor key %q: its token %q is not configured", k.Name, k.Token))
+		}
+		keys[k.Name] = true
+		lc.visitorKeys = append(lc.visitorKeys, []byte(k.Secret))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err

@@ -49,6 +49,9 @@ type Server struct {
 	// still carry connections (see agentSession.retire).
 	retired map[*agentSession]struct{}
 	ports   map[portKey]any // public port -> the tunnel holding it
+	private map[privateKey]privateTunnel
+	// visitorSessions are the logged-in visitors of private tunnels.
+	visitorSessions map[*visitorSession]struct{}
 	// reserved are released ports kept for the token that held them
 	// (cfg.PortReserve); held counts each token's claimed ports.
 	reserved map[portKey]reservation
@@ -88,7 +91,7 @@ type sessionKey struct {
 
 // New returns a relay for cfg and the identity from LoadIdentity.
 func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
-	lc, err := newLiveConfig(cfg, id.Tokens)
+	lc, err := newLiveConfig(cfg, id)
 	if err != nil {
 		return nil, err
 	}
@@ -98,10 +101,13 @@ func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
 		sessions: make(map[sessionKey]*agentSession),
 		retired:  make(map[*agentSession]struct{}),
 		ports:    make(map[portKey]any),
-		started:  time.Now(),
-		metrics:  newMetrics(),
-		reserved: make(map[portKey]reservation),
-		held:     make(map[string]int),
+		private:  make(map[privateKey]privateTunnel),
+
+		visitorSessions: make(map[*visitorSession]struct{}),
+		started:         time.Now(),
+		metrics:         newMetrics(),
+		reserved:        make(map[portKey]reservation),
+		held:            make(map[string]int),
 	}
 	s.live.Store(lc)
 	s.hs = newHandshakeGuard(lc.Guard)
@@ -399,6 +405,12 @@ func (s *Server) shutdown() {
 	for _, as := range sessions {
 		as.closeTunnels()
 	}
+	s.mu.Lock()
+	visitors := make([]*visitorSession, 0, len(s.visitorSessions))
+	for vs := range s.visitorSessions {
+		visitors = append(visitors, vs)
+	}
+	s.mu.Unlock()
 
 	drained := make(chan struct{})
 	go func() { s.visitors.Wait(); close(drained) }()
@@ -412,6 +424,9 @@ func (s *Server) shutdown() {
 		t.Stop()
 	}
 	s.visitCancel()
+	for _, vs := range visitors {
+		vs.end("relay shutting down")
+	}
 	<-drained
 	// In parallel: ending a session may wait a moment for the agent to
 	// take its GoAway (see tunnel's lingering QUIC close).
@@ -460,8 +475,13 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, l *login, trans
 	// One configuration for the whole login: a reload meanwhile applies
 	// to the session once it is up (see Reload).
 	lc := s.conf()
-	admit := func(a tunnel.Agent) (tunnel.Code, string) { return s.admitAgent(lc, lc.Tokens[a.Token].Name, a) }
-	agent, err := tunnel.AuthenticateAgent(c, lc.secrets, remote, tunnel.AuthHooks{Admit: admit, Verdict: func(ok, visitor bool) string {
+	admit := func(a tunnel.Agent) (tunnel.Code, string) {
+		if a.Visitor() {
+			return s.admitVisitor()
+		}
+		return s.admitAgent(lc, lc.Tokens[a.Token].Name, a)
+	}
+	agent, err := tunnel.AuthenticateAgent(c, lc.secrets, remote, tunnel.AuthHooks{Admit: admit, VisitorKeys: lc.visitorKeys, Verdict: func(ok, visitor bool) string {
 		if l.banned {
 			// The brake on a banned address: its logins, one at a
 			// time, are answered no sooner than this.
@@ -500,6 +520,7 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, l *login, trans
 		case errors.Is(err, tunnel.ErrAuthFailed):
 			result = loginFailed
 			log.Warn("agent authentication failed", "err", err)
+			// The hello said whether a token or a visitor key was wrong.
 			s.metrics.logins.WithLabelValues("wrong_token").Inc()
 			s.refusals.add(RefusalStatus{Time: time.Now(), Where: "agent port", Addr: remote, Reason: "wrong token", Banned: ban.started})
 		case re != nil && re.Code == tunnel.CodeIDInUse:
@@ -524,6 +545,18 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, l *login, trans
 		stop()
 		c.Close()
 		log.Error("agent session", "err", err)
+		return
+	}
+	if agent.Visitor() {
+		// A visitor opens no control stream: each of its streams
+		// begins with a Visit.
+		stop()
+		_ = c.SetDeadline(time.Time{})
+		s.metrics.logins.WithLabelValues("ok").Inc()
+		key := lc.Visitors[agent.Token]
+		s.serveVisitor(ctx, &visitorSession{srv: s, key: key, id: agent.ID, software: agent.Software, remote: remote, local: c.LocalAddr().String(),
+			ip: addrOf(c.RemoteAddr()), transport: transport, started: time.Now(), sess: sess,
+			log: log.With("visitor", agent.ID, "key", key.Name, "token", key.Token)})
 		return
 	}
 	// The control stream is the first one the agent opens; it must come
@@ -587,6 +620,16 @@ func (s *Server) admitAgent(lc *liveConfig, token string, a tunnel.Agent) (tunne
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.admitLocked(lc, token, a)
+}
+
+// admitVisitor decides whether a visitor whose key matched may log in.
+func (s *Server) admitVisitor() (tunnel.Code, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return tunnel.CodeShutdown, "relay shutting down"
+	}
+	return tunnel.CodeOK, ""
 }
 
 func (s *Server) admitLocked(lc *liveConfig, token string, a tunnel.Agent) (tunnel.Code, string) {

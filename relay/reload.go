@@ -20,7 +20,8 @@ import (
 //     the session settings apply to what comes next; open connections go
 //     on (session settings apply to new sessions);
 //   - an agent whose token was removed (or whose secret changed) loses its
-//     sessions at once, told why;
+//     sessions at once, told why; so does a visitor whose visitor key was
+//     removed or changed in any way (it may log in again under new rules);
 //   - an agent with a tunnel that its token may no longer open loses its
 //     session, told why: it logs in again, and the relay refuses that
 //     tunnel in words and serves the others;
@@ -32,7 +33,7 @@ import (
 // changes describes what changed, for the log.
 func (s *Server) Reload(cfg config.Relay, id Identity) (changes, restartOnly []string, err error) {
 	old := s.conf()
-	lc, err := newLiveConfig(cfg, id.Tokens)
+	lc, err := newLiveConfig(cfg, id)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -92,6 +93,9 @@ func (s *Server) Reload(cfg config.Relay, id Identity) (changes, restartOnly []s
 		for _, pt := range as.tunnels {
 			pt.setLimits(lc.Guard)
 			ts := pt.status()
+			if ts.Private {
+				continue
+			}
 			if why := lc.portRefusal(as.key.token, ts.Port); why != "" {
 				refused = append(refused, why)
 			}
@@ -101,6 +105,20 @@ func (s *Server) Reload(cfg config.Relay, id Identity) (changes, restartOnly []s
 			slices.Sort(refused)
 			as.log.Warn("agent's tunnels no longer allowed by the configuration; ending its session", "detail", refused[0])
 			go as.end(tunnel.CodePortNotAllowed, "the relay's configuration changed: "+refused[0])
+		}
+	}
+	// Visitors whose key was removed or changed in any way lose their
+	// session at once (and with it their connections); one that logs
+	// in again gets the new rules.
+	s.mu.Lock()
+	visitors := make([]*visitorSession, 0, len(s.visitorSessions))
+	for vs := range s.visitorSessions {
+		visitors = append(visitors, vs)
+	}
+	s.mu.Unlock()
+	for _, vs := range visitors {
+		if k, ok := lc.visitorKey(vs.key.Name); !ok || !reflect.DeepEqual(k, vs.key) {
+			vs.end("visitor key removed or changed in the relay's configuration")
 		}
 	}
 	if ddnsChanged {
@@ -127,6 +145,22 @@ func describeChanges(old, lc *liveConfig) []string {
 	for _, t := range old.Tokens {
 		if _, ok := lc.token(t.Name); !ok {
 			out = append(out, fmt.Sprintf("token %q removed", t.Name))
+		}
+	}
+	for _, k := range lc.Visitors {
+		o, ok := old.visitorKey(k.Name)
+		switch {
+		case !ok:
+			out = append(out, fmt.Sprintf("visitor key %q added", k.Name))
+		case o.Secret != k.Secret:
+			out = append(out, fmt.Sprintf("visitor key %q: new secret", k.Name))
+		case !reflect.DeepEqual(o, k):
+			out = append(out, fmt.Sprintf("visitor key %q: token or tunnels changed", k.Name))
+		}
+	}
+	for _, k := range old.Visitors {
+		if _, ok := lc.visitorKey(k.Name); !ok {
+			out = append(out, fmt.Sprintf("visitor key %q removed", k.Name))
 		}
 	}
 	for _, f := range []struct {

@@ -114,6 +114,8 @@ func (as *agentSession) serve(ctx context.Context) {
 		switch m := m.(type) {
 		case *tunnel.Register:
 			res = as.register(m)
+		case *tunnel.RegisterPrivate:
+			res = as.registerPrivate(m)
 		case *tunnel.Unregister:
 			res = as.unregister(m)
 		}

@@ -26,6 +26,12 @@ type Status struct {
 	Refusals    []RefusalStatus      `json:"refusals"` // most recent last
 	Bans        []BanStatus          `json:"bans"`
 	DDNS        []ddnsrun.NameStatus `json:"ddns,omitempty"`
+	// VisitorKeys are the configured keys of private tunnels, Visitors
+	// the visitors logged in, and Visits the command that reaches each
+	// private tunnel with each key that may.
+	VisitorKeys []VisitorKeyStatus `json:"visitor_keys"`
+	Visitors    []VisitorStatus    `json:"visitors"`
+	Visits      []VisitSetup       `json:"visits,omitempty"`
 	// Config is where the running configuration came from and when it was
 	// last (re)loaded.
 	Config ConfigStatus `json:"config"`
@@ -57,12 +63,18 @@ type AgentStatus struct {
 
 // TunnelStatus is one public port.
 type TunnelStatus struct {
-	Name     string    `json:"name"`
-	Protocol string    `json:"protocol"`
-	Port     uint16    `json:"port"`
-	Token    string    `json:"token"`
-	Agent    string    `json:"agent"`
-	Since    time.Time `json:"since"`
+	Name     string `json:"name"`
+	Protocol string `json:"protocol"`
+	// Port is the public port; for a private tunnel, which has none, the
+	// local port suggested to visitors (0: none).
+	Port uint16 `json:"port"`
+	// Private marks a tunnel that only visitors reach; VisitorKeys are
+	// the keys its agent accepts (none: any the relay lets in).
+	Private     bool      `json:"private,omitempty"`
+	VisitorKeys []string  `json:"visitor_keys,omitempty"`
+	Token       string    `json:"token"`
+	Agent       string    `json:"agent"`
+	Since       time.Time `json:"since"`
 	// Visitors is open connections (UDP: flows) now.
 	Visitors int64 `json:"visitors"`
 	// Accepted counts visitors let through since the tunnel opened.
@@ -212,6 +224,7 @@ func (s *Server) Status() Status {
 	slices.SortFunc(st.Bans, func(a, b BanStatus) int {
 		return cmp.Or(cmp.Compare(a.Where, b.Where), cmp.Compare(a.Addr, b.Addr))
 	})
+	s.visitorStatus(&st)
 	st.Refusals = s.refusals.snapshot()
 	s.ddnsMu.Lock()
 	u := s.ddns

@@ -1,9 +1,11 @@
 package relay
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/homeport/homeport/internal/control"
@@ -35,13 +37,49 @@ func (s Status) WriteText(w io.Writer) {
 
 	tunnels := control.Table{Title: "TUNNELS", Head: []string{"PORT", "NAME", "OWNER", "VISITORS", "IN", "OUT", "REFUSED", "BANNED"}}
 	for _, t := range s.Tunnels {
+		port := fmt.Sprintf("%d/%s", t.Port, t.Protocol)
+		if t.Private {
+			port = "private/" + t.Protocol
+		}
 		tunnels.Rows = append(tunnels.Rows, []string{
-			fmt.Sprintf("%d/%s", t.Port, t.Protocol), t.Name, t.Token + "/" + t.Agent,
+			port, t.Name, t.Token + "/" + t.Agent,
 			strconv.FormatInt(t.Visitors, 10), control.Bytes(t.BytesIn), control.Bytes(t.BytesOut),
 			strconv.FormatInt(t.Refused, 10), strconv.FormatInt(t.Banned, 10),
 		})
 	}
 	tunnels.Write(w)
+
+	if len(s.VisitorKeys) > 0 {
+		keys := control.Table{Title: "VISITOR KEYS", Head: []string{"KEY", "TOKEN", "TUNNELS", "KEY FILE", "ONLINE"}}
+		for _, k := range s.VisitorKeys {
+			online := 0
+			for _, v := range s.Visitors {
+				if v.Key == k.Name {
+					online++
+				}
+			}
+			tunnels := "all of the token's"
+			if len(k.Tunnels) > 0 {
+				tunnels = strings.Join(k.Tunnels, ",")
+			}
+			keys.Rows = append(keys.Rows, []string{k.Name, k.Token, tunnels, cmp.Or(k.File, "(in the config)"), strconv.Itoa(online)})
+		}
+		keys.Write(w)
+	}
+	if len(s.Visitors) > 0 {
+		visitors := control.Table{Title: "VISITORS", Head: []string{"KEY", "VISITOR", "ADDRESS", "TRANSPORT", "CONNECTED", "STREAMS"}}
+		for _, v := range s.Visitors {
+			visitors.Rows = append(visitors.Rows, []string{v.Key, v.ID, v.Addr, v.Transport, control.Age(s.Now, v.Since), strconv.Itoa(v.Streams)})
+		}
+		visitors.Write(w)
+	}
+	if len(s.Visits) > 0 {
+		fmt.Fprintln(w, "TO VISIT A PRIVATE TUNNEL (on the visitor's machine)")
+		for _, v := range s.Visits {
+			fmt.Fprintf(w, "  %s\n", v.Command)
+		}
+		fmt.Fprintln(w)
+	}
 
 	bans := control.Table{Title: "BANS", Head: []string{"WHERE", "ADDRESS", "ENDS IN"}}
 	for _, b := range s.Bans {

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -31,14 +32,18 @@ type udpTunnel struct {
 	name  string
 	port  uint16
 	owner *agentSession
-	pc    *net.UDPConn
+	pc    *net.UDPConn      // the public socket; nil for a private tunnel
 	guard *visitorGuard     // per visitor address: lists, flows, rate
 	queue *tunnel.UDPBudget // datagrams waiting for the agent; drops
+	// visitors are the visitor keys the agent accepts on a private
+	// tunnel (empty: any the relay lets in).
+	visitors []string
 
-	mu      sync.Mutex
-	flows   map[netip.AddrPort]*udpFlow
-	dropped int // datagrams dropped since the last warning
-	closed  bool
+	mu       sync.Mutex
+	flows    map[flowKey]*udpFlow
+	nextPriv uint64 // numbers private flows, which share an address
+	dropped  int    // datagrams dropped since the last warning
+	closed   bool
 
 	wg   sync.WaitGroup // read loop, janitor, flows
 	stop chan struct{}
@@ -67,11 +72,19 @@ func (as *agentSession) listenUDP(name string, port uint16, addr string, guard *
 		pc.Close()
 		return nil, err
 	}
-	t := &udpTunnel{name: name, port: port, owner: as, pc: pc, guard: guard, queue: budget, flows: make(map[netip.AddrPort]*udpFlow), stop: make(chan struct{}), since: time.Now()}
+	t := &udpTunnel{name: name, port: port, owner: as, pc: pc, guard: guard, queue: budget, flows: make(map[flowKey]*udpFlow), stop: make(chan struct{}), since: time.Now()}
 	t.wg.Add(2)
 	go t.readLoop()
 	go t.janitor()
 	return t, nil
+}
+
+// flowKey names a flow of a UDP tunnel: a public one by its visitor's
+// address; a private one by its visitor session's address and a number,
+// since one visitor session carries several.
+type flowKey struct {
+	addr netip.AddrPort
+	n    uint64
 }
 
 func (t *udpTunnel) setLimits(cfg config.Guard) { t.guard.setConfig(cfg) }
@@ -89,13 +102,102 @@ func (t *udpTunnel) close() {
 	}
 	t.mu.Unlock()
 	close(t.stop)
-	t.pc.Close()
+	if t.pc == nil {
+		t.owner.srv.releasePrivate(privateKey{t.owner.key.token, t.name}, t)
+	} else {
+		t.pc.Close()
+	}
 	for _, f := range flows {
 		f.end("tunnel closed")
 	}
 	t.wg.Wait()
 	t.queue.Close()
-	t.owner.srv.releasePort(portKey{tunnel.ProtoUDP, t.port}, t, t.owner.key.token, true)
+	if t.pc != nil {
+		t.owner.srv.releasePort(portKey{tunnel.ProtoUDP, t.port}, t, t.owner.key.token, true)
+	}
+}
+
+// privateUDP returns a private UDP tunnel: no socket; each of a visitor's
+// streams is one flow (see serveVisit).
+func (as *agentSession) privateUDP(req tunnel.PrivateTunnel, guard *visitorGuard) *udpTunnel {
+	// The budget's only error is for a limit of zero.
+	budget, _ := tunnel.NewUDPBudget(tunnel.FlowQueueBudget, tunnel.TunnelQueueBudget,
+		as.log.With("tunnel", req.Name), "UDP datagrams to the agent dropped: it takes them slower than they come")
+	t := &udpTunnel{name: req.Name, port: req.Port, owner: as, guard: guard, queue: budget, visitors: req.Visitors,
+		flows: make(map[flowKey]*udpFlow), stop: make(chan struct{}), since: time.Now()}
+	t.wg.Add(1)
+	go t.janitor()
+	return t
+}
+
+func (t *udpTunnel) protocol() tunnel.Protocol   { return tunnel.ProtoUDP }
+func (t *udpTunnel) accepts(via string) bool     { return acceptsKey(t.visitors, via) }
+func (t *udpTunnel) visitorGuard() *visitorGuard { return t.guard }
+
+// serveVisit carries a visitor's stream of a private UDP tunnel as one
+// flow: its framed datagrams to the agent, the target's back framed on
+// it. The flow ends when the visitor closes the stream or after
+// udp_flow_timeout without a datagram either way.
+func (t *udpTunnel) serveVisit(vs *visitorSession, st tunnel.Stream, ip netip.Addr) {
+	var wmu sync.Mutex
+	toVisitor := func(p []byte) {
+		wmu.Lock()
+		defer wmu.Unlock()
+		_ = st.SetWriteDeadline(time.Now().Add(visitHeaderTimeout))
+		_ = tunnel.WriteDatagram(st, p)
+	}
+	t.mu.Lock()
+	var f *udpFlow
+	if !t.closed && t.roomLocked() {
+		t.nextPriv++
+		key := flowKey{addr: netip.AddrPortFrom(ip, addrPortOf(vs.remote)), n: t.nextPriv}
+		f = t.startFlowLocked(key, vs.key.Name, toVisitor)
+	}
+	t.mu.Unlock()
+	if f == nil {
+		t.guard.release(ip)
+		_ = vs.answer(st, tunnel.CodeQuota, fmt.Sprintf("tunnel %q serves udp_max_flows flows now", t.name))
+		st.Close()
+		return
+	}
+	var res tunnel.OpenResult
+	select {
+	case res = <-f.answered:
+	case <-f.done:
+		res = tunnel.OpenResult{Code: tunnel.CodeOffline, Message: fmt.Sprintf("tunnel %q: %s", t.name, f.reason)}
+	}
+	wmu.Lock()
+	err := vs.answer(st, res.Code, res.Message)
+	wmu.Unlock()
+	if err != nil || res.Code != tunnel.CodeOK {
+		f.end("refused")
+		st.Close()
+		return
+	}
+	stop := context.AfterFunc(t.owner.srv.visitCtx, func() { f.end("relay shutting down") })
+	defer stop()
+	go func() {
+		<-f.done
+		st.Close()
+	}()
+	buf := make([]byte, tunnel.MaxDatagram)
+	for {
+		n, err := tunnel.ReadDatagram(st, buf)
+		if err != nil {
+			f.end("visitor closed the flow")
+			return
+		}
+		f.enqueue(buf[:n])
+	}
+}
+
+// addrPortOf returns the port of a host:port text (0 if none).
+func addrPortOf(hostport string) uint16 {
+	ap, err := netip.ParseAddrPort(hostport)
+	if err != nil {
+		return 0
+	}
+	return ap.Port()
 }
 
 func (t *udpTunnel) session() *agentSession { return t.owner }
@@ -136,21 +238,12 @@ func (t *udpTunnel) flow(addr netip.Addr, port uint16) *udpFlow {
 	visitor := netip.AddrPortFrom(addr, port)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if f := t.flows[visitor]; f != nil {
+	if f := t.flows[flowKey{addr: visitor}]; f != nil {
 		return f
 	}
-	if t.closed {
+	if t.closed || !t.roomLocked() {
 		return nil
 	}
-	srv := t.owner.srv
-	if len(t.flows) >= srv.conf().UDPMaxFlows {
-		t.stats.dropped.Add(1)
-		if t.dropped++; t.dropped == 1 {
-			t.owner.log.Warn("UDP tunnel at its flow limit; dropping datagrams from new visitors", "tunnel", t.name, "flows", len(t.flows), "udp_max_flows", srv.conf().UDPMaxFlows)
-		}
-		return nil
-	}
-	t.dropped = 0
 	if ok, why, banned := t.guard.admit(addr); !ok {
 		t.stats.refusal(banned)
 		t.owner.srv.metrics.refused.WithLabelValues(t.owner.key.token, t.name, refusalReason(why)).Inc()
@@ -162,9 +255,32 @@ func (t *udpTunnel) flow(addr netip.Addr, port uint16) *udpFlow {
 		}
 		return nil
 	}
-	f := &udpFlow{t: t, visitor: visitor, id: t.owner.nextFlow.Add(1), queue: t.queue.NewQueue(), done: make(chan struct{}), start: time.Now()}
+	return t.startFlowLocked(flowKey{addr: visitor}, "", nil)
+}
+
+// roomLocked reports whether the tunnel may start another flow, and
+// warns (once a burst) when it may not.
+func (t *udpTunnel) roomLocked() bool {
+	srv := t.owner.srv
+	if len(t.flows) >= srv.conf().UDPMaxFlows {
+		t.stats.dropped.Add(1)
+		if t.dropped++; t.dropped == 1 {
+			t.owner.log.Warn("UDP tunnel at its flow limit; dropping datagrams from new visitors", "tunnel", t.name, "flows", len(t.flows), "udp_max_flows", srv.conf().UDPMaxFlows)
+		}
+		return false
+	}
+	t.dropped = 0
+	return true
+}
+
+// startFlowLocked starts the flow of key, whose visitor address the guard
+// has admitted. via is the visitor key of a private tunnel's flow, and
+// toVisitor carries the target's datagrams to it (nil: the public socket).
+func (t *udpTunnel) startFlowLocked(key flowKey, via string, toVisitor func([]byte)) *udpFlow {
+	f := &udpFlow{t: t, key: key, visitor: key.addr, via: via, toVisitor: toVisitor, id: t.owner.nextFlow.Add(1),
+		queue: t.queue.NewQueue(), done: make(chan struct{}), answered: make(chan tunnel.OpenResult, 1), start: time.Now()}
 	f.touch()
-	t.flows[visitor] = f
+	t.flows[key] = f
 	t.stats.visitors.Add(1)
 	t.stats.accepted.Add(1)
 	t.owner.addFlow(f)
@@ -175,8 +291,8 @@ func (t *udpTunnel) flow(addr netip.Addr, port uint16) *udpFlow {
 
 func (t *udpTunnel) remove(f *udpFlow) {
 	t.mu.Lock()
-	if t.flows[f.visitor] == f {
-		delete(t.flows, f.visitor)
+	if t.flows[f.key] == f {
+		delete(t.flows, f.key)
 	}
 	t.mu.Unlock()
 	t.stats.visitors.Add(-1)
@@ -213,10 +329,16 @@ func (t *udpTunnel) janitor() {
 // udpFlow is one visitor address on a UDP tunnel.
 type udpFlow struct {
 	t       *udpTunnel
+	key     flowKey
 	visitor netip.AddrPort
 	id      uint32
-	queue   *tunnel.DatagramQueue // the visitor's datagrams for the agent
-	start   time.Time
+	// via and toVisitor are set for a private tunnel's flow (see
+	// startFlowLocked); answered then gets the agent's answer.
+	via       string
+	toVisitor func([]byte)
+	answered  chan tunnel.OpenResult
+	queue     *tunnel.DatagramQueue // the visitor's datagrams for the agent
+	start     time.Time
 
 	last    atomic.Int64 // unix nanoseconds of the last datagram either way
 	ready   atomic.Bool  // the agent accepted the flow: datagrams may bypass the stream
@@ -245,8 +367,8 @@ func (f *udpFlow) end(reason string) {
 		close(f.done)
 		f.queue.Close()
 		f.t.mu.Lock()
-		if f.t.flows[f.visitor] == f {
-			delete(f.t.flows, f.visitor)
+		if f.t.flows[f.key] == f {
+			delete(f.t.flows, f.key)
 		}
 		f.t.mu.Unlock()
 	})
@@ -279,7 +401,7 @@ func (f *udpFlow) run() {
 	stop := context.AfterFunc(ctx, func() { st.Close() })
 	defer stop()
 	defer st.Close()
-	if err := tunnel.WriteMessage(st, &tunnel.OpenFlow{Tunnel: t.name, Visitor: f.visitor.String(), Flow: f.id}); err != nil {
+	if err := tunnel.WriteMessage(st, &tunnel.OpenFlow{Tunnel: t.name, Visitor: f.visitor.String(), Flow: f.id, Via: f.via}); err != nil {
 		f.end("cannot write to agent: " + err.Error())
 		f.logEnd()
 		return
@@ -340,9 +462,11 @@ func (f *udpFlow) send(st tunnel.Stream, ds tunnel.DatagramSession, buf, p []byt
 func (f *udpFlow) readReplies(st tunnel.Stream) {
 	var res tunnel.OpenResult
 	if err := tunnel.ReadInto(st, tunnel.MaxFrameSize, &res); err != nil {
+		f.answered <- tunnel.OpenResult{Code: tunnel.CodeOffline, Message: fmt.Sprintf("the agent of tunnel %q did not answer: %v", f.t.name, err)}
 		f.end("agent answer: " + err.Error())
 		return
 	}
+	f.answered <- res
 	if res.Code != tunnel.CodeOK {
 		f.end((&tunnel.OpenError{Code: res.Code, Message: res.Message}).Error())
 		return
@@ -364,6 +488,10 @@ func (f *udpFlow) reply(p []byte) {
 	f.touch()
 	f.out.Add(1)
 	f.t.stats.bytesOut.Add(int64(len(p)))
+	if f.toVisitor != nil {
+		f.toVisitor(p)
+		return
+	}
 	_, _ = f.t.pc.WriteToUDPAddrPort(p, f.visitor)
 }
 
@@ -373,7 +501,7 @@ func (f *udpFlow) logEnd() {
 	if as.srv.conf().AccessLog {
 		level = slog.LevelInfo
 	}
-	as.log.Log(context.Background(), level, "UDP visitor flow", "tunnel", f.t.name, "visitor", f.visitor.String(),
+	as.log.Log(context.Background(), level, "UDP visitor flow", "tunnel", f.t.name, "visitor", f.visitor.String(), "via", f.via,
 		"datagrams_in", f.in.Load(), "datagrams_out", f.out.Load(), "duration", time.Since(f.start).Round(time.Millisecond), "end", f.reason)
 }
 
@@ -410,7 +538,8 @@ func (as *agentSession) receiveDatagrams(ctx context.Context) {
 func (t *udpTunnel) bans(now time.Time) []BanStatus { return t.guard.bans(now, t.name) }
 
 func (t *udpTunnel) status() TunnelStatus {
-	ts := TunnelStatus{Name: t.name, Protocol: "udp", Port: t.port, Token: t.owner.token.Name, Agent: t.owner.agent.ID, Since: t.since}
+	ts := TunnelStatus{Name: t.name, Protocol: "udp", Port: t.port, Private: t.pc == nil, VisitorKeys: t.visitors,
+		Token: t.owner.token.Name, Agent: t.owner.agent.ID, Since: t.since}
 	t.stats.fill(&ts)
 	d := t.queue.Drops()
 	ts.Dropped += int64(d.FlowFull + d.TunnelFull)

@@ -209,7 +209,7 @@ const FeaturePrivate Features = 1 << 1
 
 // RelayFeatures are the features of a relay built with this package,
 // announced by AuthenticateAgent (the relay's control loop handles each).
-const RelayFeatures = FeatureUnregister
+const RelayFeatures = FeatureUnregister | FeaturePrivate
 
 // Reject tells the agent why authentication failed.
 type Reject struct {

@@ -376,7 +376,7 @@ func TestCodeString(t *testing.T) {
 		{CodeQuota, "quota reached"},
 		{CodePortReserved, "port reserved"},
 		{CodeIDInUse, "agent id in use"},
-		{CodeIDInUse + 1, "code 15"},
+		{CodeOffline, "tunnel offline"}, {CodeNotAllowed, "not allowed"}, {CodeNotAllowed + 1, "code 17"},
 		{255, "code 255"},
 	}
 	for _, tt := range tests {
