@@ -135,7 +135,7 @@ func LoadVisitor(fs *pflag.FlagSet) (Visitor, error) {
 	}
 	switch host, port, err := net.SplitHostPort(c.Relay); {
 	case c.Relay == "":
-		l.fail("relay", fmt.Errorf("missing: give the relay's address, e.g. --relay vps.example.com:7000 (the relay prints the whole visit command on its first start)"))
+		l.fail("relay", fmt.Errorf("missing: give the relay's address, e.g. --relay vps.example.com:7000 (on the relay, relay status prints the whole visit command)"))
 	case err != nil || host == "":
 		l.fail("relay", fmt.Errorf("%q: want HOST:PORT, e.g. vps.example.com:7000", c.Relay))
 	default:

@@ -117,12 +117,12 @@ func TestVisitorLoad(t *testing.T) {
 func TestVisitorErrors(t *testing.T) {
 	ok := []string{"--relay", "vps:7000", "--key", testKey, "--fingerprint", fp}
 	tests := []struct {
-		name   string
-		args   []string // after ok, unless bare
-		bare   bool
-		env    map[string]string
-		file   string // with ok's settings
-		want   []string
+		name    string
+		args    []string // after ok, unless bare
+		bare    bool
+		env     map[string]string
+		file    string // with ok's settings
+		want    []string
 		notWant []string
 	}{
 		{name: "nothing", bare: true, want: []string{"relay: missing", "key: missing", "HOMEPORT_KEY", "fingerprint: missing", "visits: none"}},

@@ -94,12 +94,12 @@ func (v *Visitor) watch(ctx context.Context, vis *visit) error {
 				state = stateOffline
 				wait = min(2*wait, checkMax)
 			case tunnel.CodeNotAllowed:
-				err := fmt.Errorf("tunnel %q: this visitor key may not use it (relay: %s); allow it in the relay's visitors[].tunnels for this key, or add the key's name to the home agent's visitors list of the tunnel", name, res.Message)
+				err := fmt.Errorf("tunnel %q: this visitor key may not use it (relay: %s); allow it in the relay's visitor_keys entry of this key (its tunnels), or add the key's name to the home agent's visitors list of the tunnel", name, res.Message)
 				vis.log.Error("tunnel cannot be visited", "err", err)
 				retry.Stop()
 				return err
 			case tunnel.CodeUnknownTunnel:
-				err := fmt.Errorf("tunnel %q: the relay knows no private tunnel of that name for this key (relay: %s); check the name against the home agent's private tunnels, and the relay's visitors[].token and visitors[].tunnels for this key", name, res.Message)
+				err := fmt.Errorf("tunnel %q: the relay knows no private tunnel of that name for this key (relay: %s); check the name against the home agent's private tunnels, and the token and tunnels of this key's entry in the relay's visitor_keys", name, res.Message)
 				vis.log.Error("tunnel cannot be visited", "err", err)
 				retry.Stop()
 				return err

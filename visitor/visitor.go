@@ -409,7 +409,7 @@ func (v *Visitor) establish(ctx context.Context) (tunnel.Session, string, *failu
 		switch {
 		case errors.Is(err, tunnel.ErrAuthFailed):
 			return nil, transport, &failure{definitive: true, err: fmt.Errorf(
-				"relay %s: %w: the visitor key is wrong; copy the one the relay printed with its visit command (its data directory's visitor.key), or the secret of one of its visitors; a token is not a visitor key", relay, err)}
+				"relay %s: %w: the visitor key is wrong; copy the one the relay printed with its visit command (its data directory's visitor.key), or the secret of its entry in the relay's visitor_keys; a token is not a visitor key", relay, err)}
 		case errors.Is(err, tunnel.ErrBusy):
 			return nil, transport, &failure{dial: true, err: fmt.Errorf("relay %s: %w", relay, err)}
 		case errors.As(err, &re) && (re.Code == tunnel.CodeQuota || re.Code == tunnel.CodeIDInUse):
