@@ -49,14 +49,17 @@ func visitorConfig(r *relayHandle, visits ...config.Visit) config.Visitor {
 }
 
 // startVisitor runs a visitor in this process. It does not wait for the
-// session.
-func startVisitor(t *testing.T, cfg config.Visitor) *visitorHandle {
+// session. setup, when given, adjusts the visitor before it runs.
+func startVisitor(t *testing.T, cfg config.Visitor, setup ...func(*visitor.Visitor)) *visitorHandle {
 	t.Helper()
 	logs := &logBuf{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	v, err := visitor.New(cfg, "test", log)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range setup {
+		f(v)
 	}
 	h := &visitorHandle{t: t, logs: logs, up: make(chan string, 16), done: make(chan error, 1)}
 	v.OnSession = func(tr string) {
@@ -446,4 +449,53 @@ func TestVisitorRelayRestart(t *testing.T) {
 	})
 	v.stop()
 	home2.sess.Close()
+}
+
+// TestVisitorUDPFlows: a UDP visit ends a flow that stays idle, and a
+// client that sends again gets a new one; a client over the most flows
+// is turned away, and logged.
+func TestVisitorUDPFlows(t *testing.T) {
+	leak.Check(t)
+	r := privateRelay(t, nil)
+	home, _ := startHome(t, r, tunnel.PrivateTunnel{Name: "dns", Protocol: tunnel.ProtoUDP})
+	port := udpFreePort(t)
+	cfg := visitorConfig(r, config.Visit{Tunnel: "dns", Protocol: "udp", Listen: publicAddr(port)})
+	cfg.Key = laptopKey
+	v := startVisitor(t, cfg, func(v *visitor.Visitor) {
+		// Long enough for the first exchanges to go by on a busy machine.
+		v.UDPIdle = 5 * time.Second
+		v.UDPMaxFlows = 2
+	})
+	v.awaitLog(20*time.Second, "tunnel dns ready")
+	a, b, c := udpDial(t, port), udpDial(t, port), udpDial(t, port)
+	for i, cl := range []*udpVisitor{a, b} {
+		if err := cl.exchange([]byte{byte(i)}); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+	}
+	// Two flows are open: the third client is turned away while they are.
+	if _, err := c.c.Write([]byte("over")); err != nil {
+		t.Fatal(err)
+	}
+	v.awaitLog(10*time.Second, "UDP client turned away")
+	// Idle, the flows end; a client that sends again gets a new flow.
+	waitFor(t, 20*time.Second, "the idle flows to end", func() bool {
+		return strings.Count(v.logs.String(), `msg="UDP flow ended"`) >= 2
+	})
+	if err := c.exchange([]byte("now")); err != nil {
+		t.Fatalf("third client after the idle flows ended: %v", err)
+	}
+	if err := a.exchange([]byte("again")); err != nil {
+		t.Fatalf("first client again: %v", err)
+	}
+	flows := 0
+	for len(home.vias) > 0 {
+		<-home.vias
+		flows++
+	}
+	if flows != 4 {
+		t.Fatalf("%d flows reached the home end, want 4 (two, then two new ones)", flows)
+	}
+	v.stop()
+	home.sess.Close()
 }

@@ -48,7 +48,14 @@ func (v *Visitor) serveUDP(ctx context.Context, vis *visit, wg *sync.WaitGroup) 
 		fullLog  time.Time
 		turnedAt int
 	)
-	sweepEvery := min(v.udpIdle/4, 5*time.Second)
+	idleFor, maxFlows := v.UDPIdle, v.UDPMaxFlows
+	if idleFor <= 0 {
+		idleFor = UDPIdleTimeout
+	}
+	if maxFlows <= 0 {
+		maxFlows = UDPMaxFlows
+	}
+	sweepEvery := max(min(idleFor/4, 5*time.Second), 10*time.Millisecond)
 	sweepDone := make(chan struct{})
 	stopSweep := make(chan struct{})
 	go func() {
@@ -61,7 +68,7 @@ func (v *Visitor) serveUDP(ctx context.Context, vis *visit, wg *sync.WaitGroup) 
 				return
 			case <-t.C:
 			}
-			idle := time.Now().Add(-v.udpIdle).UnixNano()
+			idle := time.Now().Add(-idleFor).UnixNano()
 			mu.Lock()
 			for _, f := range flows {
 				if f.last.Load() < idle {
@@ -104,10 +111,10 @@ func (v *Visitor) serveUDP(ctx context.Context, vis *visit, wg *sync.WaitGroup) 
 		mu.Lock()
 		f := flows[addr]
 		if f == nil {
-			if len(flows) >= v.udpMaxFlows {
+			if len(flows) >= maxFlows {
 				turnedAt++
 				if now := time.Now(); now.Sub(fullLog) >= fullLogEvery {
-					vis.log.Warn("UDP client turned away: the visit has its most flows open", "max_flows", v.udpMaxFlows, "client", addr.String(), "turned_away", turnedAt)
+					vis.log.Warn("UDP client turned away: the visit has its most flows open", "max_flows", maxFlows, "client", addr.String(), "turned_away", turnedAt)
 					fullLog, turnedAt = now, 0
 				}
 				mu.Unlock()

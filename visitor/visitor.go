@@ -58,10 +58,11 @@ type Visitor struct {
 	smallBuffers sync.Once
 	box          sessionBox
 
-	// udpIdle ends a UDP flow without a datagram either way for this
-	// long; udpMaxFlows caps one visit's flows.
-	udpIdle     time.Duration
-	udpMaxFlows int
+	// UDPIdle ends a UDP flow without a datagram either way for this
+	// long, and UDPMaxFlows caps one UDP visit's flows; New sets them to
+	// UDPIdleTimeout and UDPMaxFlows, and tests may lower them before Run.
+	UDPIdle     time.Duration
+	UDPMaxFlows int
 
 	// OnSession, when set, is called with the transport of every session
 	// that comes up; tests use it.
@@ -108,7 +109,7 @@ func New(cfg config.Visitor, version string, log *slog.Logger) (*Visitor, error)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	v := &Visitor{cfg: cfg, log: log, software: Software + "/" + version, udpIdle: UDPIdleTimeout, udpMaxFlows: UDPMaxFlows}
+	v := &Visitor{cfg: cfg, log: log, software: Software + "/" + version, UDPIdle: UDPIdleTimeout, UDPMaxFlows: UDPMaxFlows}
 	v.box.changed = make(chan struct{})
 	tcp, quic := relaydial.Transports(cfg.Transport, cfg.Session, cfg.HandshakeTimeout, func(rcv, snd int) {
 		v.smallBuffers.Do(func() { tunnel.LogSmallBuffers(log, rcv, snd) })
