@@ -207,3 +207,22 @@ func TestVisitorKeyFileLoose(t *testing.T) {
 		t.Errorf("warnings %+v", c.Warnings)
 	}
 }
+
+// TestVisitorEnvShared: one environment serves the relay, the agent and
+// the visitor: the visitor's HOMEPORT_KEY is no error to the others.
+func TestVisitorEnvShared(t *testing.T) {
+	cleanEnv(t)
+	t.Setenv("HOMEPORT_KEY", testKey)
+	t.Setenv("HOMEPORT_KEY_FILE", "")
+	if _, err := LoadAgent(agentFlags(t, "--relay", "vps:7000", "--token", "0123456789abcdef", "--fingerprint", fp, "--tunnel", "3390:127.0.0.1:3389")); err != nil {
+		t.Errorf("agent: %v", err)
+	}
+	if _, err := LoadRelay(relayFlags(t, "--data-dir", t.TempDir())); err != nil {
+		t.Errorf("relay: %v", err)
+	}
+	// In a file, the visitor's keys are named as the visitor's.
+	_, err := LoadAgent(agentFlags(t, "--config", writeFile(t, "agent.yaml", "visits: []\n")))
+	if err == nil || !strings.Contains(err.Error(), `"visits": it is a setting of the other program`) {
+		t.Errorf("agent file with visits: %v", err)
+	}
+}
