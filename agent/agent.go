@@ -413,7 +413,8 @@ func (a *Agent) establish(ctx context.Context, replacing, standby bool, handoff 
 	if handoff != nil {
 		handoff(set)
 	}
-	ctrl, res, err := a.register(dctx, sess, set.requests())
+	reqs := set.requests()
+	ctrl, results, err := a.register(dctx, sess, reqs, welcome.Features)
 	if err != nil {
 		sess.Close()
 		return nil, &failure{stage: stageSetup, err: err}
@@ -425,10 +426,9 @@ func (a *Agent) establish(ctx context.Context, replacing, standby bool, handoff 
 		a.log.Warn("ddns: relay source", "err", err)
 	}
 	l := &link{transport: name, sess: sess, w: &controlWriter{ctrl: ctrl}, set: set, features: welcome.Features,
-		asked: make(map[string]*asked, len(res.Results))}
+		asked: make(map[string]*asked, len(results))}
 	now := time.Now()
-	reqs := set.requests()
-	for i, r := range res.Results {
+	for i, r := range results {
 		it := &asked{req: reqs[i], up: r.Code == tunnel.CodeOK}
 		l.asked[r.Name] = it
 		a.logResult(set, r, a.status.result(r, now), true)
@@ -438,33 +438,42 @@ func (a *Agent) establish(ctx context.Context, replacing, standby bool, handoff 
 	}
 	a.sessionState.up(name, welcome.ObservedAddr, sess)
 	if a.OnSession != nil {
-		a.OnSession(SessionInfo{Transport: name, ObservedAddr: welcome.ObservedAddr, Results: res.Results})
+		a.OnSession(SessionInfo{Transport: name, ObservedAddr: welcome.ObservedAddr, Results: results})
 	}
 	return l, nil
 }
 
-// register opens the control stream and registers the tunnels on it.
-func (a *Agent) register(ctx context.Context, sess tunnel.Session, reqs []tunnel.TunnelRequest) (tunnel.Stream, *tunnel.RegisterResult, error) {
+// register opens the control stream and registers the tunnels on it,
+// for a relay with the features f. It returns the relay's answers in
+// reqs' order.
+func (a *Agent) register(ctx context.Context, sess tunnel.Session, reqs []request, f tunnel.Features) (tunnel.Stream, []tunnel.TunnelResult, error) {
 	ctrl, err := sess.OpenStream(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open control stream: %w", err)
 	}
-	// One Register per frame's worth of tunnels; the relay answers each.
-	var res tunnel.RegisterResult
-	for _, reg := range tunnel.SplitRegister(reqs) {
-		if err := tunnel.WriteMessage(ctrl, reg); err != nil {
-			return nil, nil, fmt.Errorf("register tunnels: %w", err)
+	// One message per frame's worth of tunnels; the relay answers each.
+	call := func(m tunnel.Message, n int) (*tunnel.RegisterResult, error) {
+		if err := tunnel.WriteMessage(ctrl, m); err != nil {
+			return nil, err
 		}
-		var part tunnel.RegisterResult
-		if err := tunnel.ReadInto(ctrl, tunnel.MaxFrameSize, &part); err != nil {
-			return nil, nil, fmt.Errorf("register tunnels: %w", err)
+		var res tunnel.RegisterResult
+		if err := tunnel.ReadInto(ctrl, tunnel.MaxFrameSize, &res); err != nil {
+			return nil, err
 		}
-		if len(part.Results) != len(reg.Tunnels) {
-			return nil, nil, fmt.Errorf("register tunnels: the relay answered %d of %d", len(part.Results), len(reg.Tunnels))
+		if len(res.Results) != n {
+			return nil, fmt.Errorf("the relay answered %d of %d", len(res.Results), n)
 		}
-		res.Results = append(res.Results, part.Results...)
+		return &res, nil
 	}
-	return ctrl, &res, nil
+	results := make([]tunnel.TunnelResult, len(reqs))
+	err = ask(reqs, f, call, func(i int, r tunnel.TunnelResult) error {
+		results[i] = r
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("register tunnels: %w", err)
+	}
+	return ctrl, results, nil
 }
 
 // session serves an established link until it ends, or until a newer

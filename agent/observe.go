@@ -119,7 +119,8 @@ func (a *Agent) Status() Status {
 		regs[r.Name] = r
 	}
 	for _, t := range set.cfg.Tunnels {
-		ts := TunnelStatus{Name: t.Name, Protocol: t.Protocol, Port: t.RemotePort, Target: t.Target, State: string(TunnelDown)}
+		ts := TunnelStatus{Name: t.Name, Protocol: t.Protocol, Port: t.RemotePort, Target: t.Target, State: string(TunnelDown),
+			Private: t.Private, VisitorKeys: t.Visitors}
 		if r, ok := regs[t.Name]; ok {
 			ts.State, ts.Since, ts.NextRetry = string(r.State), r.Since, r.NextRetry
 			if r.State != TunnelUp && r.Code != tunnel.CodeOK {

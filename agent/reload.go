@@ -26,9 +26,10 @@ import (
 // the target that was configured when it arrived.
 //
 // What a reload changes takes effect as follows:
-//   - tunnels added, removed, or with a new remote_port, protocol, allow or
-//     deny: registered or closed at once on the session up now (see
-//     registrar.sync); the connections open on other tunnels go on;
+//   - tunnels added, removed, or with a new remote_port, protocol, allow,
+//     deny, private or visitors: registered or closed at once on the
+//     session up now (see registrar.sync); the connections open on other
+//     tunnels go on;
 //   - target and proxy_protocol: for visitors from now on;
 //   - dial_timeout, access_log, reconnect_max, handshake_timeout: for
 //     what comes next; session.*: for the next session;
@@ -53,26 +54,52 @@ type settings struct {
 }
 
 // requests are the tunnel requests of the configuration, in its order.
-func (s *settings) requests() []tunnel.TunnelRequest {
-	out := make([]tunnel.TunnelRequest, 0, len(s.cfg.Tunnels))
+func (s *settings) requests() []request {
+	out := make([]request, 0, len(s.cfg.Tunnels))
 	for _, t := range s.cfg.Tunnels {
 		out = append(out, tunnelRequest(t))
 	}
 	return out
 }
 
-func tunnelRequest(t config.Tunnel) tunnel.TunnelRequest {
+// request is what the agent asks the relay for one tunnel: a public port
+// (in a Register), or a private tunnel (in a RegisterPrivate).
+type request struct {
+	pub  tunnel.TunnelRequest
+	priv *tunnel.PrivateTunnel // set: a private tunnel, and pub is zero
+}
+
+func (q request) name() string {
+	if q.priv != nil {
+		return q.priv.Name
+	}
+	return q.pub.Name
+}
+
+func tunnelRequest(t config.Tunnel) request {
 	proto := tunnel.ProtoTCP
 	if t.Protocol == "udp" {
 		proto = tunnel.ProtoUDP
 	}
-	return tunnel.TunnelRequest{Name: t.Name, Protocol: proto, RemotePort: t.RemotePort, Allow: t.Allow, Deny: t.Deny}
+	if t.Private {
+		return request{priv: &tunnel.PrivateTunnel{Name: t.Name, Protocol: proto, Port: t.RemotePort,
+			Allow: t.Allow, Deny: t.Deny, Visitors: t.Visitors}}
+	}
+	return request{pub: tunnel.TunnelRequest{Name: t.Name, Protocol: proto, RemotePort: t.RemotePort, Allow: t.Allow, Deny: t.Deny}}
 }
 
 // sameRequest reports whether two requests ask the relay for the same.
-func sameRequest(x, y tunnel.TunnelRequest) bool {
-	return x.Name == y.Name && x.Protocol == y.Protocol && x.RemotePort == y.RemotePort &&
-		slices.Equal(x.Allow, y.Allow) && slices.Equal(x.Deny, y.Deny)
+func sameRequest(x, y request) bool {
+	if x.priv != nil || y.priv != nil {
+		if x.priv == nil || y.priv == nil {
+			return false
+		}
+		p, q := x.priv, y.priv
+		return p.Name == q.Name && p.Protocol == q.Protocol && p.Port == q.Port &&
+			slices.Equal(p.Allow, q.Allow) && slices.Equal(p.Deny, q.Deny) && slices.Equal(p.Visitors, q.Visitors)
+	}
+	return x.pub.Name == y.pub.Name && x.pub.Protocol == y.pub.Protocol && x.pub.RemotePort == y.pub.RemotePort &&
+		slices.Equal(x.pub.Allow, y.pub.Allow) && slices.Equal(x.pub.Deny, y.pub.Deny)
 }
 
 // prepare checks cfg and makes its settings, and its DDNS updater when cfg

@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/tunnel"
 )
 
@@ -264,12 +266,20 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowT
 	// Not a logger With these: it would format them for every
 	// connection, and keep them for its whole life, to log rarely.
 	who := []any{"tunnel", open.Tunnel, "visitor", open.Visitor}
+	if open.Via != "" {
+		who = append(who, "via", open.Via)
+	}
 	set := a.conf()
 	t, ok := set.tunnels[open.Tunnel]
 	stats := a.statsOf(open.Tunnel)
 	if !ok || t.Protocol != "tcp" || stats == nil {
 		refuse(st, tunnel.CodeUnknownTunnel, fmt.Sprintf("agent has no tunnel %q", open.Tunnel))
 		a.log.Warn("relay asked for an unknown tunnel", who...)
+		return
+	}
+	if code, msg := admitVia(t, open.Via); code != tunnel.CodeOK {
+		refuse(st, code, msg)
+		a.log.Warn("visitor refused", append(who, "reason", code.String(), "detail", msg)...)
 		return
 	}
 	d := net.Dialer{Timeout: set.cfg.DialTimeout}
@@ -313,6 +323,22 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowT
 	})
 }
 
+// admitVia checks the visitor key (by name, via) of a stream of tunnel t:
+// a private tunnel's streams name one, which must be among t.Visitors
+// when the tunnel lists any; a public tunnel's name none. Anything else is
+// refused before the target is dialed.
+func admitVia(t config.Tunnel, via string) (tunnel.Code, string) {
+	switch {
+	case t.Private && via == "":
+		return tunnel.CodeBadRequest, fmt.Sprintf("tunnel %q is private: the relay must name the visitor key", t.Name)
+	case !t.Private && via != "":
+		return tunnel.CodeBadRequest, fmt.Sprintf("tunnel %q is public: a visitor key (%q) has no place on its streams", t.Name, via)
+	case len(t.Visitors) > 0 && !slices.Contains(t.Visitors, via):
+		return tunnel.CodeNotAllowed, fmt.Sprintf("visitor key %q is not allowed for tunnel %q by the home agent", via, t.Name)
+	}
+	return tunnel.CodeOK, ""
+}
+
 func isDone(c <-chan struct{}) bool {
 	select {
 	case <-c:
@@ -323,15 +349,24 @@ func isDone(c <-chan struct{}) bool {
 }
 
 // writeProxyHeader sends the PROXY protocol header for a visitor to c,
-// within the dial timeout's bounds.
+// within the dial timeout's bounds. A private tunnel's visitor reached no
+// public port: without one from the relay, the header's destination is
+// the unspecified address, port 0.
 func writeProxyHeader(c net.Conn, version string, open tunnel.Open) error {
 	visitor, err := netip.ParseAddrPort(open.Visitor)
 	if err != nil {
 		return fmt.Errorf("visitor address %q: %w", open.Visitor, err)
 	}
-	public, err := netip.ParseAddrPort(open.Public)
-	if err != nil {
-		return fmt.Errorf("relay address %q: %w", open.Public, err)
+	var public netip.AddrPort
+	switch {
+	case open.Public == "" && open.Via != "" && visitor.Addr().Unmap().Is4():
+		public = netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+	case open.Public == "" && open.Via != "":
+		public = netip.AddrPortFrom(netip.IPv6Unspecified(), 0)
+	default:
+		if public, err = netip.ParseAddrPort(open.Public); err != nil {
+			return fmt.Errorf("relay address %q: %w", open.Public, err)
+		}
 	}
 	h, err := proxyHeader(version, visitor, public)
 	if err != nil {

@@ -43,8 +43,15 @@ type SessionStatus struct {
 type TunnelStatus struct {
 	Name     string `json:"name"`
 	Protocol string `json:"protocol"`
-	Port     uint16 `json:"remote_port"`
-	Target   string `json:"target"`
+	// Port is the public port; for a private tunnel, the port suggested
+	// to visitors (0: none).
+	Port   uint16 `json:"remote_port"`
+	Target string `json:"target"`
+	// Private: the tunnel has no public port; visitors with a visitor
+	// key reach it. VisitorKeys are the only keys the agent lets through
+	// (empty: any the relay lets through).
+	Private     bool     `json:"private,omitempty"`
+	VisitorKeys []string `json:"visitor_keys,omitempty"`
 	// State is "up" (registered at the relay), "retrying" (refused for a
 	// reason that may pass; asked again at NextRetry), "refused" (only a
 	// change of configuration helps; Error says why), or "down" (no

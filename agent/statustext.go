@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/homeport/homeport/internal/control"
@@ -44,7 +45,15 @@ func (s Status) WriteText(w io.Writer) {
 		if t.DialError != "" {
 			dial = control.Age(s.Now, t.DialErrorTime) + " ago: " + t.DialError
 		}
-		tunnels.Rows = append(tunnels.Rows, []string{t.Name, fmt.Sprintf("%d/%s", t.Port, t.Protocol), t.Target, state,
+		public := fmt.Sprintf("%d/%s", t.Port, t.Protocol)
+		if t.Private {
+			// No public port: who may reach it instead.
+			public = "private/" + t.Protocol
+			if len(t.VisitorKeys) > 0 {
+				public += " (visitors " + strings.Join(t.VisitorKeys, ", ") + ")"
+			}
+		}
+		tunnels.Rows = append(tunnels.Rows, []string{t.Name, public, t.Target, state,
 			strconv.FormatInt(t.Visitors, 10), control.Bytes(t.BytesIn), control.Bytes(t.BytesOut), dial})
 	}
 	tunnels.Write(w)

@@ -56,10 +56,10 @@ func (a *Agent) Registrations() []Registration { return a.status.list() }
 // keeps that cheap.
 func retryable(c tunnel.Code) bool {
 	switch c {
-	case tunnel.CodePortInUse, tunnel.CodePortReserved, tunnel.CodeQuota, tunnel.CodeInternal:
+	case tunnel.CodePortInUse, tunnel.CodePortReserved, tunnel.CodeQuota, tunnel.CodeInternal, tunnel.CodeOffline:
 		return true
 	}
-	return c > tunnel.CodeIDInUse
+	return c > tunnel.CodeNotAllowed
 }
 
 // statusBoard holds the Registration of every tunnel.
@@ -161,12 +161,18 @@ func (b *statusBoard) down(now time.Time) {
 func (a *Agent) logResult(set *settings, r tunnel.TunnelResult, news, first bool) {
 	t := set.tunnels[r.Name]
 	switch {
+	case r.Code == tunnel.CodeOK && (first || news) && t.Private:
+		a.log.Info("tunnel ready", "tunnel", r.Name, "protocol", t.Protocol, "private", true, "visitors", t.Visitors, "target", t.Target)
 	case r.Code == tunnel.CodeOK && (first || news):
 		relayHost, _, _ := net.SplitHostPort(set.cfg.Relay)
 		a.log.Info("tunnel ready", "tunnel", r.Name, "protocol", t.Protocol, "public", net.JoinHostPort(relayHost, fmt.Sprint(t.RemotePort)), "target", t.Target)
 	case r.Code == tunnel.CodeOK:
 	case first || news:
-		attrs := []any{"tunnel", r.Name, "port", t.RemotePort, "reason", r.Code.String(), "detail", r.Message}
+		attrs := []any{"tunnel", r.Name, "port", t.RemotePort}
+		if t.Private {
+			attrs = []any{"tunnel", r.Name, "private", true}
+		}
+		attrs = append(attrs, "reason", r.Code.String(), "detail", r.Message)
 		if retryable(r.Code) {
 			attrs = append(attrs, "retrying", true)
 		}
@@ -194,8 +200,87 @@ func (w *controlWriter) write(m tunnel.Message, d time.Duration) error {
 
 // asked is a tunnel request made on a session, and the relay's answer.
 type asked struct {
-	req tunnel.TunnelRequest
-	up  bool // the relay accepted it: it holds the public port
+	req request
+	up  bool // the relay accepted it: it holds the public port, or serves the private tunnel
+}
+
+// noPrivate is the refusal of a private tunnel by this agent, for a relay
+// that does not serve them (no tunnel.FeaturePrivate).
+const noPrivate = "the relay does not serve private tunnels: upgrade it"
+
+// errMisanswered: the relay's answer names other tunnels than were asked
+// for.
+var errMisanswered = errors.New("the relay answered for another tunnel than asked")
+
+// ask asks the relay for the tunnels reqs: the public ones in Registers,
+// then the private ones in RegisterPrivates, each message answered by the
+// RegisterResult that call returns (of n results). each gets every
+// tunnel's answer, with its index in reqs. A private tunnel is not sent
+// to a relay without tunnel.FeaturePrivate: its answer is a refusal made
+// here (CodeVersion), and the public tunnels go on as ever.
+func ask(reqs []request, f tunnel.Features, call func(m tunnel.Message, n int) (*tunnel.RegisterResult, error),
+	each func(i int, r tunnel.TunnelResult) error) error {
+	var (
+		pub           []tunnel.TunnelRequest
+		priv          []tunnel.PrivateTunnel
+		pubAt, privAt []int
+	)
+	for i, q := range reqs {
+		switch {
+		case q.priv == nil:
+			pub, pubAt = append(pub, q.pub), append(pubAt, i)
+		case f&tunnel.FeaturePrivate == 0:
+			if err := each(i, tunnel.TunnelResult{Name: q.priv.Name, Code: tunnel.CodeVersion, Message: noPrivate}); err != nil {
+				return err
+			}
+		default:
+			priv, privAt = append(priv, *q.priv), append(privAt, i)
+		}
+	}
+	// answered passes on the answers to a message asking for names, the
+	// tunnels at reqs[at[0]], reqs[at[1]]…
+	answered := func(m tunnel.Message, names []string, at []int) error {
+		res, err := call(m, len(names))
+		if err != nil {
+			return err
+		}
+		for j, tr := range res.Results {
+			if tr.Name != names[j] {
+				return fmt.Errorf("asked for tunnel %q, answered for %q: %w", names[j], tr.Name, errMisanswered)
+			}
+			if err := each(at[j], tr); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, m := range tunnel.SplitRegister(pub) {
+		if len(m.Tunnels) == 0 {
+			continue
+		}
+		names := make([]string, len(m.Tunnels))
+		for j, t := range m.Tunnels {
+			names[j] = t.Name
+		}
+		if err := answered(m, names, pubAt[:len(names)]); err != nil {
+			return err
+		}
+		pubAt = pubAt[len(names):]
+	}
+	for _, m := range tunnel.SplitRegisterPrivate(priv) {
+		if len(m.Tunnels) == 0 {
+			continue
+		}
+		names := make([]string, len(m.Tunnels))
+		for j, t := range m.Tunnels {
+			names[j] = t.Name
+		}
+		if err := answered(m, names, privAt[:len(names)]); err != nil {
+			return err
+		}
+		privAt = privAt[len(names):]
+	}
+	return nil
 }
 
 // Errors of the registrar.
@@ -302,33 +387,25 @@ func (r *registrar) call(m tunnel.Message, n int) (*tunnel.RegisterResult, error
 
 // register sends reqs and records the answers. It returns the tunnels
 // refused for a reason that may pass.
-func (r *registrar) register(reqs []tunnel.TunnelRequest, first bool) (retry []*asked, err error) {
+func (r *registrar) register(reqs []request, first bool) (retry []*asked, err error) {
 	set := r.a.conf()
-	for _, reg := range tunnel.SplitRegister(reqs) {
-		if len(reg.Tunnels) == 0 {
-			continue
+	err = ask(reqs, r.l.features, r.call, func(i int, tr tunnel.TunnelResult) error {
+		if tr.Code == tunnel.CodeShutdown {
+			return errSessionEnded
 		}
-		res, err := r.call(reg, len(reg.Tunnels))
-		if err != nil {
-			return retry, err
+		it := r.l.asked[tr.Name]
+		if it == nil || !sameRequest(it.req, reqs[i]) {
+			it = &asked{req: reqs[i]}
+			r.l.asked[tr.Name] = it
 		}
-		for i, tr := range res.Results {
-			if tr.Name != reg.Tunnels[i].Name || tr.Code == tunnel.CodeShutdown {
-				return retry, errSessionEnded // not an answer to this; or the session ends
-			}
-			it := r.l.asked[tr.Name]
-			if it == nil || !sameRequest(it.req, reg.Tunnels[i]) {
-				it = &asked{req: reg.Tunnels[i]}
-				r.l.asked[tr.Name] = it
-			}
-			it.up = tr.Code == tunnel.CodeOK
-			r.a.logResult(set, tr, r.a.status.result(tr, time.Now()), first)
-			if retryable(tr.Code) {
-				retry = append(retry, it)
-			}
+		it.up = tr.Code == tunnel.CodeOK
+		r.a.logResult(set, tr, r.a.status.result(tr, time.Now()), first)
+		if retryable(tr.Code) {
+			retry = append(retry, it)
 		}
-	}
-	return retry, nil
+		return nil
+	})
+	return retry, err
 }
 
 // retry registers again the tunnels the relay refused for a reason that
@@ -344,7 +421,7 @@ func (r *registrar) retry(items []*asked) {
 		delay := jitter(time.Second, r.a.conf().cfg.ReconnectMax, attempt)
 		names := make([]string, len(items))
 		for i, it := range items {
-			names[i] = it.req.Name
+			names[i] = it.req.name()
 		}
 		r.a.status.retryAt(names, time.Now().Add(delay))
 		t := time.NewTimer(delay)
@@ -361,7 +438,7 @@ func (r *registrar) retry(items []*asked) {
 			r.op.Unlock()
 			return
 		}
-		reqs := make([]tunnel.TunnelRequest, len(items))
+		reqs := make([]request, len(items))
 		for i, it := range items {
 			reqs[i] = it.req
 		}
@@ -383,7 +460,7 @@ func (r *registrar) current(items []*asked) []*asked {
 }
 
 func (r *registrar) currentLocked(items []*asked) []*asked {
-	return slices.DeleteFunc(items, func(it *asked) bool { return r.l.asked[it.req.Name] != it })
+	return slices.DeleteFunc(items, func(it *asked) bool { return r.l.asked[it.req.name()] != it })
 }
 
 // sync brings the tunnels asked for on this session in line with the
@@ -399,9 +476,9 @@ func (r *registrar) sync() error {
 	}
 	set := r.a.conf()
 	reqs := set.requests()
-	want := make(map[string]tunnel.TunnelRequest, len(reqs))
+	want := make(map[string]request, len(reqs))
 	for _, q := range reqs {
-		want[q.Name] = q
+		want[q.name()] = q
 	}
 	var stale, close []string // no longer wanted as asked; held by the relay
 	for name, it := range r.l.asked {
@@ -412,9 +489,9 @@ func (r *registrar) sync() error {
 			}
 		}
 	}
-	var add []tunnel.TunnelRequest
+	var add []request
 	for _, q := range reqs {
-		if it := r.l.asked[q.Name]; it == nil || !sameRequest(q, it.req) {
+		if it := r.l.asked[q.name()]; it == nil || !sameRequest(q, it.req) {
 			add = append(add, q)
 		}
 	}

@@ -82,6 +82,9 @@ func (ft *flowTable) receive(ctx context.Context, sess tunnel.Session) {
 func (a *Agent) handleFlow(ctx context.Context, st tunnel.Stream, open *tunnel.OpenFlow, flows *flowTable) {
 	start := time.Now()
 	log := a.log.With("tunnel", open.Tunnel, "visitor", open.Visitor)
+	if open.Via != "" {
+		log = log.With("via", open.Via)
+	}
 	set := a.conf()
 	t, ok := set.tunnels[open.Tunnel]
 	stats := a.statsOf(open.Tunnel)
@@ -89,6 +92,11 @@ func (a *Agent) handleFlow(ctx context.Context, st tunnel.Stream, open *tunnel.O
 	if !ok || t.Protocol != "udp" || stats == nil || q0 == nil {
 		refuse(st, tunnel.CodeUnknownTunnel, fmt.Sprintf("agent has no UDP tunnel %q", open.Tunnel))
 		log.Warn("relay asked for an unknown UDP tunnel")
+		return
+	}
+	if code, msg := admitVia(t, open.Via); code != tunnel.CodeOK {
+		refuse(st, code, msg)
+		log.Warn("visitor refused", "reason", code.String(), "detail", msg)
 		return
 	}
 	raddr, err := net.ResolveUDPAddr("udp", t.Target)

@@ -24,7 +24,7 @@ func agentSettings() []setting {
 		{key: "ca_file", flag: "ca-file", kind: kString, usage: "verify the relay by this PEM CA instead of a fingerprint"},
 		{key: "server_name", flag: "server-name", kind: kString, usage: "name in the relay's certificate, with --ca-file (default: the relay host)"},
 		{key: "id", flag: "id", kind: kString, usage: "this agent's name; a new session with the same id replaces the old one (default: host name)"},
-		{key: "tunnels", flag: "tunnel", short: "T", kind: kList, usage: "tunnel [NAME=]REMOTE_PORT:HOST:PORT; repeatable"},
+		{key: "tunnels", flag: "tunnel", short: "T", kind: kList, usage: "tunnel [NAME=]REMOTE_PORT:HOST:PORT, or a private one NAME=private:[PORT:]HOST:PORT; repeatable"},
 		{key: "dial_timeout", flag: "dial-timeout", kind: kDuration, def: "5s", usage: "time to connect to a tunnel's target"},
 		{key: "handshake_timeout", flag: "handshake-timeout", kind: kDuration, def: "10s", usage: "time to connect and authenticate to the relay"},
 		{key: "reconnect_max", flag: "reconnect-max", kind: kDuration, def: "30s", usage: "longest wait between reconnect attempts"},
@@ -177,7 +177,7 @@ func LoadAgentDDNS(fs *pflag.FlagSet) (AgentDDNS, error) {
 func (l *loader) tunnels() []Tunnel {
 	var out []Tunnel
 	// A TCP and a UDP tunnel may share a port number (RDP uses 3389 on
-	// both); two of one protocol may not.
+	// both); two of one protocol may not. Private tunnels take no port.
 	type protoPort struct {
 		proto string
 		port  uint16
@@ -199,12 +199,16 @@ func (l *loader) tunnels() []Tunnel {
 		if seenName[t.Name] {
 			l.fail("tunnels", fmt.Errorf("two tunnels are named %q; give each its own NAME=", t.Name))
 		}
+		seenName[t.Name] = true
+		out = append(out, t)
+		if t.Private {
+			continue // no public port; its port is only a suggestion to visitors
+		}
 		pp := protoPort{t.Protocol, t.RemotePort}
 		if other, ok := seenPort[pp]; ok {
 			l.fail("tunnels", fmt.Errorf("tunnels %q and %q both use remote %s port %d", other, t.Name, t.Protocol, t.RemotePort))
 		}
-		seenName[t.Name], seenPort[pp] = true, t.Name
-		out = append(out, t)
+		seenPort[pp] = t.Name
 	}
 	if len(items) == 0 {
 		l.fail("tunnels", fmt.Errorf("none: give at least one, e.g. --tunnel 3390:127.0.0.1:3389"))
@@ -216,13 +220,30 @@ func (l *loader) tunnels() []Tunnel {
 }
 
 func tunnelSection(item any) (Tunnel, error) {
-	m, err := section(item, "name", "protocol", "remote_port", "target", "allow", "deny", "proxy_protocol")
+	m, err := section(item, "name", "protocol", "remote_port", "target", "allow", "deny", "proxy_protocol", "private", "visitors")
 	if err != nil {
 		return Tunnel{}, err
 	}
 	t := Tunnel{Protocol: "tcp"}
 	if p, ok := m["protocol"]; ok {
 		t.Protocol = strings.ToLower(fmt.Sprint(p))
+	}
+	if v, ok := m["private"]; ok {
+		switch strings.ToLower(strings.TrimSpace(numText(v))) {
+		case "true", "yes", "on", "1":
+			t.Private = true
+		case "false", "no", "off", "0":
+		default:
+			return Tunnel{}, fmt.Errorf("private: %q: want true or false", numText(v))
+		}
+	}
+	if _, ok := m["name"]; !ok && t.Private {
+		return Tunnel{}, fmt.Errorf("name missing: a private tunnel needs one, by which visitors reach it")
+	}
+	if v, ok := m["visitors"]; ok {
+		if t.Visitors, err = visitorKeyNames(v); err != nil {
+			return Tunnel{}, fmt.Errorf("visitors: %w", err)
+		}
 	}
 	if rp, ok := m["remote_port"]; ok {
 		if t.RemotePort, err = parsePort(numText(rp)); err != nil {
@@ -252,6 +273,34 @@ func tunnelSection(item any) (Tunnel, error) {
 		return Tunnel{}, err
 	}
 	return t, nil
+}
+
+// visitorKeyNames reads names of visitor keys, as a list or one
+// comma-separated string; validate checks them.
+func visitorKeyNames(v any) ([]string, error) {
+	var items []string
+	switch v := v.(type) {
+	case string:
+		items = strings.Split(v, ",")
+	case []any:
+		for _, x := range v {
+			items = append(items, numText(x))
+		}
+	case []string:
+		items = v
+	default:
+		return nil, fmt.Errorf("want a list of names, e.g. [laptop, phone]")
+	}
+	out := []string{}
+	for _, it := range items {
+		if it = strings.TrimSpace(it); it != "" {
+			out = append(out, it)
+		}
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, nil
 }
 
 // prefixList reads networks: CIDRs ("192.0.2.0/24", "2001:db8::/32") or

@@ -187,7 +187,8 @@ type Tunnel struct {
 	Name string
 	// Protocol is "tcp" or "udp".
 	Protocol string
-	// RemotePort is the public port on the relay.
+	// RemotePort is the public port on the relay; for a private tunnel,
+	// the port a visitor's local listener takes by default (0: none).
 	RemotePort uint16
 	// Target is the host:port the agent dials for each visitor.
 	Target string
@@ -198,6 +199,12 @@ type Tunnel struct {
 	// ProxyProtocol is "", "v1" or "v2": send a PROXY protocol header with
 	// the visitor's address to the target (TCP tunnels).
 	ProxyProtocol string
+	// Private: the relay opens no public port; only visitors (logged in
+	// with a visitor key) reach the tunnel, by its name.
+	Private bool
+	// Visitors, for a private tunnel, are the only visitor keys (by name)
+	// the agent lets through; empty: whichever the relay lets through.
+	Visitors []string
 }
 
 // MaxPrefixes is the most networks one tunnel's Allow or Deny may list.

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -81,6 +82,27 @@ func TestParseTunnel(t *testing.T) {
 		{in: "prüfung=3390:127.0.0.1:3389", wantErr: "use A-Z, a-z, 0-9"},
 		{in: strings.Repeat("n", 65) + "=1:a:1", wantErr: "longer than 64"},
 		{in: "3390:::1:3389", wantErr: "HOST:PORT"},
+		// Private tunnels: no public port; PORT is the visitors' default.
+		{in: "rdp=private:3389:127.0.0.1:3389", want: Tunnel{Name: "rdp", Protocol: "tcp", RemotePort: 3389, Target: "127.0.0.1:3389", Private: true}},
+		{in: "rdp=private:127.0.0.1:3389", want: Tunnel{Name: "rdp", Protocol: "tcp", Target: "127.0.0.1:3389", Private: true}},
+		{in: "rdp=Private:nas.lan:3389", want: Tunnel{Name: "rdp", Protocol: "tcp", Target: "nas.lan:3389", Private: true}},
+		{in: "rdp=private:[::1]:3389", want: Tunnel{Name: "rdp", Protocol: "tcp", Target: "[::1]:3389", Private: true}},
+		{in: "rdp=private:13389:[::1]:3389", want: Tunnel{Name: "rdp", Protocol: "tcp", RemotePort: 13389, Target: "[::1]:3389", Private: true}},
+		{in: "ssh=private:tcp:22:127.0.0.1:22", want: Tunnel{Name: "ssh", Protocol: "tcp", RemotePort: 22, Target: "127.0.0.1:22", Private: true}},
+		{in: "rdp-udp=private:udp:3389:127.0.0.1:3389", want: Tunnel{Name: "rdp-udp", Protocol: "udp", RemotePort: 3389, Target: "127.0.0.1:3389", Private: true}},
+		{in: "rdp-udp=udp:private:3389:127.0.0.1:3389", want: Tunnel{Name: "rdp-udp", Protocol: "udp", RemotePort: 3389, Target: "127.0.0.1:3389", Private: true}},
+		{in: "dns=UDP:PRIVATE:127.0.0.1:53", want: Tunnel{Name: "dns", Protocol: "udp", Target: "127.0.0.1:53", Private: true}},
+		{in: "private:3389:127.0.0.1:3389", wantErr: "a private tunnel needs a name, by which visitors reach it; want NAME=private:"},
+		{in: "udp:private:127.0.0.1:53", wantErr: "a private tunnel needs a name"},
+		{in: "rdp=private:0:127.0.0.1:3389", wantErr: `visitors' port "0": want a number from 1 to 65535`},
+		{in: "rdp=private:70000:127.0.0.1:3389", wantErr: `visitors' port "70000"`},
+		{in: "rdp=private:3389", wantErr: `target "3389": want HOST:PORT`},
+		{in: "rdp=private:127.0.0.1", wantErr: `target "127.0.0.1": want HOST:PORT`},
+		{in: "rdp=private::3389", wantErr: "host missing"},
+		{in: "rdp=private:sctp:1:a:1", wantErr: `target "sctp:1:a:1": want HOST:PORT`},
+		{in: "rdp=private:private:1:a:1", wantErr: `target "private:1:a:1"`},
+		{in: "rdp=tcp:udp:1:a:1", wantErr: `unknown protocol "udp"`},
+		{in: "bad name=private:1:a:1", wantErr: "use A-Z, a-z, 0-9"},
 	}
 	for _, tt := range tests {
 		got, err := ParseTunnel(tt.in)
@@ -428,6 +450,47 @@ tunnels:
 			t.Errorf("--debug-addr %s: %q, %v", addr, c.DebugAddr, err)
 		}
 	}
+	// Private tunnels take no public port: they share numbers with public
+	// ones and each other, not names.
+	pp := writeFile(t, "private.yaml", `
+relay: vps.example.com:7000
+token: 0123456789abcdef
+fingerprint: `+fp+`
+tunnels:
+  - rdp=3389:127.0.0.1:3389
+  - rdp-home=private:3389:127.0.0.1:3389
+  - name: desk
+    private: true
+    remote_port: 3389
+    target: 192.168.1.20:3389
+    visitors: [laptop, phone]
+    allow: [198.51.100.0/24]
+    proxy_protocol: v2
+  - name: dns
+    protocol: udp
+    private: "yes"
+    target: 127.0.0.1:53
+    visitors: "laptop, tablet"
+  - name: open
+    private: false
+    remote_port: 3400
+    target: 127.0.0.1:1
+`)
+	c, err = LoadAgent(agentFlags(t, "--config", pp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantPrivate := []Tunnel{
+		{Name: "rdp", Protocol: "tcp", RemotePort: 3389, Target: "127.0.0.1:3389"},
+		{Name: "rdp-home", Protocol: "tcp", RemotePort: 3389, Target: "127.0.0.1:3389", Private: true},
+		{Name: "desk", Protocol: "tcp", RemotePort: 3389, Target: "192.168.1.20:3389", Private: true, Visitors: []string{"laptop", "phone"},
+			Allow: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}, ProxyProtocol: "v2"},
+		{Name: "dns", Protocol: "udp", Target: "127.0.0.1:53", Private: true, Visitors: []string{"laptop", "tablet"}},
+		{Name: "open", Protocol: "tcp", RemotePort: 3400, Target: "127.0.0.1:1"},
+	}
+	if !reflect.DeepEqual(c.Tunnels, wantPrivate) {
+		t.Errorf("private tunnels:\n got %+v\nwant %+v", c.Tunnels, wantPrivate)
+	}
 	c, err = LoadAgent(agentFlags(t, "--config", p, "--tunnel", "2222:127.0.0.1:22"))
 	if err != nil || len(c.Tunnels) != 1 || c.Tunnels[0].RemotePort != 2222 {
 		t.Errorf("--tunnel over file: %+v, %v", c.Tunnels, err)
@@ -465,6 +528,18 @@ func TestAgentErrors(t *testing.T) {
 		{name: "proxy on udp", file: "tunnels:\n  - {protocol: udp, remote_port: 53, target: x:1, proxy_protocol: v1}\n", want: []string{"proxy_protocol: only for TCP"}},
 		{name: "proxy version", file: "tunnels:\n  - {remote_port: 3390, target: x:1, proxy_protocol: v3}\n", want: []string{"want v1 or v2"}},
 		{name: "tunnel section protocol", file: "tunnels:\n  - {protocol: sctp, remote_port: 1, target: x:1}\n", want: []string{"want tcp or udp"}},
+		{name: "private dup name", args: []string{"--tunnel", "tcp-3390=private:127.0.0.1:1"}, want: []string{`two tunnels are named "tcp-3390"`}},
+		{name: "private without name", args: []string{"--tunnel", "private:3389:127.0.0.1:3389"}, want: []string{"flag --tunnel", "item 2", "a private tunnel needs a name"}},
+		{name: "private section without name", file: "tunnels:\n  - {private: true, remote_port: 3389, target: x:1}\n", want: []string{"item 1", "name missing: a private tunnel needs one, by which visitors reach it"}},
+		{name: "private not bool", file: "tunnels:\n  - {name: a, private: maybe, target: x:1}\n", want: []string{"item 1", `private: "maybe": want true or false`}},
+		{name: "private bad port", file: "tunnels:\n  - {name: a, private: true, remote_port: 0, target: x:1}\n", want: []string{"remote_port:", "1 to 65535"}},
+		{name: "visitors on public", file: "tunnels:\n  - {name: a, remote_port: 3390, target: x:1, visitors: [laptop]}\n", want: []string{"item 1", "visitors: only for a private tunnel (private: true)"}},
+		{name: "visitors bad name", file: "tunnels:\n  - {name: a, private: true, target: x:1, visitors: [laptop, \"my phone\"]}\n", want: []string{"item 1", `visitors: "my phone": use A-Z, a-z, 0-9`}},
+		{name: "visitors long name", file: "tunnels:\n  - {name: a, private: true, target: x:1, visitors: [" + strings.Repeat("v", 65) + "]}\n", want: []string{"visitors: ", "is longer than 64 bytes"}},
+		{name: "visitors twice", file: "tunnels:\n  - {name: a, private: true, target: x:1, visitors: [laptop, phone, laptop]}\n", want: []string{`visitors: "laptop" is listed twice`}},
+		{name: "visitors too many", file: "tunnels:\n  - {name: a, private: true, target: x:1, visitors: [" + visitorNames(33) + "]}\n", want: []string{"visitors: 33 names: at most 32"}},
+		{name: "visitors not a list", file: "tunnels:\n  - {name: a, private: true, target: x:1, visitors: {laptop: 1}}\n", want: []string{"visitors: want a list of names"}},
+		{name: "private no target", file: "tunnels:\n  - {name: a, private: true}\n", want: []string{`target "": want HOST:PORT`}},
 		{name: "debug addr public", args: []string{"--debug-addr", "[2001:db8::1]:6060"}, want: []string{"flag --debug-addr", "loopback only"}},
 	}
 	for _, tt := range tests {
@@ -489,6 +564,15 @@ func TestAgentErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// visitorNames is n distinct visitor key names, comma-separated.
+func visitorNames(n int) string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("v%d", i)
+	}
+	return strings.Join(names, ", ")
 }
 
 // TestExamples loads the example configurations shipped in deploy/, so

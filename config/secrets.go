@@ -32,9 +32,9 @@ func IsPlaceholder(s string) bool {
 	return len(s) >= 2 && s[0] == '<' && s[len(s)-1] == '>'
 }
 
-// publishedTokens are the SHA-256 digests, in hex, of the tokens that
-// homeport's README, docs and deploy examples show or showed as working
-// values. They are refused as tokens: copied from an example, they would
+// publishedTokens are the SHA-256 digests, in hex, of the tokens (and
+// visitor keys) that homeport's README, docs and deploy examples show or
+// showed as working values. They are refused as tokens: copied from an example, they would
 // open the relay to anyone who read it.
 var publishedTokens = []string{
 	"a65c1a83eb31d943976c80d336a643f27dc8cab45880807408337b14f4fedddc", // alice's example token
@@ -42,6 +42,7 @@ var publishedTokens = []string{
 	"c518d761b547717e62e16b18e56dd496e4a7bcbf1abb0d5c116a15d3b1f95d16", // the README's sample banner
 	"e3a5858302407e37ee23e1f78369808472a7f013de078713551d671ee8ffb2f9", // the relay example's commented token
 	"a3e25a11e75b70dc42795d442f4b4c3d479edf1aad6a512cbc0c2e90fbddafe5", // the systemd agent unit's example
+	"d0b0198f3a96a99c9be18da1121dfa82754f1c6b1f1522b7a814e8e741b4c0b7", // the README's sample banner's visitor key
 }
 
 // isPublished reports whether s is one of publishedTokens.

@@ -84,6 +84,7 @@ var publishedExamples = []string{
 	"A0mFSk_giiil8R4udLL9fowMLT32tBgm05aEUZfa7TM",
 	"replace-with-a-long-random-string",
 	"the-token-the-relay-printed",
+	"dQ4w9WgXcQ_k7Rp2LmZ8vN3xT6yB1sHj5fEaUoCi0Ge",
 }
 
 // TestPublishedRefused: a token the documentation shows is refused
@@ -132,7 +133,7 @@ func TestPublishedRefused(t *testing.T) {
 // secretPosition finds values in the places where a document writes a
 // secret: a token, secret or password key in YAML, TOML or JSON, the
 // HOMEPORT_TOKEN variable (POSIX shells, PowerShell, .env) and --token.
-var secretPosition = regexp.MustCompile(`(?i)(?:(?:^|[\s{,"'])(?:token|secret|password|api_token|zone_token|access_key_secret|secret_access_key|security_token|session_token|secret_key|key_secret)["']?\s*[:=]\s*|HOMEPORT_TOKEN=|--token[ =])("[^"\n]*"|'[^'\n]*'|[^\s"',}#]+)`)
+var secretPosition = regexp.MustCompile(`(?i)(?:(?:^|[\s{,"'])(?:token|secret|password|api_token|zone_token|access_key_secret|secret_access_key|security_token|session_token|secret_key|key_secret|key)["']?\s*[:=]\s*|HOMEPORT_TOKEN=|HOMEPORT_KEY=|--token[ =]|--key[ =])("[^"\n]*"|'[^'\n]*'|[^\s"',}#]+)`)
 
 // TestPublishedInDocs scans the README, docs/*.md and the files of
 // deploy/ for values in secret positions. Each must be unusable: a
@@ -176,7 +177,7 @@ func TestPublishedInDocs(t *testing.T) {
 	// The pattern finds what it should.
 	for _, s := range []string{`token: "abcdefghijklmnopqrst"`, `  secret = 'abcdefghijklmnopqrst'`, `{"secret": "abcdefghijklmnopqrst"}`,
 		`HOMEPORT_TOKEN=abcdefghijklmnopqrst agent`, `$env:HOMEPORT_TOKEN='abcdefghijklmnopqrst'; .\agent.exe`, `agent --token abcdefghijklmnopqrst`,
-		`    key_secret: "abcdefghijklmnopqrst"`} {
+		`    key_secret: "abcdefghijklmnopqrst"`, `HOMEPORT_KEY='abcdefghijklmnopqrst' agent visit`, `agent visit --key abcdefghijklmnopqrst`, `key: abcdefghijklmnopqrst`} {
 		if m := secretPosition.FindStringSubmatch(s); m == nil || strings.Trim(m[1], `"'`) != "abcdefghijklmnopqrst" {
 			t.Errorf("pattern misses the secret in %q: %q", s, m)
 		}

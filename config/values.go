@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -115,8 +116,16 @@ func parsePort(s string) (uint16, error) {
 // dialed by the agent. PROTO is tcp (the default) or udp. An IPv6 HOST is
 // written in brackets ("3390:[::1]:3389"). Without a name, the tunnel is
 // called "PROTO-REMOTE_PORT" ("tcp-3390", "udp-5353").
+//
+// A private tunnel, NAME=private:[PROTO:][PORT:]HOST:PORT (the protocol
+// may also come first, "udp:private:"), has no public port: visitors
+// reach it by its name, which it must have. PORT is the port a visitor's
+// local listener takes by default.
 func ParseTunnel(spec string) (Tunnel, error) {
-	const want = "want [NAME=][tcp:|udp:]REMOTE_PORT:HOST:PORT, e.g. 3390:127.0.0.1:3389 or udp:5353:127.0.0.1:53"
+	const (
+		want        = "want [NAME=][tcp:|udp:]REMOTE_PORT:HOST:PORT, e.g. 3390:127.0.0.1:3389 or udp:5353:127.0.0.1:53"
+		wantPrivate = "want NAME=private:[tcp:|udp:][PORT:]HOST:PORT, e.g. rdp=private:3389:127.0.0.1:3389"
+	)
 	s := strings.TrimSpace(spec)
 	var t Tunnel
 	if name, rest, ok := strings.Cut(s, "="); ok {
@@ -126,14 +135,46 @@ func ParseTunnel(spec string) (Tunnel, error) {
 		}
 	}
 	t.Protocol = "tcp"
-	if proto, rest, ok := strings.Cut(s, ":"); ok && proto != "" && !isDigits(proto) {
-		switch p := strings.ToLower(proto); p {
-		case "tcp", "udp":
-			t.Protocol = p
-		default:
-			return Tunnel{}, fmt.Errorf("tunnel %q: unknown protocol %q (want tcp or udp); %s", spec, proto, want)
+	// Up to two words before the ports: the protocol and "private", in
+	// either order. A private tunnel's target may begin with a host name,
+	// which is not a protocol misspelt.
+	seenProto := false
+	for range 2 {
+		word, rest, ok := strings.Cut(s, ":")
+		if !ok || word == "" || isDigits(word) {
+			break
 		}
-		s = rest
+		w := strings.ToLower(word)
+		if w == "private" && !t.Private {
+			t.Private, s = true, rest
+			continue
+		}
+		if (w == "tcp" || w == "udp") && !seenProto {
+			t.Protocol, seenProto, s = w, true, rest
+			continue
+		}
+		if t.Private {
+			break // the target's host
+		}
+		return Tunnel{}, fmt.Errorf("tunnel %q: unknown protocol %q (want tcp or udp); %s", spec, word, want)
+	}
+	if t.Private {
+		if t.Name == "" {
+			return Tunnel{}, fmt.Errorf("tunnel %q: a private tunnel needs a name, by which visitors reach it; %s", spec, wantPrivate)
+		}
+		t.Target = s
+		// PORT:HOST:PORT, or HOST:PORT alone.
+		if port, target, ok := strings.Cut(s, ":"); ok && isDigits(port) && strings.Contains(target, ":") {
+			p, err := parsePort(port)
+			if err != nil {
+				return Tunnel{}, fmt.Errorf("tunnel %q: visitors' %w; %s", spec, err, wantPrivate)
+			}
+			t.RemotePort, t.Target = p, target
+		}
+		if err := t.validate(); err != nil {
+			return Tunnel{}, fmt.Errorf("tunnel %q: %w", spec, err)
+		}
+		return t, nil
 	}
 	port, target, ok := strings.Cut(s, ":")
 	if !ok {
@@ -154,31 +195,53 @@ func ParseTunnel(spec string) (Tunnel, error) {
 	return t, nil
 }
 
-// String formats the tunnel as ParseTunnel reads it.
+// String formats the tunnel as ParseTunnel reads it. Allow, deny,
+// proxy_protocol and visitors, which only a file's section sets, are left
+// out.
 func (t Tunnel) String() string {
+	if t.Private {
+		s := t.Name + "=private:"
+		if t.Protocol == "udp" {
+			s += "udp:"
+		}
+		if t.RemotePort != 0 {
+			s += strconv.Itoa(int(t.RemotePort)) + ":"
+		}
+		return s + t.Target
+	}
 	if t.Protocol == "udp" {
 		return fmt.Sprintf("%s=udp:%d:%s", t.Name, t.RemotePort, t.Target)
 	}
 	return fmt.Sprintf("%s=%d:%s", t.Name, t.RemotePort, t.Target)
 }
 
-// Limits of the wire protocol (tunnel.MaxNameLen, tunnel.MaxTunnels).
+// Limits of the wire protocol (tunnel.MaxNameLen, tunnel.MaxTunnels,
+// tunnel.MaxVisitorNames).
 const (
-	maxNameLen = 64
-	MaxTunnels = 128
+	maxNameLen      = 64
+	MaxTunnels      = 128
+	MaxVisitorNames = 32
 )
+
+// checkName checks a tunnel's or a visitor key's name.
+func checkName(s string) error {
+	if len(s) > maxNameLen {
+		return fmt.Errorf("%q is longer than %d bytes", s, maxNameLen)
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return fmt.Errorf("%q: use A-Z, a-z, 0-9, '-', '_' and '.'", s)
+		}
+	}
+	return nil
+}
 
 func (t Tunnel) validate() error {
 	if t.Name == "" {
 		return fmt.Errorf("tunnel has no name")
 	}
-	if len(t.Name) > maxNameLen {
-		return fmt.Errorf("name %q is longer than %d bytes", t.Name, maxNameLen)
-	}
-	for _, r := range t.Name {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
-			return fmt.Errorf("name %q: use A-Z, a-z, 0-9, '-', '_' and '.'", t.Name)
-		}
+	if err := checkName(t.Name); err != nil {
+		return fmt.Errorf("name %w", err)
 	}
 	if t.Protocol != "tcp" && t.Protocol != "udp" {
 		return fmt.Errorf("protocol %q: want tcp or udp", t.Protocol)
@@ -191,8 +254,25 @@ func (t Tunnel) validate() error {
 	if t.ProxyProtocol != "" && t.Protocol != "tcp" {
 		return fmt.Errorf("proxy_protocol: only for TCP tunnels")
 	}
-	if t.RemotePort == 0 {
+	if t.RemotePort == 0 && !t.Private {
 		return fmt.Errorf("remote port missing")
+	}
+	if len(t.Visitors) > 0 && !t.Private {
+		return fmt.Errorf("visitors: only for a private tunnel (private: true); a public port is open to every address that allow and deny let in")
+	}
+	if len(t.Visitors) > MaxVisitorNames {
+		return fmt.Errorf("visitors: %d names: at most %d", len(t.Visitors), MaxVisitorNames)
+	}
+	for i, v := range t.Visitors {
+		if v == "" {
+			return fmt.Errorf("visitors: item %d: empty name", i+1)
+		}
+		if err := checkName(v); err != nil {
+			return fmt.Errorf("visitors: %w", err)
+		}
+		if slices.Contains(t.Visitors[:i], v) {
+			return fmt.Errorf("visitors: %q is listed twice", v)
+		}
 	}
 	host, port, err := net.SplitHostPort(t.Target)
 	if err != nil {

@@ -371,8 +371,9 @@ func TestBinaryFirstStart(t *testing.T) {
 		t.Errorf("the banner does not say where the token is:\n%s", out)
 	}
 
-	// The data directory holds the token and key pair, readable by the
-	// relay's user only; the printed token is the stored one.
+	// The data directory holds the token, the visitor key and the key
+	// pair, readable by the relay's user only; the printed token is the
+	// stored one.
 	st, err := os.Stat(dataDir)
 	if err != nil {
 		t.Fatal(err)
@@ -380,7 +381,7 @@ func TestBinaryFirstStart(t *testing.T) {
 	if st.Mode().Perm()&0o077 != 0 {
 		t.Errorf("%s: mode %v, want no access for group and others", dataDir, st.Mode().Perm())
 	}
-	for _, f := range []string{relay.TokenFile, relay.CertFile, relay.KeyFile} {
+	for _, f := range []string{relay.TokenFile, relay.VisitorKeyFile, relay.CertFile, relay.KeyFile} {
 		path := filepath.Join(dataDir, f)
 		st, err := os.Stat(path)
 		if err != nil {
@@ -396,9 +397,9 @@ func TestBinaryFirstStart(t *testing.T) {
 			return contains(r.stderr.String(), "generated", path)
 		})
 	}
-	// The three files and the control socket (mode 0600 too).
-	if entries, _ := os.ReadDir(dataDir); len(entries) != 4 {
-		t.Errorf("data directory holds %d entries, want 4 (no temporary files left)", len(entries))
+	// The four files and the control socket (mode 0600 too).
+	if entries, _ := os.ReadDir(dataDir); len(entries) != 5 {
+		t.Errorf("data directory holds %d entries, want 5 (no temporary files left)", len(entries))
 	}
 	if st, err := os.Stat(filepath.Join(dataDir, "relay.sock")); err != nil || st.Mode()&os.ModeSocket == 0 || st.Mode().Perm() != 0o600 {
 		t.Errorf("control socket: %v, %v; want a socket of mode 0600", st, err)

@@ -35,6 +35,12 @@ type banner struct {
 	// lists the files among them.
 	configured int
 	files      []string
+	// visitKey is the generated visitor key, shown like token; keyFile
+	// is where it is kept ("" when visitor keys come from the
+	// configuration, of which there are visitorKeys).
+	visitKey    string
+	keyFile     string
+	visitorKeys int
 }
 
 // newBanner gathers the banner of a relay with configuration cfg and
@@ -53,6 +59,15 @@ func newBanner(cfg config.Relay, id relay.Identity, listen net.Addr, terminal bo
 	if cfg.Advertise != "" {
 		if _, _, err := net.SplitHostPort(cfg.Advertise); err == nil {
 			b.relayAddr = cfg.Advertise
+		}
+	}
+	b.visitorKeys = len(id.Visitors)
+	for _, k := range id.Visitors {
+		if k.Name == "default" && k.File == filepath.Join(cfg.DataDir, relay.VisitorKeyFile) {
+			b.keyFile = k.File
+			if terminal && slices.Contains(id.Created, k.File) {
+				b.visitKey = k.Secret
+			}
 		}
 	}
 	if len(cfg.Tokens) != 0 {
@@ -106,10 +121,42 @@ func (b banner) print(w io.Writer) {
 	default:
 		fmt.Fprintf(w, "Use one of the configured tokens (%d) in place of <token>.\n", b.configured)
 	}
+	b.printPrivate(w, token)
 	if b.guessed {
 		fmt.Fprintf(w, "%s is a guess at this host's address: if agents reach it by another name or address, use that (or set advertise).\n", b.host)
 	}
 	fmt.Fprintln(w)
+}
+
+// printPrivate writes the setup of a private tunnel for remote desktop:
+// the home agent's command and the visitor's, whose key comes from the
+// environment like the token.
+func (b banner) printPrivate(w io.Writer, token string) {
+	if b.visitorKeys == 0 {
+		return
+	}
+	if b.keyFile == "" {
+		fmt.Fprintf(w, "\nPrivate tunnels (no public port): relay status prints the visit command for each, with one of the configured visitor keys (%d).\n", b.visitorKeys)
+		return
+	}
+	key := b.visitKey
+	if key == "" {
+		key = "<visitor key>"
+	}
+	home := fmt.Sprintf("--relay %s --fingerprint %s --tunnel rdp=private:3389:127.0.0.1:3389", b.relayAddr, b.fingerprint)
+	visit := fmt.Sprintf("visit rdp --relay %s --fingerprint %s --listen 127.0.0.1:3390", b.relayAddr, b.fingerprint)
+	fmt.Fprintf(w, "\nSafer for remote desktop: a private tunnel, with no port open to the internet. On the home machine:\n\n")
+	fmt.Fprintf(w, "  HOMEPORT_TOKEN='%s' agent %s\n", token, home)
+	fmt.Fprintf(w, "  $env:HOMEPORT_TOKEN='%s'; .\\agent.exe %s\n\n", token, home)
+	fmt.Fprintf(w, "and on the computer you connect from:\n\n")
+	fmt.Fprintf(w, "  HOMEPORT_KEY='%s' agent %s\n", key, visit)
+	fmt.Fprintf(w, "  $env:HOMEPORT_KEY='%s'; .\\agent.exe %s\n\n", key, visit)
+	fmt.Fprintf(w, "then point the remote-desktop client at 127.0.0.1:3390.\n")
+	if b.visitKey != "" {
+		fmt.Fprintf(w, "The visitor key is shown on this first start only; it is kept in %s, readable by this relay's user and root only.\n", b.keyFile)
+	} else {
+		fmt.Fprintf(w, "Put the visitor key kept in %s in place of <visitor key>.\n", b.keyFile)
+	}
 }
 
 // joinList joins names with commas and a final "and".

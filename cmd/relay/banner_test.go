@@ -26,9 +26,12 @@ func TestBanner(t *testing.T) {
 	generated := config.Relay{DataDir: dir, QUIC: true, Advertise: "vps.example.com"}
 	configured := config.Relay{DataDir: dir, Advertise: "vps.example.com:7443", Tokens: []config.Token{
 		{Name: "alice", Secret: secret}, {Name: "bob", Secret: secret + "b", File: "/etc/homeport/bob.token"}}}
-	ownID := relay.Identity{Fingerprint: fp, Tokens: []config.Token{{Name: "default", Secret: secret}}}
+	const visitKey = "Vk3pQ8rT1mZx6cWn2bLs9dFg4hJy7aUe0oIi5lPq"
+	keyFile := filepath.Join(dir, relay.VisitorKeyFile)
+	ownID := relay.Identity{Fingerprint: fp, Tokens: []config.Token{{Name: "default", Secret: secret}},
+		Visitors: []config.VisitorKey{{Name: "default", Secret: visitKey, File: keyFile, Token: "default"}}}
 	created := ownID
-	created.Created = []string{filepath.Join(dir, relay.CertFile), tokenFile}
+	created.Created = []string{filepath.Join(dir, relay.CertFile), tokenFile, keyFile}
 	keyOnly := ownID
 	keyOnly.Created = []string{filepath.Join(dir, relay.CertFile)}
 
@@ -74,8 +77,35 @@ func TestBanner(t *testing.T) {
 					t.Errorf("the command's arguments carry the token: %s", m[2])
 				}
 			}
-			if got := strings.Count(text, secret); tt.show && got != 2 || !tt.show && got != 0 {
-				t.Errorf("the token appears %d times:\n%s", got, text)
+			// The public and the private tunnel's home commands, each for
+			// a POSIX shell and PowerShell.
+			wantToken := 0
+			if tt.show {
+				wantToken = 2
+				if len(tt.id.Visitors) > 0 {
+					wantToken = 4
+				}
+			}
+			if got := strings.Count(text, secret); got != wantToken {
+				t.Errorf("the token appears %d times, want %d:\n%s", got, wantToken, text)
+			}
+			// The visitor key: like the token, in the visitor's
+			// environment only.
+			if len(tt.id.Visitors) > 0 {
+				wantKey, keyWord := 0, "<visitor key>"
+				if tt.show {
+					wantKey, keyWord = 2, visitKey
+				}
+				if got := strings.Count(text, visitKey); got != wantKey {
+					t.Errorf("the visitor key appears %d times, want %d:\n%s", got, wantKey, text)
+				}
+				visit := regexp.MustCompile(`(?m)^  HOMEPORT_KEY='([^']*)' agent visit rdp --relay \S+ --fingerprint ` + fp + ` --listen 127\.0\.0\.1:3390$`)
+				if m := visit.FindStringSubmatch(text); m == nil || m[1] != keyWord {
+					t.Errorf("no visit command with %q in:\n%s", keyWord, text)
+				}
+				if !strings.Contains(text, "--tunnel rdp=private:3389:127.0.0.1:3389") || !strings.Contains(text, keyFile) {
+					t.Errorf("no private home command, or no key file, in:\n%s", text)
+				}
 			}
 			for _, s := range tt.says {
 				if !strings.Contains(text, s) {
@@ -100,14 +130,17 @@ func TestReadmeBanner(t *testing.T) {
 	sample := string(m[1])
 	fm := regexp.MustCompile(`relay key fingerprint: (\S+)`).FindStringSubmatch(sample)
 	tm := regexp.MustCompile(`HOMEPORT_TOKEN='(\S+)' agent`).FindStringSubmatch(sample)
-	pm := regexp.MustCompile(`kept in (\S+), readable`).FindStringSubmatch(sample)
-	if fm == nil || tm == nil || pm == nil {
-		t.Fatalf("README sample banner lacks the fingerprint, the token or the token file:\n%s", sample)
+	pm := regexp.MustCompile(`token is shown on this first start only; it is kept in (\S+), readable`).FindStringSubmatch(sample)
+	km := regexp.MustCompile(`HOMEPORT_KEY='(\S+)' agent`).FindStringSubmatch(sample)
+	kf := regexp.MustCompile(`visitor key is shown on this first start only; it is kept in (\S+), readable`).FindStringSubmatch(sample)
+	if fm == nil || tm == nil || pm == nil || km == nil || kf == nil {
+		t.Fatalf("README sample banner lacks the fingerprint, the token, the token file, the visitor key or its file:\n%s", sample)
 	}
 	var out bytes.Buffer
 	banner{
 		listen: "[::]:7000", quic: true, fingerprint: fm[1], relayAddr: "203.0.113.7:7000",
 		host: "203.0.113.7", guessed: true, token: tm[1], tokenFile: pm[1],
+		visitKey: km[1], keyFile: kf[1], visitorKeys: 1,
 	}.print(&out)
 	if got := strings.TrimPrefix(out.String(), "\n"); strings.TrimSpace(got) != strings.TrimSpace(sample) {
 		t.Errorf("README sample banner:\n%s\nthe relay prints:\n%s", sample, got)
