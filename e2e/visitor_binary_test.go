@@ -16,12 +16,10 @@ import (
 	"time"
 
 	"github.com/homeport/homeport/internal/leak"
-	"github.com/homeport/homeport/relay"
-	"github.com/homeport/homeport/tunnel"
 )
 
-// TestBinaryVisitor: the real relay and the real "agent visit", with a
-// home end that speaks the wire protocol: the visitor reads its key from
+// TestBinaryVisitor: the real relay, the real home agent with a private
+// tunnel, and the real "agent visit": the visitor reads its key from
 // a file, says when the tunnel is ready, carries a transfer with the
 // half-close both ways, and stops cleanly on SIGTERM; a wrong key makes it
 // exit at once with status 1 and the fix.
@@ -50,11 +48,10 @@ visitor_keys:
 		}
 		return m != nil
 	})
-	home, res := startHome(t, &relayHandle{addr: publicAddr(port), id: relay.Identity{Fingerprint: fp}},
-		tunnel.PrivateTunnel{Name: "rdp", Protocol: tunnel.ProtoTCP})
-	if res.Results[0].Code != tunnel.CodeOK {
-		t.Fatalf("registration: %+v", res.Results[0])
-	}
+	target := serve(t, echo)
+	home := binStart(t, "agent", "--relay", publicAddr(port), "--token", testToken, "--fingerprint", fp,
+		"--tunnel", "rdp=private:"+target, "--access-log")
+	binAwaitTunnels(home, 1, 15*time.Second)
 	keyFile := filepath.Join(dir, "visitor.key")
 	if err := os.WriteFile(keyFile, []byte(laptopKey+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -82,9 +79,9 @@ visitor_keys:
 		t.Fatalf("got %d of %d bytes back (%v), or a different sha256", n, size, err)
 	}
 	c.Close()
-	if via := <-home.vias; via != "laptop" {
-		t.Fatalf("via %q, want laptop", via)
-	}
+	home.await(10*time.Second, "the home agent's access log, via laptop", func() bool {
+		return contains(home.stderr.String(), "visitor connection", "tunnel=rdp", "via=laptop")
+	})
 	v.signal(syscall.SIGTERM)
 	if code := v.exitCode(15 * time.Second); code != 0 {
 		t.Fatalf("visitor exited with %d after SIGTERM, want 0", code)
@@ -104,7 +101,8 @@ visitor_keys:
 	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "agent: ") || !contains(last, "relay refused this visitor", "the visitor key is wrong") {
 		t.Errorf("last word: %q", last)
 	}
-	home.sess.Close()
+	home.signal(syscall.SIGTERM)
+	home.exitCode(15 * time.Second)
 	r.signal(syscall.SIGTERM)
 	r.exitCode(15 * time.Second)
 }

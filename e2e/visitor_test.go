@@ -239,9 +239,26 @@ func (h *visitorHandle) awaitLog(d time.Duration, s string) {
 	}
 }
 
+// privateTunnel is a private tunnel of the home agent.
+func privateTunnel(name, proto, target string, visitors ...string) config.Tunnel {
+	return config.Tunnel{Name: name, Protocol: proto, Target: target, Private: true, Visitors: visitors}
+}
+
+// startHomeAgent runs the real home agent with private tunnels on r and
+// waits for their registration.
+func startHomeAgent(t *testing.T, r *relayHandle, tunnels ...config.Tunnel) *agentHandle {
+	t.Helper()
+	cfg := agentConfig(r, tunnels...)
+	cfg.AccessLog = true
+	a := startAgent(t, cfg)
+	a.waitSession(10 * time.Second)
+	return a
+}
+
 // TestVisitorPrivateTCP: 64 MiB each way through a private TCP tunnel,
-// from a local connection to the visitor to the home agent and back, with
-// sha256 equal both ways and the half-close carried both ways.
+// from a local connection to the visitor through the relay and the home
+// agent to its target and back, with sha256 equal both ways and the
+// half-close carried both ways.
 func TestVisitorPrivateTCP(t *testing.T) { forEachTransport(t, testVisitorPrivateTCP) }
 
 func testVisitorPrivateTCP(t *testing.T, tr string) {
@@ -250,12 +267,10 @@ func testVisitorPrivateTCP(t *testing.T, tr string) {
 	if testing.Short() {
 		size = 8 << 20
 	}
+	target := serve(t, echo)
 	r := privateRelay(t, nil)
 	r.transport = tr
-	home, res := startHome(t, r, tunnel.PrivateTunnel{Name: "rdp", Protocol: tunnel.ProtoTCP})
-	if res.Results[0].Code != tunnel.CodeOK {
-		t.Fatalf("registration: %+v", res.Results[0])
-	}
+	a := startHomeAgent(t, r, privateTunnel("rdp", "tcp", target))
 	listen := freeListen(t)
 	cfg := visitorConfig(r, config.Visit{Tunnel: "rdp", Protocol: "tcp", Listen: listen})
 	cfg.Key = laptopKey
@@ -273,8 +288,8 @@ func testVisitorPrivateTCP(t *testing.T, tr string) {
 		if _, err := io.Copy(c, src); err != nil {
 			t.Error(err)
 		}
-		// The home end echoes until this EOF reaches it, then closes
-		// its side: the EOF read below has come back through it.
+		// The target echoes until this EOF reaches it, then closes its
+		// side: the EOF read below has come back through it.
 		c.CloseWrite()
 		sent <- [32]byte(h.Sum(nil))
 	}()
@@ -286,14 +301,13 @@ func testVisitorPrivateTCP(t *testing.T, tr string) {
 	if n != size || [32]byte(h.Sum(nil)) != <-sent {
 		t.Fatalf("got %d of %d bytes back, or a different sha256", n, size)
 	}
-	if via := <-home.vias; via != "laptop" {
-		t.Fatalf("the home agent was told via %q, want laptop", via)
-	}
 	c.Close()
+	waitFor(t, 10*time.Second, "the home agent's access log, via laptop", func() bool {
+		return contains(a.logs.String(), "visitor connection", "tunnel=rdp", "via=laptop")
+	})
 	if err := v.stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	home.sess.Close()
 }
 
 // TestVisitorPrivateUDP: datagrams through a private UDP tunnel, each
@@ -302,9 +316,10 @@ func TestVisitorPrivateUDP(t *testing.T) { forEachTransport(t, testVisitorPrivat
 
 func testVisitorPrivateUDP(t *testing.T, tr string) {
 	leak.Check(t)
+	target := udpEcho(t, "127.0.0.1:0")
 	r := privateRelay(t, nil)
 	r.transport = tr
-	home, _ := startHome(t, r, tunnel.PrivateTunnel{Name: "dns", Protocol: tunnel.ProtoUDP})
+	startHomeAgent(t, r, privateTunnel("dns", "udp", target.addr()))
 	port := udpFreePort(t)
 	cfg := visitorConfig(r, config.Visit{Tunnel: "dns", Protocol: "udp", Listen: publicAddr(port)})
 	cfg.Key = laptopKey
@@ -320,26 +335,14 @@ func testVisitorPrivateUDP(t *testing.T, tr string) {
 			}
 		}
 	}
-	// One flow per client address reached the home end.
-	for range clients {
-		select {
-		case via := <-home.vias:
-			if via != "laptop" {
-				t.Fatalf("via %q", via)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("fewer flows than clients reached the home end")
-		}
-	}
-	select {
-	case <-home.vias:
-		t.Fatal("more flows than clients reached the home end")
-	default:
+	// One flow per client address: the home agent gives each a socket
+	// of its own.
+	if got := target.senders(); len(got) != len(clients) {
+		t.Fatalf("the target heard from %d addresses, want %d (one flow per client)", len(got), len(clients))
 	}
 	if err := v.stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	home.sess.Close()
 }
 
 // TestVisitorWaitsForHome: a visitor started before the home agent says
@@ -348,6 +351,7 @@ func testVisitorPrivateUDP(t *testing.T, tr string) {
 // connections go through.
 func TestVisitorWaitsForHome(t *testing.T) {
 	leak.Check(t)
+	target := serve(t, echo)
 	r := privateRelay(t, nil)
 	listen := freeListen(t)
 	cfg := visitorConfig(r, config.Visit{Tunnel: "rdp", Protocol: "tcp", Listen: listen})
@@ -361,7 +365,7 @@ func TestVisitorWaitsForHome(t *testing.T) {
 		t.Fatal("ready logged before the home agent came")
 	}
 
-	home, _ := startHome(t, r, tunnel.PrivateTunnel{Name: "rdp", Protocol: tunnel.ProtoTCP})
+	startHomeAgent(t, r, privateTunnel("rdp", "tcp", target))
 	// Checked again within 1 s doubling to 30 s: the refused connection
 	// asked for a check at once.
 	v.awaitLog(40*time.Second, "tunnel rdp ready: connect to "+listen)
@@ -370,26 +374,26 @@ func TestVisitorWaitsForHome(t *testing.T) {
 	}
 	expectEcho(t, listen)
 	v.stop()
-	home.sess.Close()
 }
 
-// TestVisitorNotAllowed: a key the relay's list keeps from the tunnel, and
-// a key the home agent's list keeps out, each end Run with an error that
-// names the tunnel and where to allow it; one visit that works keeps Run
-// going.
+// TestVisitorNotAllowed: a key the relay's list keeps from the tunnel, a
+// key the home agent's list keeps out, and a visit of the other protocol
+// each end Run with an error that names the tunnel and the fix; one visit
+// that works keeps Run going.
 func TestVisitorNotAllowed(t *testing.T) {
 	leak.Check(t)
+	target := serve(t, echo)
 	r := privateRelay(t, nil)
-	home, _ := startHome(t, r,
-		tunnel.PrivateTunnel{Name: "rdp", Protocol: tunnel.ProtoTCP},
-		tunnel.PrivateTunnel{Name: "ssh", Protocol: tunnel.ProtoTCP, Visitors: []string{"laptop"}},
-		tunnel.PrivateTunnel{Name: "dns", Protocol: tunnel.ProtoUDP})
+	startHomeAgent(t, r,
+		privateTunnel("rdp", "tcp", target),
+		privateTunnel("ssh", "tcp", target, "laptop"),
+		privateTunnel("dns", "udp", "127.0.0.1:53"))
 	for _, tt := range []struct {
 		name, key, tunnel, proto string
 		want                     []string
 	}{
 		{"relay's list", phoneKey, "rdp", "tcp", []string{`tunnel "rdp": this visitor key may not use it`, `visitor key "phone" may not reach`, "visitor_keys"}},
-		{"agent's list", phoneKey, "ssh", "tcp", []string{`tunnel "ssh": this visitor key may not use it`, `does not accept visitor key "phone"`, "home agent's visitors list"}},
+		{"agent's list", phoneKey, "ssh", "tcp", []string{`tunnel "ssh": this visitor key may not use it`, `visitor key "phone"`, "home agent's visitors list"}},
 		{"protocol", laptopKey, "dns", "tcp", []string{`tunnel "dns" is not a tcp tunnel`, "protocol"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -426,16 +430,16 @@ func TestVisitorNotAllowed(t *testing.T) {
 	if err := v.stop(); err != nil {
 		t.Fatalf("Run: %v; want nil, one visit working", err)
 	}
-	home.sess.Close()
 }
 
-// TestVisitorRelayRestart: the visitor makes its session again by itself
-// after the relay restarts, quickly, and its listener stays open
-// throughout.
+// TestVisitorRelayRestart: after the relay restarts, the visitor and the
+// home agent each make their session again by themselves, and the
+// visitor's listener, open throughout, carries connections again.
 func TestVisitorRelayRestart(t *testing.T) {
 	leak.Check(t)
+	target := serve(t, echo)
 	r := privateRelay(t, nil)
-	home, _ := startHome(t, r, tunnel.PrivateTunnel{Name: "rdp", Protocol: tunnel.ProtoTCP})
+	a := startHomeAgent(t, r, privateTunnel("rdp", "tcp", target))
 	listen := freeListen(t)
 	cfg := visitorConfig(r, config.Visit{Tunnel: "rdp", Protocol: "tcp", Listen: listen})
 	cfg.Key = laptopKey
@@ -444,26 +448,24 @@ func TestVisitorRelayRestart(t *testing.T) {
 	<-v.up
 	expectEcho(t, listen)
 
-	home.sess.Close()
 	r.stop()
 	rcfg := r.cfg
 	rcfg.Listen = r.addr
-	r2 := runRelay(t, rcfg, r.id)
+	runRelay(t, rcfg, r.id)
 	v.awaitLog(20*time.Second, "session lost; reconnecting")
 	select {
 	case <-v.up:
 	case <-time.After(20 * time.Second):
 		t.Fatalf("no new session after the relay restarted\nvisitor log:\n%s", v.logs)
 	}
-	home2, _ := startHome(t, r2, tunnel.PrivateTunnel{Name: "rdp", Protocol: tunnel.ProtoTCP})
-	// The listener stayed open: a connection goes through once the home
-	// agent is back (retried, as the check may still see it offline).
-	waitFor(t, 30*time.Second, "an echo through the new session", func() bool {
+	a.waitSession(20 * time.Second)
+	// The home agent and the visitor may come back in either order: a
+	// connection goes through once both are.
+	waitFor(t, 30*time.Second, "an echo through the new sessions", func() bool {
 		got, err := roundTrip(listen, []byte("hello"))
 		return err == nil && string(got) == "hello"
 	})
 	v.stop()
-	home2.sess.Close()
 }
 
 // TestVisitorUDPFlows: a UDP visit ends a flow that stays idle, and a
@@ -471,8 +473,9 @@ func TestVisitorRelayRestart(t *testing.T) {
 // is turned away, and logged.
 func TestVisitorUDPFlows(t *testing.T) {
 	leak.Check(t)
+	target := udpEcho(t, "127.0.0.1:0")
 	r := privateRelay(t, nil)
-	home, _ := startHome(t, r, tunnel.PrivateTunnel{Name: "dns", Protocol: tunnel.ProtoUDP})
+	startHomeAgent(t, r, privateTunnel("dns", "udp", target.addr()))
 	port := udpFreePort(t)
 	cfg := visitorConfig(r, config.Visit{Tunnel: "dns", Protocol: "udp", Listen: publicAddr(port)})
 	cfg.Key = laptopKey
@@ -503,14 +506,9 @@ func TestVisitorUDPFlows(t *testing.T) {
 	if err := a.exchange([]byte("again")); err != nil {
 		t.Fatalf("first client again: %v", err)
 	}
-	flows := 0
-	for len(home.vias) > 0 {
-		<-home.vias
-		flows++
-	}
-	if flows != 4 {
-		t.Fatalf("%d flows reached the home end, want 4 (two, then two new ones)", flows)
+	// Each flow has a socket of its own at the home agent.
+	if n := len(target.senders()); n != 4 {
+		t.Fatalf("the target heard from %d addresses, want 4 (two flows, then two new ones)", n)
 	}
 	v.stop()
-	home.sess.Close()
 }
