@@ -4,20 +4,17 @@
 package agent
 
 import (
-	"cmp"
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/ddnsrun"
+	"github.com/homeport/homeport/internal/relaydial"
 	"github.com/homeport/homeport/tunnel"
 )
 
@@ -29,9 +26,9 @@ type Agent struct {
 	// set is the configuration in force, replaced whole by Reload: each
 	// visitor, session and retry reads it once and works with what it got.
 	set          atomic.Pointer[settings]
-	reloadMu     sync.Mutex // one Reload at a time
-	policy       quicPolicy // transport: auto
-	smallBuffers sync.Once  // QUIC's small UDP buffers are logged once
+	reloadMu     sync.Mutex           // one Reload at a time
+	policy       relaydial.QUICPolicy // transport: auto
+	smallBuffers sync.Once            // QUIC's small UDP buffers are logged once
 	log          *slog.Logger
 	software     string
 	status       *statusBoard
@@ -302,11 +299,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 // jitter is exponential backoff with full jitter: uniform in
 // [0, min(max, base*2^attempt)], never below a tenth of base.
 func jitter(base, max time.Duration, attempt int) time.Duration {
-	d := base << min(attempt, 16)
-	if d <= 0 || d > max {
-		d = max
-	}
-	return base/10 + rand.N(d)
+	return relaydial.Jitter(base, max, attempt)
 }
 
 type stage int
@@ -374,35 +367,15 @@ func (h *handover) Error() string { return "a newer session took over" }
 func (a *Agent) establish(ctx context.Context, replacing, standby bool, handoff func(*settings)) (*link, error) {
 	set := a.conf()
 	cfg := &set.cfg
-	auto := cfg.Transport == config.TransportAuto
-	name := config.TransportTCP
-	if cfg.Transport == config.TransportQUIC || auto && a.policy.usable(time.Now()) {
-		name = config.TransportQUIC
-	}
 	dctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
 	defer cancel()
-	var c tunnel.Conn
-	var f *failure
-	if auto && name == config.TransportQUIC {
-		// All QUIC attempts together get quicAttemptTimeout, so that a
-		// blocked UDP path delays TCP by no more than that.
-		qctx, cancel := context.WithTimeout(dctx, quicAttemptTimeout)
-		c, f = a.connect(qctx, set, name)
-		cancel()
-	} else {
-		c, f = a.connect(dctx, set, name)
-	}
-	if f != nil && auto && name == config.TransportQUIC && !f.definitive && ctx.Err() == nil {
-		pause := a.policy.failed(time.Now())
-		a.log.Warn("QUIC to the relay failed; using TCP", "relay", cfg.Relay, "err", f.err, "retry_quic_in", pause.Round(time.Second))
-		name = config.TransportTCP
-		c, f = a.connect(dctx, set, name)
-	}
-	if f != nil {
+	c, name, de := a.dialer(set).Dial(dctx)
+	if de != nil {
+		f := &failure{stage: stageSetup, definitive: de.Definitive, err: de.Err}
+		if de.Stage == relaydial.StageDial {
+			f.stage = stageDial
+		}
 		return nil, f
-	}
-	if name == config.TransportQUIC && auto {
-		a.policy.worked()
 	}
 	flags := tunnel.FlagFeatures
 	if replacing {
@@ -572,7 +545,7 @@ func (a *Agent) session(ctx context.Context, l *link, retired *sync.WaitGroup) e
 		return &failure{stage: stageUp, err: errUpgrade}
 	}
 	if auto && l.transport == config.TransportQUIC && ctx.Err() == nil {
-		if failed, pause := a.policy.ended(time.Since(start), time.Now()); failed {
+		if failed, pause := a.policy.Ended(time.Since(start), time.Now()); failed {
 			a.log.Warn("QUIC sessions keep ending within a minute; using TCP", "retry_quic_in", pause.Round(time.Second))
 		}
 	}
@@ -667,99 +640,8 @@ func (a *Agent) watchSilence(ctx context.Context, l *link, replacing, tried *ato
 	}
 }
 
-// A connection attempt to the relay that has no answer after redialEvery
-// gets a fresh one beside it, up to maxAttempts at a time: a TCP SYN or a
-// QUIC Initial lost while the link was down is sent again only after
-// pauses that double (1, 2, 4 s…), so a link that comes back late in an
-// attempt would otherwise wait seconds for its next retransmission.
-const (
-	redialEvery = time.Second
-	maxAttempts = 4
-)
-
-// connect runs connection attempts (see redialEvery) until one succeeds,
-// one fails definitively, or all have failed; a late success is closed.
-func (a *Agent) connect(ctx context.Context, set *settings, name string) (tunnel.Conn, *failure) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	type result struct {
-		c tunnel.Conn
-		f *failure
-	}
-	results := make(chan result, maxAttempts)
-	pending := 0
-	attempt := func() {
-		pending++
-		go func() {
-			c, f := a.connectOnce(ctx, set, name)
-			results <- result{c, f}
-		}()
-	}
-	attempt()
-	tick := time.NewTicker(redialEvery)
-	defer tick.Stop()
-	var (
-		won  tunnel.Conn
-		last *failure
-	)
-	for pending > 0 && won == nil && (last == nil || !last.definitive) {
-		select {
-		case r := <-results:
-			pending--
-			won, last = r.c, cmp.Or(r.f, last)
-		case <-tick.C:
-			if pending < maxAttempts && ctx.Err() == nil {
-				attempt()
-			}
-		}
-	}
-	cancel()
-	for ; pending > 0; pending-- {
-		if r := <-results; r.c != nil {
-			r.c.Close()
-		}
-	}
-	if won != nil {
-		return won, nil
-	}
-	return nil, last
-}
-
-// connectOnce dials the relay over the named transport and runs the TLS
-// handshake, which verifies the relay.
-func (a *Agent) connectOnce(ctx context.Context, set *settings, name string) (tunnel.Conn, *failure) {
-	tr := set.tcp
-	if name == config.TransportQUIC {
-		tr = set.quic
-	}
-	c, err := tr.Dial(ctx, set.cfg.Relay, set.tls)
-	if err != nil {
-		return nil, &failure{stage: stageDial, err: fmt.Errorf("dial relay %s (%s): %w", set.cfg.Relay, name, err)}
-	}
-	deadline, _ := ctx.Deadline()
-	_ = c.SetDeadline(deadline)
-	if err := c.Handshake(ctx); err != nil {
-		c.Close()
-		if errors.Is(err, tunnel.ErrFingerprintMismatch) {
-			return nil, &failure{stage: stageSetup, definitive: true, err: fmt.Errorf(
-				"relay %s: %w. If the relay's key was regenerated, copy the new fingerprint from the relay's start-up output; otherwise something is intercepting the connection", set.cfg.Relay, err)}
-		}
-		if errors.Is(err, tunnel.ErrBusy) {
-			// Refused at once, as a closed port would be: try again soon.
-			return nil, &failure{stage: stageDial, err: fmt.Errorf("relay %s (%s): %w", set.cfg.Relay, name, err)}
-		}
-		var ue x509.UnknownAuthorityError
-		var he x509.HostnameError
-		if errors.As(err, &ue) || errors.As(err, &he) {
-			return nil, &failure{stage: stageSetup, definitive: true, err: fmt.Errorf("relay %s: certificate not trusted: %w", set.cfg.Relay, err)}
-		}
-		// Over QUIC, no answer at all is what an unreachable relay
-		// looks like (UDP has no connection refused to report).
-		var ne net.Error
-		if name == config.TransportQUIC && (errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()) {
-			return nil, &failure{stage: stageDial, err: fmt.Errorf("relay %s (quic): no answer: %w", set.cfg.Relay, err)}
-		}
-		return nil, &failure{stage: stageSetup, err: fmt.Errorf("relay %s (%s): TLS handshake: %w", set.cfg.Relay, name, err)}
-	}
-	return c, nil
+// dialer reaches the relay of set.
+func (a *Agent) dialer(set *settings) *relaydial.Dialer {
+	return &relaydial.Dialer{Relay: set.cfg.Relay, TLS: set.tls, TCP: set.tcp, QUIC: set.quic,
+		Transport: set.cfg.Transport, Policy: &a.policy, Log: a.log}
 }

@@ -3,12 +3,9 @@ package agent
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"os"
 	"reflect"
 	"slices"
 	"sync"
@@ -18,6 +15,7 @@ import (
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/ddns"
 	"github.com/homeport/homeport/internal/ddnsrun"
+	"github.com/homeport/homeport/internal/relaydial"
 	"github.com/homeport/homeport/tunnel"
 )
 
@@ -131,34 +129,10 @@ func (a *Agent) prepare(cfg config.Agent, old *settings) (*settings, *ddns.Updat
 			}
 		}
 	}
-	switch {
-	case cfg.Fingerprint != "":
-		conf, err := tunnel.PinnedTLSConfig(cfg.Fingerprint)
-		if err != nil {
-			bad("%w", err)
-		}
+	if conf, err := relaydial.TLSConfig(cfg.Relay, cfg.Fingerprint, cfg.CAFile, cfg.ServerName); err != nil {
+		bad("%w", err)
+	} else {
 		set.tls = conf
-	case cfg.CAFile != "":
-		pem, err := os.ReadFile(cfg.CAFile)
-		if err != nil {
-			bad("ca_file: %w", err)
-			break
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			bad("ca_file %s: no PEM certificate in it", cfg.CAFile)
-		}
-		name := cfg.ServerName
-		if name == "" {
-			host, _, err := net.SplitHostPort(cfg.Relay)
-			if err != nil {
-				bad("relay %q: %w", cfg.Relay, err)
-			}
-			name = host
-		}
-		set.tls = tunnel.CATLSConfig(pool, name)
-	default:
-		bad("neither fingerprint nor ca_file: the relay cannot be verified")
 	}
 	c := &set.cfg
 	if c.DialTimeout <= 0 {

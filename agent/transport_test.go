@@ -14,52 +14,9 @@ import (
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/internal/relaydial"
 	"github.com/homeport/homeport/relay"
 )
-
-func TestQUICPolicy(t *testing.T) {
-	var p quicPolicy
-	now := time.Now()
-	if !p.usable(now) {
-		t.Fatal("QUIC not tried at first")
-	}
-	var last time.Duration
-	for i := range 8 {
-		d := p.failed(now)
-		if d < quicRetryMin*3/4 || d > quicRetryMax {
-			t.Fatalf("failure %d: pause %v outside [%v, %v]", i, d, quicRetryMin*3/4, quicRetryMax)
-		}
-		if i > 0 && i < 4 && d <= last*5/4 {
-			t.Errorf("failure %d: pause %v did not grow from %v", i, d, last)
-		}
-		last = d
-		if p.usable(now) || !p.usable(now.Add(d)) {
-			t.Fatalf("failure %d: usable before or not after the pause %v", i, d)
-		}
-	}
-	p.worked()
-	if !p.usable(now) {
-		t.Fatal("not usable after a success")
-	}
-	// Young sessions: the third in a row is a failure; an old one resets.
-	for i := range quicYoungLimit - 1 {
-		if failed, _ := p.ended(time.Second, now); failed {
-			t.Fatalf("young session %d already counted as failure", i+1)
-		}
-	}
-	if failed, _ := p.ended(quicYoung, now); failed {
-		t.Fatal("a long session counted as failure")
-	}
-	for i := range quicYoungLimit {
-		failed, pause := p.ended(time.Second, now)
-		if (i == quicYoungLimit-1) != failed {
-			t.Fatalf("young session %d: failed=%v", i+1, failed)
-		}
-		if failed && (pause <= 0 || p.usable(now)) {
-			t.Fatalf("after young sessions: pause %v, usable %v", pause, p.usable(now))
-		}
-	}
-}
 
 // logSink is a concurrency-safe log buffer.
 type logSink struct {
@@ -187,10 +144,8 @@ func TestAutoFallbackAndUpgrade(t *testing.T) {
 	next(config.TransportTCP, 10*time.Second)
 
 	// ... and once the pause is over, probes QUIC and moves there.
-	a.policy.mu.Lock()
-	a.policy.retryAt = time.Now()
-	a.policy.mu.Unlock()
-	next(config.TransportQUIC, 2*upgradeCheck+quicAttemptTimeout)
+	a.policy.Worked()
+	next(config.TransportQUIC, 2*upgradeCheck+relaydial.QUICAttemptTimeout)
 	if !strings.Contains(logs.String(), "moving the session from TCP") {
 		t.Fatalf("upgrade not logged:\n%s", logs)
 	}

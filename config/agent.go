@@ -44,7 +44,7 @@ func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
 	if fs == nil {
 		fs = pflag.NewFlagSet("agent", pflag.ContinueOnError)
 	}
-	l, err := newLoader(fs, agentSettings(), relaySettings(), "agent")
+	l, err := newLoader(fs, agentSettings(), append(relaySettings(), visitorSettings()...), "agent")
 	if err != nil {
 		return Agent{}, err
 	}
@@ -154,7 +154,7 @@ func LoadAgentDDNS(fs *pflag.FlagSet) (AgentDDNS, error) {
 	if fs == nil {
 		fs = pflag.NewFlagSet("agent ddns", pflag.ContinueOnError)
 	}
-	l, err := newLoader(fs, agentSettings(), relaySettings(), "agent")
+	l, err := newLoader(fs, agentSettings(), append(relaySettings(), visitorSettings()...), "agent")
 	if err != nil {
 		return AgentDDNS{}, err
 	}
@@ -346,7 +346,7 @@ func prefixList(v any) ([]netip.Prefix, error) {
 // validating the rest of the configuration: enough for a command that
 // talks to a running agent.
 func AgentDataDir(fs *pflag.FlagSet) (string, error) {
-	l, err := newLoader(fs, agentSettings(), relaySettings(), "agent")
+	l, err := newLoader(fs, agentSettings(), append(relaySettings(), visitorSettings()...), "agent")
 	if err != nil {
 		return "", err
 	}

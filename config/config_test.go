@@ -613,6 +613,17 @@ func TestExamples(t *testing.T) {
 	if len(a.Tunnels) == 0 {
 		t.Error("agent example defines no tunnels")
 	}
+	visitorText := read("../deploy/visitor.example.yaml")
+	_, err = LoadVisitor(visitorFlags(t, "--config", "../deploy/visitor.example.yaml"))
+	checkPlaceholdersRefused(t, "visitor example", visitorText, err)
+	if !examplefill.Placeholder.MatchString(visitorText) {
+		t.Error("the visitor example has no placeholder: its key would work as it stands")
+	}
+	if v, err := LoadVisitor(visitorFlags(t, "--config", writeFile(t, "visitor.yaml", fill.Fill(visitorText)))); err != nil {
+		t.Errorf("visitor example: %v", err)
+	} else if len(v.Visits) == 0 {
+		t.Error("visitor example defines no visits")
+	}
 
 	i := slices.IndexFunc(r.Tokens, func(tok Token) bool { return tok.Secret == a.Token })
 	if i < 0 {

@@ -31,6 +31,7 @@ var docPrograms = []struct {
 }{
 	{"relay", "## Relay settings", RelaySettings, relaySettings, agentSettings, RelayFlags, "../deploy/relay.example.yaml"},
 	{"agent", "## Agent settings", AgentSettings, agentSettings, relaySettings, AgentFlags, "../deploy/agent.example.yaml"},
+	{"visitor", "## Visitor settings", VisitorSettings, visitorSettings, otherThanVisitor, VisitorFlags, "../deploy/visitor.example.yaml"},
 }
 
 // TestDocSettings checks that every setting of each program is in its
@@ -276,7 +277,7 @@ func TestDocExamples(t *testing.T) {
 		cfg   any
 	}
 	groups := map[string][]loaded{}
-	formats := map[string]map[string]bool{"relay": {}, "agent": {}}
+	formats := map[string]map[string]bool{"relay": {}, "agent": {}, "visitor": {}}
 	// One filler for all blocks: the same placeholder gets the same value
 	// in the YAML, TOML and JSON forms of an example.
 	fill := examplefill.New()
@@ -295,8 +296,11 @@ func TestDocExamples(t *testing.T) {
 				}
 				_, errR := LoadRelay(relayFlags(t, "--config", path))
 				_, errA := LoadAgent(agentFlags(t, "--config", path))
+				_, errV := LoadVisitor(visitorFlags(t, "--config", path))
 				where := fmt.Sprintf("%s:%d: %s block", docFile, b.line, b.lang)
-				if regexp.MustCompile(`(?m)^\s*"?relay"?\s*[:=]`).MatchString(b.body) {
+				if regexp.MustCompile(`(?m)^\s*"?visits"?\s*[:=]`).MatchString(b.body) {
+					checkPlaceholdersRefused(t, where, b.body, errV)
+				} else if regexp.MustCompile(`(?m)^\s*"?relay"?\s*[:=]`).MatchString(b.body) {
 					checkPlaceholdersRefused(t, where, b.body, errA)
 				} else {
 					checkPlaceholdersRefused(t, where, b.body, errR)
@@ -319,7 +323,14 @@ func TestDocExamples(t *testing.T) {
 				formats["agent"][b.lang] = true
 				return
 			}
-			t.Errorf("%s:%d: %s block loads neither as a relay configuration:\n%v\nnor as an agent configuration:\n%v", docFile, b.line, b.lang, errR, errA)
+			v, errV := LoadVisitor(visitorFlags(t, "--config", path))
+			v.File = ""
+			if errV == nil {
+				groups[b.heading] = append(groups[b.heading], loaded{b, v})
+				formats["visitor"][b.lang] = true
+				return
+			}
+			t.Errorf("%s:%d: %s block loads neither as a relay configuration:\n%v\nnor as an agent configuration:\n%v\nnor as a visitor configuration:\n%v", docFile, b.line, b.lang, errR, errA, errV)
 		})
 	}
 	for heading, g := range groups {
@@ -331,7 +342,11 @@ func TestDocExamples(t *testing.T) {
 		}
 	}
 	for program, langs := range formats {
-		for _, lang := range []string{"yaml", "toml", "json"} {
+		want := []string{"yaml", "toml", "json"}
+		if program == "visitor" {
+			want = want[:1] // its settings are the agent's, shown in all three
+		}
+		for _, lang := range want {
 			if !langs[lang] {
 				t.Errorf("%s has no %s example of the %s configuration", docFile, lang, program)
 			}

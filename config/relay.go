@@ -59,7 +59,7 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 	if fs == nil {
 		fs = pflag.NewFlagSet("relay", pflag.ContinueOnError)
 	}
-	l, err := newLoader(fs, relaySettings(), agentSettings(), "relay")
+	l, err := newLoader(fs, relaySettings(), append(agentSettings(), visitorSettings()...), "relay")
 	if err != nil {
 		return Relay{}, err
 	}
@@ -125,7 +125,7 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 // validating the rest of the configuration: enough for a command that
 // talks to a running relay.
 func RelayDataDir(fs *pflag.FlagSet) (string, error) {
-	l, err := newLoader(fs, relaySettings(), agentSettings(), "relay")
+	l, err := newLoader(fs, relaySettings(), append(agentSettings(), visitorSettings()...), "relay")
 	if err != nil {
 		return "", err
 	}

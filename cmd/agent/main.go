@@ -29,7 +29,12 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// Started by the Windows service manager: it stops us, not signals.
-	handled, err := service.Run(cli.ServiceName("agent"), func(ctx context.Context) error {
+	// "agent visit" is a service of its own, homeport-visitor.
+	name := cli.ServiceName("agent")
+	if len(os.Args) > 1 && os.Args[1] == "visit" {
+		name = cli.ServiceName("visitor")
+	}
+	handled, err := service.Run(name, func(ctx context.Context) error {
 		return newCommand(os.Stdout, os.Stderr).ExecuteContext(ctx)
 	})
 	if !handled {
@@ -84,6 +89,7 @@ variables < flags.`,
 		return err
 	}))
 	cmd.AddCommand(ddnsCommand(stdout, stderr))
+	cmd.AddCommand(visitCommand(stdout, stderr))
 	cmd.AddCommand(statusCommand(stdout))
 	cmd.AddCommand(reloadCommand(stdout))
 	cmd.AddCommand(&cobra.Command{

@@ -101,3 +101,32 @@ func TestDDNSCommandErrors(t *testing.T) {
 		t.Errorf("--tunnel: %v", err)
 	}
 }
+
+// TestVisitCommand: agent visit reads its own settings and argument, and
+// its service command checks the configuration it would start with.
+func TestVisitCommand(t *testing.T) {
+	cleanEnv(t)
+	for _, tt := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"two tunnels", []string{"visit", "rdp", "ssh", "--listen", "127.0.0.1:3390"}, []string{"accepts at most 1 arg"}},
+		{"listen missing", []string{"visit", "rdp", "--relay", "vps:7000"}, []string{"flag --listen: missing", "key: missing", "fingerprint: missing"}},
+		{"agent flag", []string{"visit", "rdp", "--tunnel", "3390:127.0.0.1:3389"}, []string{"unknown flag: --tunnel"}},
+		{"service install checks", []string{"visit", "service", "install", "rdp", "--relay", "vps:7000"}, []string{"the service would not start", "flag --listen: missing"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := execute(t, tt.args...)
+			for _, w := range tt.want {
+				if err == nil || !strings.Contains(err.Error(), w) {
+					t.Errorf("err = %v, want %q", err, w)
+				}
+			}
+		})
+	}
+	stdout, _, err := execute(t, "visit", "service", "--help")
+	if err != nil || !strings.Contains(stdout, "homeport-visitor") {
+		t.Errorf("visit service --help: %v\n%s", err, stdout)
+	}
+}

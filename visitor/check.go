@@ -1,0 +1,126 @@
+package visitor
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/homeport/homeport/tunnel"
+)
+
+// A tunnel whose home agent is not connected is checked again after
+// checkBase, doubling up to checkMax.
+const (
+	checkBase = time.Second
+	checkMax  = 30 * time.Second
+)
+
+// ask opens a stream on sess for the visit, sends its Visit with flags,
+// and reads the relay's answer, within handshake_timeout and ctx. The
+// stream is returned whenever it was opened; the caller closes it.
+func (v *Visitor) ask(ctx context.Context, sess tunnel.Session, vis *visit, flags tunnel.VisitFlags) (tunnel.Stream, tunnel.OpenResult, error) {
+	var res tunnel.OpenResult
+	st, err := sess.OpenStream(ctx)
+	if err != nil {
+		return nil, res, fmt.Errorf("open stream: %w", err)
+	}
+	deadline := time.Now().Add(v.cfg.HandshakeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = st.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = st.SetDeadline(time.Now()) })
+	defer stop()
+	if err := tunnel.WriteMessage(st, &tunnel.Visit{Tunnel: vis.cfg.Tunnel, Protocol: vis.proto, Flags: flags}); err != nil {
+		return st, res, fmt.Errorf("send visit: %w", err)
+	}
+	if err := tunnel.ReadInto(st, tunnel.MaxFrameSize, &res); err != nil {
+		return st, res, fmt.Errorf("read the relay's answer: %w", err)
+	}
+	if !stop() {
+		return st, res, ctx.Err()
+	}
+	_ = st.SetDeadline(time.Time{})
+	return st, res, nil
+}
+
+// tunnel states, for logging changes once.
+const (
+	stateUnknown = iota
+	stateReady
+	stateOffline
+)
+
+// watch checks that the visit's tunnel can be reached, on every new
+// session and, while its home agent is away, until it is back, and logs
+// what changes. It returns an error, already logged, when the tunnel can
+// never be reached with this configuration (unknown, not allowed, another
+// protocol); nil when ctx ends.
+func (v *Visitor) watch(ctx context.Context, vis *visit) error {
+	state := stateUnknown
+	wait := checkBase
+	name, listen := vis.cfg.Tunnel, vis.cfg.Listen
+	for {
+		sess, err := v.session(ctx)
+		if err != nil {
+			return nil
+		}
+		st, res, err := v.ask(ctx, sess, vis, tunnel.VisitCheck)
+		if st != nil {
+			st.Close()
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		retry := time.NewTimer(wait)
+		after := retry.C
+		if err != nil {
+			// The session broke or the relay did not answer in time: ask
+			// again on the next session, or after a while.
+			vis.log.Debug("checking the tunnel failed", "err", err)
+			wait = min(2*wait, checkMax)
+		} else {
+			switch res.Code {
+			case tunnel.CodeOK:
+				if state != stateReady {
+					vis.log.Info(fmt.Sprintf("tunnel %s ready: connect to %s", name, listen), "protocol", vis.cfg.Protocol)
+				}
+				state, wait = stateReady, checkBase
+				after = nil // until the session ends or a connection finds it offline
+			case tunnel.CodeOffline:
+				if state != stateOffline {
+					vis.log.Info(fmt.Sprintf("tunnel %s: its home agent is not connected; waiting", name), "relay_said", res.Message)
+				}
+				state = stateOffline
+				wait = min(2*wait, checkMax)
+			case tunnel.CodeNotAllowed:
+				err := fmt.Errorf("tunnel %q: this visitor key may not use it (relay: %s); allow it in the relay's visitor_keys entry of this key (its tunnels), or add the key's name to the home agent's visitors list of the tunnel", name, res.Message)
+				vis.log.Error("tunnel cannot be visited", "err", err)
+				retry.Stop()
+				return err
+			case tunnel.CodeUnknownTunnel:
+				err := fmt.Errorf("tunnel %q: the relay knows no private tunnel of that name for this key (relay: %s); check the name against the home agent's private tunnels, and the token and tunnels of this key's entry in the relay's visitor_keys", name, res.Message)
+				vis.log.Error("tunnel cannot be visited", "err", err)
+				retry.Stop()
+				return err
+			case tunnel.CodeBadRequest:
+				err := fmt.Errorf("tunnel %q is not a %s tunnel at its home agent (relay: %s); set the visit's protocol to the tunnel's", name, vis.cfg.Protocol, res.Message)
+				vis.log.Error("tunnel cannot be visited", "err", err)
+				retry.Stop()
+				return err
+			default:
+				vis.log.Warn("checking the tunnel: the relay refused", "code", res.Code.String(), "relay_said", res.Message, "retry_in", wait)
+				wait = min(2*wait, checkMax)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			retry.Stop()
+			return nil
+		case <-sess.Done():
+		case <-after:
+		case <-vis.recheck:
+		}
+		retry.Stop()
+	}
+}

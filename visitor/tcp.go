@@ -1,0 +1,91 @@
+package visitor
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/homeport/homeport/tunnel"
+)
+
+// serveTCP accepts the visit's local connections until its listener is
+// closed, and carries each one on a stream of its own.
+func (v *Visitor) serveTCP(ctx context.Context, vis *visit, wg *sync.WaitGroup) {
+	var delay time.Duration
+	for {
+		c, err := vis.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return
+			}
+			// Out of file descriptors, say: back off as net/http does,
+			// rather than spin.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			vis.log.Warn("accepting a local connection failed", "err", err, "retry_in", delay)
+			t := time.NewTimer(delay)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
+		}
+		delay = 0
+		wg.Go(func() { v.handleTCP(ctx, vis, c.(*net.TCPConn)) })
+	}
+}
+
+// handleTCP carries one local connection: it waits for the session (up to
+// handshake_timeout), asks the relay for the tunnel, and splices the
+// connection with the stream. A refusal resets the local connection.
+func (v *Visitor) handleTCP(ctx context.Context, vis *visit, c *net.TCPConn) {
+	start := time.Now()
+	log := vis.log.With("client", c.RemoteAddr().String())
+	wctx, cancel := context.WithTimeout(ctx, v.cfg.HandshakeTimeout)
+	sess, err := v.session(wctx)
+	if err != nil {
+		cancel()
+		reset(c)
+		if ctx.Err() == nil {
+			log.Warn("connection closed: no session to the relay within handshake_timeout", "waited", time.Since(start).Round(time.Millisecond))
+		}
+		return
+	}
+	st, res, err := v.ask(wctx, sess, vis, 0)
+	cancel()
+	if err != nil {
+		if st != nil {
+			st.Close()
+		}
+		reset(c)
+		if ctx.Err() == nil {
+			log.Warn("connection closed: the relay did not answer", "err", err)
+		}
+		return
+	}
+	if res.Code != tunnel.CodeOK {
+		st.Close()
+		reset(c)
+		log.Warn("connection refused", "reason", res.Code.String(), "relay_said", res.Message)
+		if res.Code == tunnel.CodeOffline {
+			select {
+			case vis.recheck <- struct{}{}:
+			default:
+			}
+		}
+		return
+	}
+	log.Debug("connection carried")
+	out, in, err := tunnel.Splice(ctx, c, st)
+	log.Debug("connection ended", "bytes_out", out, "bytes_in", in, "duration", time.Since(start).Round(time.Millisecond), "err", err)
+}
+
+// reset closes a local connection with a reset, so that its client sees
+// a failure rather than an empty answer.
+func reset(c *net.TCPConn) {
+	_ = c.SetLinger(0)
+	c.Close()
+}
