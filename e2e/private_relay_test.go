@@ -303,6 +303,31 @@ func TestPrivateKeys(t *testing.T) {
 			t.Fatalf("%s: %v, want a reject %q", tt.name, err, tt.msg)
 		}
 	}
+	// A visitor cannot register a tunnel: its stream must begin with a
+	// Visit, and anything else ends its session.
+	intruder, err := rawLogin(t, r, phoneKey, "phone", tunnel.FlagVisitor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ist, err := intruder.OpenStream(ctx)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tunnel.WriteMessage(ist, &tunnel.Register{Tunnels: []tunnel.TunnelRequest{{Name: "web", Protocol: tunnel.ProtoTCP, RemotePort: freePort(t)}}})
+	select {
+	case <-intruder.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay kept a visitor session that sent a Register")
+	}
+	waitFor(t, 10*time.Second, "the relay's word on the visitor's Register", func() bool {
+		return contains(r.logs.String(), "visitor stream without a valid Visit", "cause=protocol_error")
+	})
+	if st := r.srv.Status(); len(st.Tunnels) != 0 {
+		t.Fatalf("a visitor registered %+v", st.Tunnels)
+	}
+
 	home, _ := startHome(t, r, tunnel.PrivateTunnel{Name: "rdp", Protocol: tunnel.ProtoTCP})
 	laptop, err := rawLogin(t, r, laptopKey, "laptop", tunnel.FlagVisitor)
 	if err != nil {

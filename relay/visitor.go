@@ -43,6 +43,7 @@ type visitorSession struct {
 	refusals atomic.Int32 // visits refused for a reason that will not pass
 	closing  atomic.Bool  // the relay ended the session (revoked, shutdown)
 	endWhy   atomic.Value // [2]string: the code and words of why the relay ended it
+	offline  sync.Map     // tunnel names whose offline refusal was logged at Info
 	streams  sync.WaitGroup
 }
 
@@ -183,7 +184,12 @@ func (vs *visitorSession) grant(v tunnel.Visit) (privateTunnel, tunnel.Code, str
 // now; the session ends after as many refusals as ban an address.
 func (vs *visitorSession) refused(v tunnel.Visit, code tunnel.Code, msg string) {
 	if code == tunnel.CodeOffline {
-		vs.log.Debug("visit refused", "tunnel", v.Tunnel, "reason", code.String(), "detail", msg)
+		// A waiting visitor asks again and again: said once a tunnel.
+		level := slog.LevelDebug
+		if _, said := vs.offline.LoadOrStore(v.Tunnel, true); !said {
+			level = slog.LevelInfo
+		}
+		vs.log.Log(context.Background(), level, "visit refused", "tunnel", v.Tunnel, "reason", code.String(), "detail", msg)
 		return
 	}
 	vs.log.Warn("visit refused", "tunnel", v.Tunnel, "reason", code.String(), "detail", msg)

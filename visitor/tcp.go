@@ -79,7 +79,18 @@ func (v *Visitor) handleTCP(ctx context.Context, vis *visit, c *net.TCPConn) {
 		return
 	}
 	log.Debug("connection carried")
-	out, in, err := tunnel.Splice(ctx, c, st)
+	// A stream of a session that died ends with a plain EOF: read as a
+	// cut, so that the client is reset rather than told the data ended.
+	// The relay gives a visitor no notice before ending its session.
+	lost := func() bool {
+		select {
+		case <-sess.Done():
+			return true
+		default:
+			return false
+		}
+	}
+	out, in, err := tunnel.Splice(ctx, c, tunnel.CutAware(st, lost))
 	log.Debug("connection ended", "bytes_out", out, "bytes_in", in, "duration", time.Since(start).Round(time.Millisecond), "err", err)
 }
 
