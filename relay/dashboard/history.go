@@ -20,10 +20,13 @@ type Point struct {
 
 // TunnelTraffic is the recent traffic of one public port.
 type TunnelTraffic struct {
-	Key      string `json:"key"` // protocol/port: what identifies a tunnel over time
+	// Key identifies a tunnel over time: protocol/port, or for a private
+	// tunnel (no port) protocol/private/token/name.
+	Key      string `json:"key"`
 	Name     string `json:"name"`
 	Protocol string `json:"protocol"`
 	Port     uint16 `json:"port"`
+	Private  bool   `json:"private,omitempty"`
 	Agent    string `json:"agent"`
 	// Gone: the tunnel is not open now (its points stay for the window).
 	Gone   bool    `json:"gone,omitempty"`
@@ -64,7 +67,12 @@ func newHistory(interval, window time.Duration) *history {
 		tunnels: map[string]*tunnelHistory{}}
 }
 
-func tunnelKey(ts relay.TunnelStatus) string { return fmt.Sprintf("%s/%d", ts.Protocol, ts.Port) }
+func tunnelKey(ts relay.TunnelStatus) string {
+	if ts.Private {
+		return fmt.Sprintf("%s/private/%s/%s", ts.Protocol, ts.Token, ts.Name)
+	}
+	return fmt.Sprintf("%s/%d", ts.Protocol, ts.Port)
+}
 
 // add records a snapshot: a point for each tunnel whose bytes since the
 // previous snapshot are known, a zero point for each tunnel gone since, and
@@ -106,7 +114,7 @@ func (h *history) add(st relay.Status) {
 			secs := now.Sub(prev).Seconds()
 			th.push(Point{T: now.UnixMilli(), In: float64(din) / secs, Out: float64(dout) / secs})
 		}
-		th.info = TunnelTraffic{Key: k, Name: ts.Name, Protocol: ts.Protocol, Port: ts.Port, Agent: ts.Agent}
+		th.info = TunnelTraffic{Key: k, Name: ts.Name, Protocol: ts.Protocol, Port: ts.Port, Private: ts.Private, Agent: ts.Agent}
 		th.since, th.in, th.out, th.lastSeen = ts.Since, ts.BytesIn, ts.BytesOut, now
 	}
 	for k, th := range h.tunnels {

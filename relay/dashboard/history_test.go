@@ -147,3 +147,33 @@ func TestHistoryWindow(t *testing.T) {
 		t.Errorf("tunnels: %+v", tr.Tunnels)
 	}
 }
+
+// TestHistoryPrivateTunnels: private tunnels have no port; two of them
+// (and a public tunnel on the port one suggests) keep series of their own.
+func TestHistoryPrivateTunnels(t *testing.T) {
+	h := newHistory(time.Second, time.Minute)
+	t0 := time.Unix(1_700_000_000, 0)
+	since := t0.Add(-time.Hour)
+	snap := func(at time.Time, in int64) relay.Status {
+		return relay.Status{Now: at, Tunnels: []relay.TunnelStatus{
+			{Name: "rdp", Protocol: "tcp", Port: 3389, Private: true, Token: "home", Since: since, BytesIn: in},
+			{Name: "ssh", Protocol: "tcp", Private: true, Token: "home", Since: since, BytesIn: 2 * in},
+			{Name: "web", Protocol: "tcp", Port: 3389, Token: "home", Since: since, BytesIn: 3 * in},
+		}}
+	}
+	h.add(snap(t0, 0))
+	h.add(snap(t0.Add(time.Second), 1000))
+	tr := h.snapshot()
+	if len(tr.Tunnels) != 3 {
+		t.Fatalf("%d series for three tunnels: %+v", len(tr.Tunnels), tr.Tunnels)
+	}
+	for _, s := range tr.Tunnels {
+		if len(s.Points) != 1 {
+			t.Fatalf("%s: %d points", s.Key, len(s.Points))
+		}
+		want := map[string]float64{"rdp": 1000, "ssh": 2000, "web": 3000}[s.Name]
+		if s.Points[0].In != want || s.Private != (s.Name != "web") {
+			t.Errorf("%s: %+v, want in %v", s.Key, s, want)
+		}
+	}
+}
