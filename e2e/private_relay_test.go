@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/leak"
 	"github.com/homeport/homeport/tunnel"
@@ -200,6 +203,24 @@ func TestPrivateRelay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The metrics: private tunnels up, visitors by key.
+	reg := prometheus.NewRegistry()
+	if err := r.srv.RegisterMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "both visitors in the metrics", func() bool {
+		fams, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		byName := map[string]*dto.MetricFamily{}
+		for _, f := range fams {
+			byName[f.GetName()] = f
+		}
+		up, ok1 := metricValue(byName, "homeport_relay_tunnel_up", map[string]string{"tunnel": "rdp", "port": "private"})
+		n, ok2 := metricValue(byName, "homeport_relay_visitor_sessions", map[string]string{"key": "laptop", "token": "default"})
+		return ok1 && ok2 && up == 1 && n == 1
+	})
 	tests := []struct {
 		name   string
 		sess   tunnel.Session

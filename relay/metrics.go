@@ -94,8 +94,10 @@ var (
 		"Open visitor streams of an agent's sessions.", []string{"token", "agent"}, nil)
 	descAgentRTT = prometheus.NewDesc("homeport_relay_agent_rtt_seconds",
 		"Round-trip time of an agent's current session, as last measured.", []string{"token", "agent"}, nil)
-	tunnelLabels    = []string{"token", "agent", "tunnel", "protocol"}
-	descTunnelUp    = prometheus.NewDesc("homeport_relay_tunnel_up", "1 for each public port open now.", append(tunnelLabels, "port"), nil)
+	tunnelLabels        = []string{"token", "agent", "tunnel", "protocol"}
+	descTunnelUp        = prometheus.NewDesc("homeport_relay_tunnel_up", "1 for each tunnel open now: its public port, or private for a private tunnel.", append(tunnelLabels, "port"), nil)
+	descVisitorSessions = prometheus.NewDesc("homeport_relay_visitor_sessions",
+		"Visitors of private tunnels logged in now, by visitor key.", []string{"token", "key"}, nil)
 	descVisitorsNow = prometheus.NewDesc("homeport_relay_tunnel_visitors",
 		"Visitor connections (UDP: flows) open now.", tunnelLabels, nil)
 	descVisitorsAccepted = prometheus.NewDesc("homeport_relay_tunnel_visitors_accepted_total",
@@ -114,7 +116,7 @@ var (
 type statusCollector struct{ s *Server }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAgents, descAgentStreams, descAgentRTT, descTunnelUp, descVisitorsNow,
+	for _, d := range []*prometheus.Desc{descAgents, descAgentStreams, descAgentRTT, descTunnelUp, descVisitorSessions, descVisitorsNow,
 		descVisitorsAccepted, descVisitorsRefused, descVisitorBans, descBytes, descDropped} {
 		ch <- d
 	}
@@ -145,7 +147,11 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, t := range st.Tunnels {
 		l := []string{t.Token, t.Agent, t.Name, t.Protocol}
-		ch <- prometheus.MustNewConstMetric(descTunnelUp, prometheus.GaugeValue, 1, append(l, itoa(int(t.Port)))...)
+		port := itoa(int(t.Port))
+		if t.Private {
+			port = "private"
+		}
+		ch <- prometheus.MustNewConstMetric(descTunnelUp, prometheus.GaugeValue, 1, append(l, port)...)
 		ch <- prometheus.MustNewConstMetric(descVisitorsNow, prometheus.GaugeValue, float64(t.Visitors), l...)
 		ch <- prometheus.MustNewConstMetric(descVisitorsAccepted, prometheus.CounterValue, float64(t.Accepted), l...)
 		ch <- prometheus.MustNewConstMetric(descVisitorsRefused, prometheus.CounterValue, float64(t.Refused), l...)
@@ -155,6 +161,16 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		if t.Protocol == "udp" {
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(t.Dropped), l...)
 		}
+	}
+	keys := map[[2]string]int{}
+	for _, k := range st.VisitorKeys {
+		keys[[2]string{k.Token, k.Name}] = 0
+	}
+	for _, v := range st.Visitors {
+		keys[[2]string{v.Token, v.Key}]++
+	}
+	for k, n := range keys {
+		ch <- prometheus.MustNewConstMetric(descVisitorSessions, prometheus.GaugeValue, float64(n), k[0], k[1])
 	}
 	ddnsrun.CollectMetrics(ch, st.DDNS)
 }
