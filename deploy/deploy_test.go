@@ -29,6 +29,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/internal/cli"
 	"github.com/homeport/homeport/internal/examplefill"
 )
 
@@ -249,7 +250,7 @@ func TestReadmeLinks(t *testing.T) {
 			paths = append(paths, p)
 		}
 	}
-	for _, want := range []string{"deploy/Dockerfile", "deploy/docker-compose.yml", "deploy/systemd/homeport-relay.service"} {
+	for _, want := range []string{"deploy/Dockerfile", "deploy/docker-compose.yml", "deploy/systemd/homeport-relay.service", "deploy/systemd/homeport-visitor.service"} {
 		if !slices.Contains(paths, want) {
 			t.Errorf("README no longer names %s; found %q", want, paths)
 		}
@@ -260,6 +261,37 @@ func TestReadmeLinks(t *testing.T) {
 				t.Errorf("README names %s: %v", p, err)
 			}
 		})
+	}
+}
+
+// TestReadmeServiceInstall checks the README's Windows service commands:
+// each "service install" takes flags of the program it installs, which
+// the service starts with, and is followed by starting the service by its
+// real name.
+func TestReadmeServiceInstall(t *testing.T) {
+	readme := read(t, "../README.md")
+	install := regexp.MustCompile(`(?m)^\s*((?:\S+\\)?agent\.exe(?: \S+)*?) service install((?: .*)?)$`)
+	found := map[string]bool{}
+	for _, m := range install.FindAllStringSubmatch(readme, -1) {
+		where := "README: " + strings.TrimSpace(m[0])
+		p, rest := progOf(t, strings.Fields(m[1]))
+		if len(rest) > 0 {
+			t.Errorf("%s: %q before service: the %s takes no such arguments", where, rest, p.name)
+		}
+		found[p.name] = true
+		args := strings.Fields(m[2])
+		checkFlagNames(t, p, args, where)
+		if _, err := parseFlags(p, args); err != nil {
+			t.Errorf("%s: %v", where, err)
+		}
+		if start := "sc.exe start " + cli.ServiceName(p.name); !strings.Contains(readme, start) {
+			t.Errorf("%s: the README never starts it with %s", where, start)
+		}
+	}
+	for _, want := range []string{"agent", "visitor"} {
+		if !found[want] {
+			t.Errorf("README: no service install command for the %s", want)
+		}
 	}
 }
 
