@@ -29,6 +29,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/internal/cli"
 	"github.com/homeport/homeport/internal/examplefill"
 )
 
@@ -36,39 +37,93 @@ import (
 // (shutdownDrain in agent/serve.go, not a setting).
 const agentDrain = 10 * time.Second
 
-// program is one of the two homeport binaries.
+// program is one of homeport's programs: a binary, or a subcommand of one
+// with settings of its own (the visitor is "agent visit").
 type program struct {
-	name     string
+	name string // as messages call it
+	// command is what runs it: the binary's name, then the subcommand.
+	command  []string
 	settings []config.Setting
 	addFlags func(*pflag.FlagSet)
+	maxArgs  int // positional arguments its command takes besides flags
 	load     func(*pflag.FlagSet) (any, error)
 	example  string // annotated configuration in this directory
+	// stopTime is how long the program may take to stop after SIGTERM,
+	// with cfg (what load returned).
+	stopTime func(cfg any) time.Duration
+	// stopSetting is the setting stopTime reads, "" for none: a unit must
+	// allow for its default too, which a file without it falls back to.
+	stopSetting string
 }
 
 var programs = map[string]program{
 	"relay": {
-		name:     "relay",
-		settings: config.RelaySettings(),
-		addFlags: config.RelayFlags,
-		load:     func(fs *pflag.FlagSet) (any, error) { return config.LoadRelay(fs) },
-		example:  "relay.example.yaml",
+		name:        "relay",
+		command:     []string{"relay"},
+		settings:    config.RelaySettings(),
+		addFlags:    config.RelayFlags,
+		load:        func(fs *pflag.FlagSet) (any, error) { return config.LoadRelay(fs) },
+		example:     "relay.example.yaml",
+		stopTime:    func(cfg any) time.Duration { return cfg.(config.Relay).ShutdownTimeout },
+		stopSetting: "shutdown_timeout",
 	},
 	"agent": {
 		name:     "agent",
+		command:  []string{"agent"},
 		settings: config.AgentSettings(),
 		addFlags: config.AgentFlags,
 		load:     func(fs *pflag.FlagSet) (any, error) { return config.LoadAgent(fs) },
 		example:  "agent.example.yaml",
+		stopTime: func(any) time.Duration { return agentDrain },
+	},
+	// SIGTERM closes the visitor's listeners and connections at once; a
+	// login to the relay under way runs on to its deadline,
+	// handshake_timeout after it began (visitor.establish).
+	"visitor": {
+		name:        "visitor",
+		command:     []string{"agent", "visit"},
+		settings:    config.VisitorSettings(),
+		addFlags:    config.VisitorFlags,
+		maxArgs:     1, // the tunnel of a single visit
+		load:        func(fs *pflag.FlagSet) (any, error) { return config.LoadVisitor(fs) },
+		example:     "visitor.example.yaml",
+		stopTime:    func(cfg any) time.Duration { return cfg.(config.Visitor).HandshakeTimeout },
+		stopSetting: "handshake_timeout",
 	},
 }
 
-func prog(t *testing.T, name string) program {
+// progOf returns the program the command line argv runs, and the
+// arguments after its command: the binary is known by its base name
+// (.exe or not), and the longest subcommand that argv starts with wins.
+func progOf(t *testing.T, argv []string) (program, []string) {
 	t.Helper()
-	p, ok := programs[path.Base(name)]
-	if !ok {
-		t.Fatalf("%q is not a homeport program (want relay or agent)", name)
+	if len(argv) == 0 {
+		t.Fatal("no command")
 	}
-	return p
+	bin := strings.TrimSuffix(path.Base(argv[0]), ".exe")
+	var found program
+	for _, p := range programs {
+		if len(argv) >= len(p.command) && bin == p.command[0] &&
+			slices.Equal(argv[1:len(p.command)], p.command[1:]) && len(p.command) > len(found.command) {
+			found = p
+		}
+	}
+	if found.name == "" {
+		t.Fatalf("%q does not run a homeport program (want relay, agent or agent visit)", argv)
+	}
+	return found, argv[len(found.command):]
+}
+
+// drainFor is how long p may take to stop with cfg, or with the default
+// of its stopSetting if that is longer.
+func (p program) drainFor(cfg any) time.Duration {
+	d := p.stopTime(cfg)
+	for _, s := range p.settings {
+		if def, err := time.ParseDuration(s.Default); s.Key == p.stopSetting && err == nil {
+			d = max(d, def)
+		}
+	}
+	return d
 }
 
 // envs are the environment variables p reads.
@@ -82,14 +137,12 @@ func (p program) envs() map[string]bool {
 	return m
 }
 
-// flagNames are p's long flags, and "c" for -c (--config).
+// flagNames are the long flags of p's command, and "c" for -c (--config).
 func (p program) flagNames() map[string]bool {
-	m := map[string]bool{"config": true, "c": true}
-	for _, s := range p.settings {
-		if s.Flag != "" {
-			m[s.Flag] = true
-		}
-	}
+	fs := pflag.NewFlagSet(p.name, pflag.ContinueOnError)
+	p.addFlags(fs)
+	m := map[string]bool{"c": true}
+	fs.VisitAll(func(f *pflag.Flag) { m[f.Name] = true })
 	return m
 }
 
@@ -128,8 +181,8 @@ func parseFlags(p program, args []string) (*pflag.FlagSet, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected arguments %q: the %s takes none", fs.Args(), p.name)
+	if fs.NArg() > p.maxArgs {
+		return nil, fmt.Errorf("unexpected arguments %q: the %s takes %d", fs.Args(), p.name, p.maxArgs)
 	}
 	return fs, nil
 }
@@ -197,7 +250,7 @@ func TestReadmeLinks(t *testing.T) {
 			paths = append(paths, p)
 		}
 	}
-	for _, want := range []string{"deploy/Dockerfile", "deploy/docker-compose.yml", "deploy/systemd/homeport-relay.service"} {
+	for _, want := range []string{"deploy/Dockerfile", "deploy/docker-compose.yml", "deploy/systemd/homeport-relay.service", "deploy/systemd/homeport-visitor.service"} {
 		if !slices.Contains(paths, want) {
 			t.Errorf("README no longer names %s; found %q", want, paths)
 		}
@@ -208,6 +261,37 @@ func TestReadmeLinks(t *testing.T) {
 				t.Errorf("README names %s: %v", p, err)
 			}
 		})
+	}
+}
+
+// TestReadmeServiceInstall checks the README's Windows service commands:
+// each "service install" takes flags of the program it installs, which
+// the service starts with, and is followed by starting the service by its
+// real name.
+func TestReadmeServiceInstall(t *testing.T) {
+	readme := read(t, "../README.md")
+	install := regexp.MustCompile(`(?m)^\s*((?:\S+\\)?agent\.exe(?: \S+)*?) service install((?: .*)?)$`)
+	found := map[string]bool{}
+	for _, m := range install.FindAllStringSubmatch(readme, -1) {
+		where := "README: " + strings.TrimSpace(m[0])
+		p, rest := progOf(t, strings.Fields(m[1]))
+		if len(rest) > 0 {
+			t.Errorf("%s: %q before service: the %s takes no such arguments", where, rest, p.name)
+		}
+		found[p.name] = true
+		args := strings.Fields(m[2])
+		checkFlagNames(t, p, args, where)
+		if _, err := parseFlags(p, args); err != nil {
+			t.Errorf("%s: %v", where, err)
+		}
+		if start := "sc.exe start " + cli.ServiceName(p.name); !strings.Contains(readme, start) {
+			t.Errorf("%s: the README never starts it with %s", where, start)
+		}
+	}
+	for _, want := range []string{"agent", "visitor"} {
+		if !found[want] {
+			t.Errorf("README: no service install command for the %s", want)
+		}
 	}
 }
 
@@ -302,19 +386,20 @@ func systemdDuration(s string) (time.Duration, error) {
 	return time.ParseDuration(strings.ReplaceAll(s, "min", "m"))
 }
 
+// systemdUnits are the systemd units in this directory, each with the
+// program it runs and the Restart= it wants.
+var systemdUnits = []struct {
+	file    string
+	program string
+	restart string
+}{
+	{file: "systemd/homeport-relay.service", program: "relay", restart: "on-failure"},
+	{file: "systemd/homeport-agent.service", program: "agent", restart: "always"},
+	{file: "systemd/homeport-visitor.service", program: "visitor", restart: "always"},
+}
+
 func TestSystemdUnits(t *testing.T) {
-	tests := []struct {
-		file    string
-		program string
-		restart string
-		// Graceful stop takes up to this long; TimeoutStopSec must exceed
-		// it. 0: the relay's shutdown_timeout from the loaded config.
-		drain time.Duration
-	}{
-		{file: "systemd/homeport-relay.service", program: "relay", restart: "on-failure"},
-		{file: "systemd/homeport-agent.service", program: "agent", restart: "always", drain: agentDrain},
-	}
-	for _, tt := range tests {
+	for _, tt := range systemdUnits {
 		t.Run(tt.program, func(t *testing.T) {
 			text := read(t, tt.file)
 			u, err := parseUnit(text)
@@ -338,12 +423,16 @@ func TestSystemdUnits(t *testing.T) {
 				t.Fatalf("%s: ExecStart uses quoting, variables or specifiers, which this test does not read: %s", tt.file, execs[0])
 			}
 			argv := strings.Fields(execs[0])
-			if want := "/usr/local/bin/" + tt.program; argv[0] != want {
+			p, flags := progOf(t, argv)
+			if p.name != tt.program {
+				t.Errorf("%s: ExecStart runs the %s (%s), want the %s (%s)", tt.file, p.name, strings.Join(p.command, " "),
+					tt.program, strings.Join(programs[tt.program].command, " "))
+			}
+			if want := "/usr/local/bin/" + p.command[0]; argv[0] != want {
 				t.Errorf("%s: ExecStart runs %s, want %s", tt.file, argv[0], want)
 			}
-			p := prog(t, tt.program)
-			checkFlagNames(t, p, argv[1:], tt.file+": ExecStart")
-			if _, err := parseFlags(p, argv[1:]); err != nil {
+			checkFlagNames(t, p, flags, tt.file+": ExecStart")
+			if _, err := parseFlags(p, flags); err != nil {
 				t.Errorf("%s: ExecStart: %v", tt.file, err)
 			}
 			checkEnvNames(t, text, p.envs(), tt.file)
@@ -351,7 +440,7 @@ func TestSystemdUnits(t *testing.T) {
 			// Load the configuration the unit describes, with the example
 			// file in place of the installed one: as it stands, it is
 			// refused for its placeholders; with them filled in, it loads.
-			args, ok := setConfigFlag(argv[1:], p.example)
+			args, ok := setConfigFlag(flags, p.example)
 			if !ok {
 				t.Errorf("%s: ExecStart has no --config", tt.file)
 			}
@@ -367,7 +456,7 @@ func TestSystemdUnits(t *testing.T) {
 			if err := os.WriteFile(filled, []byte(examplefill.New().Fill(read(t, p.example))), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			args, _ = setConfigFlag(argv[1:], filled)
+			args, _ = setConfigFlag(flags, filled)
 			if fs, err = parseFlags(p, args); err != nil {
 				t.Fatalf("%s: ExecStart with %s: %v", tt.file, filled, err)
 			}
@@ -375,14 +464,8 @@ func TestSystemdUnits(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: ExecStart with %s, its placeholders filled in, does not load: %v", tt.file, p.example, err)
 			}
-			drain := tt.drain
+			drain := p.drainFor(cfg)
 			if r, ok := cfg.(config.Relay); ok {
-				drain = r.ShutdownTimeout
-				for _, s := range p.settings {
-					if d, err := time.ParseDuration(s.Default); s.Key == "shutdown_timeout" && err == nil {
-						drain = max(drain, d)
-					}
-				}
 				dir := u.get("Service", "StateDirectory")
 				if dir == "" {
 					t.Errorf("%s: no StateDirectory for the relay's data", tt.file)
@@ -453,7 +536,8 @@ func TestSystemdUnits(t *testing.T) {
 // goes with the unit's Group, which the steps create; mode 0600 owned by
 // root suits only the EnvironmentFile, which systemd reads as root.
 func TestSystemdInstall(t *testing.T) {
-	for _, file := range []string{"systemd/homeport-relay.service", "systemd/homeport-agent.service"} {
+	for _, tt := range systemdUnits {
+		file := tt.file
 		t.Run(file, func(t *testing.T) {
 			text := read(t, file)
 			u, err := parseUnit(text)
@@ -798,7 +882,7 @@ func TestDockerfile(t *testing.T) {
 	if len(cmds) == 0 || json.Unmarshal([]byte(cmds[len(cmds)-1]), &cmd) != nil || len(cmd) == 0 {
 		t.Fatalf("Dockerfile: want CMD in exec form, got %q", cmds)
 	}
-	prog(t, cmd[0])
+	progOf(t, cmd)
 
 	ignore := read(t, "Dockerfile.dockerignore")
 	if !slices.Contains(strings.Fields(ignore), "deploy/.env") {
@@ -873,11 +957,11 @@ func TestCompose(t *testing.T) {
 			if len(argv) == 0 {
 				t.Fatalf("%s: no command", where)
 			}
-			p := prog(t, argv[0])
+			p, args := progOf(t, argv)
 			if p.name != name {
 				t.Errorf("%s: runs the %s", where, p.name)
 			}
-			checkFlagNames(t, p, argv[1:], where+": command")
+			checkFlagNames(t, p, args, where+": command")
 
 			// The container's environment: the image's, then the service's
 			// after interpolation from .env. The token and fingerprint are
@@ -914,7 +998,7 @@ func TestCompose(t *testing.T) {
 				}
 			}
 			isolateEnv(t, env)
-			fs, err := parseFlags(p, argv[1:])
+			fs, err := parseFlags(p, args)
 			if err != nil {
 				t.Fatalf("%s: command: %v", where, err)
 			}
@@ -923,10 +1007,7 @@ func TestCompose(t *testing.T) {
 				t.Fatalf("%s: the %s's settings do not load: %v", where, p.name, err)
 			}
 
-			drain := agentDrain
-			if r, ok := cfg.(config.Relay); ok {
-				drain = r.ShutdownTimeout
-			}
+			drain := p.drainFor(cfg)
 			if g, err := time.ParseDuration(fmt.Sprint(s.raw["stop_grace_period"])); err != nil || g <= drain {
 				t.Errorf("%s: stop_grace_period %v, want more than the %v the %s may take to stop", where, s.raw["stop_grace_period"], drain, p.name)
 			}
