@@ -405,9 +405,18 @@ func (v *Visitor) establish(ctx context.Context) (tunnel.Session, string, *failu
 	if de != nil {
 		return nil, transport, &failure{dial: de.Stage == relaydial.StageDial, definitive: de.Definitive, err: de.Err}
 	}
+	// A stop during the login ends it at once, not at the link's deadline.
+	stop := context.AfterFunc(dctx, func() { c.Close() })
 	welcome, err := tunnel.Authenticate(c, []byte(v.cfg.Key), v.cfg.ID, v.software, tunnel.FlagVisitor|tunnel.FlagFeatures)
+	stopped := !stop()
+	if err == nil && stopped {
+		err = dctx.Err()
+	}
 	if err != nil {
 		c.Close()
+		if ctx.Err() != nil {
+			return nil, transport, &failure{err: ctx.Err()}
+		}
 		var re *tunnel.RejectError
 		switch {
 		case errors.Is(err, tunnel.ErrAuthFailed):
