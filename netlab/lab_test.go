@@ -44,6 +44,13 @@ const (
 	vpsIP    = "203.0.113.10" // the VPS, running the relay
 	userIP   = "192.0.2.20"   // the remote user
 
+	// With withUserNAT the remote user sits behind a home router of its
+	// own: its LAN is private, and the internet sees the router's
+	// outside address.
+	userLANIP = "192.168.9.2" // the remote user, on its LAN
+	userrLAN  = "192.168.9.1" // the user's router's LAN side
+	userrWAN  = "192.0.2.30"  // the user's router's WAN side: its NAT's outside address
+
 	relayPort  = 7000 // the relay's agent port (TCP and UDP)
 	webPort    = 8080 // the web tunnel's public port, and nginx's port at home
 	sshPort    = 2222 // the SSH tunnel's public port, and sshd's port at home
@@ -57,14 +64,24 @@ const (
 // roles are the lab's namespaces, one per machine.
 var roles = []string{"home", "homer", "inet", "vps", "user"}
 
-// links are the lab's cables: veth pairs created directly inside the two
-// namespaces they join, so that nothing ever appears in the namespace the
-// tests run in.
-var links = []struct{ a, aIf, aAddr, b, bIf, bAddr string }{
+// cable is one of the lab's cables: a veth pair created directly inside
+// the two namespaces it joins, so that nothing ever appears in the
+// namespace the tests run in.
+type cable struct{ a, aIf, aAddr, b, bIf, bAddr string }
+
+// links are the lab's cables.
+var links = []cable{
 	{"home", "eth0", homeIP + "/24", "homer", "lan0", homerLAN + "/24"},
 	{"homer", "wan0", homerWAN + "/24", "inet", "home0", inetHome + "/24"}, // the home uplink
 	{"vps", "eth0", vpsIP + "/24", "inet", "vps0", inetVPS + "/24"},
 	{"user", "eth0", userIP + "/24", "inet", "user0", inetUser + "/24"},
+}
+
+// userNATLinks replace the user's cable in a lab built withUserNAT: the
+// user's LAN, and its router's line to the internet router.
+var userNATLinks = []cable{
+	{"user", "eth0", userLANIP + "/24", "userr", "lan0", userrLAN + "/24"},
+	{"userr", "wan0", userrWAN + "/24", "inet", "user0", inetUser + "/24"},
 }
 
 // uplink is the home uplink as seen from the internet router: the
@@ -199,6 +216,7 @@ var debianPackage = map[string]string{
 	"sysctl": "procps", "nginx": "nginx", "curl": "curl", "sshd": "openssh-server",
 	"ssh": "openssh-client", "scp": "openssh-client", "ssh-keygen": "openssh-client",
 	"ping": "iputils-ping", "iperf3": "iperf3", "go": "golang (or Go from go.dev)",
+	"ss": "iproute2", "dnsmasq": "dnsmasq-base", "dig": "bind9-dnsutils", "bash": "bash",
 }
 
 // need skips the test unless the commands are installed.
@@ -284,10 +302,17 @@ type lab struct {
 
 	delayCfg *linkConfig // build the home uplink as a delay link (withDelayLink)
 	delay    *delayLink  // that link, once built
+	userNAT  bool        // the remote user is behind a router of its own (withUserNAT)
 }
 
 // labOption changes how newLab builds the lab.
 type labOption func(*lab)
+
+// withUserNAT puts the remote user behind a home router of its own,
+// userr, made like the home's: it masquerades on its WAN side and drops
+// unsolicited inbound packets. The user's address is then userLANIP, and
+// the internet (the relay) sees userrWAN.
+func withUserNAT() labOption { return func(l *lab) { l.userNAT = true } }
 
 // newLab builds the topology; the test is skipped when the machine
 // cannot run it.
@@ -325,6 +350,16 @@ func newLab(t *testing.T, opts ...labOption) *lab {
 func (l *lab) ns(role string) string { return l.id + "-" + role }
 
 func (l *lab) build() {
+	roles, links := slices.Clone(roles), slices.Clone(links)
+	routes := [][2]string{{"home", homerLAN}, {"homer", inetHome}, {"vps", inetVPS}, {"user", inetUser}}
+	routers := []string{"homer"}
+	if l.userNAT {
+		roles = append(roles, "userr")
+		links = append(slices.DeleteFunc(links, func(k cable) bool { return k.a == "user" }), userNATLinks...)
+		routes = append(slices.DeleteFunc(routes, func(r [2]string) bool { return r[0] == "user" }),
+			[2]string{"user", userrLAN}, [2]string{"userr", inetUser})
+		routers = append(routers, "userr")
+	}
 	for _, r := range roles {
 		l.must(10*time.Second, "", "ip", "netns", "add", l.ns(r))
 		l.mu.Lock()
@@ -349,29 +384,32 @@ func (l *lab) build() {
 	}
 	// Hosts route through their router; the internet router knows only
 	// its own networks (no route to the home LAN: it is private).
-	for _, r := range [][2]string{{"home", homerLAN}, {"homer", inetHome}, {"vps", inetVPS}, {"user", inetUser}} {
+	for _, r := range routes {
 		l.must(5*time.Second, "", "ip", "-n", l.ns(r[0]), "route", "add", "default", "via", r[1])
 	}
 	for _, r := range roles {
 		fwd := "0"
-		if r == "homer" || r == "inet" {
+		if r == "inet" || slices.Contains(routers, r) {
 			fwd = "1"
 		}
 		l.must(5*time.Second, r, "sysctl", "-qw", "net.ipv4.ip_forward="+fwd)
 	}
-	// The home router: masquerade on the WAN side (in a chain of its own,
-	// so that rebinding can change it), no port forwarding, and like real
-	// home routers it drops what nobody inside asked for.
-	for _, rule := range [][]string{
-		{"-t", "nat", "-N", "NETLAB-NAT"},
-		{"-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "NETLAB-NAT"},
-		{"-t", "nat", "-A", "NETLAB-NAT", "-j", "MASQUERADE"},
-		{"-A", "FORWARD", "-i", "wan0", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"},
-		{"-A", "FORWARD", "-i", "wan0", "-j", "DROP"},
-		{"-A", "INPUT", "-i", "wan0", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"},
-		{"-A", "INPUT", "-i", "wan0", "-j", "DROP"},
-	} {
-		l.must(5*time.Second, "homer", append([]string{"iptables", "-w", "5"}, rule...)...)
+	// The home router (and the user's, if any): masquerade on the WAN
+	// side (in a chain of its own, so that rebinding can change it), no
+	// port forwarding, and like real home routers it drops what nobody
+	// inside asked for.
+	for _, router := range routers {
+		for _, rule := range [][]string{
+			{"-t", "nat", "-N", "NETLAB-NAT"},
+			{"-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "NETLAB-NAT"},
+			{"-t", "nat", "-A", "NETLAB-NAT", "-j", "MASQUERADE"},
+			{"-A", "FORWARD", "-i", "wan0", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"},
+			{"-A", "FORWARD", "-i", "wan0", "-j", "DROP"},
+			{"-A", "INPUT", "-i", "wan0", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"},
+			{"-A", "INPUT", "-i", "wan0", "-j", "DROP"},
+		} {
+			l.must(5*time.Second, router, append([]string{"iptables", "-w", "5"}, rule...)...)
+		}
 	}
 	// The internet router: impairments of the home uplink go in a chain
 	// that sees the uplink's traffic both ways.
@@ -660,9 +698,18 @@ var bannerRE = regexp.MustCompile(`(?m)^  HOMEPORT_TOKEN='<token>' agent --relay
 // so a restarted relay keeps its token and key. The visitor guard's
 // limits are raised: the scenarios open many connections from the one
 // remote user's address on purpose.
-func (l *lab) startRelay() *relay {
+func (l *lab) startRelay() *relay { return l.startRelayConf("", "") }
+
+// startRelayConf starts the relay like startRelay, with the configuration
+// file conf ("" for none) whose token is token ("": none, the relay
+// generates one into its data directory).
+func (l *lab) startRelayConf(conf, token string) *relay {
 	l.t.Helper()
-	p := l.start("vps", "relay", nil, binPath(l.t, "relay"),
+	args := []string{binPath(l.t, "relay")}
+	if conf != "" {
+		args = append(args, "--config", conf)
+	}
+	args = append(args,
 		"--data-dir", filepath.Join(l.dir, "relay-data"),
 		"--listen", fmt.Sprintf("%s:%d", vpsIP, relayPort),
 		"--advertise", vpsIP,
@@ -671,6 +718,7 @@ func (l *lab) startRelay() *relay {
 		"--visitor-burst", "10000",
 		"--visitor-max-conns", "1000",
 		"--visitor-ban-after", "0")
+	p := l.start("vps", "relay", nil, args...)
 	p.logged = true
 	var m []string
 	p.await(l.t, 20*time.Second, "the relay's banner", func() bool {
@@ -680,11 +728,14 @@ func (l *lab) startRelay() *relay {
 	if want := fmt.Sprintf("%s:%d", vpsIP, relayPort); m[1] != want {
 		l.t.Errorf("relay banner: --relay %s, want %s", m[1], want)
 	}
-	token, err := os.ReadFile(filepath.Join(l.dir, "relay-data", "token"))
-	if err != nil {
-		l.t.Fatalf("the relay's token: %v", err)
+	if token == "" {
+		b, err := os.ReadFile(filepath.Join(l.dir, "relay-data", "token"))
+		if err != nil {
+			l.t.Fatalf("the relay's token: %v", err)
+		}
+		token = strings.TrimSpace(string(b))
 	}
-	return &relay{proc: p, token: strings.TrimSpace(string(token)), fingerprint: m[2], ready: time.Now()}
+	return &relay{proc: p, token: token, fingerprint: m[2], ready: time.Now()}
 }
 
 // startAgent starts the agent at home with transport ("tcp", "quic" or
@@ -693,8 +744,15 @@ func (l *lab) startRelay() *relay {
 // registered.
 func (l *lab) startAgent(r *relay, transport string, extra ...string) *proc {
 	l.t.Helper()
-	p := l.launchAgent(r, transport, extra...)
-	want := 2 + len(extra)
+	return l.startAgentTunnels(r, transport, append(defaultTunnels(), extra...)...)
+}
+
+// startAgentTunnels starts the agent at home with transport and exactly
+// tunnels (--tunnel values), and waits until all are registered.
+func (l *lab) startAgentTunnels(r *relay, transport string, tunnels ...string) *proc {
+	l.t.Helper()
+	p := l.launchAgentTunnels(r, transport, tunnels...)
+	want := len(tunnels)
 	p.await(l.t, 30*time.Second, fmt.Sprintf("the agent's %d tunnels", want), func() bool { return p.count(`msg="tunnel ready"`) >= want })
 	if transport != "auto" {
 		if got := p.logField("connected to relay", "transport"); got != transport {
@@ -704,17 +762,28 @@ func (l *lab) startAgent(r *relay, transport string, extra ...string) *proc {
 	return p
 }
 
+// defaultTunnels are the agent's usual tunnels: web (8080 to nginx) and
+// ssh (2222 to sshd).
+func defaultTunnels() []string {
+	return []string{fmt.Sprintf("web=%d:127.0.0.1:%d", webPort, webPort), fmt.Sprintf("ssh=%d:127.0.0.1:%d", sshPort, sshPort)}
+}
+
 // launchAgent starts the agent like startAgent, without waiting.
 func (l *lab) launchAgent(r *relay, transport string, extra ...string) *proc {
+	l.t.Helper()
+	return l.launchAgentTunnels(r, transport, append(defaultTunnels(), extra...)...)
+}
+
+// launchAgentTunnels starts the agent like startAgentTunnels, without
+// waiting.
+func (l *lab) launchAgentTunnels(r *relay, transport string, tunnels ...string) *proc {
 	l.t.Helper()
 	args := []string{binPath(l.t, "agent"),
 		"--relay", fmt.Sprintf("%s:%d", vpsIP, relayPort),
 		"--fingerprint", r.fingerprint,
 		"--transport", transport,
-		"--id", "home-pc",
-		"--tunnel", fmt.Sprintf("web=%d:127.0.0.1:%d", webPort, webPort),
-		"--tunnel", fmt.Sprintf("ssh=%d:127.0.0.1:%d", sshPort, sshPort)}
-	for _, tun := range extra {
+		"--id", "home-pc"}
+	for _, tun := range tunnels {
 		args = append(args, "--tunnel", tun)
 	}
 	p := l.start("home", "agent", []string{"HOMEPORT_TOKEN=" + r.token}, args...)

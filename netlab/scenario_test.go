@@ -253,9 +253,9 @@ func (l *lab) sshSession(kit sshKit, tr, src string, sum [32]byte) (command time
 	}
 	for _, dir := range []string{"home → user", "user → home"} {
 		dst := filepath.Join(l.dir, "scp-"+strings.ReplaceAll(dir, " → ", "-to-")+".bin")
-		from, to := fmt.Sprintf("root@%s:%s", vpsIP, src), dst
+		from, to := fmt.Sprintf("root@%s:%s", kit.host, src), dst
 		if dir == "user → home" {
-			from, to = src, fmt.Sprintf("root@%s:%s", vpsIP, dst)
+			from, to = src, fmt.Sprintf("root@%s:%s", kit.host, dst)
 		}
 		start := time.Now()
 		if _, err := l.run(2*time.Minute, "user", kit.scp(from, to)...); err != nil {
@@ -276,8 +276,22 @@ func (l *lab) sshSession(kit sshKit, tr, src string, sum [32]byte) (command time
 	return command, homeToUser, userToHome
 }
 
-// sshKit holds the client's key and known_hosts for the lab's sshd.
-type sshKit struct{ key, knownHosts string }
+// sshKit holds the client's key and known_hosts for the lab's sshd, and
+// the address the client reaches it at.
+type sshKit struct {
+	key, knownHosts string
+	hostKey         string // sshd's public host key
+	host            string
+	port            int
+}
+
+// at returns the kit for reaching sshd at host:port, with a known_hosts
+// file of its own that pins sshd's host key for that address.
+func (k sshKit) at(host string, port int) (sshKit, error) {
+	k.host, k.port = host, port
+	k.knownHosts = fmt.Sprintf("%s-%s-%d", strings.TrimSuffix(k.knownHosts, filepath.Ext(k.knownHosts)), host, port)
+	return k, os.WriteFile(k.knownHosts, []byte(fmt.Sprintf("[%s]:%d %s\n", host, port, k.hostKey)), 0o600)
+}
 
 func (k sshKit) opts() []string {
 	return []string{"-F", "/dev/null",
@@ -290,12 +304,12 @@ func (k sshKit) opts() []string {
 
 // ssh is the command line that runs command at home through the tunnel.
 func (k sshKit) ssh(command string) []string {
-	return append(append([]string{"ssh"}, k.opts()...), "-p", strconv.Itoa(sshPort), "root@"+vpsIP, command)
+	return append(append([]string{"ssh"}, k.opts()...), "-p", strconv.Itoa(k.port), "root@"+k.host, command)
 }
 
 // scp is the command line that copies from to to through the tunnel.
 func (k sshKit) scp(from, to string) []string {
-	return append(append([]string{"scp", "-q"}, k.opts()...), "-P", strconv.Itoa(sshPort), from, to)
+	return append(append([]string{"scp", "-q"}, k.opts()...), "-P", strconv.Itoa(k.port), from, to)
 }
 
 // startSSHD runs sshd at home on 127.0.0.1:2222 with a new host key and
@@ -317,7 +331,7 @@ func (l *lab) startSSHD() sshKit {
 		}
 		return strings.TrimSpace(string(b))
 	}
-	kit := sshKit{key: clientKey, knownHosts: filepath.Join(dir, "known_hosts")}
+	kit := sshKit{key: clientKey, knownHosts: filepath.Join(dir, "known_hosts"), hostKey: pub(hostKey), host: vpsIP, port: sshPort}
 	files := map[string]string{
 		"authorized_keys": pub(clientKey) + "\n",
 		"known_hosts":     fmt.Sprintf("[%s]:%d %s\n", vpsIP, sshPort, pub(hostKey)),
