@@ -73,7 +73,7 @@ func visitorSettings() []setting {
 	s := []setting{
 		{key: "relay", flag: "relay", short: "r", kind: kString, usage: "relay's agent address, HOST:PORT"},
 		{key: "data_dir", flag: "data-dir", kind: kString, usage: "directory of the visitor's files (default " + DefaultDataDir() + ")"},
-		{key: "transport", flag: "transport", kind: kString, def: "auto", usage: "how to reach the relay: quic, tcp (TLS over TCP), or auto (QUIC, falling back to TCP when UDP is blocked)"},
+		{key: "transport", flag: "transport", kind: kString, def: "tcp", usage: "how to reach the relay: tcp (TLS over TCP), quic (at most 16 connections and UDP flows at once), or auto (QUIC, falling back to TCP when UDP is blocked)"},
 		{key: "key", flag: "key", kind: kString, usage: "visitor key the relay printed; HOMEPORT_KEY or --key-file keep it out of the process list"},
 		{key: "key_file", flag: "key-file", kind: kString, usage: "file that holds the visitor key, instead of --key"},
 		{key: "fingerprint", flag: "fingerprint", short: "f", kind: kString, usage: "relay key fingerprint the relay printed (sha256:...)"},

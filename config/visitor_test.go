@@ -40,7 +40,7 @@ func TestVisitorLoad(t *testing.T) {
 				if !reflect.DeepEqual(c.Visits, want) {
 					t.Errorf("visits %+v, want %+v", c.Visits, want)
 				}
-				if c.Key != testKey || c.Transport != TransportAuto || c.HandshakeTimeout != 10*time.Second ||
+				if c.Key != testKey || c.Transport != TransportTCP || c.HandshakeTimeout != 10*time.Second ||
 					c.ReconnectMax != 30*time.Second || c.ID == "" || c.Session.StreamWindow != 16<<20 || len(c.Warnings) != 0 {
 					t.Errorf("defaults: %+v", c)
 				}
