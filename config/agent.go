@@ -51,11 +51,9 @@ func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
 	c := Agent{
 		File:             l.file,
 		DataDir:          cmp.Or(l.str("data_dir"), DefaultDataDir()),
-		Relay:            l.str("relay"),
 		Token:            l.str("token"),
 		CAFile:           l.str("ca_file"),
 		ServerName:       l.str("server_name"),
-		ID:               l.str("id"),
 		DialTimeout:      l.duration("dial_timeout", 100*time.Millisecond, 5*time.Minute),
 		HandshakeTimeout: l.duration("handshake_timeout", time.Second, 5*time.Minute),
 		ReconnectMax:     l.duration("reconnect_max", time.Second, time.Hour),
@@ -65,16 +63,8 @@ func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
 		DebugAddr:        l.debugAddr(),
 		MetricsAddr:      l.metricsAddr(),
 	}
-	switch host, port, err := net.SplitHostPort(c.Relay); {
-	case c.Relay == "":
-		l.fail("relay", fmt.Errorf("missing: give the relay's address, e.g. --relay vps.example.com:7000 (the relay prints the whole command on its first start)"))
-	case err != nil || host == "":
-		l.fail("relay", fmt.Errorf("%q: want HOST:PORT, e.g. vps.example.com:7000", c.Relay))
-	default:
-		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
-			l.fail("relay", fmt.Errorf("%q: port %q is not a number from 1 to 65535", c.Relay, port))
-		}
-	}
+	rl := l.relayLink(c.CAFile, c.ServerName, "the relay prints the whole command on its first start", "agent")
+	c.Relay, c.Fingerprint, c.Transport, c.ID = rl.Relay, rl.Fingerprint, rl.Transport, rl.ID
 	switch {
 	case c.Token != "" && l.str("token_file") != "":
 		l.fail("token_file", fmt.Errorf("give token or token_file, not both"))
@@ -86,34 +76,6 @@ func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
 		if err := checkAgentToken(c.Token); err != nil {
 			l.fail("token", err)
 		}
-	}
-	if fp := l.str("fingerprint"); IsPlaceholder(fp) {
-		l.fail("fingerprint", fmt.Errorf("%q %w: put the fingerprint the relay printed there (sha256: and 64 hex digits)", fp, ErrPlaceholder))
-	} else if fp != "" {
-		if c.Fingerprint, err = NormalizeFingerprint(fp); err != nil {
-			l.fail("fingerprint", err)
-		}
-	}
-	switch {
-	case c.Fingerprint == "" && c.CAFile == "" && l.str("fingerprint") == "":
-		l.fail("fingerprint", fmt.Errorf("missing: give the fingerprint the relay printed (or ca_file to verify the relay by a CA)"))
-	case l.str("fingerprint") != "" && c.CAFile != "":
-		l.fail("ca_file", fmt.Errorf("give either fingerprint or ca_file, not both"))
-	case c.ServerName != "" && c.CAFile == "":
-		l.fail("server_name", fmt.Errorf("only used with ca_file; a fingerprint pins the key whatever the name"))
-	}
-	switch c.Transport = strings.ToLower(l.str("transport")); c.Transport {
-	case TransportAuto, TransportTCP, TransportQUIC:
-	default:
-		l.fail("transport", fmt.Errorf("%q: want auto, tcp or quic", c.Transport))
-	}
-	if c.ID == "" {
-		if c.ID, err = os.Hostname(); err != nil || c.ID == "" {
-			c.ID = "agent"
-		}
-	}
-	if len(c.ID) > 128 {
-		l.fail("id", fmt.Errorf("%q is longer than 128 bytes", c.ID))
 	}
 	c.Tunnels = l.tunnels()
 	c.DDNS = l.ddns(ddnsAgent)
@@ -351,4 +313,58 @@ func AgentDataDir(fs *pflag.FlagSet) (string, error) {
 		return "", err
 	}
 	return cmp.Or(l.str("data_dir"), DefaultDataDir()), nil
+}
+
+// relayLink reads and checks what the agent and the visitor share to reach
+// the relay: its address, how it is verified (a pinned fingerprint or a
+// CA), the transport and this end's id (fallback: the host name, else
+// fallbackID). whereFrom says where the whole command is printed, for the
+// error of a missing relay.
+type relayLink struct {
+	Relay, Fingerprint, Transport, ID string
+}
+
+func (l *loader) relayLink(caFile, serverName, whereFrom, fallbackID string) relayLink {
+	rl := relayLink{Relay: l.str("relay"), ID: l.str("id")}
+	switch host, port, err := net.SplitHostPort(rl.Relay); {
+	case rl.Relay == "":
+		l.fail("relay", fmt.Errorf("missing: give the relay's address, e.g. --relay vps.example.com:7000 (%s)", whereFrom))
+	case err != nil || host == "":
+		l.fail("relay", fmt.Errorf("%q: want HOST:PORT, e.g. vps.example.com:7000", rl.Relay))
+	default:
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+			l.fail("relay", fmt.Errorf("%q: port %q is not a number from 1 to 65535", rl.Relay, port))
+		}
+	}
+	if fp := l.str("fingerprint"); IsPlaceholder(fp) {
+		l.fail("fingerprint", fmt.Errorf("%q %w: put the fingerprint the relay printed there (sha256: and 64 hex digits)", fp, ErrPlaceholder))
+	} else if fp != "" {
+		var err error
+		if rl.Fingerprint, err = NormalizeFingerprint(fp); err != nil {
+			l.fail("fingerprint", err)
+		}
+	}
+	switch {
+	case rl.Fingerprint == "" && caFile == "" && l.str("fingerprint") == "":
+		l.fail("fingerprint", fmt.Errorf("missing: give the fingerprint the relay printed (or ca_file to verify the relay by a CA)"))
+	case l.str("fingerprint") != "" && caFile != "":
+		l.fail("ca_file", fmt.Errorf("give either fingerprint or ca_file, not both"))
+	case serverName != "" && caFile == "":
+		l.fail("server_name", fmt.Errorf("only used with ca_file; a fingerprint pins the key whatever the name"))
+	}
+	switch rl.Transport = strings.ToLower(l.str("transport")); rl.Transport {
+	case TransportAuto, TransportTCP, TransportQUIC:
+	default:
+		l.fail("transport", fmt.Errorf("%q: want auto, tcp or quic", rl.Transport))
+	}
+	if rl.ID == "" {
+		var err error
+		if rl.ID, err = os.Hostname(); err != nil || rl.ID == "" {
+			rl.ID = fallbackID
+		}
+	}
+	if len(rl.ID) > 128 {
+		l.fail("id", fmt.Errorf("%q is longer than 128 bytes", rl.ID))
+	}
+	return rl
 }

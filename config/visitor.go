@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -123,26 +121,16 @@ func LoadVisitor(fs *pflag.FlagSet) (Visitor, error) {
 	c := Visitor{
 		File:             l.file,
 		DataDir:          cmp.Or(l.str("data_dir"), DefaultDataDir()),
-		Relay:            l.str("relay"),
 		Key:              l.str("key"),
 		CAFile:           l.str("ca_file"),
 		ServerName:       l.str("server_name"),
-		ID:               l.str("id"),
 		HandshakeTimeout: l.duration("handshake_timeout", time.Second, 5*time.Minute),
 		ReconnectMax:     l.duration("reconnect_max", time.Second, time.Hour),
 		Session:          l.session(),
 		Log:              l.log(),
 	}
-	switch host, port, err := net.SplitHostPort(c.Relay); {
-	case c.Relay == "":
-		l.fail("relay", fmt.Errorf("missing: give the relay's address, e.g. --relay vps.example.com:7000 (on the relay, relay status prints the whole visit command)"))
-	case err != nil || host == "":
-		l.fail("relay", fmt.Errorf("%q: want HOST:PORT, e.g. vps.example.com:7000", c.Relay))
-	default:
-		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
-			l.fail("relay", fmt.Errorf("%q: port %q is not a number from 1 to 65535", c.Relay, port))
-		}
-	}
+	rl := l.relayLink(c.CAFile, c.ServerName, "on the relay, relay status prints the whole visit command", "visitor")
+	c.Relay, c.Fingerprint, c.Transport, c.ID = rl.Relay, rl.Fingerprint, rl.Transport, rl.ID
 	switch {
 	case c.Key != "" && l.str("key_file") != "":
 		l.fail("key_file", fmt.Errorf("give key or key_file, not both"))
@@ -160,34 +148,6 @@ func LoadVisitor(fs *pflag.FlagSet) (Visitor, error) {
 				Fix:     "give it by HOMEPORT_KEY or --key-file instead",
 			})
 		}
-	}
-	if fp := l.str("fingerprint"); IsPlaceholder(fp) {
-		l.fail("fingerprint", fmt.Errorf("%q %w: put the fingerprint the relay printed there (sha256: and 64 hex digits)", fp, ErrPlaceholder))
-	} else if fp != "" {
-		if c.Fingerprint, err = NormalizeFingerprint(fp); err != nil {
-			l.fail("fingerprint", err)
-		}
-	}
-	switch {
-	case c.Fingerprint == "" && c.CAFile == "" && l.str("fingerprint") == "":
-		l.fail("fingerprint", fmt.Errorf("missing: give the fingerprint the relay printed (or ca_file to verify the relay by a CA)"))
-	case l.str("fingerprint") != "" && c.CAFile != "":
-		l.fail("ca_file", fmt.Errorf("give either fingerprint or ca_file, not both"))
-	case c.ServerName != "" && c.CAFile == "":
-		l.fail("server_name", fmt.Errorf("only used with ca_file; a fingerprint pins the key whatever the name"))
-	}
-	switch c.Transport = strings.ToLower(l.str("transport")); c.Transport {
-	case TransportAuto, TransportTCP, TransportQUIC:
-	default:
-		l.fail("transport", fmt.Errorf("%q: want auto, tcp or quic", c.Transport))
-	}
-	if c.ID == "" {
-		if c.ID, err = os.Hostname(); err != nil || c.ID == "" {
-			c.ID = "visitor"
-		}
-	}
-	if len(c.ID) > 128 {
-		l.fail("id", fmt.Errorf("%q is longer than 128 bytes", c.ID))
 	}
 	c.Visits = l.visits()
 	if err := l.err(); err != nil {
