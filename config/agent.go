@@ -2,6 +2,7 @@ package config
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -240,6 +241,13 @@ func tunnelSection(item any) (Tunnel, error) {
 // visitorKeyNames reads names of visitor keys, as a list or one
 // comma-separated string; validate checks them.
 func visitorKeyNames(v any) ([]string, error) {
+	return textList(v, "want a list of names, e.g. [laptop, phone]")
+}
+
+// textList reads a list of words from a file: a list, or one
+// comma-separated string; each item trimmed, empty ones left out (nil:
+// none). want says what is wanted, for any other value.
+func textList(v any, want string) ([]string, error) {
 	var items []string
 	switch v := v.(type) {
 	case string:
@@ -251,16 +259,13 @@ func visitorKeyNames(v any) ([]string, error) {
 	case []string:
 		items = v
 	default:
-		return nil, fmt.Errorf("want a list of names, e.g. [laptop, phone]")
+		return nil, errors.New(want)
 	}
-	out := []string{}
+	var out []string
 	for _, it := range items {
 		if it = strings.TrimSpace(it); it != "" {
 			out = append(out, it)
 		}
-	}
-	if len(out) == 0 {
-		return nil, nil
 	}
 	return out, nil
 }
@@ -268,25 +273,12 @@ func visitorKeyNames(v any) ([]string, error) {
 // prefixList reads networks: CIDRs ("192.0.2.0/24", "2001:db8::/32") or
 // single addresses, as a list or one comma-separated string.
 func prefixList(v any) ([]netip.Prefix, error) {
-	var items []string
-	switch v := v.(type) {
-	case string:
-		items = strings.Split(v, ",")
-	case []any:
-		for _, x := range v {
-			items = append(items, fmt.Sprint(x))
-		}
-	case []string:
-		items = v
-	default:
-		return nil, fmt.Errorf("want a list of networks, e.g. [192.0.2.0/24, \"2001:db8::/32\"]")
+	items, err := textList(v, `want a list of networks, e.g. [192.0.2.0/24, "2001:db8::/32"]`)
+	if err != nil {
+		return nil, err
 	}
 	var out []netip.Prefix
 	for _, it := range items {
-		it = strings.TrimSpace(it)
-		if it == "" {
-			continue
-		}
 		p, err := netip.ParsePrefix(it)
 		if err != nil {
 			a, aerr := netip.ParseAddr(it)

@@ -150,31 +150,16 @@ func (l *loader) itemSecret(key, where string, m map[string]any) (secret, file s
 // nameList reads a list of tunnel names: a list, or one comma-separated
 // string.
 func nameList(v any) ([]string, error) {
-	var items []string
-	switch v := v.(type) {
-	case string:
-		items = strings.Split(v, ",")
-	case []any:
-		for _, x := range v {
-			items = append(items, fmt.Sprint(x))
-		}
-	case []string:
-		items = v
-	default:
-		return nil, fmt.Errorf("want a list of tunnel names, e.g. [rdp, rdp-udp]")
+	items, err := textList(v, "want a list of tunnel names, e.g. [rdp, rdp-udp]")
+	if err != nil {
+		return nil, err
 	}
-	var out []string
 	for _, it := range items {
-		it = strings.TrimSpace(it)
-		if it == "" {
-			continue
-		}
 		if !keyNameRE.MatchString(it) {
 			return nil, fmt.Errorf("%q: a tunnel name is 1-64 of A-Z a-z 0-9 . _ -", it)
 		}
-		out = append(out, it)
 	}
-	return out, nil
+	return items, nil
 }
 
 func hasToken(tokens []Token, name string) bool {
