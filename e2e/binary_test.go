@@ -854,10 +854,21 @@ func TestBinaryVersionHelp(t *testing.T) {
 		"agent": {"Usage:", "agent [flags]", "--relay", "--token", "--fingerprint", "--tunnel", "--config", "HOMEPORT_TOKEN", "REMOTE_PORT:HOST:PORT"},
 		"relay": {"Usage:", "relay [flags]", "--data-dir", "--listen", "--allow-ports", "--advertise", "--config", "HOMEPORT_LISTEN"},
 	}
+	// Numbers show as numbers: what each flag takes, and its default.
+	takes := map[string][]string{
+		"agent": {`--stream-window size .* \(default 16MiB\)`, `--dial-timeout duration .* \(default 5s\)`},
+		"relay": {`--max-agents int .* \(default 10\)`, `--auth-ban-after int .* \(default 5\)`, `--visitor-rate int .* \(default 60\)`,
+			`--udp-max-flows int .* \(default 1024\)`, `--stream-window size .* \(default 16MiB\)`, `--udp-flow-timeout duration .* \(default 1m0s\)`},
+	}
 	for program, says := range help {
 		code, stdout, stderr := binRun(t, 10*time.Second, program, "--help")
 		if code != 0 || !contains(stdout, says...) || stderr != "" {
 			t.Errorf("%s --help: status %d, stderr %q, stdout:\n%s\nwant it to mention %q", program, code, stderr, stdout, says)
+		}
+		for _, re := range takes[program] {
+			if !regexp.MustCompile(`(?m)^ +` + re + `$`).MatchString(stdout) {
+				t.Errorf("%s --help has no line matching %q:\n%s", program, re, stdout)
+			}
 		}
 	}
 }
