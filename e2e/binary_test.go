@@ -25,6 +25,7 @@ import (
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/internal/testenv"
 	"github.com/homeport/homeport/relay"
 )
 
@@ -181,7 +182,7 @@ func binStartWith(t *testing.T, name, program string, setup func(*exec.Cmd), arg
 		}
 		select {
 		case <-p.done:
-		case <-time.After(15 * time.Second):
+		case <-time.After(testenv.Deadline(15 * time.Second)):
 			t.Errorf("%s (pid %d) did not exit after SIGKILL", name, p.cmd.Process.Pid)
 		}
 		if strings.Contains(p.stderr.String(), "WARNING: DATA RACE") {
@@ -207,6 +208,7 @@ func (p *binProc) running() bool {
 // (-1 when a signal ended it).
 func (p *binProc) exitCode(d time.Duration) int {
 	p.t.Helper()
+	d = testenv.Deadline(d)
 	select {
 	case <-p.done:
 		return p.state.ExitCode()
@@ -226,6 +228,7 @@ func (p *binProc) signal(sig os.Signal) {
 // await polls cond for up to d; the process exiting first fails the test.
 func (p *binProc) await(d time.Duration, what string, cond func() bool) {
 	p.t.Helper()
+	d = testenv.Deadline(d)
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if !p.running() {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/homeport/homeport/agent"
 	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/internal/testenv"
 	"github.com/homeport/homeport/relay"
 	"github.com/homeport/homeport/tunnel"
 )
@@ -40,9 +41,10 @@ func (l *logBuf) String() string {
 	return l.b.String()
 }
 
-// waitFor polls cond every 10 ms for up to d.
+// waitFor polls cond every 10 ms for up to testenv.Deadline(d).
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
+	d = testenv.Deadline(d)
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
@@ -152,7 +154,7 @@ func (h *relayHandle) stop() {
 			h.t.Errorf("relay Serve: %v", err)
 		}
 		h.done <- nil // later stops return at once
-	case <-time.After(15 * time.Second):
+	case <-time.After(testenv.Deadline(15 * time.Second)):
 		h.t.Errorf("relay did not stop")
 	}
 }
@@ -211,7 +213,7 @@ func (h *agentHandle) stop() {
 	select {
 	case <-h.done:
 		h.done <- nil
-	case <-time.After(15 * time.Second):
+	case <-time.After(testenv.Deadline(15 * time.Second)):
 		h.t.Errorf("agent did not stop")
 	}
 }
@@ -240,6 +242,7 @@ func (h *agentHandle) waitSession(d time.Duration) agent.SessionInfo {
 
 func (h *agentHandle) waitAny(d time.Duration) agent.SessionInfo {
 	h.t.Helper()
+	d = testenv.Deadline(d)
 	select {
 	case si := <-h.sessions:
 		return si
@@ -332,7 +335,7 @@ func dial(t *testing.T, addr string) *net.TCPConn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.SetDeadline(time.Now().Add(60 * time.Second))
+	c.SetDeadline(time.Now().Add(testenv.Deadline(60 * time.Second)))
 	t.Cleanup(func() { c.Close() })
 	return c.(*net.TCPConn)
 }
@@ -344,7 +347,7 @@ func roundTrip(addr string, msg []byte) ([]byte, error) {
 		return nil, err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
+	c.SetDeadline(time.Now().Add(testenv.Deadline(20 * time.Second)))
 	errc := make(chan error, 1)
 	go func() {
 		_, err := c.Write(msg)
@@ -374,6 +377,7 @@ func expectEcho(t *testing.T, addr string) {
 // closed without data. It retries, since a port closes asynchronously.
 func expectClosed(t *testing.T, addr string, d time.Duration) {
 	t.Helper()
+	d = testenv.Deadline(d)
 	deadline := time.Now().Add(d)
 	for {
 		open, why := probe(addr, time.Until(deadline))

@@ -19,6 +19,7 @@ import (
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/internal/testenv"
 	"github.com/homeport/homeport/tunnel"
 )
 
@@ -420,7 +421,7 @@ func testUDPFlowExpiry(t *testing.T, tr string) {
 	if _, err := w.c.Write([]byte("talk to me")); err != nil {
 		t.Fatal(err)
 	}
-	w.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	w.c.SetReadDeadline(time.Now().Add(testenv.Deadline(10 * time.Second)))
 	for k := range 10 {
 		got, err := w.recv()
 		if err != nil || string(got) != "tick "+strconv.Itoa(k) {
