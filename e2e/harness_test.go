@@ -54,6 +54,12 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// parallel: a test marked t.Parallel runs only beside the other parallel
+// tests, after every other test of the package has ended, so that
+// leak.Check, which counts the whole process's goroutines, never sees
+// theirs. A parallel test makes no leak check of its own, sets no
+// environment and uses no address or port that another test may use.
+
 // transports are the agent transports every in-process end-to-end test
 // runs over; the relay serves both at once.
 var transports = []string{config.TransportTCP, config.TransportQUIC}

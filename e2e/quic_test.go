@@ -249,10 +249,7 @@ func (f *udpFwd) close() {
 // is never re-established.
 func TestQUICNATRebinding(t *testing.T) {
 	leak.Check(t)
-	size := int64(64 << 20)
-	if testing.Short() {
-		size = 16 << 20
-	}
+	size := int64(16 << 20)
 	const rebinds = 3 // after 1/4, 2/4 and 3/4 of the bytes came back
 
 	target := serve(t, echo)
