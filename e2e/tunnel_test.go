@@ -158,9 +158,15 @@ func testConcurrentVisitors(t *testing.T, tr string) {
 		n = 100
 	}
 	target := serve(t, echo)
-	r := startRelayOver(t, tr, nil)
+	// The burst puts 8 MB in the session ahead of a keepalive ping, more
+	// than a busy machine may carry within the tests' 2 s keepalive
+	// timeout: give the ping the time the data takes.
+	kaTimeout := testenv.Deadline(0)
+	r := startRelayOver(t, tr, func(c *config.Relay) { c.Session.KeepAliveTimeout = kaTimeout })
 	port := freePort(t)
-	a := startAgent(t, agentConfig(r, tcpTunnel("echo", port, target)))
+	cfg := agentConfig(r, tcpTunnel("echo", port, target))
+	cfg.Session.KeepAliveTimeout = kaTimeout
+	a := startAgent(t, cfg)
 	a.waitSession(10 * time.Second)
 
 	var wg sync.WaitGroup
