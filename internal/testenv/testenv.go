@@ -25,16 +25,24 @@ const SlowdownVar = "HOMEPORT_TEST_SLOWDOWN"
 // A value that is not a number of at least 1 panics, naming the variable:
 // a test run must not go on with deadlines it was not given.
 var Slowdown = sync.OnceValue(func() float64 {
-	v, ok := os.LookupEnv(SlowdownVar)
-	if !ok || v == "" {
-		return 1
-	}
-	f, err := strconv.ParseFloat(v, 64)
-	if err != nil || f < 1 || f > 1000 {
-		panic(fmt.Sprintf("%s=%q: want a factor from 1 to 1000", SlowdownVar, v))
+	f, err := parseSlowdown(os.Getenv(SlowdownVar))
+	if err != nil {
+		panic(err)
 	}
 	return f
 })
+
+// parseSlowdown reads the value of HOMEPORT_TEST_SLOWDOWN; "" is 1.
+func parseSlowdown(v string) (float64, error) {
+	if v == "" {
+		return 1, nil
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || !(f >= 1 && f <= 1000) {
+		return 0, fmt.Errorf("%s=%q: want a factor from 1 to 1000", SlowdownVar, v)
+	}
+	return f, nil
+}
 
 // Scale returns d times Slowdown.
 func Scale(d time.Duration) time.Duration {
