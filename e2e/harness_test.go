@@ -337,7 +337,7 @@ func echo(c *net.TCPConn) {
 // dial connects to addr with a deadline for the whole exchange.
 func dial(t *testing.T, addr string) *net.TCPConn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	c, err := net.DialTimeout("tcp", addr, testenv.Deadline(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,12 +348,13 @@ func dial(t *testing.T, addr string) *net.TCPConn {
 
 // roundTrip sends msg, half-closes, and returns everything read back.
 func roundTrip(addr string, msg []byte) ([]byte, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	c, err := net.DialTimeout("tcp", addr, testenv.Deadline(5*time.Second))
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(testenv.Deadline(20 * time.Second)))
+	// Long enough for the last of 500 visitors at once (TestConcurrentVisitors).
+	c.SetDeadline(time.Now().Add(testenv.Deadline(time.Minute)))
 	errc := make(chan error, 1)
 	go func() {
 		_, err := c.Write(msg)
