@@ -314,6 +314,9 @@ func TestRelayErrors(t *testing.T) {
 		{name: "tokens max_tunnels text", file: "tokens:\n  - {name: a, secret: 0123456789abcdef, max_tunnels: many}\n", want: []string{`item 1 (a): max_tunnels: "many": want a whole number`}},
 		{name: "max_agents range", args: []string{"--max-agents", "0"}, want: []string{"flag --max-agents", "0 is out of range: want 1 to 65536"}},
 		{name: "max_tunnels env", env: map[string]string{"HOMEPORT_MAX_TUNNELS": "x"}, want: []string{"HOMEPORT_MAX_TUNNELS", `"x": want a whole number`}},
+		{name: "max_tunnels flag text", args: []string{"--max-tunnels", "many"}, want: []string{`flag --max-tunnels: "many": want a whole number`}},
+		{name: "window flag range", args: []string{"--stream-window", "1KiB"}, want: []string{"flag --stream-window: 1024 bytes is out of range"}},
+		{name: "window flag text", args: []string{"--stream-window", "big"}, want: []string{"flag --stream-window", `"big"`}},
 		{name: "port_reserve range", file: "port_reserve: 720h\n", want: []string{"port_reserve in", "out of range: want 0s to 168h0m0s"}},
 		{name: "two mistakes", args: []string{"--listen", "x", "--log-format", "xml"}, want: []string{"flag --listen", "flag --log-format"}},
 		{name: "debug addr public", file: "debug_addr: 0.0.0.0:6060\n", want: []string{"debug_addr in", "relay.yaml", "loopback only"}},
@@ -663,5 +666,27 @@ func TestFileValueForms(t *testing.T) {
 	_, err = LoadRelay(relayFlags(t, "--config", path))
 	if err == nil || !strings.Contains(err.Error(), "listen in "+path) || strings.Contains(err.Error(), "HOMEPORT_LISTEN") {
 		t.Errorf("empty variable over a bad file value: %v", err)
+	}
+}
+
+// TestFlagTypes: --help names what each flag takes, a number as a number
+// (int, size, duration), not as text: pflag shows a flag's Type there.
+func TestFlagTypes(t *testing.T) {
+	want := map[kind]string{kString: "string", kBool: "bool", kDuration: "duration", kSize: "size", kInt: "int", kPorts: "string", kList: "stringArray"}
+	for program, settings := range map[string][]setting{"relay": relaySettings(), "agent": agentSettings()} {
+		fs := pflag.NewFlagSet(program, pflag.ContinueOnError)
+		addFlags(fs, settings)
+		for _, s := range settings {
+			if s.flag == "" {
+				continue
+			}
+			f := fs.Lookup(s.flag)
+			if got := f.Value.Type(); got != want[s.kind] {
+				t.Errorf("%s --%s takes %s; --help says %q, want %q", program, s.flag, s.key, got, want[s.kind])
+			}
+			if f.DefValue != s.def && s.kind != kBool && s.kind != kDuration && s.kind != kList {
+				t.Errorf("%s --%s: default %q, want %q", program, s.flag, f.DefValue, s.def)
+			}
+		}
 	}
 }

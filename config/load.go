@@ -81,11 +81,24 @@ func addFlags(fs *pflag.FlagSet, settings []setting) {
 			fs.DurationP(s.flag, s.short, d, usage)
 		case kList:
 			fs.StringArrayP(s.flag, s.short, nil, usage)
+		case kInt:
+			fs.VarP(&textFlag{text: s.def, typ: "int"}, s.flag, s.short, usage)
+		case kSize:
+			fs.VarP(&textFlag{text: s.def, typ: "size"}, s.flag, s.short, usage)
 		default:
 			fs.StringP(s.flag, s.short, s.def, usage)
 		}
 	}
 }
+
+// textFlag is a flag whose text the loader reads and checks, as it does
+// the same setting's text from a file or the environment, so that every
+// source gives the same messages; typ is what --help shows it takes.
+type textFlag struct{ text, typ string }
+
+func (f *textFlag) String() string     { return f.text }
+func (f *textFlag) Set(s string) error { f.text = s; return nil }
+func (f *textFlag) Type() string       { return f.typ }
 
 // loader reads settings from defaults, a file and the environment through
 // viper, and from flags that were set, in that increasing precedence. Its

@@ -25,6 +25,7 @@ import (
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/internal/testenv"
 	"github.com/homeport/homeport/relay"
 )
 
@@ -181,7 +182,7 @@ func binStartWith(t *testing.T, name, program string, setup func(*exec.Cmd), arg
 		}
 		select {
 		case <-p.done:
-		case <-time.After(15 * time.Second):
+		case <-time.After(testenv.Deadline(15 * time.Second)):
 			t.Errorf("%s (pid %d) did not exit after SIGKILL", name, p.cmd.Process.Pid)
 		}
 		if strings.Contains(p.stderr.String(), "WARNING: DATA RACE") {
@@ -207,6 +208,7 @@ func (p *binProc) running() bool {
 // (-1 when a signal ended it).
 func (p *binProc) exitCode(d time.Duration) int {
 	p.t.Helper()
+	d = testenv.Deadline(d)
 	select {
 	case <-p.done:
 		return p.state.ExitCode()
@@ -226,6 +228,7 @@ func (p *binProc) signal(sig os.Signal) {
 // await polls cond for up to d; the process exiting first fails the test.
 func (p *binProc) await(d time.Duration, what string, cond func() bool) {
 	p.t.Helper()
+	d = testenv.Deadline(d)
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if !p.running() {
@@ -855,10 +858,21 @@ func TestBinaryVersionHelp(t *testing.T) {
 		"agent": {"Usage:", "agent [flags]", "--relay", "--token", "--fingerprint", "--tunnel", "--config", "HOMEPORT_TOKEN", "REMOTE_PORT:HOST:PORT"},
 		"relay": {"Usage:", "relay [flags]", "--data-dir", "--listen", "--allow-ports", "--advertise", "--config", "HOMEPORT_LISTEN"},
 	}
+	// Numbers show as numbers: what each flag takes, and its default.
+	takes := map[string][]string{
+		"agent": {`--stream-window size .* \(default 16MiB\)`, `--dial-timeout duration .* \(default 5s\)`},
+		"relay": {`--max-agents int .* \(default 10\)`, `--auth-ban-after int .* \(default 5\)`, `--visitor-rate int .* \(default 60\)`,
+			`--udp-max-flows int .* \(default 1024\)`, `--stream-window size .* \(default 16MiB\)`, `--udp-flow-timeout duration .* \(default 1m0s\)`},
+	}
 	for program, says := range help {
 		code, stdout, stderr := binRun(t, 10*time.Second, program, "--help")
 		if code != 0 || !contains(stdout, says...) || stderr != "" {
 			t.Errorf("%s --help: status %d, stderr %q, stdout:\n%s\nwant it to mention %q", program, code, stderr, stdout, says)
+		}
+		for _, re := range takes[program] {
+			if !regexp.MustCompile(`(?m)^ +` + re + `$`).MatchString(stdout) {
+				t.Errorf("%s --help has no line matching %q:\n%s", program, re, stdout)
+			}
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/internal/testenv"
 )
 
 // readUntilEnd reads c until it ends, for up to d, and returns the bytes
@@ -82,7 +83,7 @@ func TestBinaryAgentCrashResetsTarget(t *testing.T) {
 	case <-got:
 	case err := <-ended:
 		t.Fatalf("upload before the crash: %v", err)
-	case <-time.After(15 * time.Second):
+	case <-time.After(testenv.Deadline(15 * time.Second)):
 		t.Fatal("no upload reached the target within 15 s")
 	}
 	if err := a.cmd.Process.Kill(); err != nil {
@@ -93,7 +94,7 @@ func TestBinaryAgentCrashResetsTarget(t *testing.T) {
 		if !errors.Is(err, syscall.ECONNRESET) {
 			t.Fatalf("after the agent died, the target's upload ended with %v; want a reset (ECONNRESET)", err)
 		}
-	case <-time.After(45 * time.Second):
+	case <-time.After(testenv.Deadline(45 * time.Second)):
 		t.Fatal("the target's upload did not end within 45 s of the agent's death")
 	}
 	c.Close()

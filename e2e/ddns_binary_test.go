@@ -16,6 +16,7 @@ import (
 // ignored, the relay source left out), the state printed, and the exit
 // status telling whether every record is in sync.
 func TestBinaryDDNSOnce(t *testing.T) {
+	t.Parallel() // see parallel in harness_test.go
 	f := newDDNSFake(t)
 	echoSource(t) // skips without sh
 	write := func(password string) string {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/internal/testenv"
 	"github.com/homeport/homeport/tunnel"
 )
 
@@ -87,7 +88,7 @@ func testGuardBanLetsTokenIn(t *testing.T, tr string) {
 		if !errors.Is(err, tunnel.ErrAuthFailed) || !contains(err.Error(), "this address is banned from logging in for", "a correct token still gets in") {
 			t.Errorf("agent with the wrong token from the banned address ended with %v; want the relay's words", err)
 		}
-	case <-time.After(20 * time.Second):
+	case <-time.After(testenv.Deadline(20 * time.Second)):
 		t.Fatal("agent with the wrong token from the banned address did not exit")
 	}
 
@@ -137,7 +138,7 @@ func guardQUICStall(t *testing.T, from, addr, fingerprint string, n int) (answer
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
-			c, err := qt.Dial(ctx, raddr, conf, &quic.Config{HandshakeIdleTimeout: time.Minute})
+			c, err := qt.Dial(ctx, raddr, conf, &quic.Config{HandshakeIdleTimeout: 3 * time.Minute})
 			if err == nil {
 				c.CloseWithError(0, "")
 			}
@@ -201,7 +202,7 @@ func TestGuardQUICPerAddress(t *testing.T) {
 	const all, flood, perIP = 256, 320, 16
 	target := serve(t, echo)
 	r := startRelayOver(t, config.TransportQUIC, func(c *config.Relay) {
-		c.HandshakeTimeout = 30 * time.Second
+		c.HandshakeTimeout = 2 * time.Minute // longer than the wait below
 		c.Guard = config.Guard{MaxHandshakes: all, MaxHandshakesPerIP: perIP}
 	})
 	port := freePort(t)
@@ -214,9 +215,10 @@ func TestGuardQUICPerAddress(t *testing.T) {
 	answered, stop := guardQUICStall(t, "127.0.0.50", r.addr, r.id.Fingerprint, flood)
 	defer stop()
 	// The relay answers some of them only when they send their Initial
-	// again (it drops what it cannot answer at once); once it has
-	// answered more than it may hold, it holds all it will.
-	waitFor(t, 30*time.Second, "the relay to answer the stalled handshakes", func() bool { return answered() >= all+(flood-all)/2 })
+	// again (it drops what it cannot answer at once), and a client waits
+	// longer each time before it sends again; once it has answered more
+	// than it may hold, it holds all it will.
+	waitFor(t, time.Minute, "the relay to answer the stalled handshakes", func() bool { return answered() >= all+(flood-all)/2 })
 	nAnswered := answered()
 	t.Logf("%d of %d stalled QUIC handshakes from 127.0.0.50 answered after %v", nAnswered, flood, time.Since(start).Round(time.Millisecond))
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/homeport/homeport/agent"
 	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/internal/testenv"
 	"github.com/homeport/homeport/relay"
 	"github.com/homeport/homeport/tunnel"
 )
@@ -40,9 +41,10 @@ func (l *logBuf) String() string {
 	return l.b.String()
 }
 
-// waitFor polls cond every 10 ms for up to d.
+// waitFor polls cond every 10 ms for up to testenv.Deadline(d).
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
+	d = testenv.Deadline(d)
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
@@ -51,6 +53,12 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// parallel: a test marked t.Parallel runs only beside the other parallel
+// tests, after every other test of the package has ended, so that
+// leak.Check, which counts the whole process's goroutines, never sees
+// theirs. A parallel test makes no leak check of its own, sets no
+// environment and uses no address or port that another test may use.
 
 // transports are the agent transports every in-process end-to-end test
 // runs over; the relay serves both at once.
@@ -152,7 +160,7 @@ func (h *relayHandle) stop() {
 			h.t.Errorf("relay Serve: %v", err)
 		}
 		h.done <- nil // later stops return at once
-	case <-time.After(15 * time.Second):
+	case <-time.After(testenv.Deadline(15 * time.Second)):
 		h.t.Errorf("relay did not stop")
 	}
 }
@@ -211,7 +219,7 @@ func (h *agentHandle) stop() {
 	select {
 	case <-h.done:
 		h.done <- nil
-	case <-time.After(15 * time.Second):
+	case <-time.After(testenv.Deadline(15 * time.Second)):
 		h.t.Errorf("agent did not stop")
 	}
 }
@@ -240,6 +248,7 @@ func (h *agentHandle) waitSession(d time.Duration) agent.SessionInfo {
 
 func (h *agentHandle) waitAny(d time.Duration) agent.SessionInfo {
 	h.t.Helper()
+	d = testenv.Deadline(d)
 	select {
 	case si := <-h.sessions:
 		return si
@@ -328,23 +337,24 @@ func echo(c *net.TCPConn) {
 // dial connects to addr with a deadline for the whole exchange.
 func dial(t *testing.T, addr string) *net.TCPConn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	c, err := net.DialTimeout("tcp", addr, testenv.Deadline(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.SetDeadline(time.Now().Add(60 * time.Second))
+	c.SetDeadline(time.Now().Add(testenv.Deadline(60 * time.Second)))
 	t.Cleanup(func() { c.Close() })
 	return c.(*net.TCPConn)
 }
 
 // roundTrip sends msg, half-closes, and returns everything read back.
 func roundTrip(addr string, msg []byte) ([]byte, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	c, err := net.DialTimeout("tcp", addr, testenv.Deadline(5*time.Second))
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
+	// Long enough for the last of 500 visitors at once (TestConcurrentVisitors).
+	c.SetDeadline(time.Now().Add(testenv.Deadline(time.Minute)))
 	errc := make(chan error, 1)
 	go func() {
 		_, err := c.Write(msg)
@@ -374,6 +384,7 @@ func expectEcho(t *testing.T, addr string) {
 // closed without data. It retries, since a port closes asynchronously.
 func expectClosed(t *testing.T, addr string, d time.Duration) {
 	t.Helper()
+	d = testenv.Deadline(d)
 	deadline := time.Now().Add(d)
 	for {
 		open, why := probe(addr, time.Until(deadline))

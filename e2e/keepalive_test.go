@@ -11,6 +11,7 @@ import (
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/internal/testenv"
 )
 
 // freezeProxy forwards TCP connections to a target. Frozen, it stops
@@ -251,7 +252,7 @@ func TestKeepaliveDeadPeer(t *testing.T) {
 	})
 	t.Logf("agent noticed %v after the network died", time.Since(frozen).Round(time.Millisecond))
 	// Both ends of the visitor's conversation are let go.
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c.SetReadDeadline(time.Now().Add(testenv.Deadline(5 * time.Second)))
 	if _, err := c.Read(buf); errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatal("visitor connection of the dead session still open")
 	}

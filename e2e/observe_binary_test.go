@@ -26,6 +26,7 @@ import (
 // the real relay agree with what the test did: one agent, one visitor
 // connected, and the bytes of a finished one, counted exactly.
 func TestBinaryStatusAndMetrics(t *testing.T) {
+	t.Parallel() // see parallel in harness_test.go
 	dir := t.TempDir()
 	metricsAddr := publicAddr(freePort(t))
 	r, banner := binStartRelay(t, dir, freePort(t), "--metrics-addr", metricsAddr)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/internal/testenv"
 )
 
 // udpFwdPoll bounds every blocking read of the forwarder, so that its
@@ -248,10 +249,7 @@ func (f *udpFwd) close() {
 // is never re-established.
 func TestQUICNATRebinding(t *testing.T) {
 	leak.Check(t)
-	size := int64(64 << 20)
-	if testing.Short() {
-		size = 16 << 20
-	}
+	size := int64(16 << 20)
 	const rebinds = 3 // after 1/4, 2/4 and 3/4 of the bytes came back
 
 	target := serve(t, echo)
@@ -516,7 +514,7 @@ func testQUICRelayRestartReset(t *testing.T, pad bool) {
 		if si.Transport != config.TransportQUIC {
 			t.Errorf("new session over %s, want quic", si.Transport)
 		}
-	case <-time.After(idleTimeout + 10*time.Second):
+	case <-time.After(testenv.Deadline(idleTimeout + 10*time.Second)):
 		t.Fatalf("agent did not reconnect within %v of the restart\nagent log:\n%s", idleTimeout+10*time.Second, a.logs)
 	}
 	took := back.Sub(restarted)

@@ -16,11 +16,12 @@ import (
 )
 
 // TestBinaryRelayReload: the real relay reloads its file when it changes:
-// a 64 MiB transfer of an untouched agent goes on whole, the removed
+// a 16 MiB transfer of an untouched agent goes on whole, the removed
 // token's agent is cut and told why. A broken file (then SIGHUP) changes
 // nothing: the log names each mistake, the status shows the refusal, the
 // tunnels serve on, and `relay reload` says why in one line.
 func TestBinaryRelayReload(t *testing.T) {
+	t.Parallel() // see parallel in harness_test.go
 	dir := t.TempDir()
 	file := filepath.Join(dir, "relay.yaml")
 	const (
@@ -56,13 +57,14 @@ func TestBinaryRelayReload(t *testing.T) {
 	binAwaitTunnels(a, 1, 30*time.Second)
 	binAwaitTunnels(b, 1, 30*time.Second)
 
-	x := startTransfer(t, publicAddr(pa), 64<<20)
-	x.waitBack(t, 32<<20)
+	size := transferSize()
+	x := startTransfer(t, publicAddr(pa), size)
+	x.waitBack(t, size/2)
 	write(tokenYAML(alice) + "visitors:\n  rate: 1000\n")
 	r.await(30*time.Second, "the relay to reload its file", func() bool {
 		return r.count(`msg="configuration reloaded"`) == 1
 	})
-	x.wait(t) // 64 MiB across the reload, intact
+	x.wait(t) // across the reload, intact
 	if !strings.Contains(r.stderr.String(), `changed="token \"bob\" removed; agent_port and visitors limits changed"`) {
 		t.Errorf("the reload's log line does not say what changed:\n%s", r.stderr.String())
 	}

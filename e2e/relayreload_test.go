@@ -11,7 +11,7 @@ import (
 )
 
 // TestRelayReload: a reload that adds a token, removes another and changes
-// the visitor limits leaves a 64 MiB transfer of an untouched agent whole,
+// the visitor limits leaves a 16 MiB transfer of an untouched agent whole,
 // without a reconnect; ends the removed token's agent at once; lets the
 // new token's agent in. A broken configuration changes nothing.
 func TestRelayReload(t *testing.T) { forEachTransport(t, testRelayReload) }

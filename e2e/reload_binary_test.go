@@ -16,12 +16,13 @@ import (
 )
 
 // TestBinaryAgentReload: the real agent reloads its configuration file
-// when it changes, and on SIGHUP. A tunnel added while 64 MiB go through
+// when it changes, and on SIGHUP. A tunnel added while 16 MiB go through
 // another arrives without disturbing the transfer (the agent connects
 // once); a broken file is refused with its mistakes named in the log and
 // in `agent status`, and the running tunnels go on; `agent reload` says
 // what happened in one line, and exits with 1 on a refusal.
 func TestBinaryAgentReload(t *testing.T) {
+	t.Parallel() // see parallel in harness_test.go
 	_, banner := binStartRelay(t, t.TempDir(), freePort(t))
 	target := serve(t, echo)
 	bulk, web := freePort(t), freePort(t)

@@ -8,37 +8,48 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/internal/testenv"
 	"github.com/homeport/homeport/tunnel"
 )
 
-// TestStalledVisitors: 80 visitors that start a download and then read
+// TestStalledVisitors: 40 visitors that start a download and then read
 // nothing, without closing, do not stop a new visitor's download. Over
 // QUIC they would: what their streams hold at the relay counts against
-// the session's connection window (16 MiB here) until read. The relay
-// resets the longest stalled of them, and says why, until the rest may
-// hold at most half of it; over TCP nothing needs a reset.
+// the session's connection window (4 MiB here; 40 initial stream windows
+// are 10 MiB) until read. The relay resets the longest stalled of them,
+// and says why, until the rest may hold at most half of it; over TCP
+// nothing needs a reset.
 func TestStalledVisitors(t *testing.T) { forEachTransport(t, testStalledVisitors) }
 
 func testStalledVisitors(t *testing.T, tr string) {
 	leak.Check(t)
 	chunk := make([]byte, 1<<20)
 	rand.NewChaCha8([32]byte{7}).Read(chunk)
-	target := serve(t, func(c *net.TCPConn) { // 64 MiB to every visitor
+	// The target sends 64 MiB to every visitor, and counts what it sent.
+	var sent atomic.Int64
+	target := serve(t, func(c *net.TCPConn) {
 		for range 64 {
-			if _, err := c.Write(chunk); err != nil {
-				return
+			for p := range slices.Chunk(chunk, 64<<10) {
+				if _, err := c.Write(p); err != nil {
+					return
+				}
+				sent.Add(int64(len(p)))
 			}
 		}
 	})
-	r := startRelayOver(t, tr, nil) // stream window 4 MiB: connection window 16 MiB
+	r := startRelayOver(t, tr, func(c *config.Relay) {
+		c.Session.StreamWindow = 1 << 20 // connection window 4 MiB
+	})
 	port := freePort(t)
 	a := startAgent(t, agentConfig(r, tcpTunnel("files", port, target)))
 	a.waitSession(10 * time.Second)
@@ -50,7 +61,7 @@ func testStalledVisitors(t *testing.T, tr string) {
 		_ = rc.Control(func(fd uintptr) { err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
 		return err
 	}}
-	const stalled = 80
+	const stalled = 40
 	conns := make([]net.Conn, stalled)
 	for i := range conns {
 		c, err := d.Dial("tcp", publicAddr(port))
@@ -60,10 +71,31 @@ func testStalledVisitors(t *testing.T, tr string) {
 		t.Cleanup(func() { c.Close() })
 		conns[i] = c
 	}
-	time.Sleep(500 * time.Millisecond) // their streams fill
+	// Their paths fill: over QUIC until the relay resets the first of
+	// them; over TCP until the target can send them no more.
+	waitFor(t, 30*time.Second, "the relay to take in every visitor", func() bool {
+		ts := r.srv.Status().Tunnels
+		return len(ts) == 1 && ts[0].Accepted == stalled
+	})
+	if tr == config.TransportQUIC {
+		waitFor(t, time.Minute, "the relay to reset a stalled visitor", func() bool {
+			return strings.Contains(r.logs.String(), tunnel.ErrStalled.Error())
+		})
+	} else {
+		last, still := int64(-1), 0
+		waitFor(t, time.Minute, "the stalled visitors' paths to fill", func() bool {
+			n := sent.Load()
+			if n != last {
+				last, still = n, 0
+				return false
+			}
+			still++
+			return n > 0 && still >= 100 // 1 s without a byte sent
+		})
+	}
 
 	c := dial(t, publicAddr(port))
-	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	c.SetReadDeadline(time.Now().Add(testenv.Deadline(30 * time.Second)))
 	got := make([]byte, 4<<20)
 	if n, err := io.ReadFull(c, got); err != nil {
 		t.Fatalf("a new visitor beside %d stalled ones got %d of 4 MiB: %v", stalled, n, err)
@@ -94,7 +126,7 @@ func testStalledVisitors(t *testing.T, tr string) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			c.SetReadDeadline(time.Now().Add(testenv.Scale(2 * time.Second)))
 			_, err := io.Copy(io.Discard, c)
 			if errors.Is(err, syscall.ECONNRESET) {
 				mu.Lock()

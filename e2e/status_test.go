@@ -17,7 +17,10 @@ import (
 // TestRelayStatus: the relay's status names the agent and its tunnels, and
 // counts visitors, bytes and refusals as the test makes them, over both
 // transports.
-func TestRelayStatus(t *testing.T) { forEachTransport(t, testRelayStatus) }
+func TestRelayStatus(t *testing.T) {
+	t.Parallel() // see parallel in harness_test.go
+	forEachTransport(t, testRelayStatus)
+}
 
 func testRelayStatus(t *testing.T, tr string) {
 	r := startRelayOver(t, tr, nil)

@@ -17,6 +17,7 @@ import (
 // TestRelayStatusBans: the status lists the addresses banned now, on the
 // agent port and from a tunnel, until when.
 func TestRelayStatusBans(t *testing.T) {
+	t.Parallel() // see parallel in harness_test.go
 	guardNeedSources(t)
 	const intruder = "127.0.0.9"
 	r := startRelay(t, func(c *config.Relay) {

@@ -17,6 +17,7 @@ import (
 	"github.com/homeport/homeport/agent"
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/internal/testenv"
 	"github.com/homeport/homeport/tunnel"
 )
 
@@ -134,12 +135,12 @@ func testResetCarried(t *testing.T, tr string) {
 		if !errors.Is(err, syscall.ECONNRESET) {
 			t.Fatalf("target read %v after the visitor's reset, want ECONNRESET", err)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(testenv.Deadline(10 * time.Second)):
 		t.Fatal("target still reading 10 s after the visitor's reset")
 	}
 
 	c = dial(t, publicAddr(p2))
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	c.SetReadDeadline(time.Now().Add(testenv.Deadline(10 * time.Second)))
 	got, err := io.ReadAll(c)
 	if string(got) != "partial" || !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("visitor read %q, %v after the target's reset; want \"partial\", ECONNRESET", got, err)
@@ -157,9 +158,15 @@ func testConcurrentVisitors(t *testing.T, tr string) {
 		n = 100
 	}
 	target := serve(t, echo)
-	r := startRelayOver(t, tr, nil)
+	// The burst puts 8 MB in the session ahead of a keepalive ping, more
+	// than a busy machine may carry within the tests' 2 s keepalive
+	// timeout: give the ping the time the data takes.
+	kaTimeout := testenv.Deadline(0)
+	r := startRelayOver(t, tr, func(c *config.Relay) { c.Session.KeepAliveTimeout = kaTimeout })
 	port := freePort(t)
-	a := startAgent(t, agentConfig(r, tcpTunnel("echo", port, target)))
+	cfg := agentConfig(r, tcpTunnel("echo", port, target))
+	cfg.Session.KeepAliveTimeout = kaTimeout
+	a := startAgent(t, cfg)
 	a.waitSession(10 * time.Second)
 
 	var wg sync.WaitGroup
@@ -247,7 +254,7 @@ func testBadCredentials(t *testing.T, tr string) {
 				if !errors.Is(err, agent.ErrRejected) || !errors.Is(err, tt.is) || !contains(err.Error(), tt.says) {
 					t.Fatalf("agent: %v; want %v saying %q", err, tt.is, tt.says)
 				}
-			case <-time.After(10 * time.Second):
+			case <-time.After(testenv.Deadline(10 * time.Second)):
 				t.Fatal("agent kept running")
 			}
 		})
@@ -434,7 +441,7 @@ func testSilentPeer(t *testing.T, tr string) {
 	a.waitSession(5 * time.Second)
 	expectEcho(t, publicAddr(port))
 	for _, c := range silent {
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		c.SetReadDeadline(time.Now().Add(testenv.Deadline(5 * time.Second)))
 		if _, err := io.ReadAll(c); err != nil {
 			t.Fatalf("silent peer not dropped by the deadline: %v", err)
 		}
@@ -570,7 +577,7 @@ func testAgentGracefulShutdown(t *testing.T, tr string) {
 	select {
 	case err := <-a.done:
 		a.done <- err
-	case <-time.After(3 * time.Second):
+	case <-time.After(testenv.Deadline(3 * time.Second)):
 		t.Fatal("agent did not exit after its last connection ended")
 	}
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/internal/testenv"
 	"github.com/homeport/homeport/tunnel"
 )
 
@@ -335,7 +336,9 @@ func TestUDPFlowExpiry(t *testing.T) { forEachTransport(t, testUDPFlowExpiry) }
 
 func testUDPFlowExpiry(t *testing.T, tr string) {
 	leak.Check(t)
-	const timeout = 300 * time.Millisecond
+	// Ten times the gap between the datagrams of a flow that lasts, so
+	// that a busy machine's delays do not end it (300 ms did).
+	timeout := testenv.Scale(time.Second)
 	target := udpEcho(t, "127.0.0.1:0")
 	// The talker answers any datagram with 10 of its own, 100 ms apart.
 	talker := udpServe(t, "127.0.0.1:0", func(pc *net.UDPConn, from netip.AddrPort, p []byte) {
@@ -420,7 +423,7 @@ func testUDPFlowExpiry(t *testing.T, tr string) {
 	if _, err := w.c.Write([]byte("talk to me")); err != nil {
 		t.Fatal(err)
 	}
-	w.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	w.c.SetReadDeadline(time.Now().Add(testenv.Deadline(10 * time.Second)))
 	for k := range 10 {
 		got, err := w.recv()
 		if err != nil || string(got) != "tick "+strconv.Itoa(k) {
@@ -445,7 +448,8 @@ func TestUDPFlowCap(t *testing.T) { forEachTransport(t, testUDPFlowCap) }
 
 func testUDPFlowCap(t *testing.T, tr string) {
 	leak.Check(t)
-	const timeout = 1500 * time.Millisecond
+	// Longer than the checks below take on a busy machine (1.5 s was not).
+	timeout := testenv.Scale(4 * time.Second)
 	target := udpEcho(t, "127.0.0.1:0")
 	r := startRelayOver(t, tr, func(c *config.Relay) {
 		c.UDPMaxFlows = 3

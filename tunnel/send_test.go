@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/internal/testenv"
 )
 
 // blockedWrite starts a write to w, whose peer reads nothing, that waits
@@ -94,7 +95,7 @@ func TestOlderPeer(t *testing.T) {
 	defer old.Close()
 	defer client.Close()
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Deadline(30*time.Second))
 	defer cancel()
 	// A stream this end opens.
 	ours, err := client.OpenStream(ctx)
@@ -122,11 +123,15 @@ func TestOlderPeer(t *testing.T) {
 	carryBothWays(t, ours, theirs)
 }
 
-// carryBothWays sends 32 MiB each way at once between a stream of ours
-// and one of an older peer, and checks them.
+// carryBothWays sends 16 MiB each way at once between a stream of ours
+// and one of an older peer (four times its 4 MiB window), and checks
+// them.
 func carryBothWays(t *testing.T, ours Stream, theirs *yamux.Stream) {
 	t.Helper()
-	const size = 32 << 20
+	const size = 16 << 20
+	deadline := time.Now().Add(testenv.Deadline(time.Minute))
+	ours.SetDeadline(deadline)
+	theirs.SetDeadline(deadline)
 	send := func(w io.Writer, data []byte, closeWrite func() error) <-chan error {
 		done := make(chan error, 1)
 		go func() {

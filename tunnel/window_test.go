@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/internal/testenv"
 )
 
 // yamuxPair returns a yamux session pair over real TLS on loopback with
@@ -491,20 +492,29 @@ func FuzzFrameReader(f *testing.F) {
 // there the stall guard resets such streams: see TestStallGuard.)
 func TestStalledStreamsSpareOthers(t *testing.T) {
 	leak.Check(t)
-	agent, relay := sessionPair(t, TCPTransport{})
+	// Windows of at most 4 MiB: the session's budget is 16 MiB, which
+	// half of the stalled streams' growth already uses up.
+	const window = 4 << 20
+	agent, relay, wins := yamuxPair(t, window)
+	// A long round trip lets each window grow at every grant while the
+	// budget allows (see recvWindows), however slowly this machine reads.
+	wins.rtt.Store(int64(time.Hour))
 	const stalled = 8
 	for range stalled {
 		w, r := openPair(t, agent, relay)
 		go func() { _, _ = w.Write(make([]byte, 64<<20)) }()
-		_ = r.SetReadDeadline(time.Now().Add(20 * time.Second))
-		if _, err := io.CopyN(io.Discard, r, 24<<20); err != nil {
+		_ = r.SetReadDeadline(time.Now().Add(testenv.Deadline(20 * time.Second)))
+		if _, err := io.CopyN(io.Discard, r, 2*window); err != nil {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(500 * time.Millisecond)
+	// The stalled streams hold the budget: no stream could grow now.
+	if charged, _ := wins.usage(); charged+window/2 <= wins.budget {
+		t.Fatalf("stalled streams took %d KiB of the session's budget; the test needs them to take it all", charged>>10)
+	}
 	w, r := openPair(t, agent, relay)
 	go func() { _, _ = w.Write(make([]byte, 1<<20)) }()
-	_ = r.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_ = r.SetReadDeadline(time.Now().Add(testenv.Deadline(10 * time.Second)))
 	if n, err := io.CopyN(io.Discard, r, 1<<20); err != nil {
 		t.Fatalf("a new stream beside %d stalled ones got %d of 1 MiB: %v", stalled, n, err)
 	}
