@@ -30,6 +30,7 @@ import (
 var (
 	longRun  = flag.Bool("netlab.long", false, "run the long variants: the uplink outage lasts 30 s instead of 10 s")
 	showLogs = flag.Bool("netlab.logs", false, "print the relay's, agent's and servers' output even when a test passes")
+	binDir   = flag.String("netlab.bin", "", "run the relay and agent in this directory instead of building them from this tree")
 )
 
 // The lab's addresses. The home LAN is private; everything else uses the
@@ -217,6 +218,7 @@ var debianPackage = map[string]string{
 	"ssh": "openssh-client", "scp": "openssh-client", "ssh-keygen": "openssh-client",
 	"ping": "iputils-ping", "iperf3": "iperf3", "go": "golang (or Go from go.dev)",
 	"ss": "iproute2", "dnsmasq": "dnsmasq-base", "dig": "bind9-dnsutils", "bash": "bash",
+	"stress-ng": "stress-ng",
 }
 
 // need skips the test unless the commands are installed.
@@ -233,6 +235,9 @@ func need(t *testing.T, commands ...string) {
 // without the race detector: the lab measures throughput.
 func binPath(t *testing.T, name string) string {
 	t.Helper()
+	if *binDir != "" {
+		return filepath.Join(*binDir, name)
+	}
 	buildOnce.Do(func() {
 		gocmd, err := exec.LookPath("go")
 		if err != nil {
