@@ -124,16 +124,11 @@ func TestBinaryPrivate(t *testing.T) {
 	// Revoked by a reload while a transfer runs: the transfer is cut.
 	c = dial(t, listen)
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
-	stop := make(chan struct{})
-	defer close(stop)
+	writerDone := make(chan struct{})
 	go func() {
+		defer close(writerDone)
 		chunk := make([]byte, 32<<10)
 		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
 			if _, err := c.Write(chunk); err != nil {
 				return
 			}
@@ -142,6 +137,11 @@ func TestBinaryPrivate(t *testing.T) {
 	if _, err := io.ReadFull(c, make([]byte, 4<<20)); err != nil {
 		t.Fatalf("the transfer before the reload: %v", err)
 	}
+	// The writer stops (its data still in flight comes back), so that
+	// the reader alone meets the cut: the kernel tells a reset to the
+	// first of them that asks, and the other then sees an end.
+	c.SetWriteDeadline(time.Now())
+	<-writerDone
 	writeRelayConfig(false)
 	reloaded := time.Now()
 	r.signal(syscall.SIGHUP)

@@ -100,7 +100,10 @@ func (rx *streamRx) waitLocked() error {
 		case rx.fin:
 			return io.EOF
 		case isClosed(rx.done):
-			return io.EOF
+			// The session ended before the peer's end of stream: the
+			// stream was cut, which is not an end of its data (as over
+			// QUIC, whose streams then read the connection's error).
+			return ErrStreamCut
 		}
 		var expire <-chan time.Time
 		if !rx.deadline.IsZero() {

@@ -33,7 +33,7 @@ func TestStreamRx(t *testing.T) {
 		check func(error) bool
 	}{
 		{"FIN", func(rx *streamRx, _ chan struct{}) { rx.peerFlags(yamuxFlagFIN) }, true, io.EOF, nil},
-		{"session end", func(_ *streamRx, s chan struct{}) { close(s) }, true, io.EOF, nil},
+		{"session end", func(_ *streamRx, s chan struct{}) { close(s) }, true, ErrStreamCut, nil}, // a cut, not an end of data
 		{"peer reset", func(rx *streamRx, _ chan struct{}) { rx.peerFlags(yamuxFlagRST) }, false, yamux.ErrConnectionReset, nil},
 		{"closed here", func(rx *streamRx, _ chan struct{}) { rx.close() }, false, yamux.ErrStreamClosed, nil},
 		{"deadline", func(rx *streamRx, _ chan struct{}) { rx.setDeadline(time.Now().Add(50 * time.Millisecond)) }, true, nil,
