@@ -76,6 +76,9 @@ type direction struct {
 	linkFree time.Time // the reader's: when the rate-limited link is free again
 
 	sent, overflow, queueDrops, writeErrs, readErrs atomic.Int64
+	// maxWait is the longest a packet has waited in the router's queue
+	// for the rate-limited link, in nanoseconds.
+	maxWait atomic.Int64
 }
 
 type packet struct {
@@ -167,6 +170,9 @@ func (d *delayLink) read(ctx context.Context, dir *direction) {
 				dir.queueDrops.Add(1) // the router's queue is full
 				continue
 			}
+			if w := int64(start.Sub(now)); w > dir.maxWait.Load() {
+				dir.maxWait.Store(w) // the reader alone stores it
+			}
 			dir.linkFree = start.Add(time.Duration(int64(n) * int64(time.Second) / d.cfg.rate))
 			due = dir.linkFree
 		}
@@ -229,6 +235,13 @@ func (d *delayLink) stats() string {
 			dir.name, dir.sent.Load(), dir.queueDrops.Load(), dir.overflow.Load(), dir.writeErrs.Load(), dir.readErrs.Load()))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// maxQueueDelay is the longest a packet has waited in the queue of the
+// rate-limited link going home → internet (i == 0) or internet → home
+// (i == 1).
+func (d *delayLink) maxQueueDelay(i int) time.Duration {
+	return time.Duration(d.dirs[i].maxWait.Load())
 }
 
 // stop stops the copiers, closes both ends (which removes the TUN

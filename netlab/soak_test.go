@@ -75,21 +75,7 @@ func TestLongTransfersUnderLoad(t *testing.T) {
 			t.Fatalf("a soak of %v needs %v more than the test's deadline leaves (%v): pass a longer -timeout",
 				budget, soakXferMax+time.Minute, time.Until(dl).Round(time.Second))
 		}
-		// TCP's congestion control, for the agent's link to the relay and
-		// for the applications: a loss-based one, whose rate on a lossy
-		// path is bound by the loss (BBR's is not), as CUBIC, the
-		// default of most systems. A namespace may choose only among
-		// the allowed ones: CUBIC, else Reno, else the system's default.
-		cc := strings.TrimSpace(l.must(5*time.Second, "home", "sysctl", "-n", "net.ipv4.tcp_congestion_control"))
-		allowed := strings.Fields(l.must(5*time.Second, "home", "sysctl", "-n", "net.ipv4.tcp_allowed_congestion_control"))
-		if i := slices.IndexFunc([]string{"cubic", "reno"}, func(c string) bool { return slices.Contains(allowed, c) }); i >= 0 {
-			cc = []string{"cubic", "reno"}[i]
-			for _, role := range []string{"home", "vps", "user"} {
-				l.must(5*time.Second, role, "sysctl", "-qw", "net.ipv4.tcp_congestion_control="+cc)
-			}
-		} else {
-			t.Logf("neither CUBIC nor Reno may be chosen in a namespace here (allowed: %s): TCP uses %s", strings.Join(allowed, " "), cc)
-		}
+		cc := l.lossBasedCC()
 		www := wwwDir(t)
 		httpSrc, httpSum := l.prefixFile(filepath.Join(www, "big.bin"), soakSize)
 		sshSrc, sshSum := l.prefixFile(filepath.Join(www, "ssh.bin"), soakSize)
@@ -195,6 +181,28 @@ func TestLongTransfersUnderLoad(t *testing.T) {
 			t.Errorf("stress-ng ended before the soak did (%v): the host was not busy throughout", hog.err)
 		}
 	})
+}
+
+// lossBasedCC sets TCP's congestion control in home, vps and user, for
+// the agent's link to the relay and for the applications, to a
+// loss-based one, CUBIC (the default of most systems) or else Reno:
+// its rate on a lossy path is bound by the loss (BBR's is not), and it
+// fills a router's buffer until the buffer drops (BBR keeps the queue
+// short). A namespace may choose only among the allowed ones; where
+// neither is, TCP keeps the system's default. It returns the one in use.
+func (l *lab) lossBasedCC() string {
+	l.t.Helper()
+	cc := strings.TrimSpace(l.must(5*time.Second, "home", "sysctl", "-n", "net.ipv4.tcp_congestion_control"))
+	allowed := strings.Fields(l.must(5*time.Second, "home", "sysctl", "-n", "net.ipv4.tcp_allowed_congestion_control"))
+	if i := slices.IndexFunc([]string{"cubic", "reno"}, func(c string) bool { return slices.Contains(allowed, c) }); i >= 0 {
+		cc = []string{"cubic", "reno"}[i]
+		for _, role := range []string{"home", "vps", "user"} {
+			l.must(5*time.Second, role, "sysctl", "-qw", "net.ipv4.tcp_congestion_control="+cc)
+		}
+	} else {
+		l.t.Logf("neither CUBIC nor Reno may be chosen in a namespace here (allowed: %s): TCP uses %s", strings.Join(allowed, " "), cc)
+	}
+	return cc
 }
 
 // soakUpload sends src (sha256 sum) from the remote user through the web
