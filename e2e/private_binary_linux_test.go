@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -41,18 +40,7 @@ func TestBinaryPrivate(t *testing.T) {
 		}
 	}
 	writeRelayConfig(true)
-	port := freePort(t)
-	r := binStart(t, "relay", "--config", cfgFile, "--data-dir", filepath.Join(dir, "data"),
-		"--listen", publicAddr(port), "--bind-addr", "127.0.0.1")
-	fpRE := regexp.MustCompile(`relay listening for agents.*fingerprint=(sha256:[0-9a-f]{64})`)
-	var fp string
-	r.await(15*time.Second, "the relay listening", func() bool {
-		m := fpRE.FindStringSubmatch(r.stderr.String())
-		if m != nil {
-			fp = m[1]
-		}
-		return m != nil
-	})
+	r, port, fp := binStartRelayConfig(t, cfgFile, filepath.Join(dir, "data"))
 	keyFile := filepath.Join(dir, "visitor.key")
 	if err := os.WriteFile(keyFile, []byte(laptopKey+"\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -36,18 +36,7 @@ visitor_keys:
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
-	r := binStart(t, "relay", "--config", cfgFile, "--data-dir", filepath.Join(dir, "data"),
-		"--listen", publicAddr(port), "--bind-addr", "127.0.0.1")
-	fpRE := regexp.MustCompile(`relay listening for agents.*fingerprint=(sha256:[0-9a-f]{64})`)
-	var fp string
-	r.await(15*time.Second, "the relay listening", func() bool {
-		m := fpRE.FindStringSubmatch(r.stderr.String())
-		if m != nil {
-			fp = m[1]
-		}
-		return m != nil
-	})
+	r, port, fp := binStartRelayConfig(t, cfgFile, filepath.Join(dir, "data"))
 	target := serve(t, echo)
 	home := binStart(t, "agent", "--relay", publicAddr(port), "--token", testToken, "--fingerprint", fp,
 		"--tunnel", "rdp=private:"+target, "--access-log")
@@ -105,4 +94,22 @@ visitor_keys:
 	home.exitCode(15 * time.Second)
 	r.signal(syscall.SIGTERM)
 	r.exitCode(15 * time.Second)
+}
+
+// binStartRelayConfig starts the real relay with the configuration file
+// cfgFile on a free loopback port, and returns it, its port and the
+// fingerprint it logs once it listens.
+func binStartRelayConfig(t *testing.T, cfgFile, dataDir string) (r *binProc, port uint16, fp string) {
+	t.Helper()
+	port = freePort(t)
+	r = binStart(t, "relay", "--config", cfgFile, "--data-dir", dataDir, "--listen", publicAddr(port), "--bind-addr", "127.0.0.1")
+	fpRE := regexp.MustCompile(`relay listening for agents.*fingerprint=(sha256:[0-9a-f]{64})`)
+	r.await(15*time.Second, "the relay listening", func() bool {
+		m := fpRE.FindStringSubmatch(r.stderr.String())
+		if m != nil {
+			fp = m[1]
+		}
+		return m != nil
+	})
+	return r, port, fp
 }
