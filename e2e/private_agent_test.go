@@ -40,7 +40,9 @@ type wireRelay struct {
 	all  []tunnel.Session
 }
 
-func startWireRelay(t *testing.T, tr string, features tunnel.Features) *wireRelay {
+// relayCert returns a newly generated relay certificate and its
+// fingerprint, for relays that tests play themselves.
+func relayCert(t *testing.T) (tls.Certificate, string) {
 	t.Helper()
 	certPEM, keyPEM, err := tunnel.GenerateCertificate()
 	if err != nil {
@@ -54,6 +56,12 @@ func startWireRelay(t *testing.T, tr string, features tunnel.Features) *wireRela
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cert, fp
+}
+
+func startWireRelay(t *testing.T, tr string, features tunnel.Features) *wireRelay {
+	t.Helper()
+	cert, fp := relayCert(t)
 	ln, err := transportFor(tr).Listen("127.0.0.1:0", tunnel.ServerTLSConfig(cert))
 	if err != nil {
 		t.Fatal(err)

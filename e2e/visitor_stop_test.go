@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/tls"
 	"testing"
 	"time"
 
@@ -16,18 +15,7 @@ import (
 // login's deadline (handshake_timeout, a minute here) runs out.
 func TestVisitorStopsDuringLogin(t *testing.T) {
 	leak.Check(t)
-	certPEM, keyPEM, err := tunnel.GenerateCertificate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fp, err := tunnel.CertificateFingerprint(cert)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert, fp := relayCert(t)
 	ln, err := tunnel.TCPTransport{}.Listen("127.0.0.1:0", tunnel.ServerTLSConfig(cert))
 	if err != nil {
 		t.Fatal(err)
