@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/homeport/homeport/config"
-	"github.com/homeport/homeport/internal/ddnsrun"
+	"github.com/homeport/homeport/ddns"
 	"github.com/homeport/homeport/internal/relaydial"
 	"github.com/homeport/homeport/tunnel"
 )
@@ -53,7 +53,8 @@ type Agent struct {
 	// ddns runs the dynamic DNS updater (none: off); relayAddr feeds its
 	// relay source with the address the relay sees this agent at.
 	ddns      ddnsRunner
-	relayAddr *ddnsrun.RelayAddr
+	relayAddr *ddns.RelayAddr
+	newDDNS   DDNSBuilder // nil: a ddns section is refused
 	version   string
 
 	// OnSession, when set, is called after every successful registration
@@ -91,13 +92,16 @@ const (
 
 // New checks cfg and returns an agent. version is reported to the relay.
 // An error names every mistake found.
-func New(cfg config.Agent, version string, log *slog.Logger) (*Agent, error) {
+func New(cfg config.Agent, version string, log *slog.Logger, opts ...Option) (*Agent, error) {
 	a := &Agent{
 		log:       log,
 		software:  Software + "/" + version,
 		version:   version,
 		renew:     make(chan struct{}, 1),
-		relayAddr: ddnsrun.NewRelayAddr(),
+		relayAddr: ddns.NewRelayAddr(),
+	}
+	for _, o := range opts {
+		o(a)
 	}
 	set, u, err := a.prepare(cfg, nil)
 	if err != nil {
@@ -645,3 +649,16 @@ func (a *Agent) dialer(set *settings) *relaydial.Dialer {
 	return &relaydial.Dialer{Relay: set.cfg.Relay, TLS: set.tls, TCP: set.tcp, QUIC: set.quic,
 		Transport: set.cfg.Transport, Policy: &a.policy, Log: a.log}
 }
+
+// Option gives New what the configuration does not say.
+type Option func(*Agent)
+
+// DDNSBuilder makes the dynamic DNS updater that a ddns section
+// describes; relay feeds its relay source. The program passes one that
+// knows the DNS providers (internal/ddnsbuild), so that the agent itself
+// knows none.
+type DDNSBuilder func(c *config.DDNS, relay *ddns.RelayAddr) (*ddns.Updater, error)
+
+// WithDDNS lets the agent run the updater of its ddns section; without
+// it, a configuration with a ddns section is refused.
+func WithDDNS(b DDNSBuilder) Option { return func(a *Agent) { a.newDDNS = b } }

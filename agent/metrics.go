@@ -6,7 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/homeport/homeport/internal/ddnsrun"
+	"github.com/homeport/homeport/internal/ddnsstatus"
 )
 
 // metrics are the agent's Prometheus metrics: the stream-open latency,
@@ -86,7 +86,7 @@ func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 		descVisitors, descAccepted, descBytes, descDropped, descDialFailures} {
 		ch <- d
 	}
-	ddnsrun.DescribeMetrics(ch)
+	ddnsstatus.DescribeMetrics(ch)
 }
 
 func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
@@ -119,5 +119,5 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(t.Dropped), l...)
 		}
 	}
-	ddnsrun.CollectMetrics(ch, st.DDNS)
+	ddnsstatus.CollectMetrics(ch, st.DDNS)
 }

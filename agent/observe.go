@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/homeport/homeport/internal/control"
-	"github.com/homeport/homeport/internal/ddnsrun"
+	"github.com/homeport/homeport/internal/ddnsstatus"
 	"github.com/homeport/homeport/tunnel"
 )
 
@@ -141,6 +141,6 @@ func (a *Agent) Status() Status {
 		}
 		st.Tunnels = append(st.Tunnels, ts)
 	}
-	st.DDNS = ddnsrun.Snapshot(a.ddns.updater())
+	st.DDNS = ddnsstatus.Snapshot(a.ddns.updater())
 	return st
 }

@@ -14,7 +14,6 @@ import (
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/ddns"
-	"github.com/homeport/homeport/internal/ddnsrun"
 	"github.com/homeport/homeport/internal/relaydial"
 	"github.com/homeport/homeport/tunnel"
 )
@@ -154,7 +153,11 @@ func (a *Agent) prepare(cfg config.Agent, old *settings) (*settings, *ddns.Updat
 	var u *ddns.Updater
 	if cfg.DDNS != nil && (old == nil || !reflect.DeepEqual(cfg.DDNS, old.cfg.DDNS)) {
 		var err error
-		u, err = ddnsrun.New(cfg.DDNS, ddnsrun.Options{Log: a.log, Relay: a.relayAddr, UserAgent: ddns.UserAgent(a.version)})
+		if a.newDDNS == nil {
+			err = errors.New("ddns: this agent was built without dynamic DNS")
+		} else {
+			u, err = a.newDDNS(cfg.DDNS, a.relayAddr)
+		}
 		if err != nil {
 			bad("%w", err)
 		}

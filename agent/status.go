@@ -4,20 +4,20 @@ import (
 	"time"
 
 	"github.com/homeport/homeport/internal/control"
-	"github.com/homeport/homeport/internal/ddnsrun"
+	"github.com/homeport/homeport/internal/ddnsstatus"
 )
 
 // Status is a snapshot of a running agent: what `agent status` prints.
 // No secret is in it.
 type Status struct {
-	Version  string               `json:"version"`
-	ID       string               `json:"id"`
-	Started  time.Time            `json:"started"`
-	Now      time.Time            `json:"now"`
-	Sessions []SessionStatus      `json:"sessions"`
-	Tunnels  []TunnelStatus       `json:"tunnels"`
-	DDNS     []ddnsrun.NameStatus `json:"ddns,omitempty"`
-	Config   ConfigStatus         `json:"config"`
+	Version  string                  `json:"version"`
+	ID       string                  `json:"id"`
+	Started  time.Time               `json:"started"`
+	Now      time.Time               `json:"now"`
+	Sessions []SessionStatus         `json:"sessions"`
+	Tunnels  []TunnelStatus          `json:"tunnels"`
+	DDNS     []ddnsstatus.NameStatus `json:"ddns,omitempty"`
+	Config   ConfigStatus            `json:"config"`
 }
 
 // SessionStatus is the session to one relay.

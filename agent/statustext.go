@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/homeport/homeport/internal/control"
-	"github.com/homeport/homeport/internal/ddnsrun"
+	"github.com/homeport/homeport/internal/ddnsstatus"
 )
 
 // WriteText prints s as `agent status` shows it: a summary line, then
@@ -59,6 +59,6 @@ func (s Status) WriteText(w io.Writer) {
 	tunnels.Write(w)
 
 	if len(s.DDNS) > 0 {
-		ddnsrun.Table(s.Now, s.DDNS).Write(w)
+		ddnsstatus.Table(s.Now, s.DDNS).Write(w)
 	}
 }

@@ -16,6 +16,8 @@ import (
 
 	"github.com/homeport/homeport/agent"
 	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/ddns"
+	"github.com/homeport/homeport/internal/ddnsbuild"
 	"github.com/homeport/homeport/internal/testenv"
 	"github.com/homeport/homeport/relay"
 	"github.com/homeport/homeport/tunnel"
@@ -136,7 +138,9 @@ func runRelay(t *testing.T, cfg config.Relay, id relay.Identity) *relayHandle {
 	t.Helper()
 	logs := &logBuf{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	srv, err := relay.New(cfg, id, log)
+	srv, err := relay.New(cfg, id, log, relay.WithDDNS(func(c *config.DDNS) (*ddns.Updater, error) {
+		return ddnsbuild.New(c, ddnsbuild.Options{Log: log})
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +200,9 @@ func startAgent(t *testing.T, cfg config.Agent) *agentHandle {
 	t.Helper()
 	logs := &logBuf{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	a, err := agent.New(cfg, "test", log)
+	a, err := agent.New(cfg, "test", log, agent.WithDDNS(func(c *config.DDNS, relay *ddns.RelayAddr) (*ddns.Updater, error) {
+		return ddnsbuild.New(c, ddnsbuild.Options{Log: log, Relay: relay})
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}

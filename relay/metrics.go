@@ -7,7 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/homeport/homeport/internal/ddnsrun"
+	"github.com/homeport/homeport/internal/ddnsstatus"
 
 	"github.com/homeport/homeport/internal/control"
 )
@@ -120,7 +120,7 @@ func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 		descVisitorsAccepted, descVisitorsRefused, descVisitorBans, descBytes, descDropped} {
 		ch <- d
 	}
-	ddnsrun.DescribeMetrics(ch)
+	ddnsstatus.DescribeMetrics(ch)
 }
 
 func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
@@ -172,7 +172,7 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	for k, n := range keys {
 		ch <- prometheus.MustNewConstMetric(descVisitorSessions, prometheus.GaugeValue, float64(n), k[0], k[1])
 	}
-	ddnsrun.CollectMetrics(ch, st.DDNS)
+	ddnsstatus.CollectMetrics(ch, st.DDNS)
 }
 
 func secondsOf(d control.Duration) float64 { return time.Duration(d).Seconds() }

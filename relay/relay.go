@@ -19,7 +19,6 @@ import (
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/ddns"
-	"github.com/homeport/homeport/internal/ddnsrun"
 	"github.com/homeport/homeport/tunnel"
 )
 
@@ -40,6 +39,7 @@ type Server struct {
 	// reload may replace it (ddnsMu guards both, and where it runs).
 	ddnsMu   sync.Mutex
 	ddns     *ddns.Updater
+	newDDNS  DDNSBuilder     // nil: a ddns section is refused
 	ddnsCtx  context.Context // set while Serve runs
 	ddnsStop func()
 
@@ -90,7 +90,7 @@ type sessionKey struct {
 }
 
 // New returns a relay for cfg and the identity from LoadIdentity.
-func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
+func New(cfg config.Relay, id Identity, log *slog.Logger, opts ...Option) (*Server, error) {
 	lc, err := newLiveConfig(cfg, id)
 	if err != nil {
 		return nil, err
@@ -108,6 +108,9 @@ func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
 		metrics:         newMetrics(),
 		reserved:        make(map[portKey]reservation),
 		held:            make(map[string]int),
+	}
+	for _, o := range opts {
+		o(s)
 	}
 	s.live.Store(lc)
 	s.hs = newHandshakeGuard(lc.Guard)
@@ -130,13 +133,33 @@ func New(cfg config.Relay, id Identity, log *slog.Logger) (*Server, error) {
 	}
 	s.visitCtx, s.visitCancel = context.WithCancel(context.Background())
 	if cfg.DDNS != nil {
-		u, err := ddnsrun.New(cfg.DDNS, ddnsrun.Options{Log: log})
+		u, err := s.buildDDNS(cfg.DDNS)
 		if err != nil {
 			return nil, fmt.Errorf("relay: %w", err)
 		}
 		s.ddns = u
 	}
 	return s, nil
+}
+
+// Option gives New what the configuration does not say.
+type Option func(*Server)
+
+// DDNSBuilder makes the dynamic DNS updater that a ddns section
+// describes. The program passes one that knows the DNS providers
+// (internal/ddnsbuild), so that the relay itself knows none.
+type DDNSBuilder func(*config.DDNS) (*ddns.Updater, error)
+
+// WithDDNS lets the relay run the updater of its ddns section; without
+// it, a configuration with a ddns section is refused.
+func WithDDNS(b DDNSBuilder) Option { return func(s *Server) { s.newDDNS = b } }
+
+// buildDDNS makes the updater c describes.
+func (s *Server) buildDDNS(c *config.DDNS) (*ddns.Updater, error) {
+	if s.newDDNS == nil {
+		return nil, errors.New("ddns: this relay was built without dynamic DNS")
+	}
+	return s.newDDNS(c)
 }
 
 // Listen opens the agent port: TCP, and with QUIC on, UDP with the same

@@ -7,7 +7,6 @@ import (
 
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/ddns"
-	"github.com/homeport/homeport/internal/ddnsrun"
 	"github.com/homeport/homeport/tunnel"
 )
 
@@ -40,7 +39,7 @@ func (s *Server) Reload(cfg config.Relay, id Identity) (changes, restartOnly []s
 	var u *ddns.Updater
 	ddnsChanged := !reflect.DeepEqual(old.DDNS, lc.DDNS)
 	if ddnsChanged && lc.DDNS != nil {
-		if u, err = ddnsrun.New(lc.DDNS, ddnsrun.Options{Log: s.log}); err != nil {
+		if u, err = s.buildDDNS(lc.DDNS); err != nil {
 			return nil, nil, fmt.Errorf("relay: %w", err)
 		}
 	}

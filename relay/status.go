@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/homeport/homeport/internal/control"
-	"github.com/homeport/homeport/internal/ddnsrun"
+	"github.com/homeport/homeport/internal/ddnsstatus"
 )
 
 // Status is a snapshot of a running relay: what `relay status` prints and
@@ -18,14 +18,14 @@ type Status struct {
 	Version string    `json:"version"`
 	Started time.Time `json:"started"`
 	// Now is when the snapshot was taken, by the relay's clock.
-	Now         time.Time            `json:"now"`
-	Fingerprint string               `json:"fingerprint"`
-	Listen      []ListenStatus       `json:"listen"`
-	Agents      []AgentStatus        `json:"agents"`
-	Tunnels     []TunnelStatus       `json:"tunnels"`
-	Refusals    []RefusalStatus      `json:"refusals"` // most recent last
-	Bans        []BanStatus          `json:"bans"`
-	DDNS        []ddnsrun.NameStatus `json:"ddns,omitempty"`
+	Now         time.Time               `json:"now"`
+	Fingerprint string                  `json:"fingerprint"`
+	Listen      []ListenStatus          `json:"listen"`
+	Agents      []AgentStatus           `json:"agents"`
+	Tunnels     []TunnelStatus          `json:"tunnels"`
+	Refusals    []RefusalStatus         `json:"refusals"` // most recent last
+	Bans        []BanStatus             `json:"bans"`
+	DDNS        []ddnsstatus.NameStatus `json:"ddns,omitempty"`
 	// VisitorKeys are the configured keys of private tunnels, Visitors
 	// the visitors logged in, and Visits the command that reaches each
 	// private tunnel with each key that may.
@@ -229,7 +229,7 @@ func (s *Server) Status() Status {
 	s.ddnsMu.Lock()
 	u := s.ddns
 	s.ddnsMu.Unlock()
-	st.DDNS = ddnsrun.Snapshot(u)
+	st.DDNS = ddnsstatus.Snapshot(u)
 	return st
 }
 

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/homeport/homeport/internal/control"
-	"github.com/homeport/homeport/internal/ddnsrun"
+	"github.com/homeport/homeport/internal/ddnsstatus"
 )
 
 // maxRefusalsShown is how many recent refusals the text form lists.
@@ -100,7 +100,7 @@ func (s Status) WriteText(w io.Writer) {
 	refusals.Write(w)
 
 	if len(s.DDNS) > 0 {
-		ddnsrun.Table(s.Now, s.DDNS).Write(w)
+		ddnsstatus.Table(s.Now, s.DDNS).Write(w)
 	}
 }
 

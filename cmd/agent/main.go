@@ -16,8 +16,9 @@ import (
 
 	"github.com/homeport/homeport/agent"
 	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/ddns"
 	"github.com/homeport/homeport/internal/cli"
-	"github.com/homeport/homeport/internal/ddnsrun"
+	"github.com/homeport/homeport/internal/ddnsbuild"
 	"github.com/homeport/homeport/internal/metrics"
 	"github.com/homeport/homeport/internal/service"
 )
@@ -117,7 +118,9 @@ func run(ctx context.Context, cfg config.Agent, fs *pflag.FlagSet, stderr io.Wri
 		return err
 	}
 	defer stopDebug()
-	a, err := agent.New(cfg, cli.Version(), log)
+	a, err := agent.New(cfg, cli.Version(), log, agent.WithDDNS(func(c *config.DDNS, relay *ddns.RelayAddr) (*ddns.Updater, error) {
+		return ddnsbuild.New(c, ddnsbuild.Options{Log: log, Relay: relay, UserAgent: ddns.UserAgent(cli.Version())})
+	}))
 	if err != nil {
 		return err
 	}
@@ -202,14 +205,14 @@ func runDDNS(ctx context.Context, cfg config.AgentDDNS, once bool, stdout, stder
 		return err
 	}
 	defer closeLog.Close()
-	u, err := ddnsrun.New(cfg.DDNS, ddnsrun.Options{Log: log})
+	u, err := ddnsbuild.New(cfg.DDNS, ddnsbuild.Options{Log: log})
 	if err != nil {
 		return err
 	}
 	if !once {
 		return u.Run(ctx)
 	}
-	if !ddnsrun.Report(stdout, u.Sync(ctx)) {
+	if !ddnsbuild.Report(stdout, u.Sync(ctx)) {
 		return errNotSynced
 	}
 	return nil

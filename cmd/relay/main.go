@@ -15,7 +15,9 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/ddns"
 	"github.com/homeport/homeport/internal/cli"
+	"github.com/homeport/homeport/internal/ddnsbuild"
 	"github.com/homeport/homeport/internal/metrics"
 	"github.com/homeport/homeport/internal/service"
 	"github.com/homeport/homeport/relay"
@@ -118,7 +120,9 @@ func run(ctx context.Context, fs *pflag.FlagSet, cfg config.Relay, stdout, stder
 	for _, f := range id.Created {
 		log.Info("generated", "file", f)
 	}
-	srv, err := relay.New(cfg, id, log)
+	srv, err := relay.New(cfg, id, log, relay.WithDDNS(func(c *config.DDNS) (*ddns.Updater, error) {
+		return ddnsbuild.New(c, ddnsbuild.Options{Log: log})
+	}))
 	if err != nil {
 		return err
 	}

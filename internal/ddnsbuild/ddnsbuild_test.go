@@ -1,8 +1,7 @@
-package ddnsrun
+package ddnsbuild
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"log/slog"
 	"net/netip"
@@ -122,7 +121,7 @@ func TestNewRelaySource(t *testing.T) {
 	c := base("cloudflare")
 	c.Cloudflare = &config.DDNSCloudflare{APIToken: "t", Zone: "example.com"}
 	c.Sources = []config.DDNSSource{{Kind: config.DDNSSourceRelay}, {Kind: config.DDNSSourceInterface, Interface: "eth0"}, {Kind: config.DDNSSourceCommand, Command: []string{"/bin/myip", "--secret"}}}
-	ra := NewRelayAddr()
+	ra := ddns.NewRelayAddr()
 	u, err := New(c, Options{Relay: ra})
 	if err != nil {
 		t.Fatal(err)
@@ -146,84 +145,6 @@ func TestNewRelaySource(t *testing.T) {
 	c.Sources = c.Sources[:1]
 	if _, err := New(c, Options{}); err == nil || !strings.Contains(err.Error(), "no source left") {
 		t.Errorf("relay source only, no session: %v", err)
-	}
-}
-
-func TestRelayAddr(t *testing.T) {
-	ra := NewRelayAddr()
-	ra.firstWait = 50 * time.Millisecond
-	src := ra.Source()
-	ctx := context.Background()
-
-	// The first question waits for the first session, then gives up.
-	start := time.Now()
-	if _, err := src.Addrs(ctx); err == nil || !strings.Contains(err.Error(), "source relay: no session with the relay yet") {
-		t.Errorf("before a session: %v", err)
-	}
-	if time.Since(start) < 50*time.Millisecond {
-		t.Error("the first question did not wait")
-	}
-	start = time.Now()
-	if _, err := src.Addrs(ctx); err == nil || time.Since(start) > 40*time.Millisecond {
-		t.Errorf("second question: %v after %v", err, time.Since(start))
-	}
-
-	for _, bad := range []string{"", "relay", "203.0.113.5:x:y"} {
-		if err := ra.Set(bad); err == nil {
-			t.Errorf("Set(%q) accepted", bad)
-		}
-	}
-	if err := ra.Set("[::ffff:203.0.113.5]:4000"); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-ra.Wake():
-	default:
-		t.Error("no wake for the first address")
-	}
-	if err := ra.Set("203.0.113.5:4001"); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-ra.Wake():
-		t.Error("wake for the same address on another port")
-	default:
-	}
-	got, err := src.Addrs(ctx)
-	if err != nil || len(got) != 1 || got[0] != netip.MustParseAddr("203.0.113.5") {
-		t.Errorf("Addrs = %v, %v", got, err)
-	}
-
-	// A new address wakes the updater, unless the source has told it
-	// already.
-	ra.Set("[2001:db8::7]:4000")
-	if got, _ := src.Addrs(ctx); got[0] != netip.MustParseAddr("2001:db8::7") {
-		t.Errorf("Addrs = %v", got)
-	}
-	select {
-	case <-ra.Wake():
-		t.Error("wake left after the source gave the new address")
-	default:
-	}
-	ra.Set("198.51.100.1")
-	select {
-	case <-ra.Wake():
-	default:
-		t.Error("no wake for a new address")
-	}
-}
-
-// TestRelayAddrFirstSession: the first question is answered as soon as
-// the first session reports the address.
-func TestRelayAddrFirstSession(t *testing.T) {
-	ra := NewRelayAddr()
-	go func() {
-		time.Sleep(20 * time.Millisecond)
-		ra.Set("203.0.113.9:1234")
-	}()
-	got, err := ra.Source().Addrs(context.Background())
-	if err != nil || len(got) != 1 || got[0] != netip.MustParseAddr("203.0.113.9") {
-		t.Errorf("Addrs = %v, %v", got, err)
 	}
 }
 
@@ -290,7 +211,7 @@ func TestDocExamplesBuild(t *testing.T) {
 				}
 				c = r.DDNS
 			}
-			if _, err := New(c, Options{Relay: NewRelayAddr()}); err != nil {
+			if _, err := New(c, Options{Relay: ddns.NewRelayAddr()}); err != nil {
 				t.Errorf("%s: YAML example %d: %v", doc, i+1, err)
 			}
 		}

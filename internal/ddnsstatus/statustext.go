@@ -1,4 +1,4 @@
-package ddnsrun
+package ddnsstatus
 
 import (
 	"strings"
