@@ -201,7 +201,7 @@ func startAgent(t *testing.T, cfg config.Agent) *agentHandle {
 	logs := &logBuf{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	a, err := agent.New(cfg, "test", log, agent.WithDDNS(func(c *config.DDNS, relay *ddns.RelayAddr) (*ddns.Updater, error) {
-		return ddnsbuild.New(c, ddnsbuild.Options{Log: log, Relay: relay})
+		return ddnsbuild.New(c, ddnsbuild.Options{Log: log, Relay: relay, UserAgent: ddns.UserAgent("test")})
 	}))
 	if err != nil {
 		t.Fatal(err)
