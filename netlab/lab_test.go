@@ -218,7 +218,7 @@ var debianPackage = map[string]string{
 	"ssh": "openssh-client", "scp": "openssh-client", "ssh-keygen": "openssh-client",
 	"ping": "iputils-ping", "iperf3": "iperf3", "go": "golang (or Go from go.dev)",
 	"ss": "iproute2", "dnsmasq": "dnsmasq-base", "dig": "bind9-dnsutils", "bash": "bash",
-	"stress-ng": "stress-ng",
+	"stress-ng": "stress-ng", "miniupnpd": "miniupnpd-iptables", "iptables-legacy": "iptables",
 }
 
 // need skips the test unless the commands are installed.
@@ -308,6 +308,9 @@ type lab struct {
 	delayCfg *linkConfig // build the home uplink as a delay link (withDelayLink)
 	delay    *delayLink  // that link, once built
 	userNAT  bool        // the remote user is behind a router of its own (withUserNAT)
+	// homeWAN and homeGW, when set, replace homerWAN and inetHome on the
+	// home uplink (withRoutableHomeWAN).
+	homeWAN, homeGW string
 }
 
 // labOption changes how newLab builds the lab.
@@ -358,6 +361,14 @@ func (l *lab) build() {
 	roles, links := slices.Clone(roles), slices.Clone(links)
 	routes := [][2]string{{"home", homerLAN}, {"homer", inetHome}, {"vps", inetVPS}, {"user", inetUser}}
 	routers := []string{"homer"}
+	if l.homeWAN != "" {
+		for i, k := range links {
+			if k.bIf == uplinkIf {
+				links[i].aAddr, links[i].bAddr = l.homeWAN+"/24", l.homeGW+"/24"
+			}
+		}
+		routes[1] = [2]string{"homer", l.homeGW}
+	}
 	if l.userNAT {
 		roles = append(roles, "userr")
 		links = append(slices.DeleteFunc(links, func(k cable) bool { return k.a == "user" }), userNATLinks...)

@@ -90,6 +90,7 @@ variables < flags.`,
 		return err
 	}))
 	cmd.AddCommand(ddnsCommand(stdout, stderr))
+	cmd.AddCommand(portmapCommand(stdout, stderr))
 	cmd.AddCommand(visitCommand(stdout, stderr))
 	cmd.AddCommand(statusCommand(stdout))
 	cmd.AddCommand(reloadCommand(stdout))

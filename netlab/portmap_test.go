@@ -1,0 +1,208 @@
+//go:build netlab
+
+package netlab
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The port mapping scenario's home uplink. miniupnpd refuses to map
+// ports on an outside address in a private or documentation range
+// (198.51.100.0/24 included: "not public routable"), so this lab gives
+// the home router an address outside those ranges. Like every address
+// of the lab it exists only on the lab's own veth pair: no route leads
+// from the lab's namespaces to any other network, so no packet for it
+// leaves the lab.
+const (
+	pmWAN = "11.7.0.2" // the home router's outside address
+	pmGW  = "11.7.0.1" // the internet router, towards the home
+	// pmPort is the home web server's port that the mapping leads to.
+	pmPort = 8090
+)
+
+// withRoutableHomeWAN gives the home uplink the addresses above.
+func withRoutableHomeWAN() labOption {
+	return func(l *lab) { l.homeWAN, l.homeGW = pmWAN, pmGW }
+}
+
+// miniupnpd's chains, in the iptables-legacy tables it writes through
+// libiptc (Debian's miniupnpd-iptables); the lab's own rules are in the
+// nf_tables ones, and packets pass both.
+var miniupnpdChains = [][]string{
+	{"-t", "nat", "-N", "MINIUPNPD"},
+	{"-t", "nat", "-I", "PREROUTING", "-i", "wan0", "-j", "MINIUPNPD"},
+	{"-t", "nat", "-N", "MINIUPNPD-POSTROUTING"},
+	{"-t", "nat", "-I", "POSTROUTING", "-o", "wan0", "-j", "MINIUPNPD-POSTROUTING"},
+	{"-t", "mangle", "-N", "MINIUPNPD"},
+	{"-t", "mangle", "-I", "PREROUTING", "-i", "wan0", "-j", "MINIUPNPD"},
+	{"-t", "filter", "-N", "MINIUPNPD"},
+	{"-t", "filter", "-I", "FORWARD", "-i", "wan0", "!", "-o", "wan0", "-j", "MINIUPNPD"},
+}
+
+// startMiniupnpd runs miniupnpd on the home router with UPnP-IGD (version
+// 2, or 1 with igd1), NAT-PMP and PCP. The first call makes its chains,
+// and lets the router forward what a mapping lets in (as routers with
+// UPnP do: the lab's router otherwise drops every unsolicited packet).
+func (l *lab) startMiniupnpd(igd1 bool) *proc {
+	l.t.Helper()
+	conf := filepath.Join(l.dir, "miniupnpd.conf")
+	if _, err := os.Stat(conf); err != nil {
+		for _, rule := range miniupnpdChains {
+			l.must(5*time.Second, "homer", append([]string{"iptables-legacy", "-w", "5"}, rule...)...)
+		}
+		l.must(5*time.Second, "homer", "iptables", "-w", "5", "-I", "FORWARD", "1", "-i", "wan0", "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT")
+		v1 := "no"
+		if igd1 {
+			v1 = "yes"
+		}
+		text := fmt.Sprintf(`# netlab: the home router's port mapping daemon
+ext_ifname=wan0
+listening_ip=lan0
+port=0
+enable_natpmp=yes
+enable_upnp=yes
+force_igd_desc_v1=%s
+secure_mode=yes
+# The epoch of NAT-PMP and PCP starts with the daemon, so that a restart
+# shows as one (as a router's reboot does).
+system_uptime=no
+notify_interval=30
+uuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07d
+allow 1024-65535 %s/24 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+`, v1, homerLAN)
+		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+			l.t.Fatal(err)
+		}
+	}
+	p := l.start("homer", "miniupnpd", nil, "miniupnpd", "-d", "-f", conf, "-P", filepath.Join(l.dir, "miniupnpd.pid"))
+	p.logged = true
+	p.await(l.t, 20*time.Second, "miniupnpd to listen", func() bool {
+		return p.count("Listening for NAT-PMP/PCP traffic") > 0 && p.count("HTTP listening on port") > 0
+	})
+	return p
+}
+
+// routerReboot kills miniupnpd and empties its chains, as a router's
+// restart loses its mappings, then starts it again.
+func (l *lab) routerReboot(old *proc, igd1 bool) *proc {
+	l.t.Helper()
+	old.kill()
+	for _, c := range [][]string{{"-t", "nat", "-F", "MINIUPNPD"}, {"-t", "nat", "-F", "MINIUPNPD-POSTROUTING"},
+		{"-t", "mangle", "-F", "MINIUPNPD"}, {"-t", "filter", "-F", "MINIUPNPD"}} {
+		l.must(5*time.Second, "homer", append([]string{"iptables-legacy", "-w", "5"}, c...)...)
+	}
+	return l.startMiniupnpd(igd1)
+}
+
+var mappedRE = regexp.MustCompile(`(?m)^mapped tcp (\S+) -> (\S+) via (\S+) \(([^)]*)\)$`)
+
+// TestPortMapping: "agent portmap" on the home PC gets a port mapping
+// from the home router's miniupnpd with each protocol, the remote user
+// reaches the home web server through it, the mapping outlives its lease
+// by renewals, comes back by itself after the router restarts and forgets
+// it, and is gone when the command exits.
+func TestPortMapping(t *testing.T) {
+	need(t, "miniupnpd", "iptables-legacy", "nginx")
+	for _, tc := range []struct {
+		name, method string
+		igd1         bool
+	}{
+		{"pcp", "pcp", false},
+		{"nat-pmp", "nat-pmp", false},
+		{"upnp-igd2", "upnp", false},
+		{"upnp-igd1", "upnp", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := newLab(t, withRoutableHomeWAN())
+			router := l.startMiniupnpd(tc.igd1)
+			l.startNginx("home", fmt.Sprintf("%s:%d", homeIP, pmPort))
+			const lease = 6 * time.Second
+			pm := l.start("home", "agent-portmap", nil, binPath(t, "agent"), "portmap",
+				"--port", fmt.Sprint(pmPort), "--method", tc.method, "--lifetime", lease.String(), "--check", "1s", "--log-level", "debug")
+			pm.logged = true
+
+			// Mapped, and the router says where.
+			var m []string
+			pm.await(t, 30*time.Second, "the mapping", func() bool {
+				m = mappedRE.FindStringSubmatch(pm.stdout.String())
+				return m != nil
+			})
+			ext, err := netip.ParseAddrPort(m[1])
+			if err != nil || ext.Addr().String() != pmWAN {
+				t.Fatalf("mapped to %q, want an address of the router's outside %s", m[1], pmWAN)
+			}
+			if want := fmt.Sprintf("%s:%d", homeIP, pmPort); m[2] != want || m[3] != tc.method {
+				t.Fatalf("mapping %q -> %q via %s, want -> %s via %s", m[1], m[2], m[3], want, tc.method)
+			}
+			t.Logf("mapped %s -> %s via %s (%s)", m[1], m[2], m[3], m[4])
+			url := fmt.Sprintf("http://%s/small.txt", ext)
+			fetch := func(what string) {
+				t.Helper()
+				x, err := l.curl("user", 10*time.Second, "-o", "/dev/null", url)
+				if err != nil || x.code != 200 || x.bytes != smallSize {
+					t.Fatalf("%s: the remote user fetching %s: %v, %+v", what, url, err, x)
+				}
+			}
+			unreachable := func(what string) {
+				t.Helper()
+				if x, err := l.curl("user", 2*time.Second, "-o", "/dev/null", url); err == nil && x.code == 200 {
+					t.Fatalf("%s: %s still reaches the home server", what, url)
+				}
+			}
+			fetch("through the new mapping")
+
+			// Renewed: still there after twice its lease.
+			first := time.Now()
+			pm.await(t, 60*time.Second, "renewals past twice the lease", func() bool {
+				ts := pm.logTimes("port mapping renewed")
+				return len(ts) > 0 && ts[len(ts)-1].Sub(first) > 2*lease
+			})
+			fetch("after twice the lease")
+
+			// The router restarts and forgets: the mapping is made again.
+			// The agent is stopped meanwhile, so that the test sees the
+			// mapping gone before the agent's next check makes it again.
+			if err := syscall.Kill(pm.cmd.Process.Pid, syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			router = l.routerReboot(router, tc.igd1)
+			unreachable("after the router's restart")
+			if err := syscall.Kill(pm.cmd.Process.Pid, syscall.SIGCONT); err != nil {
+				t.Fatal(err)
+			}
+			restarted := time.Now()
+			pm.await(t, 60*time.Second, "the agent to notice the restart and make the mapping again", func() bool {
+				return pm.count("the router had forgotten it") > 0
+			})
+			t.Logf("mapping made again %v after the agent resumed (it checks every second)", time.Since(restarted).Round(10*time.Millisecond))
+			all := mappedRE.FindAllStringSubmatch(pm.stdout.String(), -1)
+			url = fmt.Sprintf("http://%s/small.txt", all[len(all)-1][1])
+			fetch("after the router's restart")
+
+			// Removed on exit.
+			if err := syscall.Kill(pm.cmd.Process.Pid, syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if exited, err := pm.wait(20 * time.Second); !exited || err != nil {
+				t.Fatalf("agent portmap after SIGTERM: exited %v, %v", exited, err)
+			}
+			if !strings.Contains(pm.stdout.String(), "unmapped tcp") || pm.count("port mapping removed") == 0 {
+				t.Error("agent portmap did not say it removed the mapping")
+			}
+			unreachable("after agent portmap exited")
+			if rules := l.must(5*time.Second, "homer", "iptables-legacy", "-w", "5", "-t", "nat", "-S", "MINIUPNPD"); strings.Contains(rules, "DNAT") {
+				t.Errorf("the router still forwards:\n%s", rules)
+			}
+			_ = router
+		})
+	}
+}
