@@ -354,6 +354,8 @@ type link struct {
 	// retry are the tunnels the relay refused for a reason that may
 	// pass: the session registers them again (registrar.retry).
 	retry []*asked
+	// reach are the port mapping checks waiting for the relay's answer.
+	reach reachWaiters
 }
 
 // handover ends the serving of a session whose link went quiet, once a

@@ -74,6 +74,10 @@ func (a *Agent) serve(ctx context.Context, l *link) error {
 				case goaway <- m:
 				default:
 				}
+			case *tunnel.ReachResult:
+				if !l.reach.deliver(m) {
+					a.log.Warn("relay sent a port mapping check nobody asked for", "addr", m.Addr)
+				}
 			case *tunnel.RegisterResult:
 				// The registrar has at most one request out.
 				select {

@@ -55,6 +55,8 @@ type agentSession struct {
 	ended   bool
 
 	retiredAt time.Time // under srv.mu; see retire
+
+	reach reachLimit // port mapping checks (CheckReach)
 }
 
 func newAgentSession(s *Server, sess tunnel.Session, ctrl tunnel.Stream, a tunnel.Agent, token config.Token, transport string, log *slog.Logger) *agentSession {
@@ -114,6 +116,10 @@ func (as *agentSession) serve(ctx context.Context) {
 			as.leaving.Store(true)
 			as.closeTunnels()
 			as.log.Info("agent going away; its ports are closed", "detail", ga.Message)
+			continue
+		}
+		if cr, ok := m.(*tunnel.CheckReach); ok {
+			as.checkReach(ctx, &wg, cr)
 			continue
 		}
 		var res *tunnel.RegisterResult

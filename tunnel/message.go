@@ -209,7 +209,7 @@ const FeaturePrivate Features = 1 << 1
 
 // RelayFeatures are the features of a relay built with this package,
 // announced by AuthenticateAgent (the relay's control loop handles each).
-const RelayFeatures = FeatureUnregister | FeaturePrivate
+const RelayFeatures = FeatureUnregister | FeaturePrivate | FeatureReach
 
 // Reject tells the agent why authentication failed.
 type Reject struct {
@@ -477,6 +477,10 @@ func newMessage(typ byte) Message {
 		return new(RegisterPrivate)
 	case msgVisit:
 		return new(Visit)
+	case msgCheckReach:
+		return new(CheckReach)
+	case msgReachResult:
+		return new(ReachResult)
 	}
 	return nil
 }

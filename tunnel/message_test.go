@@ -26,6 +26,8 @@ func sampleMessages() []Message {
 		&GoAway{Code: CodeReplaced, Message: "newer session"},
 		&Open{Tunnel: "rdp", Visitor: "[2001:db8::1]:40000", Public: "[2001:db8::7]:3390"},
 		&OpenFlow{Tunnel: "dns", Visitor: "198.51.100.7:5353", Flow: 1 << 31},
+		&CheckReach{Protocol: ProtoTCP, Addr: "203.0.113.9:3389"},
+		&ReachResult{Addr: "203.0.113.9:3389", Code: CodeDialFailed, Message: "dial tcp 203.0.113.9:3389: i/o timeout"},
 		&Register{Tunnels: []TunnelRequest{{Name: "rdp", Protocol: ProtoTCP, RemotePort: 3390}, {Name: "rdp-udp", Protocol: ProtoUDP, RemotePort: 3390,
 			Allow: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8::/32")}, Deny: []netip.Prefix{netip.MustParsePrefix("198.51.100.66/32")}}}},
 		&OpenResult{Code: CodeDialFailed, Message: "connection refused"},
