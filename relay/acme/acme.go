@@ -23,6 +23,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -32,6 +33,10 @@ import (
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3"
 )
+
+// StorageDir is where a relay whose data directory is dataDir keeps its
+// certificates: Config.Dir.
+func StorageDir(dataDir string) string { return filepath.Join(dataDir, "acme") }
 
 // LetsEncrypt is the directory URL of Let's Encrypt's production CA, the
 // default Config.CA.
@@ -326,6 +331,7 @@ func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 // start begins loading or obtaining name's certificate unless that is
 // under way or the certificate is in the cache.
 func (m *Manager) start(name string) {
+	cached := len(m.cached(name)) > 0 // outside m.mu: certmagic's locks are never taken under ours
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
@@ -336,7 +342,7 @@ func (m *Manager) start(name string) {
 		e = &entry{state: StateObtaining}
 		m.names[name] = e
 	}
-	if e.busy || (e.state == StateValid && len(m.cached(name)) > 0) {
+	if e.busy || (e.state == StateValid && cached) {
 		return
 	}
 	e.busy = true

@@ -496,7 +496,6 @@ type recorder struct {
 	h     slog.Handler
 	mu    *sync.Mutex
 	lines *[]recorded
-	attrs []slog.Attr
 }
 
 type recorded struct {
@@ -538,6 +537,40 @@ func (r *recorder) has(l slog.Level, msg, name string) bool {
 		}
 	}
 	return false
+}
+
+// TestChallengesOnTheRelaysPorts: certmagic is told the relay's own
+// ports, on every address, so that it finds them taken by the relay and
+// never binds :80 or :443 itself; a challenge without its listener is off.
+func TestChallengesOnTheRelaysPorts(t *testing.T) {
+	allow := func(context.Context, string) error { return nil }
+	for _, tc := range []struct {
+		name             string
+		cfg              Config
+		http, tls        int
+		noHTTP, noTLSALP bool
+	}{
+		{"both", Config{HTTPAddr: "127.0.0.1:8080", HTTPSAddr: "[::]:8443"}, 8080, 8443, false, false},
+		{"https only", Config{HTTPSAddr: ":443"}, 0, 443, true, false},
+		{"http only", Config{HTTPAddr: ":80"}, 80, 0, false, true},
+		{"tls-alpn-01 turned off", Config{HTTPAddr: ":80", HTTPSAddr: ":443", DisableTLSALPN01: true}, 80, 443, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			leak.Check(t)
+			tc.cfg.Dir, tc.cfg.Allow = t.TempDir(), allow
+			m, err := New(context.Background(), tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			i := m.issuer
+			if i.ListenHost != "" || i.AltHTTPPort != tc.http || i.AltTLSALPNPort != tc.tls ||
+				i.DisableHTTPChallenge != tc.noHTTP || i.DisableTLSALPNChallenge != tc.noTLSALP {
+				t.Errorf("issuer: listen host %q, HTTP port %d (off %v), TLS port %d (off %v)",
+					i.ListenHost, i.AltHTTPPort, i.DisableHTTPChallenge, i.AltTLSALPNPort, i.DisableTLSALPNChallenge)
+			}
+		})
+	}
 }
 
 func TestNewRefusesBadConfig(t *testing.T) {
