@@ -81,10 +81,13 @@ type Config struct {
 	// them.
 	Logger *slog.Logger
 
-	// HTTPAddr is the relay's HTTP listener (HOST:PORT), which answers
-	// HTTP-01 through HTTPHandler; "" turns HTTP-01 off. HTTPSAddr is the
-	// relay's HTTPS listener, which answers TLS-ALPN-01 through TLSConfig;
-	// "" turns TLS-ALPN-01 off. At least one is needed.
+	// HTTPAddr is the address the relay's HTTP listener is bound to
+	// (HOST:PORT, its real port, not 0), which answers HTTP-01 through
+	// HTTPHandler; "" turns HTTP-01 off. HTTPSAddr is that of the
+	// relay's HTTPS listener, which answers TLS-ALPN-01 through
+	// TLSConfig; "" turns TLS-ALPN-01 off. At least one is needed. The
+	// listeners must be open before Prepare: certmagic, finding a port
+	// free, would serve the challenge on a listener of its own.
 	HTTPAddr, HTTPSAddr string
 	// DisableHTTP01 and DisableTLSALPN01 turn a challenge off although
 	// its listener exists.
