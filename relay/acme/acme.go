@@ -424,6 +424,7 @@ func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any
 	switch event {
 	case "cert_obtaining":
 		if err := m.cfg.Allow(ctx, name); err != nil {
+			m.log.Info("acme: certificate not asked for: the name is not allowed now", "name", name, "renewal", renewal, "err", err)
 			// certmagic would retry for weeks; the name is gone.
 			return certmagic.ErrNoRetry{Err: fmt.Errorf("%w: %w", ErrNotAllowed, err)}
 		}

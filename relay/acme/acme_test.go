@@ -464,6 +464,40 @@ func TestRenewal(t *testing.T) {
 	}
 }
 
+// TestNoRenewalOnceRefused: a name that is no longer allowed (its agent
+// left) is not renewed: the renewal asks the CA for nothing.
+func TestNoRenewalOnceRefused(t *testing.T) {
+	leak.Check(t)
+	var refused atomic.Bool
+	e := newEnv(t, envOpts{
+		allow: func(_ context.Context, name string) error {
+			if refused.Load() {
+				return fmt.Errorf("%s is not registered", name)
+			}
+			return nil
+		},
+		edit: func(c *Config) { c.Profile, c.RenewCheck = shortProfile, 200*time.Millisecond },
+	})
+	const name = "gone.test"
+	e.m.Prepare(name)
+	e.waitState(name, StateValid)
+	refused.Store(true)
+	orders := e.ca.orders.Load()
+	deadline := time.Now().Add(testenv.Deadline(3 * shortValidity * time.Second))
+	for !e.log.has(slog.LevelInfo, "acme: certificate not asked for: the name is not allowed now", name) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no renewal was attempted and refused; status %+v", e.m.Status())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := e.ca.orders.Load() - orders; n != 0 {
+		t.Errorf("%d orders for a refused name, want none", n)
+	}
+	if _, err := e.dial(name); err == nil {
+		t.Error("handshake for a refused name succeeded")
+	}
+}
+
 // TestCADown: while the CA is unreachable, Prepare logs a clear error,
 // the status shows it, a handshake for the name fails at once rather than
 // waiting, and a name that has its certificate is still served.
