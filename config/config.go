@@ -65,6 +65,9 @@ type Relay struct {
 	Guard Guard
 	// DDNS configures the dynamic DNS updater ("ddns"); nil: off.
 	DDNS *DDNS
+	// ACME configures the certificates of the web tunnels' names
+	// ("acme.*").
+	ACME ACME
 	// Log selects level and format of the process log.
 	Log Log
 	// DebugAddr, when set, is the loopback address where Go's profiler

@@ -219,6 +219,7 @@ func TestRelayDefaults(t *testing.T) {
 			VisitorMaxConns: 32, VisitorRate: 60, VisitorBurst: 20, VisitorBanAfter: 50, VisitorBanFor: 10 * time.Minute},
 		Session: Session{KeepAlive: 10 * time.Second, KeepAliveTimeout: 10 * time.Second, StreamWindow: 16 << 20},
 		Log:     Log{Level: "info", Format: "text"},
+		ACME:    ACME{CA: DefaultACMECA, HTTP01: true, TLSALPN01: true},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)

@@ -45,7 +45,7 @@ func relaySettings() []setting {
 		{key: "visitors.ban_for", flag: "visitor-ban-for", kind: kDuration, def: "10m", usage: "how long a visitor address stays banned"},
 		ddnsSetting(),
 	}
-	s = append(s, dashboardSettings()...)
+	s = append(append(s, dashboardSettings()...), acmeSettings()...)
 	return append(append(append(s, sessionSettings()...), logSettings()...), debugSettings()...)
 }
 
@@ -97,6 +97,7 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 		DebugAddr:   l.debugAddr(),
 		MetricsAddr: l.metricsAddr(),
 		Dashboard:   l.dashboard(),
+		ACME:        l.acme(),
 	}
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir()
