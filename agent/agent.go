@@ -53,6 +53,7 @@ type Agent struct {
 	// ddns runs the dynamic DNS updater (none: off); relayAddr feeds its
 	// relay source with the address the relay sees this agent at.
 	ddns      ddnsRunner
+	maps      mapRunner // port mappings on the home router
 	relayAddr *ddns.RelayAddr
 	newDDNS   DDNSBuilder // nil: a ddns section is refused
 	version   string
@@ -176,6 +177,8 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	defer retired.Wait()
 	a.ddns.start(ctx, a.log)
 	defer a.ddns.stop()
+	a.maps.start(ctx, a, a.conf().cfg.Tunnels)
+	defer a.maps.stop()
 	for {
 		cfg := a.conf().cfg
 		start := time.Now()

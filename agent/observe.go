@@ -139,6 +139,7 @@ func (a *Agent) Status() Status {
 			d := q.Drops()
 			ts.Dropped = int64(d.FlowFull + d.TunnelFull)
 		}
+		ts.PortMapping = a.maps.status(t.Name)
 		st.Tunnels = append(st.Tunnels, ts)
 	}
 	st.DDNS = ddnsstatus.Snapshot(a.ddns.updater())

@@ -17,6 +17,9 @@ import (
 // than CheckReach), or no session is up.
 var ErrNoReachCheck = errors.New("the relay cannot check a port mapping")
 
+// errNoSession: no session with the relay is up now.
+var errNoSession = errors.New("no session with the relay")
+
 // reachWaiters hands the relay's ReachResults to the checks that wait
 // for them, by address.
 type reachWaiters struct {
@@ -43,7 +46,7 @@ func (w *reachWaiters) deliver(r *tunnel.ReachResult) bool {
 func (a *Agent) CheckReach(ctx context.Context, addr netip.AddrPort) (*tunnel.ReachResult, error) {
 	r := a.live.Load()
 	if r == nil {
-		return nil, fmt.Errorf("%w: no session with the relay", ErrNoReachCheck)
+		return nil, fmt.Errorf("%w: %w", ErrNoReachCheck, errNoSession)
 	}
 	l := r.l
 	if l.features&tunnel.FeatureReach == 0 {

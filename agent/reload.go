@@ -312,6 +312,7 @@ func (a *Agent) Reload(cfg config.Agent) (Changes, error) {
 	if slices.Contains(ch.Other, "ddns") {
 		a.ddns.replace(u, a.log)
 	}
+	a.maps.apply(a, set.cfg.Tunnels)
 	if len(ch.NewSession) > 0 {
 		a.log.Info("opening a new session with the changed settings; the old one keeps its open connections", "changed", ch.NewSession)
 		a.renewSessions(set.gen)

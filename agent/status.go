@@ -75,6 +75,9 @@ type TunnelStatus struct {
 	// Dropped counts the target's UDP datagrams dropped while the relay
 	// took them slower than they came.
 	Dropped int64 `json:"dropped,omitempty"`
+	// PortMapping is the tunnel's port mapping on the home router (nil:
+	// none configured).
+	PortMapping *MappingStatus `json:"port_mapping,omitempty"`
 }
 
 // ConfigStatus says which configuration is in force.

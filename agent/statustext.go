@@ -58,6 +58,17 @@ func (s Status) WriteText(w io.Writer) {
 	}
 	tunnels.Write(w)
 
+	maps := control.Table{Title: "PORT MAPPINGS", Head: []string{"TUNNEL", "STATE", "METHOD", "OUTSIDE", "REACHABLE", "SINCE", "DETAIL"}}
+	for _, t := range s.Tunnels {
+		if m := t.PortMapping; m != nil {
+			maps.Rows = append(maps.Rows, []string{t.Name, m.State, control.Or(m.Method), control.Or(m.External), m.Reachable,
+				control.Age(s.Now, m.Since), control.Or(m.Detail)})
+		}
+	}
+	if len(maps.Rows) > 0 {
+		maps.Write(w)
+	}
+
 	if len(s.DDNS) > 0 {
 		ddnsstatus.Table(s.Now, s.DDNS).Write(w)
 	}

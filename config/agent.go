@@ -183,7 +183,7 @@ func (l *loader) tunnels() []Tunnel {
 }
 
 func tunnelSection(item any) (Tunnel, error) {
-	m, err := section(item, "name", "protocol", "remote_port", "target", "allow", "deny", "proxy_protocol", "private", "visitors")
+	m, err := section(item, "name", "protocol", "remote_port", "target", "allow", "deny", "proxy_protocol", "private", "visitors", "port_mapping")
 	if err != nil {
 		return Tunnel{}, err
 	}
@@ -232,10 +232,52 @@ func tunnelSection(item any) (Tunnel, error) {
 	if v, ok := m["proxy_protocol"]; ok {
 		t.ProxyProtocol = strings.ToLower(fmt.Sprint(v))
 	}
+	if v, ok := m["port_mapping"]; ok {
+		if t.PortMapping, err = portMappingValue(v); err != nil {
+			return Tunnel{}, fmt.Errorf("port_mapping: %w", err)
+		}
+	}
 	if err := t.validate(); err != nil {
 		return Tunnel{}, err
 	}
 	return t, nil
+}
+
+// portMappingValue reads a tunnel's port_mapping: true or false, or a
+// section with external and methods.
+func portMappingValue(v any) (*PortMapping, error) {
+	if _, isMap := v.(map[string]any); !isMap {
+		switch strings.ToLower(strings.TrimSpace(numText(v))) {
+		case "true", "yes", "on", "1":
+			return &PortMapping{}, nil
+		case "false", "no", "off", "0":
+			return nil, nil
+		}
+		return nil, fmt.Errorf("%q: want true, false, or a section with external and methods", numText(v))
+	}
+	m, err := section(v, "external", "methods")
+	if err != nil {
+		return nil, err
+	}
+	pm := &PortMapping{}
+	if e, ok := m["external"]; ok {
+		if pm.External, err = parsePort(numText(e)); err != nil {
+			return nil, fmt.Errorf("external: %w", err)
+		}
+	}
+	if ms, ok := m["methods"]; ok {
+		if pm.Methods, err = textList(ms, "want a list, e.g. [pcp, upnp]"); err != nil {
+			return nil, fmt.Errorf("methods: %w", err)
+		}
+		for _, name := range pm.Methods {
+			switch strings.ToLower(name) {
+			case "pcp", "nat-pmp", "upnp":
+			default:
+				return nil, fmt.Errorf("methods: %q: want pcp, nat-pmp or upnp", name)
+			}
+		}
+	}
+	return pm, nil
 }
 
 // visitorKeyNames reads names of visitor keys, as a list or one

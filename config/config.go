@@ -208,6 +208,21 @@ type Tunnel struct {
 	// Visitors, for a private tunnel, are the only visitor keys (by name)
 	// the agent lets through; empty: whichever the relay lets through.
 	Visitors []string
+	// PortMapping, when set, asks the home router to forward a port of
+	// its outside address straight to the target ("port_mapping"), as a
+	// direct way in beside the relay; nil: none.
+	PortMapping *PortMapping
+}
+
+// PortMapping is a tunnel's port mapping on the home router (package
+// portmap): the router forwards External on its outside address to the
+// target's port on this machine.
+type PortMapping struct {
+	// External is the outside port wanted (0: the target's port).
+	External uint16
+	// Methods are the protocols tried, in order: pcp, nat-pmp, upnp
+	// (empty: all three, in that order).
+	Methods []string
 }
 
 // MaxPrefixes is the most networks one tunnel's Allow or Deny may list.

@@ -544,6 +544,11 @@ func TestAgentErrors(t *testing.T) {
 		{name: "visitors too many", file: "tunnels:\n  - {name: a, private: true, target: x:1, visitors: [" + visitorNames(33) + "]}\n", want: []string{"visitors: 33 names: at most 32"}},
 		{name: "visitors not a list", file: "tunnels:\n  - {name: a, private: true, target: x:1, visitors: {laptop: 1}}\n", want: []string{"visitors: want a list of names"}},
 		{name: "private no target", file: "tunnels:\n  - {name: a, private: true}\n", want: []string{`target "": want HOST:PORT`}},
+		{name: "port mapping not bool", file: "tunnels:\n  - {remote_port: 3390, target: x:1, port_mapping: maybe}\n", want: []string{"item 1", `port_mapping: "maybe": want true, false, or a section with external and methods`}},
+		{name: "port mapping key", file: "tunnels:\n  - {remote_port: 3390, target: x:1, port_mapping: {port: 1}}\n", want: []string{"item 1", "port_mapping:", `unknown key "port"`}},
+		{name: "port mapping external", file: "tunnels:\n  - {remote_port: 3390, target: x:1, port_mapping: {external: 70000}}\n", want: []string{"port_mapping: external:", "1 to 65535"}},
+		{name: "port mapping method", file: "tunnels:\n  - {remote_port: 3390, target: x:1, port_mapping: {methods: [pcp, igd]}}\n", want: []string{`port_mapping: methods: "igd": want pcp, nat-pmp or upnp`}},
+		{name: "port mapping private", file: "tunnels:\n  - {name: a, private: true, target: x:1, port_mapping: true}\n", want: []string{"port_mapping: a private tunnel has no public way in by design"}},
 		{name: "debug addr public", args: []string{"--debug-addr", "[2001:db8::1]:6060"}, want: []string{"flag --debug-addr", "loopback only"}},
 	}
 	for _, tt := range tests {
@@ -689,5 +694,26 @@ func TestFlagTypes(t *testing.T) {
 				t.Errorf("%s --%s: default %q, want %q", program, s.flag, f.DefValue, s.def)
 			}
 		}
+	}
+}
+
+func TestTunnelPortMapping(t *testing.T) {
+	cleanEnv(t)
+	file := writeFile(t, "agent.yaml", `relay: "vps.example.com:7000"
+token: "0123456789abcdef0123"
+fingerprint: "sha256:`+strings.Repeat("ab", 32)+`"
+tunnels:
+  - {name: a, remote_port: 3390, target: "127.0.0.1:3389", port_mapping: true}
+  - {name: b, remote_port: 3391, target: "127.0.0.1:3389", port_mapping: {external: 13389, methods: [upnp, pcp]}}
+  - {name: c, remote_port: 3392, target: "127.0.0.1:3389", port_mapping: false}
+`)
+	cfg, err := LoadAgent(agentFlags(t, "--config", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := []*PortMapping{cfg.Tunnels[0].PortMapping, cfg.Tunnels[1].PortMapping, cfg.Tunnels[2].PortMapping}
+	want := []*PortMapping{{}, {External: 13389, Methods: []string{"upnp", "pcp"}}, nil}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("port mappings %+v, want %+v", got, want)
 	}
 }

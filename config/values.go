@@ -257,6 +257,9 @@ func (t Tunnel) validate() error {
 	if t.RemotePort == 0 && !t.Private {
 		return fmt.Errorf("remote port missing")
 	}
+	if t.PortMapping != nil && t.Private {
+		return fmt.Errorf("port_mapping: a private tunnel has no public way in by design, and a port mapping would open one; leave one of them out")
+	}
 	if len(t.Visitors) > 0 && !t.Private {
 		return fmt.Errorf("visitors: only for a private tunnel (private: true); a public port is open to every address that allow and deny let in")
 	}

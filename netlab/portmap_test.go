@@ -3,6 +3,7 @@
 package netlab
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -204,5 +205,81 @@ func TestPortMapping(t *testing.T) {
 			}
 			_ = router
 		})
+	}
+}
+
+// TestTunnelPortMapping: an agent whose tunnel has port_mapping: true
+// maps the target's port on the home router (miniupnpd), the relay
+// checks the mapping from outside, and agent status says it is
+// reachable; the remote user then reaches the home web server both
+// through the relay and straight through the mapping. A second tunnel's
+// mapping leads to a port where nothing listens: mapped, but the relay
+// finds it unreachable, and status says so. When the agent stops, both
+// mappings are removed.
+func TestTunnelPortMapping(t *testing.T) {
+	need(t, "miniupnpd", "iptables-legacy", "nginx")
+	l := newLab(t, withRoutableHomeWAN())
+	l.startMiniupnpd(false)
+	l.startNginx("home", fmt.Sprintf("%s:%d", homeIP, pmPort))
+	r := l.startRelay()
+	const deadPort = 8099
+	conf := filepath.Join(l.dir, "agent.yaml")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`tunnels:
+  - {name: web, remote_port: %[1]d, target: "%[4]s:%[2]d", port_mapping: true}
+  - {name: dead, remote_port: %[3]d, target: "127.0.0.1:%[3]d", port_mapping: {methods: [upnp]}}
+`, webPort, pmPort, deadPort, homeIP)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dataDir := filepath.Join(l.dir, "agent-data")
+	agent := l.start("home", "agent", []string{"HOMEPORT_TOKEN=" + r.token}, binPath(t, "agent"),
+		"--relay", fmt.Sprintf("%s:%d", vpsIP, relayPort), "--fingerprint", r.fingerprint, "--transport", "tcp",
+		"--id", "home-pc", "--config", conf, "--data-dir", dataDir)
+	agent.logged = true
+	agent.await(t, 60*time.Second, "the relay to find the web mapping reachable and the dead one not", func() bool {
+		return agent.count("port mapping reachable from outside") > 0 && agent.count("port mapping not reachable from outside") > 0
+	})
+
+	out := l.must(30*time.Second, "home", binPath(t, "agent"), "status", "--json", "--data-dir", dataDir)
+	var st struct {
+		Tunnels []struct {
+			Name        string `json:"name"`
+			PortMapping *struct {
+				State, Method, External, Reachable, Detail string
+			} `json:"port_mapping"`
+		} `json:"tunnels"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("agent status --json: %v\n%s", err, out)
+	}
+	byName := map[string]string{}
+	for _, tn := range st.Tunnels {
+		if m := tn.PortMapping; m != nil {
+			byName[tn.Name] = fmt.Sprintf("%s %s %s reachable=%s %s", m.State, m.Method, m.External, m.Reachable, m.Detail)
+		}
+	}
+	t.Logf("agent status: %v", byName)
+	if got := byName["web"]; !strings.HasPrefix(got, fmt.Sprintf("mapped pcp %s:%d reachable=yes", pmWAN, pmPort)) {
+		t.Errorf("web: %q, want mapped by PCP on %s:%d and reachable", got, pmWAN, pmPort)
+	}
+	if got := byName["dead"]; !strings.HasPrefix(got, fmt.Sprintf("mapped upnp %s:%d reachable=no", pmWAN, deadPort)) || !strings.Contains(got, "refused") {
+		t.Errorf("dead: %q, want mapped by UPnP and unreachable (connection refused)", got)
+	}
+	for _, url := range []string{tunnelURL("small.txt"), fmt.Sprintf("http://%s:%d/small.txt", pmWAN, pmPort)} {
+		if x, err := l.curl("user", 10*time.Second, "-o", "/dev/null", url); err != nil || x.code != 200 || x.bytes != smallSize {
+			t.Errorf("the remote user fetching %s: %v, %+v", url, err, x)
+		}
+	}
+
+	if err := syscall.Kill(agent.cmd.Process.Pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if exited, err := agent.wait(30 * time.Second); !exited || err != nil {
+		t.Fatalf("agent after SIGTERM: exited %v, %v", exited, err)
+	}
+	if n := agent.count("port mapping removed"); n != 2 {
+		t.Errorf("agent removed %d mappings, want 2", n)
+	}
+	if rules := l.must(5*time.Second, "homer", "iptables-legacy", "-w", "5", "-t", "nat", "-S", "MINIUPNPD"); strings.Contains(rules, "DNAT") {
+		t.Errorf("the router still forwards:\n%s", rules)
 	}
 }
