@@ -269,6 +269,12 @@ func (s *yamuxStream) Write(p []byte) (int, error) {
 	if s.wclosed.Load() {
 		return 0, yamux.ErrStreamClosed
 	}
+	// A deadline that has passed fails the Write before it sends
+	// anything, as a net.Conn's does, even where credit is at hand (take
+	// reads the deadline only while it waits for credit).
+	if dl := s.writeDeadline(); !dl.IsZero() && !time.Now().Before(dl) {
+		return 0, yamux.ErrTimeout
+	}
 	id := s.StreamID()
 	total := 0
 	for total < len(p) {
