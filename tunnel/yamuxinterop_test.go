@@ -78,7 +78,9 @@ func (f *frameTap) Read(p []byte) (int, error) {
 		id := h.id()
 		f.granted[id] += uint64(h.length())
 		f.updates[id]++
-		f.ahead[id] = max(f.ahead[id], baseWindow+f.granted[id]-f.sent[id])
+		if credit := baseWindow + f.granted[id]; credit > f.sent[id] {
+			f.ahead[id] = max(f.ahead[id], credit-f.sent[id])
+		}
 	})
 	return n, err
 }
