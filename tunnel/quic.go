@@ -894,7 +894,15 @@ func (s *quicStream) Close() error {
 		return nil
 	}
 	s.finSent = true
-	return s.st.Close()
+	err := s.st.Close()
+	var se *quic.StreamError
+	if err != nil && errors.As(context.Cause(s.st.Context()), &se) && se.Remote {
+		// The peer stopped reading first (STOP_SENDING, as its own
+		// Close sends): there was nothing left to end, as when a TCP
+		// connection is closed after its peer.
+		err = nil
+	}
+	return err
 }
 
 // Abort resets both directions: the peer sees an error, not an end of

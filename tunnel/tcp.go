@@ -6,13 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/hashicorp/yamux"
 )
 
 // TCPTransport carries sessions over TCP + TLS 1.3 + yamux.
@@ -84,43 +81,14 @@ func (c *tlsLink) Handshake(ctx context.Context) error {
 	return err
 }
 
+// Mux runs the TCP transport's layer over yamux on the link (see
+// newYamuxSession); the dialing side is yamux's client.
 func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
-	cfg = normalizeSessionConfig(cfg)
-	yc := yamuxConfig(cfg)
-	var s *yamux.Session
-	var err error
-	heard := newHeardClock()
-	ys := &yamuxSession{heard: heard, end: &endRecord{}, idle: idleTimeout(cfg)}
-	ys.end.streams = ys.numStreams
-	wins := newRecvWindows(cfg)
-	sends := newSendWindows()
-	rxs := newRxTable()
-	link := &linkConn{Conn: c.Conn, heard: heard, end: ys.end}
-	fr := &frameReader{Conn: link, sends: sends, rxs: rxs, end: ys.end}
-	conn := &frameWriter{Conn: fr, raw: c.raw, wins: wins, sends: sends, rxs: rxs}
-	if c.client {
-		s, err = yamux.Client(conn, yc)
-	} else {
-		s, err = yamux.Server(conn, yc)
-	}
+	s, err := newYamuxSession(c.Conn, c.raw, c.client, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("yamux: %w", err)
+		return nil, err
 	}
-	ys.s, ys.fw, ys.fr, ys.sends, ys.rxs = s, conn, fr, sends, rxs
-	ys.ready.Store(true)
-	// The agent pings every second: what it hears back tells it early
-	// that the link went quiet (see SilentFor), and its own packets keep
-	// the home router's NAT mapping alive. The relay pings less often.
-	// Each answer measures the round trip for the receive windows. These
-	// pings are the keepalive too (see watch): both ping at least every
-	// keepalive interval.
-	period := min(cfg.KeepAlive, heartbeatMax)
-	if !c.client {
-		period = min(cfg.KeepAlive, relayPingPeriod)
-	}
-	go ys.heartbeat(period)
-	go ys.watch()
-	return ys, nil
+	return s, nil
 }
 
 // idleTimeout is how long a session may hear nothing from its peer
@@ -140,67 +108,4 @@ func (c *heardClock) touch() { c.last.Store(int64(time.Since(c.since))) }
 // silentFor is the time since the peer was last heard from.
 func (c *heardClock) silentFor() time.Duration {
 	return time.Since(c.since) - time.Duration(c.last.Load())
-}
-
-// linkConn is the link under yamux and this package's frames: it notes
-// when it last delivered bytes, and why it failed first (see endRecord).
-type linkConn struct {
-	net.Conn
-	heard *heardClock
-	end   *endRecord
-}
-
-func (c *linkConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if n > 0 {
-		c.heard.touch()
-	}
-	if err != nil {
-		c.end.noteLink("read", err)
-	}
-	return n, err
-}
-
-func (c *linkConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	if err != nil {
-		c.end.noteLink("write", err)
-	}
-	return n, err
-}
-
-// Close is called by yamux when the session ends; when nothing else said
-// why by then, yamux ended it on its own.
-func (c *linkConn) Close() error {
-	c.end.note(errMuxClosed)
-	return c.Conn.Close()
-}
-
-// yamuxConfig is the yamux configuration for cfg, normalized.
-func yamuxConfig(cfg SessionConfig) *yamux.Config {
-	return &yamux.Config{
-		AcceptBacklog: cfg.AcceptBacklog,
-		// Not yamux's keepalive: its ping's answer waits behind all the
-		// data the peer has queued on the link, so on a slow link it
-		// declares dead a session whose data is still arriving (see
-		// yamuxSession.watch, which replaces it).
-		EnableKeepAlive:   false,
-		KeepAliveInterval: cfg.KeepAlive,
-		// How long one of yamux's frames (a ping, a stream's opening or
-		// end, a small write) may wait to be written. It fails only that
-		// frame's caller, and must not fail on a link that is slow but
-		// alive: the idle timeout, which ends a link that is not.
-		ConnectionWriteTimeout: idleTimeout(cfg),
-		// recvWindows grants the credit (at most the stream window),
-		// and the data never reaches yamux (see streamRx); what yamux
-		// would grant on its own is rewritten.
-		MaxStreamWindowSize: cfg.StreamWindow,
-		// A stream whose peer never acknowledges it within this time
-		// means the peer is stuck: yamux then ends the session.
-		StreamOpenTimeout: 30 * time.Second,
-		// No close timeout: a half-closed stream may legitimately carry
-		// data the other way for hours. Splice bounds a stalled peer.
-		StreamCloseTimeout: 0,
-		Logger:             log.New(yamuxLog{cfg.Log}, "", 0),
-	}
 }

@@ -1,3 +1,70 @@
+// The TCP transport's layer over yamux.
+//
+// The TCP transport runs github.com/hashicorp/yamux over the TLS link, and
+// wraps it in a layer of its own, in the files named yamux*.go:
+//
+//	yamux.go        the Session and Stream over yamux; this list
+//	yamuxwire.go    frameWriter and frameReader: every byte between yamux
+//	                and the link passes through them, frame by frame
+//	yamuxrx.go      streamRx: the streams' received data, kept out of yamux
+//	yamuxsend.go    sendWindows: the peer's credit, for data frames written
+//	                by the stream's own goroutine instead of yamux's sender
+//	yamuxwindow.go  recvWindows: the credit granted to the peer
+//	yamuxlog.go     yamux's log lines into slog
+//
+// The layer speaks yamux's protocol unchanged (a stock yamux peer works,
+// see yamuxinterop_test.go), but it leans on how yamux itself behaves, not
+// only on its protocol. Each of the invariants below was checked against
+// yamux v0.1.2, and each has a test in yamuxinvariant_test.go, named
+// after its number, that drives a stock yamux session over a pipe and
+// watches the frames on the wire: after an upgrade of yamux, a failure
+// there names the invariant that broke. Do not upgrade yamux without
+// running them.
+//
+//  Y1. Frames: a 12-byte header of version 0, type (0 data, 1 window
+//      update, 2 ping, 3 go-away), flags (SYN 1, ACK 2, FIN 4, RST 8),
+//      stream ID and length, big-endian; a client opens odd stream IDs.
+//      The layer encodes and decodes headers itself (frameHeader).
+//  Y2. Writes: yamux writes to the link from one goroutine, a frame at a
+//      time: the header alone, one Write of 12 bytes, then, for a data
+//      frame with a length, the whole body in the next Write. frameWriter
+//      relies on it to join a header to its body without a lock, and to
+//      find every window update yamux sends (a lone header of type 1), so
+//      that none of yamux's own credit reaches the peer.
+//  Y3. Opening: OpenStream returns once the stream's SYN, a window update,
+//      has been written to the link, and AcceptStream once its ACK has.
+//      The data frames a stream writes itself (flags 0, see yamuxsend.go)
+//      therefore never overtake them, and the layer's tables learn of a
+//      stream from that frame before any of its data.
+//  Y4. Send credit: a yamux stream may send 256 KiB (baseWindow) before
+//      any window update, adds the length of each window update it
+//      receives for the stream (those with SYN or ACK too), and takes from
+//      it only what its own Write sends. sendWindows counts the same
+//      grants and all the data sent, so yamux's credit is never below
+//      sendWindows': a small Write handed to yamux never waits in yamux.
+//  Y5. Flags only: a data frame header whose length is 0 is acted on for
+//      its flags (SYN, ACK, FIN, RST) and no body is read. frameReader
+//      keeps the bodies of the streams' data and hands yamux each header
+//      with a length of 0.
+//  Y6. Unknown streams: the body of a data frame for a stream yamux does
+//      not know (closed, or reset) is read and dropped, and the session
+//      goes on. frameReader hands yamux such a frame whole.
+//  Y7. Resets: a window update with RST makes yamux forget the stream at
+//      once (NumStreams no longer counts it; its Read and Write fail with
+//      ErrConnectionReset), and yamux answers nothing, not even when the
+//      stream is closed after. yamuxStream.Abort hands its own yamux such
+//      a RST (frameReader.reset), which yamux reads at the next frame
+//      boundary of the link: until the peer's next frame arrives, the
+//      stream still counts in NumStreams.
+//  Y8. Reads: yamux reads the link from one goroutine. frameReader keeps
+//      its place in the peer's frames without a lock.
+//  Y9. Ends: yamux closes the link when its session ends, whatever ended
+//      it (Close, a failed read, a protocol error). frameReader's failing
+//      read then wakes every stream's reader (rxTable.end), and
+//      linkConn.Close notes that yamux ended the session.
+// Y10. Logs: yamux logs a line per event, starting "[ERR] yamux: " or
+//      "[WARN] yamux: ". yamuxLog sorts them into warnings and debug lines.
+
 package tunnel
 
 import (
@@ -5,6 +72,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -16,8 +84,8 @@ import (
 // yamuxSession is the TCP transport's Session: yamux over the TLS link.
 // Besides yamux itself it has the link's frame reader and writer, which
 // carry what this package adds to yamux without changing its protocol:
-// receive windows (window.go), data frames written from the writer's
-// goroutine (send.go), and stream resets (see yamuxStream.Abort).
+// receive windows (yamuxwindow.go), data frames written from the writer's
+// goroutine (yamuxsend.go), and stream resets (see yamuxStream.Abort).
 type yamuxSession struct {
 	s     *yamux.Session
 	heard *heardClock
@@ -201,6 +269,12 @@ func (s *yamuxStream) Write(p []byte) (int, error) {
 	if s.wclosed.Load() {
 		return 0, yamux.ErrStreamClosed
 	}
+	// A deadline that has passed fails the Write before it sends
+	// anything, as a net.Conn's does, even where credit is at hand (take
+	// reads the deadline only while it waits for credit).
+	if dl := s.writeDeadline(); !dl.IsZero() && !time.Now().Before(dl) {
+		return 0, yamux.ErrTimeout
+	}
 	id := s.StreamID()
 	total := 0
 	for total < len(p) {
@@ -324,4 +398,76 @@ func (s *yamuxStream) Close() error {
 	// sends its FIN, which it does once its side of Splice ends.
 	_ = s.Stream.SetDeadline(time.Now())
 	return err
+}
+
+// newYamuxSession runs yamux on the authenticated TLS link tlsConn, with
+// this package's frame reader and writer between the two (see the top of
+// this file); raw is the TCP connection under TLS. The client is the end
+// that dialed.
+func newYamuxSession(tlsConn net.Conn, raw *batchConn, client bool, cfg SessionConfig) (*yamuxSession, error) {
+	cfg = normalizeSessionConfig(cfg)
+	yc := yamuxConfig(cfg)
+	var s *yamux.Session
+	var err error
+	heard := newHeardClock()
+	ys := &yamuxSession{heard: heard, end: &endRecord{}, idle: idleTimeout(cfg)}
+	ys.end.streams = ys.numStreams
+	wins := newRecvWindows(cfg)
+	sends := newSendWindows()
+	rxs := newRxTable()
+	link := &linkConn{Conn: tlsConn, heard: heard, end: ys.end}
+	fr := &frameReader{Conn: link, sends: sends, rxs: rxs, end: ys.end}
+	conn := &frameWriter{Conn: fr, raw: raw, wins: wins, sends: sends, rxs: rxs}
+	if client {
+		s, err = yamux.Client(conn, yc)
+	} else {
+		s, err = yamux.Server(conn, yc)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("yamux: %w", err)
+	}
+	ys.s, ys.fw, ys.fr, ys.sends, ys.rxs = s, conn, fr, sends, rxs
+	ys.ready.Store(true)
+	// The agent pings every second: what it hears back tells it early
+	// that the link went quiet (see SilentFor), and its own packets keep
+	// the home router's NAT mapping alive. The relay pings less often.
+	// Each answer measures the round trip for the receive windows. These
+	// pings are the keepalive too (see watch): both ping at least every
+	// keepalive interval.
+	period := min(cfg.KeepAlive, heartbeatMax)
+	if !client {
+		period = min(cfg.KeepAlive, relayPingPeriod)
+	}
+	go ys.heartbeat(period)
+	go ys.watch()
+	return ys, nil
+}
+
+// yamuxConfig is the yamux configuration for cfg, normalized.
+func yamuxConfig(cfg SessionConfig) *yamux.Config {
+	return &yamux.Config{
+		AcceptBacklog: cfg.AcceptBacklog,
+		// Not yamux's keepalive: its ping's answer waits behind all the
+		// data the peer has queued on the link, so on a slow link it
+		// declares dead a session whose data is still arriving (see
+		// yamuxSession.watch, which replaces it).
+		EnableKeepAlive:   false,
+		KeepAliveInterval: cfg.KeepAlive,
+		// How long one of yamux's frames (a ping, a stream's opening or
+		// end, a small write) may wait to be written. It fails only that
+		// frame's caller, and must not fail on a link that is slow but
+		// alive: the idle timeout, which ends a link that is not.
+		ConnectionWriteTimeout: idleTimeout(cfg),
+		// recvWindows grants the credit (at most the stream window),
+		// and the data never reaches yamux (see streamRx); what yamux
+		// would grant on its own is rewritten.
+		MaxStreamWindowSize: cfg.StreamWindow,
+		// A stream whose peer never acknowledges it within this time
+		// means the peer is stuck: yamux then ends the session.
+		StreamOpenTimeout: 30 * time.Second,
+		// No close timeout: a half-closed stream may legitimately carry
+		// data the other way for hours. Splice bounds a stalled peer.
+		StreamCloseTimeout: 0,
+		Logger:             log.New(yamuxLog{cfg.Log}, "", 0),
+	}
 }

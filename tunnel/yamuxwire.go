@@ -402,3 +402,37 @@ func (b *batchConn) batch(write func() error) error {
 	}
 	return cmp.Or(werr, err)
 }
+
+// linkConn is the link under yamux and this package's frames: it notes
+// when it last delivered bytes, and why it failed first (see endRecord).
+type linkConn struct {
+	net.Conn
+	heard *heardClock
+	end   *endRecord
+}
+
+func (c *linkConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.heard.touch()
+	}
+	if err != nil {
+		c.end.noteLink("read", err)
+	}
+	return n, err
+}
+
+func (c *linkConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if err != nil {
+		c.end.noteLink("write", err)
+	}
+	return n, err
+}
+
+// Close is called by yamux when the session ends; when nothing else said
+// why by then, yamux ended it on its own.
+func (c *linkConn) Close() error {
+	c.end.note(errMuxClosed)
+	return c.Conn.Close()
+}

@@ -95,6 +95,10 @@ func (rx *streamRx) waitLocked() error {
 			return yamux.ErrConnectionReset
 		case rx.closed:
 			return yamux.ErrStreamClosed
+		case !rx.deadline.IsZero() && !time.Now().Before(rx.deadline):
+			// A deadline that has passed fails the Read even with
+			// data queued, as a net.Conn's does.
+			return yamux.ErrTimeout
 		case rx.n > 0:
 			return nil
 		case rx.fin:
