@@ -159,6 +159,9 @@ type Agent struct {
 	Tunnels []Tunnel
 	// DialTimeout bounds dialing a tunnel's target.
 	DialTimeout time.Duration
+	// WakeTime bounds waking a tunnel's target (Tunnel.Wake) and dialing
+	// it again until it answers ("wake_time").
+	WakeTime time.Duration
 	// HandshakeTimeout bounds connecting and authenticating to the relay.
 	HandshakeTimeout time.Duration
 	// ReconnectMax caps the reconnect backoff.
@@ -205,7 +208,14 @@ type Tunnel struct {
 	// Visitors, for a private tunnel, are the only visitor keys (by name)
 	// the agent lets through; empty: whichever the relay lets through.
 	Visitors []string
+	// Wake, when set, wakes the target by Wake-on-LAN when a visitor
+	// comes and the target does not answer (TCP tunnels).
+	Wake *Wake
 }
+
+// MaxWakeTime bounds wake_time: a relay waits at most this long (plus
+// the dial timeout) for a waking target (tunnel.MaxWakeWait).
+const MaxWakeTime = 5 * time.Minute
 
 // MaxPrefixes is the most networks one tunnel's Allow or Deny may list.
 const MaxPrefixes = 32
