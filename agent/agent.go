@@ -15,6 +15,7 @@ import (
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/internal/ddnsrun"
 	"github.com/homeport/homeport/internal/relaydial"
+	"github.com/homeport/homeport/internal/wol"
 	"github.com/homeport/homeport/tunnel"
 )
 
@@ -55,6 +56,13 @@ type Agent struct {
 	ddns      ddnsRunner
 	relayAddr *ddnsrun.RelayAddr
 	version   string
+
+	// wakers send each MAC address's magic packets (see waker).
+	wakeMu sync.Mutex
+	wakers map[wol.MAC]*waker
+	// WakeEvery is the least time between two magic packets for one MAC
+	// address (DefaultWakeEvery); tests may change it before Run.
+	WakeEvery time.Duration
 
 	// OnSession, when set, is called after every successful registration
 	// with the relay's answer; tests and status reporting use it.
@@ -98,6 +106,7 @@ func New(cfg config.Agent, version string, log *slog.Logger) (*Agent, error) {
 		version:   version,
 		renew:     make(chan struct{}, 1),
 		relayAddr: ddnsrun.NewRelayAddr(),
+		WakeEvery: DefaultWakeEvery,
 	}
 	set, u, err := a.prepare(cfg, nil)
 	if err != nil {

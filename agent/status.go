@@ -75,6 +75,10 @@ type TunnelStatus struct {
 	// Dropped counts the target's UDP datagrams dropped while the relay
 	// took them slower than they came.
 	Dropped int64 `json:"dropped,omitempty"`
+	// WakeMAC is the MAC address the agent wakes the target by ("": no
+	// wake setting); LastWake is its last wake (nil: none yet).
+	WakeMAC  string      `json:"wake_mac,omitempty"`
+	LastWake *WakeStatus `json:"last_wake,omitempty"`
 }
 
 // ConfigStatus says which configuration is in force.
