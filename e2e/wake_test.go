@@ -165,6 +165,10 @@ func testWakeSleepingTarget(t *testing.T, tr string) {
 	if w := lastWake(a, "pc"); w == nil || w.Result != agent.WakeWoke || w.Took <= 0 || w.MAC != wakeMAC.String() {
 		t.Fatalf("status of the last wake: %+v", w)
 	}
+	if v, ok := metricValue(gather(t, a.agent.RegisterMetrics), "homeport_agent_wakes_total",
+		map[string]string{"tunnel": "pc", "result": agent.WakeWoke}); !ok || v != 1 {
+		t.Errorf("wakes_total{pc,woke} = %v (%v)", v, ok)
+	}
 	// Awake now: the next visitor is carried without a wake.
 	before := s.packets.Load()
 	expectEcho(t, publicAddr(port))
@@ -204,6 +208,10 @@ func TestWakeWrongMAC(t *testing.T) {
 	}
 	if w := lastWake(a, "pc"); w == nil || w.Result != agent.WakeNoAnswer {
 		t.Fatalf("status of the last wake: %+v", w)
+	}
+	if v, ok := metricValue(gather(t, a.agent.RegisterMetrics), "homeport_agent_wakes_total",
+		map[string]string{"tunnel": "pc", "result": agent.WakeNoAnswer}); !ok || v != 1 {
+		t.Errorf("wakes_total{pc,no_answer} = %v (%v)", v, ok)
 	}
 }
 
