@@ -1,3 +1,5 @@
+//go:build unix
+
 package e2e
 
 import (
@@ -7,10 +9,12 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -41,21 +45,37 @@ type sleeper struct {
 }
 
 // startSleeper makes a target that wakes delay after the first magic
-// packet for mac and then echoes.
+// packet for mac and then echoes. Its port is bound from the start, not
+// listening (a connection is refused), so that nothing else takes it.
 func startSleeper(t *testing.T, mac wol.MAC, delay time.Duration) *sleeper {
 	t.Helper()
-	s := &sleeper{target: publicAddr(freePort(t)), awake: make(chan struct{})}
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.CloseOnExec(fd)
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		syscall.Close(fd)
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		syscall.Close(fd)
+		t.Fatal(err)
+	}
+	s := &sleeper{target: publicAddr(uint16(sa.(*syscall.SockaddrInet4).Port)), awake: make(chan struct{})}
 	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
+		syscall.Close(fd)
 		t.Fatal(err)
 	}
 	s.wakeAt = uint16(pc.LocalAddr().(*net.UDPAddr).Port)
 	var wg sync.WaitGroup
+	var woke atomic.Bool // fd is the listener's once set
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		buf := make([]byte, 1500)
-		woke := false
 		for {
 			n, _, err := pc.ReadFrom(buf)
 			if err != nil {
@@ -70,15 +90,20 @@ func startSleeper(t *testing.T, mac wol.MAC, delay time.Duration) *sleeper {
 				continue
 			}
 			s.mine.Add(1)
-			if woke {
+			if woke.Swap(true) {
 				continue
 			}
-			woke = true
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				time.Sleep(delay) // the machine boots
-				l, err := net.Listen("tcp", s.target)
+				f := os.NewFile(uintptr(fd), "sleeper")
+				defer f.Close()
+				if err := syscall.Listen(fd, 128); err != nil {
+					t.Errorf("target wakes: %v", err)
+					return
+				}
+				l, err := net.FileListener(f)
 				if err != nil {
 					t.Errorf("target wakes: %v", err)
 					return
@@ -91,6 +116,9 @@ func startSleeper(t *testing.T, mac wol.MAC, delay time.Duration) *sleeper {
 	t.Cleanup(func() {
 		pc.Close()
 		wg.Wait()
+		if !woke.Load() {
+			syscall.Close(fd)
+		}
 	})
 	return s
 }
