@@ -58,9 +58,9 @@ func (s Sent) String() string {
 // ErrNotSent means no way of sending the magic packet worked.
 var ErrNotSent = errors.New("magic packet not sent")
 
-// errNoRaw means raw frames cannot be sent here (not Linux, or no
-// interface to send them on).
-var errNoRaw = errors.New("raw Ethernet frames are sent only on Linux, on a known interface")
+// errNoInterface means no Ethernet interface was found to send a raw
+// frame on.
+var errNoInterface = errors.New("no Ethernet interface holds the target's subnet (give interface)")
 
 // Send sends one magic packet for t.MAC by every way it can: a UDP
 // broadcast and, on Linux with CAP_NET_RAW, a raw Ethernet frame. It
@@ -88,7 +88,7 @@ func Send(ctx context.Context, t Target) (Sent, error) {
 	case ifErr != nil:
 		s.RawErr = ifErr
 	case ifi == nil || ifi.Flags&net.FlagLoopback != 0 || len(ifi.HardwareAddr) != 6:
-		s.RawErr = errNoRaw
+		s.RawErr = errNoInterface
 	default:
 		if s.RawErr = sendRaw(ifi, pkt); s.RawErr == nil {
 			s.Raw = true
