@@ -15,6 +15,7 @@ import (
 	"github.com/homeport/homeport/config"
 	"github.com/homeport/homeport/ddns"
 	"github.com/homeport/homeport/internal/relaydial"
+	"github.com/homeport/homeport/internal/wol"
 	"github.com/homeport/homeport/tunnel"
 )
 
@@ -58,6 +59,13 @@ type Agent struct {
 	newDDNS   DDNSBuilder // nil: a ddns section is refused
 	version   string
 
+	// wakers send each MAC address's magic packets (see waker).
+	wakeMu sync.Mutex
+	wakers map[wol.MAC]*waker
+	// WakeEvery is the least time between two magic packets for one MAC
+	// address (DefaultWakeEvery); tests may change it before Run.
+	WakeEvery time.Duration
+
 	// OnSession, when set, is called after every successful registration
 	// with the relay's answer; tests and status reporting use it.
 	OnSession func(SessionInfo)
@@ -100,6 +108,7 @@ func New(cfg config.Agent, version string, log *slog.Logger, opts ...Option) (*A
 		version:   version,
 		renew:     make(chan struct{}, 1),
 		relayAddr: ddns.NewRelayAddr(),
+		WakeEvery: DefaultWakeEvery,
 	}
 	for _, o := range opts {
 		o(a)

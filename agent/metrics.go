@@ -16,6 +16,7 @@ import (
 type metrics struct {
 	streamOpen    prometheus.Histogram
 	sessionsEnded *prometheus.CounterVec // relay, transport, cause
+	wakes         *prometheus.CounterVec // tunnel, result
 }
 
 func newMetrics() *metrics {
@@ -29,12 +30,16 @@ func newMetrics() *metrics {
 			Name: "homeport_agent_sessions_ended_total",
 			Help: "Sessions to the relay that ended, by transport and cause: shutdown (the agent stopped), upgrade (moved to QUIC), replaced, relay_shutdown, revoked, go_away (the relay's word), protocol_error; or, when neither end said why, what the link saw: keepalive_timeout, peer_closed, read_error, write_error, stateless_reset, mux_error, closed.",
 		}, []string{"relay", "transport", "cause"}),
+		wakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "homeport_agent_wakes_total",
+			Help: "Wakes of a tunnel's target by Wake-on-LAN, by result: woke (it answered within wake_time), no_answer (it did not), sent (by hand, agent wake), failed (no magic packet could be sent by hand).",
+		}, []string{"tunnel", "result"}),
 	}
 }
 
 // RegisterMetrics adds the agent's metrics to reg.
 func (a *Agent) RegisterMetrics(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{a.metrics.streamOpen, a.metrics.sessionsEnded, &statusCollector{a}} {
+	for _, c := range []prometheus.Collector{a.metrics.streamOpen, a.metrics.sessionsEnded, a.metrics.wakes, &statusCollector{a}} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

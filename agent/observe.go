@@ -92,6 +92,7 @@ type tunnelStats struct {
 	mu          sync.Mutex
 	dialErr     string
 	dialErrTime time.Time
+	wake        *WakeStatus // the last wake; nil: none
 }
 
 func (s *tunnelStats) dialFailed(err error) {
@@ -121,6 +122,9 @@ func (a *Agent) Status() Status {
 	for _, t := range set.cfg.Tunnels {
 		ts := TunnelStatus{Name: t.Name, Protocol: t.Protocol, Port: t.RemotePort, Target: t.Target, State: string(TunnelDown),
 			Private: t.Private, VisitorKeys: t.Visitors}
+		if t.Wake != nil {
+			ts.WakeMAC = t.Wake.MAC.String()
+		}
 		if r, ok := regs[t.Name]; ok {
 			ts.State, ts.Since, ts.NextRetry = string(r.State), r.Since, r.NextRetry
 			if r.State != TunnelUp && r.Code != tunnel.CodeOK {
@@ -133,6 +137,7 @@ func (a *Agent) Status() Status {
 			ts.DialFailures = s.dialFail.Load()
 			s.mu.Lock()
 			ts.DialError, ts.DialErrorTime = s.dialErr, s.dialErrTime
+			ts.LastWake = s.wake
 			s.mu.Unlock()
 		}
 		if q := set.udpQueues[t.Name]; q != nil {

@@ -140,6 +140,9 @@ func (a *Agent) prepare(cfg config.Agent, old *settings) (*settings, *ddns.Updat
 	if c.HandshakeTimeout <= 0 {
 		c.HandshakeTimeout = 10 * time.Second
 	}
+	if c.WakeTime <= 0 {
+		c.WakeTime = time.Minute
+	}
 	if c.ReconnectMax <= 0 {
 		c.ReconnectMax = 30 * time.Second
 	}
@@ -259,6 +262,7 @@ func diff(old, set *settings) Changes {
 		{"transport", o.Transport != n.Transport, &c.NewSession},
 		{"session", o.Session != n.Session, &c.NextSession},
 		{"dial_timeout", o.DialTimeout != n.DialTimeout, &c.Other},
+		{"wake_time", o.WakeTime != n.WakeTime, &c.Other},
 		{"handshake_timeout", o.HandshakeTimeout != n.HandshakeTimeout, &c.Other},
 		{"reconnect_max", o.ReconnectMax != n.ReconnectMax, &c.Other},
 		{"access_log", o.AccessLog != n.AccessLog, &c.Other},

@@ -167,7 +167,7 @@ func (a *Agent) serve(ctx context.Context, l *link) error {
 			mu.Unlock()
 			go func() {
 				defer streams.Done()
-				a.handleStream(spliceCx, tunnel.CutAware(st, lost), flows, spawn)
+				a.handleStream(spliceCx, tunnel.CutAware(st, lost), l.features, flows, spawn)
 			}()
 		}
 	}()
@@ -285,7 +285,8 @@ func refuse(st tunnel.Stream, code tunnel.Code, msg string) {
 }
 
 // handleStream connects one visitor stream to its tunnel's target.
-func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowTable, spawn func(func())) {
+// f are the relay's features (a wake's notice needs tunnel.FeatureWake).
+func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, f tunnel.Features, flows *flowTable, spawn func(func())) {
 	start := time.Now()
 	_ = st.SetReadDeadline(start.Add(openTimeout))
 	m, err := tunnel.ReadMessage(st, tunnel.MaxFrameSize)
@@ -328,6 +329,9 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, flows *flowT
 	}
 	d := net.Dialer{Timeout: set.cfg.DialTimeout}
 	c, err := d.DialContext(ctx, "tcp", t.Target)
+	if err != nil && t.Wake != nil {
+		c, err = a.wakeAndDial(ctx, st, t, set.cfg, f, err, who)
+	}
 	if err != nil {
 		stats.dialFailed(err)
 		msg := fmt.Sprintf("tunnel %q: dial %s: %v", t.Name, t.Target, err)

@@ -78,6 +78,10 @@ type TunnelStatus struct {
 	// PortMapping is the tunnel's port mapping on the home router (nil:
 	// none configured).
 	PortMapping *MappingStatus `json:"port_mapping,omitempty"`
+	// WakeMAC is the MAC address the agent wakes the target by ("": no
+	// wake setting); LastWake is its last wake (nil: none yet).
+	WakeMAC  string      `json:"wake_mac,omitempty"`
+	LastWake *WakeStatus `json:"last_wake,omitempty"`
 }
 
 // ConfigStatus says which configuration is in force.

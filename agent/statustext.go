@@ -69,6 +69,29 @@ func (s Status) WriteText(w io.Writer) {
 		maps.Write(w)
 	}
 
+	wakes := control.Table{Title: "WAKE-ON-LAN", Head: []string{"TUNNEL", "MAC", "LAST WAKE", "RESULT", "TOOK", "SENT"}}
+	for _, t := range s.Tunnels {
+		if t.WakeMAC == "" {
+			continue
+		}
+		row := []string{t.Name, t.WakeMAC, "never", "-", "-", "-"}
+		if lw := t.LastWake; lw != nil {
+			row[2] = control.Age(s.Now, lw.Time) + " ago"
+			row[3] = lw.Result
+			if lw.Error != "" {
+				row[3] += ": " + lw.Error
+			}
+			if lw.Result == WakeWoke {
+				row[4] = time.Duration(lw.Took).Round(100 * time.Millisecond).String()
+			}
+			row[5] = control.Or(lw.Sent)
+		}
+		wakes.Rows = append(wakes.Rows, row)
+	}
+	if len(wakes.Rows) > 0 {
+		wakes.Write(w)
+	}
+
 	if len(s.DDNS) > 0 {
 		ddnsstatus.Table(s.Now, s.DDNS).Write(w)
 	}

@@ -30,6 +30,8 @@ func agentSettings() []setting {
 		{key: "handshake_timeout", flag: "handshake-timeout", kind: kDuration, def: "10s", usage: "time to connect and authenticate to the relay"},
 		{key: "reconnect_max", flag: "reconnect-max", kind: kDuration, def: "30s", usage: "longest wait between reconnect attempts"},
 		{key: "access_log", flag: "access-log", kind: kBool, def: "false", usage: "log every tunneled connection"},
+		{key: "wake", flag: "wake", kind: kList, usage: "wake a sleeping target by Wake-on-LAN when a visitor comes and it does not answer: MAC (with one TCP tunnel) or NAME=MAC; repeatable"},
+		{key: "wake_time", flag: "wake-time", kind: kDuration, def: "60s", usage: "how long to keep waking a target and dialing it before the visitor is refused"},
 		ddnsSetting(),
 	}
 	return append(append(append(s, sessionSettings()...), logSettings()...), debugSettings()...)
@@ -59,6 +61,7 @@ func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
 		HandshakeTimeout: l.duration("handshake_timeout", time.Second, 5*time.Minute),
 		ReconnectMax:     l.duration("reconnect_max", time.Second, time.Hour),
 		AccessLog:        l.bool("access_log"),
+		WakeTime:         l.duration("wake_time", time.Second, MaxWakeTime),
 		Session:          l.session(),
 		Log:              l.log(),
 		DebugAddr:        l.debugAddr(),
@@ -79,6 +82,7 @@ func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
 		}
 	}
 	c.Tunnels = l.tunnels()
+	l.applyWakeFlags(c.Tunnels)
 	c.DDNS = l.ddns(ddnsAgent)
 	if err := l.err(); err != nil {
 		return Agent{}, err
@@ -183,7 +187,7 @@ func (l *loader) tunnels() []Tunnel {
 }
 
 func tunnelSection(item any) (Tunnel, error) {
-	m, err := section(item, "name", "protocol", "remote_port", "target", "allow", "deny", "proxy_protocol", "private", "visitors", "port_mapping")
+	m, err := section(item, "name", "protocol", "remote_port", "target", "allow", "deny", "proxy_protocol", "private", "visitors", "port_mapping", "wake")
 	if err != nil {
 		return Tunnel{}, err
 	}
@@ -235,6 +239,14 @@ func tunnelSection(item any) (Tunnel, error) {
 	if v, ok := m["port_mapping"]; ok {
 		if t.PortMapping, err = portMappingValue(v); err != nil {
 			return Tunnel{}, fmt.Errorf("port_mapping: %w", err)
+		}
+	}
+	if v, ok := m["wake"]; ok {
+		if t.Wake, err = parseWake(v); err != nil {
+			return Tunnel{}, fmt.Errorf("tunnel %q: wake: %w", t.Name, err)
+		}
+		if t.Protocol != "tcp" {
+			return Tunnel{}, fmt.Errorf("tunnel %q: wake: the tunnel is UDP; waking is for TCP tunnels", t.Name)
 		}
 	}
 	if err := t.validate(); err != nil {

@@ -162,6 +162,9 @@ type Agent struct {
 	Tunnels []Tunnel
 	// DialTimeout bounds dialing a tunnel's target.
 	DialTimeout time.Duration
+	// WakeTime bounds waking a tunnel's target (Tunnel.Wake) and dialing
+	// it again until it answers ("wake_time").
+	WakeTime time.Duration
 	// HandshakeTimeout bounds connecting and authenticating to the relay.
 	HandshakeTimeout time.Duration
 	// ReconnectMax caps the reconnect backoff.
@@ -212,6 +215,9 @@ type Tunnel struct {
 	// its outside address straight to the target ("port_mapping"), as a
 	// direct way in beside the relay; nil: none.
 	PortMapping *PortMapping
+	// Wake, when set, wakes the target by Wake-on-LAN when a visitor
+	// comes and the target does not answer (TCP tunnels).
+	Wake *Wake
 }
 
 // PortMapping is a tunnel's port mapping on the home router (package
@@ -224,6 +230,10 @@ type PortMapping struct {
 	// (empty: all three, in that order).
 	Methods []string
 }
+
+// MaxWakeTime bounds wake_time: a relay waits at most this long (plus
+// the dial timeout) for a waking target (tunnel.MaxWakeWait).
+const MaxWakeTime = 5 * time.Minute
 
 // MaxPrefixes is the most networks one tunnel's Allow or Deny may list.
 const MaxPrefixes = 32

@@ -415,7 +415,7 @@ func TestAgentLoad(t *testing.T) {
 			{Name: "rdp", Protocol: "tcp", RemotePort: 3390, Target: "127.0.0.1:3389"},
 			{Name: "tcp-2222", Protocol: "tcp", RemotePort: 2222, Target: "[::1]:22"},
 		},
-		DialTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second, ReconnectMax: 30 * time.Second,
+		DialTimeout: 5 * time.Second, WakeTime: time.Minute, HandshakeTimeout: 10 * time.Second, ReconnectMax: 30 * time.Second,
 		Session: Session{KeepAlive: 10 * time.Second, KeepAliveTimeout: 10 * time.Second, StreamWindow: 16 << 20},
 		Log:     Log{Level: "info", Format: "text"},
 	}

@@ -196,7 +196,8 @@ func agentConfig(r *relayHandle, tunnels ...config.Tunnel) config.Agent {
 
 // startAgent runs an agent in this process. It does not wait for the
 // session; use waitSession.
-func startAgent(t *testing.T, cfg config.Agent) *agentHandle {
+// setup, when given, adjusts the agent before it runs.
+func startAgent(t *testing.T, cfg config.Agent, setup ...func(*agent.Agent)) *agentHandle {
 	t.Helper()
 	logs := &logBuf{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -205,6 +206,9 @@ func startAgent(t *testing.T, cfg config.Agent) *agentHandle {
 	}))
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range setup {
+		f(a)
 	}
 	h := &agentHandle{t: t, agent: a, cfg: cfg, logs: logs, sessions: make(chan agent.SessionInfo, 16), done: make(chan error, 1)}
 	a.OnSession = func(si agent.SessionInfo) {

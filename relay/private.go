@@ -182,6 +182,19 @@ func (t *privateTCP) serveVisit(vs *visitorSession, st tunnel.Stream, ip netip.A
 	if err == nil {
 		_ = ast.SetReadDeadline(time.Now().Add(agentAnswerTimeout))
 		err = tunnel.ReadInto(ast, tunnel.MaxFrameSize, &res)
+		if err == nil && res.Code == tunnel.CodeWaking {
+			// The agent wakes the target: one notice, then the answer
+			// within tunnel.MaxWakeWait. A visitor that knows the notice
+			// hears it and waits as long.
+			if vs.waits {
+				_ = vs.answer(st, tunnel.CodeWaking, res.Message)
+			}
+			_ = ast.SetReadDeadline(time.Now().Add(tunnel.MaxWakeWait))
+			err = tunnel.ReadInto(ast, tunnel.MaxFrameSize, &res)
+			if err == nil && res.Code == tunnel.CodeWaking {
+				err = fmt.Errorf("a second waking notice: %w", tunnel.ErrUnexpected)
+			}
+		}
 		_ = ast.SetReadDeadline(time.Time{})
 	}
 	if err != nil {
@@ -207,7 +220,8 @@ func (t *privateTCP) serveVisit(vs *visitorSession, st tunnel.Stream, ip netip.A
 }
 
 // agentAnswerTimeout bounds the wait for an agent's OpenResult on a
-// private tunnel's stream (it dials its target meanwhile).
+// private tunnel's stream (it dials its target meanwhile), or for its
+// CodeWaking notice, after which tunnel.MaxWakeWait bounds the answer.
 const agentAnswerTimeout = time.Minute
 
 // visitorKey returns the visitor key named name in force.

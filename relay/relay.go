@@ -578,7 +578,7 @@ func (s *Server) handleAgent(ctx context.Context, c tunnel.Conn, l *login, trans
 		s.metrics.logins.WithLabelValues("ok").Inc()
 		key := lc.Visitors[agent.Token]
 		s.serveVisitor(ctx, &visitorSession{srv: s, key: key, id: agent.ID, software: agent.Software, remote: remote, local: c.LocalAddr().String(),
-			ip: addrOf(c.RemoteAddr()), transport: transport, started: time.Now(), sess: sess,
+			ip: addrOf(c.RemoteAddr()), transport: transport, waits: agent.Flags&tunnel.FlagWaits != 0, started: time.Now(), sess: sess,
 			log: log.With("visitor", agent.ID, "key", key.Name, "token", key.Token)})
 		return
 	}

@@ -506,6 +506,16 @@ func (r *openResultReader) Read(p []byte) (int, error) {
 		if err := tunnel.ReadInto(r.Stream, tunnel.MaxFrameSize, &res); err != nil {
 			return 0, fmt.Errorf("agent answer: %w", err)
 		}
+		if res.Code == tunnel.CodeWaking {
+			// The agent wakes the target; its answer follows (the
+			// visitor waits, as for a slow connect). One notice only.
+			if err := tunnel.ReadInto(r.Stream, tunnel.MaxFrameSize, &res); err != nil {
+				return 0, fmt.Errorf("agent answer after waking the target: %w", err)
+			}
+			if res.Code == tunnel.CodeWaking {
+				return 0, fmt.Errorf("agent answer: a second waking notice: %w", tunnel.ErrUnexpected)
+			}
+		}
 		if r.answered != nil {
 			r.answered()
 		}

@@ -36,6 +36,7 @@ type visitorSession struct {
 	local     string
 	ip        netip.Addr
 	transport string
+	waits     bool // the visitor reads CodeWaking notices (tunnel.FlagWaits)
 	started   time.Time
 	sess      tunnel.Session
 	log       *slog.Logger

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"time"
 	"unicode/utf8"
 )
 
@@ -40,7 +41,16 @@ const (
 	CodeIDInUse        Code = 14 // a standby login's agent id has a live session
 	CodeOffline        Code = 15 // no agent serves the private tunnel now
 	CodeNotAllowed     Code = 16 // the visitor key may not use the private tunnel
+	// CodeWaking is not an answer but a notice before it: the agent is
+	// waking the target (Wake-on-LAN); the answer follows within
+	// MaxWakeWait. Sent only to a relay with FeatureWake, and by a relay
+	// only to a visitor whose hello has FlagWaits.
+	CodeWaking Code = 17
 )
+
+// MaxWakeWait bounds the wait for an OpenResult after a CodeWaking
+// notice: the agent's longest wake_time (5 minutes) and a dial.
+const MaxWakeWait = 6 * time.Minute
 
 var codeNames = [...]string{
 	CodeOK:             "ok",
@@ -60,6 +70,7 @@ var codeNames = [...]string{
 	CodeIDInUse:        "agent id in use",
 	CodeOffline:        "tunnel offline",
 	CodeNotAllowed:     "not allowed",
+	CodeWaking:         "waking the target",
 }
 
 func (c Code) String() string {
@@ -209,7 +220,11 @@ const FeaturePrivate Features = 1 << 1
 
 // RelayFeatures are the features of a relay built with this package,
 // announced by AuthenticateAgent (the relay's control loop handles each).
-const RelayFeatures = FeatureUnregister | FeaturePrivate | FeatureReach
+const RelayFeatures = FeatureUnregister | FeaturePrivate | FeatureWake | FeatureReach
+
+// FeatureWake: the relay reads an OpenResult with CodeWaking as a notice
+// and waits up to MaxWakeWait more for the answer.
+const FeatureWake Features = 1 << 2
 
 // Reject tells the agent why authentication failed.
 type Reject struct {
@@ -253,6 +268,11 @@ const FlagFeatures HelloFlags = 1 << 2
 // visitor key, not an agent token, and the session that follows carries
 // the visitor's streams to private tunnels (Visit), nothing else.
 const FlagVisitor HelloFlags = 1 << 3
+
+// FlagWaits says that the visitor reads an OpenResult with CodeWaking as
+// a notice and waits up to MaxWakeWait more for the answer; the relay
+// passes the notice only to such a visitor.
+const FlagWaits HelloFlags = 1 << 4
 
 func (*Register) msgType() byte       { return msgRegister }
 func (*RegisterResult) msgType() byte { return msgRegisterResult }

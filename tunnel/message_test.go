@@ -378,7 +378,7 @@ func TestCodeString(t *testing.T) {
 		{CodeQuota, "quota reached"},
 		{CodePortReserved, "port reserved"},
 		{CodeIDInUse, "agent id in use"},
-		{CodeOffline, "tunnel offline"}, {CodeNotAllowed, "not allowed"}, {CodeNotAllowed + 1, "code 17"},
+		{CodeOffline, "tunnel offline"}, {CodeNotAllowed, "not allowed"}, {CodeWaking, "waking the target"}, {CodeWaking + 1, "code 18"},
 		{255, "code 255"},
 	}
 	for _, tt := range tests {

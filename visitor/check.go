@@ -37,6 +37,18 @@ func (v *Visitor) ask(ctx context.Context, sess tunnel.Session, vis *visit, flag
 	if err := tunnel.ReadInto(st, tunnel.MaxFrameSize, &res); err != nil {
 		return st, res, fmt.Errorf("read the relay's answer: %w", err)
 	}
+	if res.Code == tunnel.CodeWaking {
+		// The home agent wakes the target: its answer follows within
+		// tunnel.MaxWakeWait (ctx still ends the wait).
+		vis.log.Info("the home agent is waking the target; waiting", "detail", res.Message)
+		_ = st.SetReadDeadline(time.Now().Add(tunnel.MaxWakeWait))
+		if err := tunnel.ReadInto(st, tunnel.MaxFrameSize, &res); err != nil {
+			return st, res, fmt.Errorf("read the relay's answer after the target's wake: %w", err)
+		}
+		if res.Code == tunnel.CodeWaking {
+			return st, res, fmt.Errorf("the relay sent a second waking notice: %w", tunnel.ErrUnexpected)
+		}
+	}
 	if !stop() {
 		return st, res, ctx.Err()
 	}

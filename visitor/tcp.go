@@ -54,8 +54,10 @@ func (v *Visitor) handleTCP(ctx context.Context, vis *visit, c *net.TCPConn) {
 		}
 		return
 	}
-	st, res, err := v.ask(wctx, sess, vis, 0)
 	cancel()
+	// ask bounds the answer by handshake_timeout, or by
+	// tunnel.MaxWakeWait after the agent said it wakes the target.
+	st, res, err := v.ask(ctx, sess, vis, 0)
 	if err != nil {
 		if st != nil {
 			st.Close()

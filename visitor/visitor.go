@@ -407,7 +407,7 @@ func (v *Visitor) establish(ctx context.Context) (tunnel.Session, string, *failu
 	}
 	// A stop during the login ends it at once, not at the link's deadline.
 	stop := context.AfterFunc(dctx, func() { c.Close() })
-	welcome, err := tunnel.Authenticate(c, []byte(v.cfg.Key), v.cfg.ID, v.software, tunnel.FlagVisitor|tunnel.FlagFeatures)
+	welcome, err := tunnel.Authenticate(c, []byte(v.cfg.Key), v.cfg.ID, v.software, tunnel.FlagVisitor|tunnel.FlagFeatures|tunnel.FlagWaits)
 	stopped := !stop()
 	if err == nil && stopped {
 		err = dctx.Err()

@@ -94,6 +94,7 @@ variables < flags.`,
 	cmd.AddCommand(visitCommand(stdout, stderr))
 	cmd.AddCommand(statusCommand(stdout))
 	cmd.AddCommand(reloadCommand(stdout))
+	cmd.AddCommand(wakeCommand(stdout))
 	cmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
@@ -145,7 +146,7 @@ func run(ctx context.Context, cfg config.Agent, fs *pflag.FlagSet, stderr io.Wri
 	waits = append(waits, rl.Watch(ctx))
 	// Another agent with this data directory keeps the socket: this one
 	// runs on without, since agents (unlike relays) share a machine.
-	if waitControl, err := serveControl(ctx, cfg, status, rl, log); err != nil {
+	if waitControl, err := serveControl(ctx, cfg, status, a.Wake, rl, log); err != nil {
 		log.Warn("control socket taken by another agent: agent status shows that one; give this agent its own data_dir", "err", err)
 	} else {
 		waits = append(waits, waitControl)
