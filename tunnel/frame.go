@@ -41,6 +41,7 @@ const (
 	msgGoAway          byte = 0x12 // relay -> agent, control stream
 	msgUnregister      byte = 0x13 // agent -> relay, control stream
 	msgRegisterPrivate byte = 0x14 // agent -> relay, control stream
+	msgRegisterWeb     byte = 0x15 // agent -> relay, control stream
 	msgOpen            byte = 0x20 // relay -> agent, first frame of a visitor stream
 	msgOpenResult      byte = 0x21 // agent -> relay, first frame back on a visitor stream
 	msgOpenFlow        byte = 0x22 // relay -> agent, first frame of a UDP flow stream

@@ -40,6 +40,8 @@ const (
 	CodeIDInUse        Code = 14 // a standby login's agent id has a live session
 	CodeOffline        Code = 15 // no agent serves the private tunnel now
 	CodeNotAllowed     Code = 16 // the visitor key may not use the private tunnel
+	CodeHostNotAllowed Code = 17 // host name outside the names of this token
+	CodeHostInUse      Code = 18 // another agent serves the host name
 )
 
 var codeNames = [...]string{
@@ -60,6 +62,8 @@ var codeNames = [...]string{
 	CodeIDInUse:        "agent id in use",
 	CodeOffline:        "tunnel offline",
 	CodeNotAllowed:     "not allowed",
+	CodeHostNotAllowed: "host not allowed",
+	CodeHostInUse:      "host in use",
 }
 
 func (c Code) String() string {
@@ -84,6 +88,10 @@ func (p Protocol) String() string {
 		return "tcp"
 	case ProtoUDP:
 		return "udp"
+	case ProtoHTTP:
+		return "http"
+	case ProtoHTTPS:
+		return "https"
 	}
 	return fmt.Sprintf("protocol %d", uint8(p))
 }
@@ -209,7 +217,7 @@ const FeaturePrivate Features = 1 << 1
 
 // RelayFeatures are the features of a relay built with this package,
 // announced by AuthenticateAgent (the relay's control loop handles each).
-const RelayFeatures = FeatureUnregister | FeaturePrivate
+const RelayFeatures = FeatureUnregister | FeaturePrivate | FeatureWeb
 
 // Reject tells the agent why authentication failed.
 type Reject struct {
@@ -477,6 +485,8 @@ func newMessage(typ byte) Message {
 		return new(RegisterPrivate)
 	case msgVisit:
 		return new(Visit)
+	case msgRegisterWeb:
+		return new(RegisterWeb)
 	}
 	return nil
 }
