@@ -51,6 +51,8 @@ func (s *Server) Reload(cfg config.Relay, id Identity) (changes, restartOnly []s
 		put      func()
 	}{
 		{"listen", old.Listen, lc.Listen, func() { lc.Listen = old.Listen }},
+		{"http_addr", old.HTTPAddr, lc.HTTPAddr, func() { lc.HTTPAddr = old.HTTPAddr }},
+		{"https_addr", old.HTTPSAddr, lc.HTTPSAddr, func() { lc.HTTPSAddr = old.HTTPSAddr }},
 		{"quic", old.QUIC, lc.QUIC, func() { lc.QUIC = old.QUIC }},
 		{"data_dir", old.DataDir, lc.DataDir, func() { lc.DataDir = old.DataDir }},
 		{"tls_cert", old.TLSCert, lc.TLSCert, func() { lc.TLSCert = old.TLSCert }},
@@ -70,6 +72,9 @@ func (s *Server) Reload(cfg config.Relay, id Identity) (changes, restartOnly []s
 	changes = describeChanges(old, lc)
 	s.live.Store(lc)
 	s.hs.setConfig(lc.Guard)
+	for _, g := range s.webGuards {
+		g.setConfig(lc.Guard)
+	}
 
 	// Sessions: revoked tokens, tunnels no longer allowed, new limits.
 	s.mu.Lock()
@@ -93,6 +98,12 @@ func (s *Server) Reload(cfg config.Relay, id Identity) (changes, restartOnly []s
 		for _, pt := range as.tunnels {
 			pt.setLimits(lc.Guard)
 			ts := pt.status()
+			if ts.Host != "" {
+				if why := lc.hostRefusal(as.key.token, ts.Host); why != "" {
+					refused = append(refused, why)
+				}
+				continue
+			}
 			if ts.Private {
 				continue
 			}
@@ -169,6 +180,7 @@ func describeChanges(old, lc *liveConfig) []string {
 	}{
 		{"allow_ports", old.AllowPorts.String(), lc.AllowPorts.String()},
 		{"bind_addr", old.BindAddr, lc.BindAddr},
+		{"domain", old.Domain, lc.Domain},
 		{"max_agents", old.MaxAgents, lc.MaxAgents},
 		{"max_tunnels", old.MaxTunnels, lc.MaxTunnels},
 		{"port_reserve", old.PortReserve, lc.PortReserve},
