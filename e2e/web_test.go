@@ -66,6 +66,21 @@ func testWebHostRouting(t *testing.T, tr string) {
 			t.Errorf("%s: %d %s; want %s's target", host, code, body, who)
 		}
 	}
+	// Both ends show the tunnels with their host names.
+	var rs, as strings.Builder
+	r.srv.Status().WriteText(&rs)
+	b.agent.Status().WriteText(&as)
+	if !contains(rs.String(), "http://nas.example.com", "http://web.example.com", "http://*.home.example.com", "default/agent-b") {
+		t.Errorf("relay status:\n%s", rs.String())
+	}
+	if !contains(as.String(), "http://web.example.com", "http://*.home.example.com", "host in use", "host not allowed") {
+		t.Errorf("agent status:\n%s", as.String())
+	}
+	for _, ts := range r.srv.Status().Tunnels {
+		if ts.Host == "web.example.com" && (ts.Accepted != 1 || ts.BytesIn == 0 || ts.BytesOut == 0) {
+			t.Errorf("web's counters: %+v", ts)
+		}
+	}
 	code, body, _ := get(t, c, "http://unknown.example.com"+port+"/", nil)
 	if code != 404 || strings.Contains(body, "127.0.0.1") {
 		t.Errorf("unknown name: %d %q", code, body)

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/homeport/homeport/config"
@@ -390,7 +391,11 @@ func (s *Server) makeProxy(t *webTunnel) {
 			if cs != nil {
 				visitor, public = cs.remote, cs.local
 			}
-			return t.dialAgent(ctx, visitor, public)
+			st, err := t.dialAgent(ctx, visitor, public)
+			if err != nil {
+				return nil, err
+			}
+			return &countedStream{Stream: st, in: &t.stats.bytesIn, out: &t.stats.bytesOut}, nil
 		},
 		MaxIdleConnsPerHost: webIdleStreams,
 		IdleConnTimeout:     90 * time.Second,
@@ -452,4 +457,23 @@ func quoteForwarded(v string) string {
 		}
 	}
 	return v
+}
+
+// countedStream counts the bytes of an http tunnel's stream: written to
+// the agent (in, from visitors) and read from it (out).
+type countedStream struct {
+	tunnel.Stream
+	in, out *atomic.Int64
+}
+
+func (c *countedStream) Read(p []byte) (int, error) {
+	n, err := c.Stream.Read(p)
+	c.out.Add(int64(n))
+	return n, err
+}
+
+func (c *countedStream) Write(p []byte) (int, error) {
+	n, err := c.Stream.Write(p)
+	c.in.Add(int64(n))
+	return n, err
 }
