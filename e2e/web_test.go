@@ -344,7 +344,7 @@ func isReset(err error) bool { return err != nil && strings.Contains(err.Error()
 // the right ones pass, and the target does not see them.
 func TestWebBasicAuth(t *testing.T) {
 	leak.Check(t)
-	r := startWebRelay(t, nil, nil)
+	r := startWebRelay(t, nil, func(c *config.Relay) { c.Guard.VisitorBanAfter, c.Guard.VisitorBanFor = 5, time.Minute })
 	target := startWebTarget(t, "nas")
 	tun := webTunnel("nas", "http", "nas.example.com", target.addr)
 	tun.Auth = "anna:correct horse battery staple"
@@ -381,6 +381,22 @@ func TestWebBasicAuth(t *testing.T) {
 	}
 	if s := seen(t, string(body)); len(s.Header["Authorization"]) != 0 {
 		t.Errorf("the target saw the credentials: %q", s.Header["Authorization"])
+	}
+	// Guessing: the fifth wrong password (two were above) bans the
+	// address, on this connection and new ones, right password or not.
+	codes := []int{}
+	for _, pass := range []string{"guess1", "guess2", "guess3", "correct horse battery staple"} {
+		req, _ := http.NewRequest("GET", "http://nas.example.com/", nil)
+		req.SetBasicAuth("anna", pass)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		codes = append(codes, resp.StatusCode)
+	}
+	if fmt.Sprint(codes) != "[401 401 403 403]" || target.requests.Load() != 1 {
+		t.Errorf("guessing: %v, %d requests at the target; want [401 401 403 403], 1", codes, target.requests.Load())
 	}
 }
 

@@ -246,7 +246,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer func() { stop(); <-done }()
 	}
 
-	stopWeb := s.serveWeb(ctx)
+	stopWebAccept, drainWeb := s.serveWeb(ctx)
 
 	var err error
 	pending := len(s.lns)
@@ -255,8 +255,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	case err = <-errc:
 		pending--
 	}
+	stopWebAccept()
 	var web sync.WaitGroup
-	web.Go(stopWeb)
+	web.Go(drainWeb)
 	s.shutdown()
 	web.Wait()
 	for ; pending > 0; pending-- {

@@ -54,6 +54,10 @@ func (cs *webConnState) admit(t *webTunnel) (ok bool, why string, banned bool) {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if cs.admitted[t] {
+		// Admitted with its connection; banned since (wrong passwords)?
+		if t.guard.isBanned(cs.ip) {
+			return false, "banned for too many connections", false
+		}
 		return true, "", false
 	}
 	if cs.closed {
@@ -239,13 +243,15 @@ func (s *Server) newWebServer(h http.Handler) *http.Server {
 	}
 }
 
-// serveWeb serves the web ports until ctx ends; the returned function
-// stops them and waits.
-func (s *Server) serveWeb(ctx context.Context) (stop func()) {
+// serveWeb serves the web ports until ctx ends. stopAccept stops taking
+// TLS connections and returns once nothing more joins s.visitors (call it
+// before shutdown waits for them); drain then lets the open requests end,
+// for up to the shutdown time, and waits.
+func (s *Server) serveWeb(ctx context.Context) (stopAccept, drain func()) {
 	if s.httpLn == nil && s.httpsLn == nil {
-		return func() {}
+		return func() {}, func() {}
 	}
-	var wg sync.WaitGroup
+	var wg, accepting sync.WaitGroup
 	var servers []*http.Server
 	var tlsLn *chanListener
 	if s.httpLn != nil {
@@ -266,12 +272,15 @@ func (s *Server) serveWeb(ctx context.Context) (stop func()) {
 		wg.Go(func() { _ = srv.Serve(tlsLn) })
 		g := s.webGuards[len(s.webGuards)-1]
 		s.log.Info("relay serving web tunnels", "addr", s.httpsLn.Addr().String(), "protocol", "https", "terminates_tls", s.certs != nil)
-		wg.Go(func() { s.acceptTLS(ctx, g, tlsLn) })
+		accepting.Go(func() { s.acceptTLS(ctx, g, tlsLn) })
 	}
-	return func() {
+	stopAccept = func() {
 		if s.httpsLn != nil {
 			s.httpsLn.Close()
 		}
+		accepting.Wait()
+	}
+	return stopAccept, func() {
 		// Open requests drain for up to the shutdown time, as visitor
 		// connections do (see shutdown); Close ends what is left.
 		var drained sync.WaitGroup
@@ -362,6 +371,13 @@ func (s *Server) serveWebRequest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !t.checkAuth(r) {
+		if _, _, given := r.BasicAuth(); given && t.guard.strike(cs.ip) {
+			// Guessing passwords: banned like a flood of connections.
+			t.refused(cs.remote, "too many wrong passwords", true)
+			w.Header().Set("Connection", "close")
+			page(w, http.StatusForbidden, "This address may not reach this web app now.")
+			return
+		}
 		w.Header().Set("WWW-Authenticate", fmt.Sprintf("Basic realm=%q, charset=\"UTF-8\"", host))
 		page(w, http.StatusUnauthorized, "This web app needs a user name and a password.")
 		return
