@@ -383,7 +383,8 @@ func TestCodeString(t *testing.T) {
 		{CodeQuota, "quota reached"},
 		{CodePortReserved, "port reserved"},
 		{CodeIDInUse, "agent id in use"},
-		{CodeOffline, "tunnel offline"}, {CodeNotAllowed, "not allowed"}, {CodeNotAllowed + 1, "code 17"},
+		{CodeOffline, "tunnel offline"}, {CodeNotAllowed, "not allowed"},
+		{CodeHostNotAllowed, "host not allowed"}, {CodeHostInUse, "host in use"}, {CodeHostInUse + 1, "code 19"},
 		{255, "code 255"},
 	}
 	for _, tt := range tests {
