@@ -141,3 +141,57 @@ tokens:
 		}
 	}
 }
+
+func TestAgentWebTunnelSections(t *testing.T) {
+	cleanEnv(t)
+	authFile := writeFile(t, "nas.auth", "anna:correct horse\n")
+	p := writeFile(t, "agent.yaml", `
+relay: "vps.example.com:7000"
+token: agent-token-0123456789abcdef
+fingerprint: "sha256:c70e6f6e0c2357a18eea2ed7414f1970b3de6b7665de20586a78a0bee929a05b"
+tunnels:
+  - name: nas
+    protocol: http
+    host: NAS.example.com
+    target: "127.0.0.1:8080"
+    auth_file: `+authFile+`
+  - protocol: https
+    host: "*.home.example.com"
+    target: "127.0.0.1:8443"
+  - web=http:nas:127.0.0.1:80
+`)
+	c, err := LoadAgent(agentFlags(t, "--config", p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := []string{}
+	for _, tn := range c.Tunnels {
+		got = append(got, tn.String())
+	}
+	if want := "nas=http:nas.example.com:127.0.0.1:8080 https-all.home.example.com=https:*.home.example.com:127.0.0.1:8443 web=http:nas:127.0.0.1:80"; strings.Join(got, " ") != want {
+		t.Errorf("tunnels %q\nwant %q", got, want)
+	}
+	if c.Tunnels[0].Auth != "anna:correct horse" || strings.Contains(c.Tunnels[0].String(), "horse") {
+		t.Errorf("auth %q; String %q", c.Tunnels[0].Auth, c.Tunnels[0].String())
+	}
+	for _, bad := range []struct{ item, want string }{
+		{"{protocol: http, target: \"127.0.0.1:80\"}", "host missing"},
+		{"{protocol: https, host: nas.example.com, target: \"127.0.0.1:80\", auth: \"a:b\"}", "auth: only for an http tunnel"},
+		{"{protocol: http, host: nas.example.com, target: \"127.0.0.1:80\", auth: nopassword}", "auth: want user:password"},
+		{"{protocol: http, host: nas.example.com, remote_port: 80, target: \"127.0.0.1:80\"}", "remote_port: a web tunnel has none"},
+		{"{protocol: tcp, host: nas.example.com, remote_port: 80, target: \"127.0.0.1:80\"}", "host: only for a web tunnel"},
+		{"{name: nas, protocol: http, host: nas.example.com, target: \"127.0.0.1:80\", private: true}", "cannot be private"},
+		{"{protocol: http, host: \"bücher.example\", target: \"127.0.0.1:80\"}", `"xn--bcher-kva.example"`},
+	} {
+		body := strings.Replace(`relay: "vps.example.com:7000"
+token: agent-token-0123456789abcdef
+fingerprint: "sha256:c70e6f6e0c2357a18eea2ed7414f1970b3de6b7665de20586a78a0bee929a05b"
+tunnels:
+  - ITEM
+`, "ITEM", bad.item, 1)
+		_, err := LoadAgent(agentFlags(t, "--config", writeFile(t, "agent.yaml", body)))
+		if err == nil || !strings.Contains(err.Error(), "tunnels") || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s: %v; want an error about tunnels with %q", bad.item, err, bad.want)
+		}
+	}
+}

@@ -465,3 +465,51 @@ func TestWebAgentOldRelay(t *testing.T) {
 		t.Errorf("status:\n%s", b.String())
 	}
 }
+
+// TestWebSessionReplacement: a new session of the same agent id takes its
+// names over at once, as it takes its ports; another id may not.
+func TestWebSessionReplacement(t *testing.T) {
+	leak.Check(t)
+	r := startWebRelay(t, nil, nil)
+	one, two := startWebTarget(t, "one"), startWebTarget(t, "two")
+	a1 := startAgent(t, agentConfig(r.relayHandle, webTunnel("nas", "http", "nas.example.com", one.addr)))
+	a1.waitSession(10 * time.Second)
+	other := agentConfig(r.relayHandle, webTunnel("nas", "http", "nas.example.com", two.addr))
+	other.ID = "someone-else"
+	a3 := startAgent(t, other)
+	if si := a3.waitAny(10 * time.Second); si.Results[0].Code != tunnel.CodeHostInUse {
+		t.Fatalf("another agent id: %+v; want host in use", si.Results)
+	}
+	a3.stop()
+	a2 := startAgent(t, agentConfig(r.relayHandle, webTunnel("nas", "http", "nas.example.com", two.addr)))
+	a2.waitSession(10 * time.Second)
+	c := r.client(t, nil, false)
+	waitFor(t, 10*time.Second, "the new session to serve nas.example.com", func() bool {
+		code, body, _ := get(t, c, "http://nas.example.com/", nil)
+		return code == 200 && seen(t, body).Who == "two"
+	})
+}
+
+// TestWebReloadShrinksHosts: a relay reload that takes a name from the
+// token's hosts ends the session of the agent serving it, told why.
+func TestWebReloadShrinksHosts(t *testing.T) {
+	leak.Check(t)
+	r := startWebRelay(t, nil, nil)
+	target := startWebTarget(t, "nas")
+	a := startAgent(t, agentConfig(r.relayHandle, webTunnel("nas", "http", "nas.example.com", target.addr)))
+	a.waitSession(10 * time.Second)
+	next := r.cfg
+	next.Tokens = []config.Token{{Name: "default", Secret: testToken, Hosts: []string{"*.example.org"}}}
+	id := r.id
+	id.Tokens = next.Tokens
+	if _, _, err := r.srv.Reload(next, id); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the agent to be told", func() bool {
+		return strings.Contains(a.logs.String(), `the relay said: host not allowed: the relay's configuration changed: host \"nas.example.com\" is not in the hosts of token \"default\" (*.example.org)`)
+	})
+	code, _, _ := get(t, r.client(t, nil, false), "http://nas.example.com/", nil)
+	if code == 200 {
+		t.Error("nas.example.com is still served")
+	}
+}

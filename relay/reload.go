@@ -93,14 +93,16 @@ func (s *Server) Reload(cfg config.Relay, id Identity) (changes, restartOnly []s
 			go as.end(tunnel.CodeAuthFailed, fmt.Sprintf("token %q was removed from the relay's configuration", as.key.token))
 			continue
 		}
-		var refused []string
+		// Port refusals first, then host names', each sorted: the
+		// first is the one the agent is told.
+		var refused, hostRefused []string
 		as.mu.Lock()
 		for _, pt := range as.tunnels {
 			pt.setLimits(lc.Guard)
 			ts := pt.status()
 			if ts.Host != "" {
 				if why := lc.hostRefusal(as.key.token, ts.Host); why != "" {
-					refused = append(refused, why)
+					hostRefused = append(hostRefused, why)
 				}
 				continue
 			}
@@ -112,10 +114,14 @@ func (s *Server) Reload(cfg config.Relay, id Identity) (changes, restartOnly []s
 			}
 		}
 		as.mu.Unlock()
+		code := tunnel.CodePortNotAllowed
+		if len(refused) == 0 && len(hostRefused) > 0 {
+			refused, code = hostRefused, tunnel.CodeHostNotAllowed
+		}
 		if len(refused) > 0 {
 			slices.Sort(refused)
 			as.log.Warn("agent's tunnels no longer allowed by the configuration; ending its session", "detail", refused[0])
-			go as.end(tunnel.CodePortNotAllowed, "the relay's configuration changed: "+refused[0])
+			go as.end(code, "the relay's configuration changed: "+refused[0])
 		}
 	}
 	// Visitors whose key was removed or changed in any way lose their
