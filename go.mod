@@ -9,6 +9,7 @@ require (
 	github.com/aws/smithy-go v1.23.0
 	github.com/caddyserver/certmagic v0.25.6
 	github.com/chromedp/chromedp v0.23.1
+	github.com/coder/websocket v1.8.14
 	github.com/fsnotify/fsnotify v1.9.0
 	github.com/hashicorp/yamux v0.1.2
 	github.com/huin/goupnp v1.3.0

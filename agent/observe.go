@@ -121,12 +121,15 @@ func (a *Agent) Status() Status {
 	}
 	for _, t := range set.cfg.Tunnels {
 		ts := TunnelStatus{Name: t.Name, Protocol: t.Protocol, Port: t.RemotePort, Target: t.Target, State: string(TunnelDown),
-			Private: t.Private, VisitorKeys: t.Visitors}
+			Private: t.Private, VisitorKeys: t.Visitors, Host: t.Host}
 		if t.Wake != nil {
 			ts.WakeMAC = t.Wake.MAC.String()
 		}
 		if r, ok := regs[t.Name]; ok {
 			ts.State, ts.Since, ts.NextRetry = string(r.State), r.Since, r.NextRetry
+			if r.State == TunnelUp && r.Served != "" && t.Web() {
+				ts.Host = r.Served
+			}
 			if r.State != TunnelUp && r.Code != tunnel.CodeOK {
 				ts.Error = r.Code.String() + ": " + r.Message
 			}

@@ -2,12 +2,16 @@ package agent
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,11 +70,18 @@ func (s *settings) requests() []request {
 type request struct {
 	pub  tunnel.TunnelRequest
 	priv *tunnel.PrivateTunnel // set: a private tunnel, and pub is zero
+	web  *tunnel.WebTunnel     // set: a web tunnel, and pub is zero
+	// webAuth is the web tunnel's user:password, which only its salted
+	// hash in web leaves the agent with (kept to compare requests).
+	webAuth string
 }
 
 func (q request) name() string {
-	if q.priv != nil {
+	switch {
+	case q.priv != nil:
 		return q.priv.Name
+	case q.web != nil:
+		return q.web.Name
 	}
 	return q.pub.Name
 }
@@ -79,6 +90,14 @@ func tunnelRequest(t config.Tunnel) request {
 	proto := tunnel.ProtoTCP
 	if t.Protocol == "udp" {
 		proto = tunnel.ProtoUDP
+	}
+	if t.Web() {
+		proto := tunnel.ProtoHTTP
+		if t.Protocol == "https" {
+			proto = tunnel.ProtoHTTPS
+		}
+		return request{web: &tunnel.WebTunnel{Name: t.Name, Protocol: proto, Host: t.Host, Allow: t.Allow, Deny: t.Deny,
+			Auth: webAuth(t.Auth)}, webAuth: t.Auth}
 	}
 	if t.Private {
 		return request{priv: &tunnel.PrivateTunnel{Name: t.Name, Protocol: proto, Port: t.RemotePort,
@@ -89,6 +108,14 @@ func tunnelRequest(t config.Tunnel) request {
 
 // sameRequest reports whether two requests ask the relay for the same.
 func sameRequest(x, y request) bool {
+	if x.web != nil || y.web != nil {
+		if x.web == nil || y.web == nil {
+			return false
+		}
+		p, q := x.web, y.web
+		return p.Name == q.Name && p.Protocol == q.Protocol && p.Host == q.Host && x.webAuth == y.webAuth &&
+			slices.Equal(p.Allow, q.Allow) && slices.Equal(p.Deny, q.Deny)
+	}
 	if x.priv != nil || y.priv != nil {
 		if x.priv == nil || y.priv == nil {
 			return false
@@ -513,4 +540,19 @@ func (r *ddnsRunner) updater() *ddns.Updater {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.u
+}
+
+// webAuth returns what the relay needs to check basic authentication
+// user:password (none for ""): the user, and the password's
+// HMAC-SHA256 under a new random salt. The password stays here.
+func webAuth(userPass string) tunnel.WebAuth {
+	user, pass, ok := strings.Cut(userPass, ":")
+	if !ok || user == "" {
+		return tunnel.WebAuth{}
+	}
+	salt := make([]byte, tunnel.AuthSaltLen)
+	_, _ = rand.Read(salt) // never fails (crypto/rand)
+	m := hmac.New(sha256.New, salt)
+	m.Write([]byte(pass))
+	return tunnel.WebAuth{User: user, Salt: salt, Hash: m.Sum(nil)}
 }

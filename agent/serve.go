@@ -317,7 +317,7 @@ func (a *Agent) handleStream(ctx context.Context, st tunnel.Stream, f tunnel.Fea
 	set := a.conf()
 	t, ok := set.tunnels[open.Tunnel]
 	stats := a.statsOf(open.Tunnel)
-	if !ok || t.Protocol != "tcp" || stats == nil {
+	if !ok || t.Protocol == "udp" || stats == nil {
 		refuse(st, tunnel.CodeUnknownTunnel, fmt.Sprintf("agent has no tunnel %q", open.Tunnel))
 		a.log.Warn("relay asked for an unknown tunnel", who...)
 		return

@@ -47,6 +47,9 @@ type TunnelStatus struct {
 	// to visitors (0: none).
 	Port   uint16 `json:"remote_port"`
 	Target string `json:"target"`
+	// Host is a web tunnel's host name: the one the relay serves it
+	// under once it is up, else the one configured.
+	Host string `json:"host,omitempty"`
 	// Private: the tunnel has no public port; visitors with a visitor
 	// key reach it. VisitorKeys are the only keys the agent lets through
 	// (empty: any the relay lets through).

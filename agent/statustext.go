@@ -46,6 +46,9 @@ func (s Status) WriteText(w io.Writer) {
 			dial = control.Age(s.Now, t.DialErrorTime) + " ago: " + t.DialError
 		}
 		public := fmt.Sprintf("%d/%s", t.Port, t.Protocol)
+		if t.Host != "" {
+			public = t.Protocol + "://" + t.Host
+		}
 		if t.Private {
 			// No public port: who may reach it instead.
 			public = "private/" + t.Protocol

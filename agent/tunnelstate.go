@@ -44,6 +44,9 @@ type Registration struct {
 	// NextRetry is when the agent asks again, while State is
 	// TunnelRetrying.
 	NextRetry time.Time
+	// Served is the host name the relay serves a web tunnel under, once
+	// it accepted it.
+	Served string
 }
 
 // Registrations returns the state of every tunnel at the relay, in the
@@ -56,10 +59,10 @@ func (a *Agent) Registrations() []Registration { return a.status.list() }
 // keeps that cheap.
 func retryable(c tunnel.Code) bool {
 	switch c {
-	case tunnel.CodePortInUse, tunnel.CodePortReserved, tunnel.CodeQuota, tunnel.CodeInternal, tunnel.CodeOffline:
+	case tunnel.CodePortInUse, tunnel.CodePortReserved, tunnel.CodeQuota, tunnel.CodeInternal, tunnel.CodeOffline, tunnel.CodeHostInUse:
 		return true
 	}
-	return c > tunnel.CodeNotAllowed
+	return c > tunnel.CodeHostInUse
 }
 
 // statusBoard holds the Registration of every tunnel.
@@ -107,6 +110,7 @@ func (b *statusBoard) result(r tunnel.TunnelResult, now time.Time) (news bool) {
 	}
 	if r.Code == tunnel.CodeOK {
 		news = st.State != TunnelUp
+		st.Served = r.Message
 	} else {
 		news = st.Code != r.Code || st.Message != r.Message
 		st.Code, st.Message = r.Code, r.Message
@@ -161,6 +165,8 @@ func (b *statusBoard) down(now time.Time) {
 func (a *Agent) logResult(set *settings, r tunnel.TunnelResult, news, first bool) {
 	t := set.tunnels[r.Name]
 	switch {
+	case r.Code == tunnel.CodeOK && (first || news) && t.Web():
+		a.log.Info("tunnel ready", "tunnel", r.Name, "protocol", t.Protocol, "host", r.Message, "target", t.Target)
 	case r.Code == tunnel.CodeOK && (first || news) && t.Private:
 		a.log.Info("tunnel ready", "tunnel", r.Name, "protocol", t.Protocol, "private", true, "visitors", t.Visitors, "target", t.Target)
 	case r.Code == tunnel.CodeOK && (first || news):
@@ -171,6 +177,9 @@ func (a *Agent) logResult(set *settings, r tunnel.TunnelResult, news, first bool
 		attrs := []any{"tunnel", r.Name, "port", t.RemotePort}
 		if t.Private {
 			attrs = []any{"tunnel", r.Name, "private", true}
+		}
+		if t.Web() {
+			attrs = []any{"tunnel", r.Name, "host", t.Host}
 		}
 		attrs = append(attrs, "reason", r.Code.String(), "detail", r.Message)
 		if retryable(r.Code) {
@@ -208,6 +217,10 @@ type asked struct {
 // that does not serve them (no tunnel.FeaturePrivate).
 const noPrivate = "the relay does not serve private tunnels: upgrade it"
 
+// noWeb is the refusal of a web tunnel by this agent, for a relay that
+// does not serve them (no tunnel.FeatureWeb).
+const noWeb = "the relay does not serve web tunnels (http, https): upgrade the relay"
+
 // errMisanswered: the relay's answer names other tunnels than were asked
 // for.
 var errMisanswered = errors.New("the relay answered for another tunnel than asked")
@@ -223,10 +236,18 @@ func ask(reqs []request, f tunnel.Features, call func(m tunnel.Message, n int) (
 	var (
 		pub           []tunnel.TunnelRequest
 		priv          []tunnel.PrivateTunnel
+		web           []tunnel.WebTunnel
 		pubAt, privAt []int
+		webAt         []int
 	)
 	for i, q := range reqs {
 		switch {
+		case q.web != nil && f&tunnel.FeatureWeb == 0:
+			if err := each(i, tunnel.TunnelResult{Name: q.web.Name, Code: tunnel.CodeVersion, Message: noWeb}); err != nil {
+				return err
+			}
+		case q.web != nil:
+			web, webAt = append(web, *q.web), append(webAt, i)
 		case q.priv == nil:
 			pub, pubAt = append(pub, q.pub), append(pubAt, i)
 		case f&tunnel.FeaturePrivate == 0:
@@ -279,6 +300,19 @@ func ask(reqs []request, f tunnel.Features, call func(m tunnel.Message, n int) (
 			return err
 		}
 		privAt = privAt[len(names):]
+	}
+	for _, m := range tunnel.SplitRegisterWeb(web) {
+		if len(m.Tunnels) == 0 {
+			continue
+		}
+		names := make([]string, len(m.Tunnels))
+		for j, t := range m.Tunnels {
+			names[j] = t.Name
+		}
+		if err := answered(m, names, webAt[:len(names)]); err != nil {
+			return err
+		}
+		webAt = webAt[len(names):]
 	}
 	return nil
 }

@@ -149,7 +149,7 @@ func (l *loader) tunnels() []Tunnel {
 		proto string
 		port  uint16
 	}
-	seenName, seenPort := map[string]bool{}, map[protoPort]string{}
+	seenName, seenPort, seenHost := map[string]bool{}, map[protoPort]string{}, map[string]string{}
 	items := l.list("tunnels")
 	for i, item := range items {
 		var t Tunnel
@@ -168,6 +168,13 @@ func (l *loader) tunnels() []Tunnel {
 		}
 		seenName[t.Name] = true
 		out = append(out, t)
+		if t.Web() {
+			if other, ok := seenHost[t.Host]; ok {
+				l.fail("tunnels", fmt.Errorf("tunnels %q and %q both serve host %q", other, t.Name, t.Host))
+			}
+			seenHost[t.Host] = t.Name
+			continue // no port: served by host name
+		}
 		if t.Private {
 			continue // no public port; its port is only a suggestion to visitors
 		}
@@ -187,7 +194,7 @@ func (l *loader) tunnels() []Tunnel {
 }
 
 func tunnelSection(item any) (Tunnel, error) {
-	m, err := section(item, "name", "protocol", "remote_port", "target", "allow", "deny", "proxy_protocol", "private", "visitors", "port_mapping", "wake")
+	m, err := section(item, "name", "protocol", "remote_port", "target", "allow", "deny", "proxy_protocol", "private", "visitors", "port_mapping", "wake", "host", "auth", "auth_file")
 	if err != nil {
 		return Tunnel{}, err
 	}
@@ -218,9 +225,36 @@ func tunnelSection(item any) (Tunnel, error) {
 		}
 	}
 	t.Target, _ = m["target"].(string)
+	if h, ok := m["host"]; ok {
+		t.Host = fmt.Sprint(h)
+	}
+	if a, ok := m["auth"]; ok {
+		t.Auth = fmt.Sprint(a)
+	}
+	if f, ok := m["auth_file"]; ok {
+		if t.Auth != "" {
+			return Tunnel{}, fmt.Errorf("auth_file: give auth or auth_file, not both")
+		}
+		a, _, err := readSecretFile(strings.TrimSpace(fmt.Sprint(f)))
+		if err != nil {
+			return Tunnel{}, fmt.Errorf("auth_file: %w", err)
+		}
+		if err := checkWebAuth(a); err != nil {
+			return Tunnel{}, fmt.Errorf("auth_file: the credentials in %s: %w", f, err)
+		}
+		t.Auth = a
+	}
 	if n, ok := m["name"]; ok {
 		t.Name = fmt.Sprint(n)
-	} else if t.RemotePort != 0 {
+	}
+	if t.Web() {
+		if t.Host == "" {
+			return Tunnel{}, fmt.Errorf("host missing: a web tunnel needs the host name it serves, e.g. host: nas.example.com")
+		}
+		if err := t.normalizeWeb(); err != nil {
+			return Tunnel{}, err
+		}
+	} else if t.Name == "" && t.RemotePort != 0 {
 		t.Name = fmt.Sprintf("%s-%d", t.Protocol, t.RemotePort)
 	}
 	for _, k := range []struct {

@@ -36,6 +36,14 @@ type Relay struct {
 	TLSCert, TLSKey string
 	// Advertise is the host:port printed in the agent command.
 	Advertise string
+	// HTTPAddr and HTTPSAddr are the shared ports of web tunnels
+	// ("http_addr", "https_addr"; "": off): requests are routed by their
+	// Host, TLS connections by their server name (SNI).
+	HTTPAddr, HTTPSAddr string
+	// Domain is the domain under which an agent's bare host label is
+	// served ("domain"; "": none). A token without Hosts may claim the
+	// names one label under it that no token lists.
+	Domain string
 	// HandshakeTimeout bounds the time from accept to authenticated.
 	HandshakeTimeout time.Duration
 	// Session holds the multiplexer settings shared with the agent.
@@ -95,6 +103,11 @@ type Token struct {
 	// that log in with this token (intersected with Relay.AllowPorts),
 	// and reserves them to it: no other token may use them.
 	Ports PortRanges
+	// Hosts are the host names (and wildcards "*.example.com") the
+	// token's agents may serve as web tunnels; each belongs to this token
+	// alone. Empty: the names one label under the relay's Domain that no
+	// token lists (none without a Domain).
+	Hosts []string
 	// MaxAgents and MaxTunnels override the relay's quotas for this
 	// token ("max_agents", "max_tunnels" in its item); 0: the relay's.
 	MaxAgents, MaxTunnels int
@@ -191,8 +204,16 @@ type Agent struct {
 type Tunnel struct {
 	// Name identifies the tunnel on the wire and in logs.
 	Name string
-	// Protocol is "tcp" or "udp".
+	// Protocol is "tcp", "udp", or for a web tunnel "http" (the relay
+	// proxies HTTP, and terminates TLS) or "https" (the relay passes TLS
+	// through, routed by its server name).
 	Protocol string
+	// Host is a web tunnel's host name: a name, a wildcard
+	// "*.example.com", or a bare label the relay puts under its domain.
+	Host string
+	// Auth is an http tunnel's basic authentication, "user:password",
+	// checked at the relay ("auth", or "auth_file"); "": none.
+	Auth string
 	// RemotePort is the public port on the relay; for a private tunnel,
 	// the port a visitor's local listener takes by default (0: none).
 	RemotePort uint16

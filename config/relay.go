@@ -25,6 +25,9 @@ func relaySettings() []setting {
 		{key: "max_agents", flag: "max-agents", kind: kInt, def: "10", usage: "agent ids one token may have logged in at once, unless the token sets its own"},
 		{key: "max_tunnels", flag: "max-tunnels", kind: kInt, def: "64", usage: "tunnels (public ports) one token's agents may hold in all, unless the token sets its own"},
 		{key: "port_reserve", flag: "port-reserve", kind: kDuration, def: "15m", usage: "a released public port stays reserved this long to the token that held it (0s: not at all)"},
+		{key: "http_addr", flag: "http-addr", kind: kString, usage: "address of the HTTP port that serves web tunnels by host name, e.g. :80 (default: off)"},
+		{key: "https_addr", flag: "https-addr", kind: kString, usage: "address of the HTTPS port that serves web tunnels by TLS server name, e.g. :443 (default: off)"},
+		{key: "domain", flag: "domain", kind: kString, usage: "domain under which an agent's bare host label is served (nas: nas.DOMAIN), and under which tokens without hosts may claim names"},
 		{key: "tls_cert", flag: "tls-cert", kind: kString, usage: "PEM certificate to present instead of the generated one"},
 		{key: "tls_key", flag: "tls-key", kind: kString, usage: "PEM private key of --tls-cert"},
 		{key: "advertise", flag: "advertise", kind: kString, usage: "host or host:port agents use to reach this relay, for the printed agent command"},
@@ -72,6 +75,8 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 		TLSCert:          l.str("tls_cert"),
 		TLSKey:           l.str("tls_key"),
 		Advertise:        l.str("advertise"),
+		HTTPAddr:         l.str("http_addr"),
+		HTTPSAddr:        l.str("https_addr"),
 		HandshakeTimeout: l.duration("handshake_timeout", time.Second, 5*time.Minute),
 		ShutdownTimeout:  l.duration("shutdown_timeout", 0, time.Hour),
 		AccessLog:        l.bool("access_log"),
@@ -107,6 +112,20 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 	}
 	if err := validBindAddr(c.BindAddr); err != nil {
 		l.fail("bind_addr", err)
+	}
+	for _, k := range []struct{ key, addr string }{{"http_addr", c.HTTPAddr}, {"https_addr", c.HTTPSAddr}} {
+		if k.addr == "" {
+			continue
+		}
+		if err := validHostPort(k.addr); err != nil {
+			l.fail(k.key, err)
+		}
+	}
+	if d := l.str("domain"); d != "" {
+		var err error
+		if c.Domain, err = NormalizeHost(d, false, false); err != nil {
+			l.fail("domain", err)
+		}
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		l.fail("tls_cert", fmt.Errorf("tls_cert and tls_key go together: give both or neither"))
@@ -163,7 +182,7 @@ func (l *loader) tokens() []Token {
 		out = append(out, Token{Name: "default", Secret: secret, File: l.str("token_file")})
 	}
 	for i, item := range l.list("tokens") {
-		m, err := section(item, "name", "secret", "secret_file", "ports", "max_agents", "max_tunnels", "visit")
+		m, err := section(item, "name", "secret", "secret_file", "ports", "hosts", "max_agents", "max_tunnels", "visit")
 		if err != nil {
 			l.fail("tokens", fmt.Errorf("item %d: %w", i+1, err))
 			continue
@@ -182,6 +201,20 @@ func (l *loader) tokens() []Token {
 		if p, ok := m["ports"]; ok {
 			if t.Ports, err = portsValue(p); err != nil {
 				l.fail("tokens", fmt.Errorf("%s: ports: %w", where, err))
+			}
+		}
+		if h, ok := m["hosts"]; ok {
+			items, err := textList(h, "want a list of host names, e.g. [nas.example.com, \"*.home.example.com\"]")
+			if err != nil {
+				l.fail("tokens", fmt.Errorf("%s: hosts: %w", where, err))
+			}
+			for _, it := range items {
+				n, err := NormalizeHost(it, true, false)
+				if err != nil {
+					l.fail("tokens", fmt.Errorf("%s: hosts: %w", where, err))
+					continue
+				}
+				t.Hosts = append(t.Hosts, n)
 			}
 		}
 		for _, q := range []struct {
@@ -209,6 +242,17 @@ func (l *loader) tokens() []Token {
 		for _, b := range out[i+1:] {
 			if both := a.Ports.Intersect(b.Ports); len(both) > 0 {
 				l.fail("tokens", fmt.Errorf("tokens %q and %q both list ports %s: a port listed for a token belongs to that token alone; list each port for one token only", a.Name, b.Name, both))
+			}
+		}
+	}
+	for i, a := range out {
+		for _, b := range out[i+1:] {
+			for _, x := range a.Hosts {
+				for _, y := range b.Hosts {
+					if hostsOverlap(x, y) {
+						l.fail("tokens", fmt.Errorf("tokens %q and %q both claim host names (%q, %q): a host name listed for a token belongs to that token alone; list each name for one token only", a.Name, b.Name, x, y))
+					}
+				}
 			}
 		}
 	}

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -125,6 +126,7 @@ func ParseTunnel(spec string) (Tunnel, error) {
 	const (
 		want        = "want [NAME=][tcp:|udp:]REMOTE_PORT:HOST:PORT, e.g. 3390:127.0.0.1:3389 or udp:5353:127.0.0.1:53"
 		wantPrivate = "want NAME=private:[tcp:|udp:][PORT:]HOST:PORT, e.g. rdp=private:3389:127.0.0.1:3389"
+		wantWeb     = "want [NAME=]http:HOSTNAME:HOST:PORT or [NAME=]https:HOSTNAME:HOST:PORT, e.g. web=http:nas.example.com:127.0.0.1:8080"
 	)
 	s := strings.TrimSpace(spec)
 	var t Tunnel
@@ -153,10 +155,28 @@ func ParseTunnel(spec string) (Tunnel, error) {
 			t.Protocol, seenProto, s = w, true, rest
 			continue
 		}
+		if (w == "http" || w == "https") && !seenProto && !t.Private {
+			t.Protocol, seenProto, s = w, true, rest
+			break
+		}
 		if t.Private {
 			break // the target's host
 		}
-		return Tunnel{}, fmt.Errorf("tunnel %q: unknown protocol %q (want tcp or udp); %s", spec, word, want)
+		return Tunnel{}, fmt.Errorf("tunnel %q: unknown protocol %q (want tcp, udp, http or https); %s", spec, word, want)
+	}
+	if t.Web() {
+		host, target, ok := strings.Cut(s, ":")
+		if !ok || host == "" {
+			return Tunnel{}, fmt.Errorf("tunnel %q: host name missing; %s", spec, wantWeb)
+		}
+		t.Host, t.Target = host, target
+		if err := t.normalizeWeb(); err != nil {
+			return Tunnel{}, fmt.Errorf("tunnel %q: %w; %s", spec, err, wantWeb)
+		}
+		if err := t.validate(); err != nil {
+			return Tunnel{}, fmt.Errorf("tunnel %q: %w", spec, err)
+		}
+		return t, nil
 	}
 	if t.Private {
 		if t.Name == "" {
@@ -199,6 +219,9 @@ func ParseTunnel(spec string) (Tunnel, error) {
 // proxy_protocol and visitors, which only a file's section sets, are left
 // out.
 func (t Tunnel) String() string {
+	if t.Web() {
+		return fmt.Sprintf("%s=%s:%s:%s", t.Name, t.Protocol, t.Host, t.Target)
+	}
 	if t.Private {
 		s := t.Name + "=private:"
 		if t.Protocol == "udp" {
@@ -236,6 +259,41 @@ func checkName(s string) error {
 	return nil
 }
 
+// Web reports whether t is a web tunnel (http or https), served on the
+// relay's shared ports by host name.
+func (t Tunnel) Web() bool { return t.Protocol == "http" || t.Protocol == "https" }
+
+// normalizeWeb puts a web tunnel's host in canonical form and gives the
+// tunnel a name from it if it has none.
+func (t *Tunnel) normalizeWeb() error {
+	h, err := NormalizeHost(t.Host, true, true)
+	if err != nil {
+		return fmt.Errorf("host: %w", err)
+	}
+	t.Host = h
+	if t.Name == "" {
+		t.Name = t.Protocol + "-" + strings.ReplaceAll(h, "*", "all")
+		if len(t.Name) > maxNameLen {
+			return fmt.Errorf("host %q is too long to name the tunnel after it: give it a NAME=", h)
+		}
+	}
+	return nil
+}
+
+// checkWebAuth checks basic authentication credentials, user:password.
+func checkWebAuth(s string) error {
+	user, pass, ok := strings.Cut(s, ":")
+	switch {
+	case !ok || user == "" || pass == "":
+		return errors.New("want user:password")
+	case len(user) > 64:
+		return fmt.Errorf("user %q is longer than 64 bytes", clipText(user, 20))
+	case strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return errors.New("control characters are not allowed")
+	}
+	return nil
+}
+
 func (t Tunnel) validate() error {
 	if t.Name == "" {
 		return fmt.Errorf("tunnel has no name")
@@ -243,8 +301,34 @@ func (t Tunnel) validate() error {
 	if err := checkName(t.Name); err != nil {
 		return fmt.Errorf("name %w", err)
 	}
-	if t.Protocol != "tcp" && t.Protocol != "udp" {
-		return fmt.Errorf("protocol %q: want tcp or udp", t.Protocol)
+	switch t.Protocol {
+	case "tcp", "udp":
+		if t.Host != "" {
+			return fmt.Errorf("host: only for a web tunnel (protocol http or https)")
+		}
+		if t.Auth != "" {
+			return fmt.Errorf("auth: only for an http tunnel")
+		}
+	case "http", "https":
+		if t.Private {
+			return fmt.Errorf("a web tunnel cannot be private")
+		}
+		if t.RemotePort != 0 {
+			return fmt.Errorf("remote_port: a web tunnel has none; the relay serves it on its http_addr and https_addr by host name")
+		}
+		if _, err := NormalizeHost(t.Host, true, true); err != nil {
+			return fmt.Errorf("host: %w", err)
+		}
+		if t.Auth != "" && t.Protocol != "http" {
+			return fmt.Errorf("auth: only for an http tunnel; an https tunnel's TLS ends at its target, which checks its own users")
+		}
+		if t.Auth != "" {
+			if err := checkWebAuth(t.Auth); err != nil {
+				return fmt.Errorf("auth: %w", err)
+			}
+		}
+	default:
+		return fmt.Errorf("protocol %q: want tcp, udp, http or https", t.Protocol)
 	}
 	switch t.ProxyProtocol {
 	case "", "v1", "v2":
@@ -254,7 +338,7 @@ func (t Tunnel) validate() error {
 	if t.ProxyProtocol != "" && t.Protocol != "tcp" {
 		return fmt.Errorf("proxy_protocol: only for TCP tunnels")
 	}
-	if t.RemotePort == 0 && !t.Private {
+	if t.RemotePort == 0 && !t.Private && !t.Web() {
 		return fmt.Errorf("remote port missing")
 	}
 	if t.PortMapping != nil && t.Private {

@@ -503,7 +503,12 @@ func (g *visitorGuard) admit(ip netip.Addr) (ok bool, why string, banned bool) {
 		st.conns++
 		return true, "", false
 	}
-	// Refusals count within a window of VisitorBanFor.
+	return false, why, g.countRefusal(st, now)
+}
+
+// countRefusal counts a refusal of st's source and reports whether it
+// started a ban. Refusals count within a window of VisitorBanFor.
+func (g *visitorGuard) countRefusal(st *visitorState, now time.Time) (banned bool) {
 	if st.refused == 0 || now.Sub(st.refusedSince) > g.cfg.VisitorBanFor {
 		st.refused, st.refusedSince = 0, now
 	}
@@ -511,9 +516,35 @@ func (g *visitorGuard) admit(ip netip.Addr) (ok bool, why string, banned bool) {
 	if g.cfg.VisitorBanAfter > 0 && st.refused >= g.cfg.VisitorBanAfter {
 		st.refused = 0
 		st.bannedUntil = now.Add(g.cfg.VisitorBanFor)
-		banned = true
+		return true
 	}
-	return false, why, banned
+	return false
+}
+
+// strike counts a refusal of ip, admitted before, for what it did on its
+// connection (a web request with a wrong password): enough of them ban
+// it, as refused connections do. It reports whether this one started a
+// ban.
+func (g *visitorGuard) strike(ip netip.Addr) (banned bool) {
+	k := sourceKey(ip.Unmap())
+	now := g.now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	st := g.sources[k]
+	if st == nil {
+		return false // untracked: see maxTracked
+	}
+	return g.countRefusal(st, now)
+}
+
+// isBanned reports whether ip is banned now.
+func (g *visitorGuard) isBanned(ip netip.Addr) bool {
+	k := sourceKey(ip.Unmap())
+	now := g.now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	st := g.sources[k]
+	return st != nil && now.Before(st.bannedUntil)
 }
 
 // release ends a connection admitted before.

@@ -151,6 +151,9 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		if t.Private {
 			port = "private"
 		}
+		if t.Host != "" {
+			port = t.Host
+		}
 		ch <- prometheus.MustNewConstMetric(descTunnelUp, prometheus.GaugeValue, 1, append(l, port)...)
 		ch <- prometheus.MustNewConstMetric(descVisitorsNow, prometheus.GaugeValue, float64(t.Visitors), l...)
 		ch <- prometheus.MustNewConstMetric(descVisitorsAccepted, prometheus.CounterValue, float64(t.Accepted), l...)

@@ -50,6 +50,10 @@ type Server struct {
 	retired map[*agentSession]struct{}
 	ports   map[portKey]any // public port -> the tunnel holding it
 	private map[privateKey]privateTunnel
+	// web are the web tunnels by host name (or wildcard), webReserved
+	// the names released and kept for their token (cfg.PortReserve).
+	web         map[string]*webTunnel
+	webReserved map[string]reservation
 	// visitorSessions are the logged-in visitors of private tunnels.
 	visitorSessions map[*visitorSession]struct{}
 	// reserved are released ports kept for the token that held them
@@ -77,6 +81,12 @@ type Server struct {
 	visitCtx    context.Context
 	visitCancel context.CancelFunc
 
+	// Web tunnels' shared ports (nil: off), their guards, and what
+	// terminates TLS on the HTTPS port (nil: nothing; see SetCertificates).
+	httpLn, httpsLn net.Listener
+	webGuards       []*visitorGuard
+	certs           Certificates
+
 	started  time.Time
 	refusals refusalLog
 	metrics  *metrics
@@ -102,6 +112,9 @@ func New(cfg config.Relay, id Identity, log *slog.Logger, opts ...Option) (*Serv
 		retired:  make(map[*agentSession]struct{}),
 		ports:    make(map[portKey]any),
 		private:  make(map[privateKey]privateTunnel),
+
+		web:         make(map[string]*webTunnel),
+		webReserved: make(map[string]reservation),
 
 		visitorSessions: make(map[*visitorSession]struct{}),
 		started:         time.Now(),
@@ -202,19 +215,32 @@ func (s *Server) Listen() (net.Addr, error) {
 		}
 		if !s.conf().QUIC {
 			s.lns = []tunnel.Listener{ln}
-			return ln.Addr(), nil
+			return ln.Addr(), s.listenWebOrClose()
 		}
 		tcpPort := ln.Addr().(*net.TCPAddr).Port
 		qln, err := quicTr.Listen(net.JoinHostPort(host, strconv.Itoa(tcpPort)), conf)
 		if err == nil {
 			s.lns = []tunnel.Listener{ln, qln}
-			return ln.Addr(), nil
+			return ln.Addr(), s.listenWebOrClose()
 		}
 		ln.Close()
 		if port != "0" || attempt == 10 {
 			return nil, fmt.Errorf("agent port %s, UDP for QUIC: %w (set quic: false to accept agents over TCP only)", s.conf().Listen, err)
 		}
 	}
+}
+
+// listenWebOrClose opens the web ports; if it cannot, it closes the agent
+// port too.
+func (s *Server) listenWebOrClose() error {
+	if err := s.listenWeb(); err != nil {
+		for _, ln := range s.lns {
+			ln.Close()
+		}
+		s.lns = nil
+		return err
+	}
+	return nil
 }
 
 // Serve accepts agents until ctx ends, then shuts down gracefully: it stops
@@ -243,6 +269,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer func() { stop(); <-done }()
 	}
 
+	stopWebAccept, drainWeb := s.serveWeb(ctx)
+
 	var err error
 	pending := len(s.lns)
 	select {
@@ -250,7 +278,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	case err = <-errc:
 		pending--
 	}
+	stopWebAccept()
+	var web sync.WaitGroup
+	web.Go(drainWeb)
 	s.shutdown()
+	web.Wait()
 	for ; pending > 0; pending-- {
 		err = errors.Join(err, <-errc)
 	}

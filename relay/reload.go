@@ -50,6 +50,8 @@ func (s *Server) Reload(cfg config.Relay, id Identity) (changes, restartOnly []s
 		put      func()
 	}{
 		{"listen", old.Listen, lc.Listen, func() { lc.Listen = old.Listen }},
+		{"http_addr", old.HTTPAddr, lc.HTTPAddr, func() { lc.HTTPAddr = old.HTTPAddr }},
+		{"https_addr", old.HTTPSAddr, lc.HTTPSAddr, func() { lc.HTTPSAddr = old.HTTPSAddr }},
 		{"quic", old.QUIC, lc.QUIC, func() { lc.QUIC = old.QUIC }},
 		{"data_dir", old.DataDir, lc.DataDir, func() { lc.DataDir = old.DataDir }},
 		{"tls_cert", old.TLSCert, lc.TLSCert, func() { lc.TLSCert = old.TLSCert }},
@@ -69,6 +71,9 @@ func (s *Server) Reload(cfg config.Relay, id Identity) (changes, restartOnly []s
 	changes = describeChanges(old, lc)
 	s.live.Store(lc)
 	s.hs.setConfig(lc.Guard)
+	for _, g := range s.webGuards {
+		g.setConfig(lc.Guard)
+	}
 
 	// Sessions: revoked tokens, tunnels no longer allowed, new limits.
 	s.mu.Lock()
@@ -87,11 +92,19 @@ func (s *Server) Reload(cfg config.Relay, id Identity) (changes, restartOnly []s
 			go as.end(tunnel.CodeAuthFailed, fmt.Sprintf("token %q was removed from the relay's configuration", as.key.token))
 			continue
 		}
-		var refused []string
+		// Port refusals first, then host names', each sorted: the
+		// first is the one the agent is told.
+		var refused, hostRefused []string
 		as.mu.Lock()
 		for _, pt := range as.tunnels {
 			pt.setLimits(lc.Guard)
 			ts := pt.status()
+			if ts.Host != "" {
+				if why := lc.hostRefusal(as.key.token, ts.Host); why != "" {
+					hostRefused = append(hostRefused, why)
+				}
+				continue
+			}
 			if ts.Private {
 				continue
 			}
@@ -100,10 +113,14 @@ func (s *Server) Reload(cfg config.Relay, id Identity) (changes, restartOnly []s
 			}
 		}
 		as.mu.Unlock()
+		code := tunnel.CodePortNotAllowed
+		if len(refused) == 0 && len(hostRefused) > 0 {
+			refused, code = hostRefused, tunnel.CodeHostNotAllowed
+		}
 		if len(refused) > 0 {
 			slices.Sort(refused)
 			as.log.Warn("agent's tunnels no longer allowed by the configuration; ending its session", "detail", refused[0])
-			go as.end(tunnel.CodePortNotAllowed, "the relay's configuration changed: "+refused[0])
+			go as.end(code, "the relay's configuration changed: "+refused[0])
 		}
 	}
 	// Visitors whose key was removed or changed in any way lose their
@@ -168,6 +185,7 @@ func describeChanges(old, lc *liveConfig) []string {
 	}{
 		{"allow_ports", old.AllowPorts.String(), lc.AllowPorts.String()},
 		{"bind_addr", old.BindAddr, lc.BindAddr},
+		{"domain", old.Domain, lc.Domain},
 		{"max_agents", old.MaxAgents, lc.MaxAgents},
 		{"max_tunnels", old.MaxTunnels, lc.MaxTunnels},
 		{"port_reserve", old.PortReserve, lc.PortReserve},

@@ -128,6 +128,8 @@ func (as *agentSession) serve(ctx context.Context) {
 			res = as.register(m)
 		case *tunnel.RegisterPrivate:
 			res = as.registerPrivate(m)
+		case *tunnel.RegisterWeb:
+			res = as.registerWeb(m)
 		case *tunnel.Unregister:
 			res = as.unregister(m)
 		}

@@ -68,6 +68,9 @@ type TunnelStatus struct {
 	// Port is the public port; for a private tunnel, which has none, the
 	// local port suggested to visitors (0: none).
 	Port uint16 `json:"port"`
+	// Host is a web tunnel's host name (protocol http or https), served
+	// on the relay's shared web ports.
+	Host string `json:"host,omitempty"`
 	// Private marks a tunnel that only visitors reach; VisitorKeys are
 	// the keys its agent accepts (none: any the relay lets in).
 	Private     bool      `json:"private,omitempty"`

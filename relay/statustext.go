@@ -41,6 +41,9 @@ func (s Status) WriteText(w io.Writer) {
 		if t.Private {
 			port = "private/" + t.Protocol
 		}
+		if t.Host != "" {
+			port = t.Protocol + "://" + t.Host
+		}
 		tunnels.Rows = append(tunnels.Rows, []string{
 			port, t.Name, t.Token + "/" + t.Agent,
 			strconv.FormatInt(t.Visitors, 10), control.Bytes(t.BytesIn), control.Bytes(t.BytesOut),

@@ -41,6 +41,7 @@ const (
 	msgGoAway          byte = 0x12 // relay -> agent, control stream
 	msgUnregister      byte = 0x13 // agent -> relay, control stream
 	msgRegisterPrivate byte = 0x14 // agent -> relay, control stream
+	msgRegisterWeb     byte = 0x15 // agent -> relay, control stream
 	msgCheckReach      byte = 0x16 // agent -> relay, control stream
 	msgReachResult     byte = 0x17 // relay -> agent, control stream
 	msgOpen            byte = 0x20 // relay -> agent, first frame of a visitor stream

@@ -46,6 +46,8 @@ const (
 	// MaxWakeWait. Sent only to a relay with FeatureWake, and by a relay
 	// only to a visitor whose hello has FlagWaits.
 	CodeWaking Code = 17
+	CodeHostNotAllowed Code = 18 // host name outside the names of this token
+	CodeHostInUse      Code = 19 // another agent serves the host name
 )
 
 // MaxWakeWait bounds the wait for an OpenResult after a CodeWaking
@@ -71,6 +73,8 @@ var codeNames = [...]string{
 	CodeOffline:        "tunnel offline",
 	CodeNotAllowed:     "not allowed",
 	CodeWaking:         "waking the target",
+	CodeHostNotAllowed: "host not allowed",
+	CodeHostInUse:      "host in use",
 }
 
 func (c Code) String() string {
@@ -95,6 +99,10 @@ func (p Protocol) String() string {
 		return "tcp"
 	case ProtoUDP:
 		return "udp"
+	case ProtoHTTP:
+		return "http"
+	case ProtoHTTPS:
+		return "https"
 	}
 	return fmt.Sprintf("protocol %d", uint8(p))
 }
@@ -220,7 +228,7 @@ const FeaturePrivate Features = 1 << 1
 
 // RelayFeatures are the features of a relay built with this package,
 // announced by AuthenticateAgent (the relay's control loop handles each).
-const RelayFeatures = FeatureUnregister | FeaturePrivate | FeatureWake | FeatureReach
+const RelayFeatures = FeatureUnregister | FeaturePrivate | FeatureWake | FeatureReach | FeatureWeb
 
 // FeatureWake: the relay reads an OpenResult with CodeWaking as a notice
 // and waits up to MaxWakeWait more for the answer.
@@ -501,6 +509,8 @@ func newMessage(typ byte) Message {
 		return new(CheckReach)
 	case msgReachResult:
 		return new(ReachResult)
+	case msgRegisterWeb:
+		return new(RegisterWeb)
 	}
 	return nil
 }

@@ -49,6 +49,12 @@ func sampleMessages() []Message {
 		&Open{Tunnel: "rdp", Visitor: "198.51.100.4:40000", Public: "203.0.113.1:7000", Via: "laptop"},
 		&OpenFlow{Tunnel: "rdp-udp", Visitor: "198.51.100.4:40000", Flow: 7, Via: "laptop"},
 		&OpenResult{Code: CodeOffline, Message: "no agent serves private tunnel \"rdp\" now"},
+		&Welcome{ObservedAddr: "198.51.100.4:40000", Features: FeatureUnregister | FeaturePrivate | FeatureWeb},
+		&RegisterWeb{Tunnels: []WebTunnel{{Name: "web", Protocol: ProtoHTTP, Host: "nas.example.com",
+			Auth: WebAuth{User: "anna", Salt: bytes.Repeat([]byte{1}, AuthSaltLen), Hash: bytes.Repeat([]byte{2}, AuthHashLen)}},
+			{Name: "nas", Protocol: ProtoHTTPS, Host: "*.home.example.com", Deny: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}},
+			{Name: "label", Protocol: ProtoHTTP, Host: "nas"}}},
+		&RegisterWeb{Tunnels: []WebTunnel{}},
 	}
 }
 
@@ -282,6 +288,7 @@ func FuzzReadMessage(f *testing.F) {
 	f.Add([]byte{msgWelcome, 0, 4, 0, 1, 'a', 0})
 	f.Add([]byte{msgRegisterPrivate, 0, 9, 0, 1, 0, 1, 'a', 1, 0, 0, 0, 0, 0xff})
 	f.Add([]byte{msgOpen, 0, 8, 0, 0, 0, 0, 0, 0, 0, 9})
+	f.Add([]byte{msgRegisterWeb, 0, 16, 0, 1, 0, 1, 'w', 3, 0, 1, 'a', 0, 0, 0, 0, 0, 0, 0, 0xff})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := ReadMessage(bytes.NewReader(data), MaxFrameSize)
 		if err != nil {
@@ -378,7 +385,8 @@ func TestCodeString(t *testing.T) {
 		{CodeQuota, "quota reached"},
 		{CodePortReserved, "port reserved"},
 		{CodeIDInUse, "agent id in use"},
-		{CodeOffline, "tunnel offline"}, {CodeNotAllowed, "not allowed"}, {CodeWaking, "waking the target"}, {CodeWaking + 1, "code 18"},
+		{CodeOffline, "tunnel offline"}, {CodeNotAllowed, "not allowed"}, {CodeWaking, "waking the target"},
+		{CodeHostNotAllowed, "host not allowed"}, {CodeHostInUse, "host in use"}, {CodeHostInUse + 1, "code 20"},
 		{255, "code 255"},
 	}
 	for _, tt := range tests {

@@ -20,12 +20,14 @@ type Point struct {
 
 // TunnelTraffic is the recent traffic of one public port.
 type TunnelTraffic struct {
-	// Key identifies a tunnel over time: protocol/port, or for a private
-	// tunnel (no port) protocol/private/token/name.
+	// Key identifies a tunnel over time: protocol/port, for a web tunnel
+	// protocol/host, or for a private tunnel (no port)
+	// protocol/private/token/name.
 	Key      string `json:"key"`
 	Name     string `json:"name"`
 	Protocol string `json:"protocol"`
 	Port     uint16 `json:"port"`
+	Host     string `json:"host,omitempty"`
 	Private  bool   `json:"private,omitempty"`
 	Agent    string `json:"agent"`
 	// Gone: the tunnel is not open now (its points stay for the window).
@@ -71,6 +73,9 @@ func tunnelKey(ts relay.TunnelStatus) string {
 	if ts.Private {
 		return fmt.Sprintf("%s/private/%s/%s", ts.Protocol, ts.Token, ts.Name)
 	}
+	if ts.Host != "" {
+		return ts.Protocol + "/" + ts.Host
+	}
 	return fmt.Sprintf("%s/%d", ts.Protocol, ts.Port)
 }
 
@@ -114,7 +119,7 @@ func (h *history) add(st relay.Status) {
 			secs := now.Sub(prev).Seconds()
 			th.push(Point{T: now.UnixMilli(), In: float64(din) / secs, Out: float64(dout) / secs})
 		}
-		th.info = TunnelTraffic{Key: k, Name: ts.Name, Protocol: ts.Protocol, Port: ts.Port, Private: ts.Private, Agent: ts.Agent}
+		th.info = TunnelTraffic{Key: k, Name: ts.Name, Protocol: ts.Protocol, Port: ts.Port, Host: ts.Host, Private: ts.Private, Agent: ts.Agent}
 		th.since, th.in, th.out, th.lastSeen = ts.Since, ts.BytesIn, ts.BytesOut, now
 	}
 	for k, th := range h.tunnels {

@@ -106,7 +106,7 @@
     byId('tunnels-count').textContent = String(tunnels.length);
     fill(byId('tunnels'), tunnels.map((t) => {
       const tr = row([
-        cell(t.protocol + '/' + (t.private ? 'private' : t.port), 'mono'),
+        cell(t.protocol + '/' + (t.private ? 'private' : (t.host || t.port)), 'mono'),
         cell(t.name, 'tunnel-name'),
         cell(t.agent),
         cell(t.token),
@@ -117,7 +117,7 @@
         cell(String(t.refused), 'num'),
         cell(String(t.banned), 'num'),
       ]);
-      tr.dataset.key = t.private ? t.protocol + '/private/' + t.token + '/' + t.name : t.protocol + '/' + t.port;
+      tr.dataset.key = t.private ? t.protocol + '/private/' + t.token + '/' + t.name : t.protocol + '/' + (t.host || t.port);
       tr.dataset.bytesIn = String(t.bytes_in);
       tr.dataset.bytesOut = String(t.bytes_out);
       return tr;
@@ -202,7 +202,7 @@
       sumOut += p.out * traffic.interval;
     }
     const newest = pts.length ? pts[pts.length - 1] : { in: 0, out: 0 };
-    c.title.textContent = t.protocol + '/' + (t.private ? 'private' : t.port) + ' ' + t.name + ' (' + t.agent + ')' + (t.gone ? ', closed' : '');
+    c.title.textContent = t.protocol + '/' + (t.private ? 'private' : (t.host || t.port)) + ' ' + t.name + ' (' + t.agent + ')' + (t.gone ? ', closed' : '');
     c.stats.textContent = 'now ' + rate(newest.in) + ' in, ' + rate(newest.out) + ' out; peak ' +
       rate(peakIn) + ' in, ' + rate(peakOut) + ' out; about ' + bytes(sumIn) + ' in, ' + bytes(sumOut) + ' out';
     const d = c.card.dataset;
