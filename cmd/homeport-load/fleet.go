@@ -126,6 +126,11 @@ func (e *env) fleetRun(ctx context.Context, tr string) (fr fleetRun, err error) 
 		"--max-agents", strconv.Itoa(n),
 		"--max-tunnels", strconv.Itoa(n),
 		"--max-handshakes-per-ip", "1024",
+		// Every agent comes from 127.0.0.1: on a loaded machine a few
+		// logins time out, and a relay's defaults would ban the address
+		// of all of them. The measure is of sessions, not of logins.
+		"--auth-ban-after", "0",
+		"--handshake-timeout", "30s",
 		"--shutdown-timeout", "1s",
 		"--visitor-max-conns", visitorLimit,
 		"--visitor-rate", visitorLimit,
