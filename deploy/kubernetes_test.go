@@ -85,6 +85,7 @@ func checkManifest(t *testing.T, path string) {
 		t.Errorf("no Deployment or DaemonSet (kinds: %q)", kinds)
 	}
 
+	checkEnvNames(t, text, programs["relay"].envs(), path)
 	cfgText, ok := configMapFile(text, "relay.yaml")
 	if !ok {
 		t.Fatal("no relay.yaml in a ConfigMap")
