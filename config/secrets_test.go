@@ -136,13 +136,14 @@ func TestPublishedRefused(t *testing.T) {
 var secretPosition = regexp.MustCompile(`(?i)(?:(?:^|[\s{,"'])(?:token|secret|password|api_token|zone_token|access_key_secret|secret_access_key|security_token|session_token|secret_key|key_secret|key)["']?\s*[:=]\s*|HOMEPORT_TOKEN=|HOMEPORT_KEY=|--token[ =]|--key[ =])("[^"\n]*"|'[^'\n]*'|[^\s"',}#]+)`)
 
 // TestPublishedInDocs scans the README, docs/*.md and the files of
-// deploy/ for values in secret positions. Each must be unusable: a
+// deploy/ (the Helm chart and its examples too) for values in secret
+// positions. Each must be unusable: a
 // placeholder ("<…>"), elided ("…"), a variable's value ("${…}", "$…"),
 // empty, shorter than a token may be, or a published token the relay
 // refuses. A working token added to a document fails here.
 func TestPublishedInDocs(t *testing.T) {
 	files := []string{"../README.md"}
-	for _, pattern := range []string{"../docs/*.md", "../deploy/*", "../deploy/*/*", "../deploy/.env"} {
+	for _, pattern := range []string{"../docs/*.md", "../deploy/*", "../deploy/*/*", "../deploy/*/*/*", "../deploy/*/*/*/*", "../deploy/.env"} {
 		m, err := filepath.Glob(pattern)
 		if err != nil {
 			t.Fatal(err)

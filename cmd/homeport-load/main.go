@@ -16,6 +16,7 @@
 //	go run ./cmd/homeport-load --transport tcp --json load.json
 //	go run ./cmd/homeport-load --wan-only           # one stream over a 50 ms path only
 //	go run ./cmd/homeport-load --quick --profile prof  # and relay's and agent's profiles
+//	go run ./cmd/homeport-load --agents 2000        # one relay, 2000 agent sessions (fleet.go)
 //
 // Memory and CPU figures come from Linux's /proc; elsewhere the command
 // says it is not supported.
@@ -54,9 +55,11 @@ type options struct {
 	wanRTT       time.Duration // 0: no runs over a delaying path
 	wanRates     []int         // Mbit/s
 	wanQueue     time.Duration
-	streamWindow string // relay's and agent's --stream-window; "": theirs
-	wanOnly      bool   // only the runs over a delaying path
-	profileDir   string // record relay's and agent's profiles here; "": none
+	streamWindow string        // relay's and agent's --stream-window; "": theirs
+	wanOnly      bool          // only the runs over a delaying path
+	profileDir   string        // record relay's and agent's profiles here; "": none
+	agents       int           // >0: only the fleet measure, with this many agents (fleet.go)
+	fleetWindow  time.Duration // the fleet measure's idle CPU window
 }
 
 func main() {
@@ -107,6 +110,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&opts.wanQueue, "wan-queue", 20*time.Millisecond, "drop-tail queue of the delaying path, as time at its link rate")
 	fs.StringVar(&opts.streamWindow, "stream-window", "", "session.stream_window for relay and agent, such as 8MiB (default: theirs)")
 	fs.BoolVar(&opts.wanOnly, "wan-only", false, "only the single-stream bulk runs over the delaying path")
+	fs.IntVar(&opts.agents, "agents", 0, "only the fleet measure: this many agents in this process, each with its own session and public port, and a visitor connection through each; the relay's memory and CPU per idle session and per idle visitor connection")
+	fs.DurationVar(&opts.fleetWindow, "fleet-window", 20*time.Second, "the fleet measure's window for the relay's idle CPU time")
 	fs.StringVar(&opts.profileDir, "profile", "", "record relay's and agent's CPU profiles (first tunnel run of each bulk and churn measure) and heap profiles (each memory level) in this directory, for go tool pprof; their figures are then not for publishing")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: homeport-load [flags]\n\n"+
@@ -173,6 +178,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return opts, errors.New("--wan-rates: want at least one rate, or --wan-rtt 0")
 	case opts.wanQueue < time.Millisecond || opts.wanQueue > 10*time.Second:
 		return opts, fmt.Errorf("--wan-queue %v: want 1ms to 10s", opts.wanQueue)
+	case opts.agents < 0 || opts.agents > fleetMax:
+		return opts, fmt.Errorf("--agents %d: want 0 to %d", opts.agents, fleetMax)
+	case opts.fleetWindow < time.Second || opts.fleetWindow > 10*time.Minute:
+		return opts, fmt.Errorf("--fleet-window %v: want 1s to 10m", opts.fleetWindow)
 	case (opts.relayBin == "") != (opts.agentBin == ""):
 		return opts, errors.New("--relay-bin and --agent-bin go together")
 	}
@@ -214,7 +223,12 @@ func run(ctx context.Context, opts options, stdout, progress io.Writer) (err err
 	// Each idle connection holds a descriptor here, in the relay, the
 	// agent and the target, which inherit the limit.
 	want := uint64(4096)
-	if len(opts.conns) > 0 {
+	switch {
+	case opts.agents > 0:
+		// The fleet alone: per agent, this process holds its session,
+		// its visitor's connection and its connection to the target.
+		want += 4 * uint64(opts.agents)
+	case len(opts.conns) > 0:
 		want += uint64(slices.Max(opts.conns))
 	}
 	limit, lerr := raiseFileLimit(want)
@@ -276,6 +290,8 @@ func run(ctx context.Context, opts options, stdout, progress io.Writer) (err err
 			Streams:      opts.streams,
 			ChurnWorkers: opts.churnWorkers,
 			StreamWindow: opts.streamWindow,
+			Agents:       opts.agents,
+			FleetWindow:  opts.fleetWindow.String(),
 		},
 		Notes: notes,
 	}
@@ -286,7 +302,11 @@ func run(ctx context.Context, opts options, stdout, progress io.Writer) (err err
 	for _, tr := range opts.transports {
 		start := time.Now()
 		fmt.Fprintf(progress, "== %s\n", tr)
-		rows, trNotes, err := e.measure(ctx, tr)
+		measure := e.measure
+		if opts.agents > 0 {
+			measure = e.fleet
+		}
+		rows, trNotes, err := measure(ctx, tr)
 		if ctx.Err() != nil {
 			return fmt.Errorf("interrupted; relay, agent and files cleaned up")
 		}

@@ -16,7 +16,8 @@ func TestParseFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !slices.Equal(o.transports, []string{"tcp", "quic"}) || o.duration != 5*time.Second || o.repeat != 3 || !slices.Equal(o.conns, []int{1000, 10000}) ||
-		o.wanRTT != 50*time.Millisecond || !slices.Equal(o.wanRates, []int{100, 1000}) || o.wanQueue != 20*time.Millisecond || o.streamWindow != "" {
+		o.wanRTT != 50*time.Millisecond || !slices.Equal(o.wanRates, []int{100, 1000}) || o.wanQueue != 20*time.Millisecond || o.streamWindow != "" ||
+		o.agents != 0 || o.fleetWindow != 20*time.Second {
 		t.Errorf("defaults: %+v", o)
 	}
 	o, err = parseFlags([]string{"--quick", "--repeat", "2", "--transport", "quic"}, io.Discard)
@@ -36,6 +37,9 @@ func TestParseFlags(t *testing.T) {
 		{"--wan-rates", ""},
 		{"--wan-queue", "0"},
 		{"--wan-only", "--wan-rtt", "0"},
+		{"--agents", "-1"},
+		{"--agents", "20000"},
+		{"--fleet-window", "10ms"},
 		{"extra"},
 	} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {

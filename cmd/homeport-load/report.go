@@ -48,6 +48,8 @@ type settings struct {
 	ChurnWorkers int      `json:"churn_workers"`
 	StreamWindow string   `json:"stream_window,omitempty"`
 	WAN          *wanRuns `json:"wan,omitempty"`
+	Agents       int      `json:"agents,omitempty"`
+	FleetWindow  string   `json:"fleet_window,omitempty"`
 }
 
 // wanRuns are the settings of the bulk runs over a delaying path.
@@ -63,6 +65,10 @@ func (s settings) String() string {
 		s.Duration, s.RoundTrips, s.Repeat, s.ChurnWorkers)
 	if s.StreamWindow != "" {
 		str += "; relay and agent with --stream-window " + s.StreamWindow
+	}
+	if s.Agents > 0 {
+		str += fmt.Sprintf("\nfleet: one relay, %d agents in one process, each with its own session and one tunnel, then one idle visitor connection through each tunnel; CPU over %s idle; each figure the median of %d run(s)",
+			s.Agents, s.FleetWindow, s.Repeat)
 	}
 	if s.WAN != nil {
 		str += fmt.Sprintf("\nrows with an RTT: the agent reaches the relay over a delaying path on loopback (each way: a link of the rate given, a drop-tail queue of %s at that rate, half the RTT), visitors and target do not; direct = plain TCP through the same path to the target; after %s of warm-up",

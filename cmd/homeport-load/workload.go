@@ -479,6 +479,12 @@ func churnOnce(ctx context.Context, addr string, t0 time.Time) error {
 // hold opens n connections that each complete one echo, end to end, and
 // leaves them open and idle. The caller closes them.
 func hold(ctx context.Context, addr string, n int) ([]*net.TCPConn, error) {
+	return holdEach(ctx, n, func(int) string { return addr }, 1)
+}
+
+// holdEach is hold with connection i to addrOf(i), each tried up to
+// tries times, a second apart.
+func holdEach(ctx context.Context, n int, addrOf func(i int) string, tries int) ([]*net.TCPConn, error) {
 	const parallel = 32
 	conns := make([]*net.TCPConn, n)
 	var (
@@ -495,15 +501,16 @@ func hold(ctx context.Context, addr string, n int) ([]*net.TCPConn, error) {
 				if i >= n || ctx.Err() != nil {
 					return
 				}
-				c, err := dial(ctx, addr)
-				if err == nil {
-					conns[i] = c
-					_ = c.SetDeadline(time.Now().Add(dialTimeout))
-					var b [1]byte
-					if _, err = c.Write([]byte{modeEcho}); err == nil {
-						_, err = io.ReadFull(c, b[:])
+				var err error
+				for try := range tries {
+					if try > 0 {
+						if err = sleep(ctx, time.Second); err != nil {
+							break
+						}
 					}
-					_ = c.SetDeadline(time.Time{})
+					if conns[i], err = echoOnce(ctx, addrOf(i)); err == nil {
+						break
+					}
 				}
 				if err != nil {
 					errs <- fmt.Errorf("connection %d of %d: %w", i+1, n, err)
@@ -523,6 +530,25 @@ func hold(ctx context.Context, addr string, n int) ([]*net.TCPConn, error) {
 		return nil, err
 	}
 	return conns, nil
+}
+
+// echoOnce dials addr and completes one echo.
+func echoOnce(ctx context.Context, addr string) (*net.TCPConn, error) {
+	c, err := dial(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	_ = c.SetDeadline(time.Now().Add(dialTimeout))
+	var b [1]byte
+	if _, err = c.Write([]byte{modeEcho}); err == nil {
+		_, err = io.ReadFull(c, b[:])
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	_ = c.SetDeadline(time.Time{})
+	return c, nil
 }
 
 // firstErr returns ctx's error if it ended, else the first error sent on
