@@ -32,6 +32,9 @@ type Status struct {
 	VisitorKeys []VisitorKeyStatus `json:"visitor_keys"`
 	Visitors    []VisitorStatus    `json:"visitors"`
 	Visits      []VisitSetup       `json:"visits,omitempty"`
+	// Certificates are those of the web names whose TLS the relay
+	// terminates (acme), filled in by the program that runs the relay.
+	Certificates []CertificateStatus `json:"certificates,omitempty"`
 	// Config is where the running configuration came from and when it was
 	// last (re)loaded.
 	Config ConfigStatus `json:"config"`
@@ -242,4 +245,14 @@ func (t *publicTunnel) status() TunnelStatus {
 	ts := TunnelStatus{Name: t.name, Protocol: "tcp", Port: t.port, Token: t.owner.token.Name, Agent: t.owner.agent.ID, Since: t.since}
 	t.stats.fill(&ts)
 	return ts
+}
+
+// CertificateStatus is one web name's certificate.
+type CertificateStatus struct {
+	Name string `json:"name"`
+	// State is obtaining, valid, expired or failed.
+	State       string    `json:"state"`
+	NotAfter    time.Time `json:"not_after,omitzero"`
+	NextRenewal time.Time `json:"next_renewal,omitzero"`
+	Error       string    `json:"error,omitempty"`
 }

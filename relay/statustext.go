@@ -105,6 +105,23 @@ func (s Status) WriteText(w io.Writer) {
 	if len(s.DDNS) > 0 {
 		ddnsstatus.Table(s.Now, s.DDNS).Write(w)
 	}
+	if len(s.Certificates) > 0 {
+		certs := control.Table{Title: "CERTIFICATES", Head: []string{"NAME", "STATE", "VALID UNTIL", "RENEWAL", "ERROR"}}
+		for _, c := range s.Certificates {
+			until, renew := "-", "-"
+			if !c.NotAfter.IsZero() {
+				until = c.NotAfter.UTC().Format(time.RFC3339)
+			}
+			if !c.NextRenewal.IsZero() {
+				renew = "in " + control.Age(c.NextRenewal, s.Now)
+				if c.NextRenewal.Before(s.Now) {
+					renew = "due"
+				}
+			}
+			certs.Rows = append(certs.Rows, []string{c.Name, c.State, until, renew, control.Or(c.Error)})
+		}
+		certs.Write(w)
+	}
 }
 
 func writeConfigLine(w io.Writer, now time.Time, c ConfigStatus) {

@@ -36,9 +36,10 @@ type Certificates interface {
 }
 
 // SetCertificates makes c terminate TLS for the relay's http tunnels on
-// https_addr (nil: none, the default). Call it before Listen: the
-// certificate manager is made with the relay's ServesHost, so it cannot be
-// an argument of New.
+// https_addr (nil: none, the default). Call it before Serve (after
+// Listen, so that the manager knows the ports the challenges are answered
+// on): the manager is made with the relay's ServesHost, so it cannot be an
+// argument of New.
 func (s *Server) SetCertificates(c Certificates) { s.certs = c }
 
 // ErrHostNotServed is ServesHost's answer for a name the relay does not

@@ -130,6 +130,13 @@ func run(ctx context.Context, fs *pflag.FlagSet, cfg config.Relay, stdout, stder
 	if err != nil {
 		return err
 	}
+	certs, err := startCertificates(ctx, cfg, srv, log)
+	if err != nil {
+		return err
+	}
+	if certs != nil {
+		defer certs.Close()
+	}
 	// The side servers (control socket, metrics) stop with the relay.
 	ctx, stopSide := context.WithCancel(ctx)
 	var waits []func()
@@ -164,6 +171,7 @@ func run(ctx context.Context, fs *pflag.FlagSet, cfg config.Relay, stdout, stder
 	status := func() relay.Status {
 		st := srv.Status()
 		st.Version = cli.Version()
+		st.Certificates = certStatus(certs)
 		loaded, n, lastErr, lastFail := reloads.State()
 		st.Config = relay.ConfigStatus{File: cfg.File, Loaded: loaded, Reloads: n, LastErr: lastErr, LastFail: lastFail}
 		return st

@@ -8,16 +8,12 @@ package acme
 // sits a counting reverse proxy, which can also play a CA that is down.
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -33,8 +29,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
-
+	"github.com/homeport/homeport/internal/pebbletest"
 	"github.com/homeport/homeport/internal/testenv"
 )
 
@@ -60,7 +55,7 @@ type testCA struct {
 	orders    atomic.Int64 // new-order requests that reached pebble
 	requests  atomic.Int64 // requests of any kind that reached the proxy
 	newOrder  string       // path of pebble's newOrder endpoint
-	pebbleLog *lockedBuffer
+	pebbleLog *pebbletest.Buffer
 }
 
 var (
@@ -111,126 +106,26 @@ func needCA(t *testing.T) *testCA {
 // startPebble builds and starts pebble, its DNS server and the counting
 // proxy, and waits until the directory answers.
 func startPebble(ctx context.Context, tmp string) (*testCA, func(), error) {
-	gocmd, err := exec.LookPath("go")
+	ports, err := pebbletest.FreePorts(2)
 	if err != nil {
 		return nil, nil, err
 	}
 	start := time.Now()
-	bin := filepath.Join(tmp, "pebble")
-	if out, err := exec.CommandContext(ctx, gocmd, "build", "-o", bin, "github.com/letsencrypt/pebble/v2/cmd/pebble").CombinedOutput(); err != nil {
-		return nil, nil, fmt.Errorf("go build pebble: %v\n%s", err, out)
-	}
-	out, err := exec.CommandContext(ctx, gocmd, "list", "-m", "-f", "{{.Dir}}", "github.com/letsencrypt/pebble/v2").Output()
+	ca, err := pebbletest.Start(ctx, tmp, pebbletest.Options{HTTPPort: ports[0], TLSPort: ports[1],
+		Profiles: map[string]time.Duration{shortProfile: shortValidity * time.Second}, WaitFor: testenv.Deadline(30 * time.Second)})
 	if err != nil {
-		return nil, nil, fmt.Errorf("go list pebble: %w", err)
+		return nil, nil, err
 	}
-	certs := filepath.Join(strings.TrimSpace(string(out)), "test", "certs")
-	fmt.Fprintf(os.Stderr, "acme tests: built pebble in %v\n", time.Since(start).Round(time.Millisecond))
-
-	var stops []func()
+	fmt.Fprintf(os.Stderr, "acme tests: built and started pebble in %v\n", time.Since(start).Round(time.Millisecond))
+	stops := []func(){ca.Close}
 	stop := func() {
 		for i := len(stops) - 1; i >= 0; i-- {
 			stops[i]()
 		}
 	}
-	fail := func(err error) (*testCA, func(), error) { stop(); return nil, nil, err }
-
-	dnsAddr, dnsStop, err := startDNS()
-	if err != nil {
-		return fail(err)
-	}
-	stops = append(stops, dnsStop)
-
-	ports, err := freePorts(4)
-	if err != nil {
-		return fail(err)
-	}
-	c := &testCA{httpPort: ports[0], tlsPort: ports[1], pebbleLog: &lockedBuffer{}}
-	acmeAddr := fmt.Sprintf("127.0.0.1:%d", ports[2])
-	mgmtAddr := fmt.Sprintf("127.0.0.1:%d", ports[3])
-	conf := map[string]any{"pebble": map[string]any{
-		"listenAddress":           acmeAddr,
-		"managementListenAddress": mgmtAddr,
-		"certificate":             filepath.Join(certs, "localhost", "cert.pem"),
-		"privateKey":              filepath.Join(certs, "localhost", "key.pem"),
-		"httpPort":                c.httpPort,
-		"tlsPort":                 c.tlsPort,
-		"ocspResponderURL":        "",
-		"keyAlgorithm":            "ecdsa",
-		"retryAfter":              map[string]int{"authz": 1, "order": 1},
-		"profiles": map[string]any{
-			"default":    map[string]any{"description": "90 days", "validityPeriod": 90 * 24 * 3600},
-			shortProfile: map[string]any{"description": "for the renewal test", "validityPeriod": shortValidity},
-		},
-	}}
-	confFile := filepath.Join(tmp, "pebble.json")
-	b, _ := json.Marshal(conf)
-	if err := os.WriteFile(confFile, b, 0o600); err != nil {
-		return fail(err)
-	}
-	cmd := exec.Command(bin, "-config", confFile, "-dnsserver", dnsAddr)
-	// No PEBBLE_* from outside: above all not PEBBLE_VA_ALWAYS_VALID,
-	// which would skip validation.
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PEBBLE_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	cmd.Env = append(cmd.Env, "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0")
-	cmd.Stdout, cmd.Stderr = c.pebbleLog, c.pebbleLog
-	if err := cmd.Start(); err != nil {
-		return fail(err)
-	}
-	stops = append(stops, func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-
-	// Trust for pebble's own HTTPS (and the proxy's, which shows the same
-	// certificate).
-	minica, err := os.ReadFile(filepath.Join(certs, "pebble.minica.pem"))
-	if err != nil {
-		return fail(err)
-	}
-	c.roots = x509.NewCertPool()
-	c.roots.AppendCertsFromPEM(minica)
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.roots}}, Timeout: 10 * time.Second}
-	defer client.CloseIdleConnections()
-
-	// Wait for pebble: its directory, then its issuing root.
-	var dir struct {
-		NewOrder string `json:"newOrder"`
-	}
-	deadline := time.Now().Add(testenv.Deadline(30 * time.Second))
-	for {
-		err = getJSON(client, "https://"+acmeAddr+"/dir", &dir)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fail(fmt.Errorf("pebble did not answer: %v\n%s", err, c.pebbleLog))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	u, err := url.Parse(dir.NewOrder)
-	if err != nil {
-		return fail(err)
-	}
-	c.newOrder = u.Path
-	resp, err := client.Get("https://" + mgmtAddr + "/roots/0")
-	if err != nil {
-		return fail(err)
-	}
-	rootPEM, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK {
-		return fail(fmt.Errorf("pebble's root: %s %v", resp.Status, err))
-	}
-	c.issuer = x509.NewCertPool()
-	if !c.issuer.AppendCertsFromPEM(rootPEM) {
-		return fail(fmt.Errorf("pebble's root is no PEM certificate: %q", rootPEM))
-	}
-	c.issuerPE = filepath.Join(tmp, "pebble-root.pem")
-	if err := os.WriteFile(c.issuerPE, rootPEM, 0o600); err != nil {
-		return fail(err)
-	}
+	c := &testCA{httpPort: ports[0], tlsPort: ports[1], pebbleLog: ca.Log, roots: ca.Roots, issuer: ca.Issuer,
+		issuerPE: ca.IssuerPEM, newOrder: ca.NewOrderPath}
+	acmeAddr := ca.Addr
 
 	// The counting proxy: pebble builds its URLs from the Host header,
 	// which the proxy passes on, so every later request comes here too.
@@ -252,10 +147,7 @@ func startPebble(ctx context.Context, tmp string) (*testCA, func(), error) {
 		}
 		rp.ServeHTTP(w, r)
 	}))
-	cert, err := tls.LoadX509KeyPair(filepath.Join(certs, "localhost", "cert.pem"), filepath.Join(certs, "localhost", "key.pem"))
-	if err != nil {
-		return fail(err)
-	}
+	cert := ca.Cert
 	c.proxy.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	c.proxy.StartTLS()
 	stops = append(stops, c.proxy.Close)
@@ -305,101 +197,8 @@ func warmUp(ctx context.Context, tmp string) error {
 
 const testEmail = "ops@example.test"
 
-func getJSON(c *http.Client, u string, v any) error {
-	resp, err := c.Get(u)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", u, resp.Status)
-	}
-	return json.NewDecoder(resp.Body).Decode(v)
-}
-
-// freePorts returns n loopback TCP ports that were free a moment ago.
-func freePorts(n int) ([]int, error) {
-	var out []int
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lns = append(lns, ln)
-		out = append(out, ln.Addr().(*net.TCPAddr).Port)
-	}
-	return out, nil
-}
-
 func listenTLS(port int) (net.Listener, error) {
 	return net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-}
-
-// startDNS runs a DNS server on loopback (UDP and TCP, one port) that
-// answers every A question with 127.0.0.1 and every other with nothing.
-func startDNS() (string, func(), error) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		return "", nil, err
-	}
-	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(r)
-		for _, q := range r.Question {
-			if q.Qtype == dns.TypeA {
-				m.Answer = append(m.Answer, &dns.A{
-					Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
-					A:   net.IPv4(127, 0, 0, 1),
-				})
-			}
-		}
-		_ = w.WriteMsg(m)
-	})
-	udp := &dns.Server{PacketConn: pc, Handler: h}
-	tcp := &dns.Server{Listener: ln, Handler: h}
-	var wg sync.WaitGroup
-	for _, s := range []*dns.Server{udp, tcp} {
-		wg.Go(func() { _ = s.ActivateAndServe() })
-	}
-	return pc.LocalAddr().String(), func() { udp.Shutdown(); tcp.Shutdown(); wg.Wait() }, nil
-}
-
-// lockedBuffer collects a process's output.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	// The last lines are the ones that tell.
-	var lines []string
-	sc := bufio.NewScanner(bytes.NewReader(l.b.Bytes()))
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-	}
-	if len(lines) > 40 {
-		lines = lines[len(lines)-40:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // testLogger writes the manager's log to the test's log, until the test's
