@@ -45,7 +45,7 @@ const (
 	// waking the target (Wake-on-LAN); the answer follows within
 	// MaxWakeWait. Sent only to a relay with FeatureWake, and by a relay
 	// only to a visitor whose hello has FlagWaits.
-	CodeWaking Code = 17
+	CodeWaking         Code = 17
 	CodeHostNotAllowed Code = 18 // host name outside the names of this token
 	CodeHostInUse      Code = 19 // another agent serves the host name
 )
