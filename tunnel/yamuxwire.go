@@ -364,21 +364,34 @@ const maxRecord = 16 << 10
 // batchConn is the TCP connection under TLS. Inside batch, what TLS writes
 // is collected and sent with one system call when batch ends; otherwise
 // writes pass straight through (the handshake, alerts, key updates).
+//
+// A failed write breaks it for good, as crypto/tls breaks itself after a
+// failed write: TLS took the batched records as sent, so anything written
+// after a record cut short would reach the peer as a corrupt stream
+// ("bad record MAC") instead of a dead one.
 type batchConn struct {
 	net.Conn
 	mu  sync.Mutex
 	on  bool
 	buf []byte
+	err error // the first write error; every later write fails with it
 }
 
 func (b *batchConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.err != nil {
+		return 0, b.err
+	}
 	if b.on {
 		b.buf = append(b.buf, p...)
 		return len(p), nil
 	}
-	return b.Conn.Write(p)
+	n, err := b.Conn.Write(p)
+	if err != nil {
+		b.err = err
+	}
+	return n, err
 }
 
 // batch runs write, which writes through TLS, and sends what it wrote at
@@ -391,9 +404,11 @@ func (b *batchConn) batch(write func() error) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.on = false
-	var err error
-	if len(b.buf) > 0 {
-		_, err = b.Conn.Write(b.buf)
+	err := b.err
+	if err == nil && len(b.buf) > 0 {
+		if _, err = b.Conn.Write(b.buf); err != nil {
+			b.err = err
+		}
 	}
 	if cap(b.buf) > frameBufKeep+maxRecord {
 		b.buf = nil
