@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
@@ -271,15 +272,48 @@ func (h *agentHandle) waitAny(d time.Duration) agent.SessionInfo {
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// freePort returns a loopback port that is free for TCP and for UDP (a
+// relay's agent port takes both) and that no other test of this binary
+// was given. It picks below Linux's ephemeral range (32768-60999), so
+// that the system does not hand the port to an outgoing connection
+// between the check and its use.
 func freePort(t *testing.T) uint16 {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		p := uint16(20000 + rand.IntN(12000))
+		givenMu.Lock()
+		taken := given[p]
+		givenMu.Unlock()
+		if taken {
+			continue
+		}
+		tl, err := net.Listen("tcp", publicAddr(p))
+		if err != nil {
+			continue
+		}
+		ul, err := net.ListenPacket("udp", publicAddr(p))
+		tl.Close()
+		if err != nil {
+			continue
+		}
+		ul.Close()
+		givenMu.Lock()
+		taken = given[p]
+		given[p] = true
+		givenMu.Unlock()
+		if !taken {
+			return p
+		}
 	}
-	defer l.Close()
-	return uint16(l.Addr().(*net.TCPAddr).Port)
+	t.Fatal("no free loopback port for TCP and UDP in 20000-31999")
+	return 0
 }
+
+// given are the ports freePort handed out in this test binary.
+var (
+	givenMu sync.Mutex
+	given   = map[uint16]bool{}
+)
 
 func tcpTunnel(name string, port uint16, target string) config.Tunnel {
 	return config.Tunnel{Name: name, Protocol: "tcp", RemotePort: port, Target: target}
