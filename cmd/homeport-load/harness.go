@@ -205,6 +205,9 @@ type pairOptions struct {
 	via func(ctx context.Context, relayAddr string) (addr string, stop func(), err error)
 	// args are more flags for both relay and agent.
 	args []string
+	// relayArgs are more flags for the relay only; tunnels are more
+	// --tunnel values for the agent, each awaited as ready.
+	relayArgs, tunnels []string
 }
 
 // visitorLimit lifts the relay's per-visitor limits: the load comes from
@@ -251,7 +254,7 @@ func tryPair(ctx context.Context, b binaries, transport, targetAddr, workDir str
 		"--visitor-rate", visitorLimit,
 		"--visitor-burst", visitorLimit,
 		"--visitor-ban-after", "0",
-	}, o.args...)...)
+	}, append(o.args, o.relayArgs...)...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -272,18 +275,22 @@ func tryPair(ctx context.Context, b binaries, transport, targetAddr, workDir str
 			return nil, err
 		}
 	}
-	p.agent, err = startProc("agent", b.agent, dir, append([]string{
+	agentArgs := []string{
 		"--relay", relayAddr, "--token", token, "--fingerprint", fingerprint,
 		"--transport", transport,
 		"--id", "homeport-load",
 		"--tunnel", fmt.Sprintf("load=%d:%s", port, targetAddr),
-	}, o.args...)...)
+	}
+	for _, t := range o.tunnels {
+		agentArgs = append(agentArgs, "--tunnel", t)
+	}
+	p.agent, err = startProc("agent", b.agent, dir, append(agentArgs, o.args...)...)
 	if err != nil {
 		p.stop()
 		return nil, err
 	}
-	err = p.agent.await(ctx, 20*time.Second, "tunnel ready", func() bool {
-		return strings.Contains(p.agent.logText(), `msg="tunnel ready"`)
+	err = p.agent.await(ctx, 20*time.Second, "tunnels ready", func() bool {
+		return strings.Count(p.agent.logText(), `msg="tunnel ready"`) >= 1+len(o.tunnels)
 	})
 	if err == nil && !strings.Contains(p.agent.logText(), "transport="+transport) {
 		err = fmt.Errorf("agent did not connect over %s\n%s", transport, p.agent.logTail())

@@ -15,6 +15,7 @@
 //	go run ./cmd/homeport-load --quick              # a short smoke run
 //	go run ./cmd/homeport-load --transport tcp --json load.json
 //	go run ./cmd/homeport-load --wan-only           # one stream over a 50 ms path only
+//	go run ./cmd/homeport-load --web-only           # the relay's HTTP path against nginx only
 //	go run ./cmd/homeport-load --quick --profile prof  # and relay's and agent's profiles
 //	go run ./cmd/homeport-load --agents 2000        # one relay, 2000 agent sessions (fleet.go)
 //
@@ -57,6 +58,7 @@ type options struct {
 	wanQueue     time.Duration
 	streamWindow string        // relay's and agent's --stream-window; "": theirs
 	wanOnly      bool          // only the runs over a delaying path
+	webOnly      bool          // only the web measure (web.go)
 	profileDir   string        // record relay's and agent's profiles here; "": none
 	agents       int           // >0: only the fleet measure, with this many agents (fleet.go)
 	fleetWindow  time.Duration // the fleet measure's idle CPU window
@@ -110,6 +112,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&opts.wanQueue, "wan-queue", 20*time.Millisecond, "drop-tail queue of the delaying path, as time at its link rate")
 	fs.StringVar(&opts.streamWindow, "stream-window", "", "session.stream_window for relay and agent, such as 8MiB (default: theirs)")
 	fs.BoolVar(&opts.wanOnly, "wan-only", false, "only the single-stream bulk runs over the delaying path")
+	fs.BoolVar(&opts.webOnly, "web-only", false, "only the web measure: HTTP requests through the relay's http_addr against nginx directly")
 	fs.IntVar(&opts.agents, "agents", 0, "only the fleet measure: this many agents in this process, each with its own session and public port, and a visitor connection through each; the relay's memory and CPU per idle session and per idle visitor connection")
 	fs.DurationVar(&opts.fleetWindow, "fleet-window", 20*time.Second, "the fleet measure's window for the relay's idle CPU time")
 	fs.StringVar(&opts.profileDir, "profile", "", "record relay's and agent's CPU profiles (first tunnel run of each bulk and churn measure) and heap profiles (each memory level) in this directory, for go tool pprof; their figures are then not for publishing")
@@ -172,6 +175,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return opts, fmt.Errorf("--churn-workers %d: want 1 to 1024", opts.churnWorkers)
 	case opts.wanRTT < 0 || opts.wanRTT > 10*time.Second:
 		return opts, fmt.Errorf("--wan-rtt %v: want 0 to 10s", opts.wanRTT)
+	case opts.wanOnly && opts.webOnly:
+		return opts, errors.New("--wan-only and --web-only: choose one")
 	case opts.wanOnly && opts.wanRTT == 0:
 		return opts, errors.New("--wan-only with --wan-rtt 0 measures nothing")
 	case opts.wanRTT > 0 && len(opts.wanRates) == 0:

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os/exec"
 	"slices"
 	"time"
 )
@@ -61,6 +63,9 @@ func (e *env) measure(ctx context.Context, transport string) ([]row, []string, e
 	if e.opts.wanOnly {
 		return e.wanBulk(ctx, transport)
 	}
+	if e.opts.webOnly {
+		return e.web(ctx, transport)
+	}
 	perf, notes, err := e.perf(ctx, transport)
 	if err != nil {
 		return nil, nil, err
@@ -73,8 +78,16 @@ func (e *env) measure(ctx context.Context, transport string) ([]row, []string, e
 	if err != nil {
 		return nil, nil, err
 	}
-	rows := append(append(perf, slow...), mem...)
-	return rows, append(append(notes, slowNotes...), memNotes...), nil
+	web, webNotes, err := e.web(ctx, transport)
+	var missing *exec.Error
+	switch {
+	case errors.As(err, &missing):
+		webNotes = []string{transport + ": web path not measured: " + err.Error()}
+	case err != nil:
+		return nil, nil, err
+	}
+	rows := append(append(append(perf, slow...), mem...), web...)
+	return rows, append(append(append(notes, slowNotes...), memNotes...), webNotes...), nil
 }
 
 // perf measures throughput, CPU, latency and churn on one relay and
