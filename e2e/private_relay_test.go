@@ -230,7 +230,7 @@ func TestPrivateRelay(t *testing.T) {
 		msg    string
 	}{
 		{"ready", laptop, "rdp", tunnel.ProtoTCP, tunnel.CodeOK, ""},
-		{"offline", laptop, "vnc", tunnel.ProtoTCP, tunnel.CodeOffline, `no agent of token "default" serves private tunnel "vnc" now`},
+		{"offline", laptop, "vnc", tunnel.ProtoTCP, tunnel.CodeOffline, `no agent of token "default" serves private tunnel "vnc" now (is the home agent running, with the tunnel marked private?); this key can reach dns, rdp, ssh now`},
 		{"relay's list", phone, "rdp", tunnel.ProtoTCP, tunnel.CodeNotAllowed, `visitor key "phone" may not reach tunnel "rdp"`},
 		{"agent's list", phone, "ssh", tunnel.ProtoTCP, tunnel.CodeNotAllowed, `does not accept visitor key "phone"`},
 		{"protocol", laptop, "dns", tunnel.ProtoTCP, tunnel.CodeBadRequest, `tunnel "dns" is udp, not tcp`},

@@ -131,6 +131,21 @@ func (s *Server) lookupPrivate(k privateKey) privateTunnel {
 	return s.private[k]
 }
 
+// privateNames returns the names of the private tunnels that agents of
+// token serve now and that allows lets through, sorted.
+func (s *Server) privateNames(token string, allows func(string) bool) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var names []string
+	for k := range s.private {
+		if k.token == token && allows(k.name) {
+			names = append(names, k.name)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
 // privateTCP is a private TCP tunnel.
 type privateTCP struct {
 	name     string

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -171,7 +172,12 @@ func (vs *visitorSession) grant(v tunnel.Visit) (privateTunnel, tunnel.Code, str
 	t := vs.srv.lookupPrivate(privateKey{key.Token, v.Tunnel})
 	switch {
 	case t == nil:
-		return nil, tunnel.CodeOffline, fmt.Sprintf("no agent of token %q serves private tunnel %q now (is the home agent running, with the tunnel marked private?)", key.Token, v.Tunnel)
+		msg := fmt.Sprintf("no agent of token %q serves private tunnel %q now (is the home agent running, with the tunnel marked private?)", key.Token, v.Tunnel)
+		if names := vs.srv.privateNames(key.Token, key.Allows); len(names) > 0 {
+			// A home agent is up: a misspelt name shows here.
+			msg += fmt.Sprintf("; this key can reach %s now", strings.Join(names, ", "))
+		}
+		return nil, tunnel.CodeOffline, msg
 	case t.protocol() != v.Protocol:
 		return nil, tunnel.CodeBadRequest, fmt.Sprintf("tunnel %q is %v, not %v", v.Tunnel, t.protocol(), v.Protocol)
 	case !t.accepts(key.Name):
