@@ -30,7 +30,8 @@ const (
 // ErrAuthFailed means the agent's proof matched no token.
 var ErrAuthFailed = errors.New("authentication failed")
 
-// RejectError is a relay's refusal, as seen by the agent.
+// RejectError is a relay's refusal of a login (an agent's or a
+// visitor's), as seen by the one logging in.
 type RejectError struct {
 	Code    Code
 	Message string
@@ -38,9 +39,9 @@ type RejectError struct {
 
 func (e *RejectError) Error() string {
 	if e.Message == "" {
-		return "relay rejected the agent: " + e.Code.String()
+		return "relay refused the login: " + e.Code.String()
 	}
-	return "relay rejected the agent: " + e.Code.String() + ": " + e.Message
+	return "relay refused the login: " + e.Code.String() + ": " + e.Message
 }
 
 // Is makes errors.Is(err, ErrAuthFailed) true for an authentication reject.
