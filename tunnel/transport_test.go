@@ -824,11 +824,18 @@ func TestSpliceReleasesIdleBuffer(t *testing.T) {
 	// however slowly this machine reads.
 	agent.(*yamuxSession).fw.wins.rtt.Store(int64(time.Hour))
 	x, y, _ := splicedPathOn(context.Background(), t, agent, relay)
+	// The socket buffers on the way (two loopback connections, which
+	// the kernel's autotuning lets grow to several MiB each) take what
+	// they can first; on a busy machine they grow the most, and an
+	// 8 MiB burst could fit in them and leave the stream's buffer
+	// nearly empty. 32 MiB cannot. The burst's own bytes are in the
+	// heap before base is taken, so only the stream's buffer counts.
+	const burst = 32 << 20
+	data := make([]byte, burst)
 	base := heapInUse()
-	const burst = 8 << 20
 	wrote := make(chan error, 1)
 	go func() {
-		_, err := x.Write(make([]byte, burst))
+		_, err := x.Write(data)
 		wrote <- err
 	}()
 	// Let the burst pile up in front of y, which does not read yet: the
@@ -842,6 +849,7 @@ func TestSpliceReleasesIdleBuffer(t *testing.T) {
 		t.Fatal(err)
 	}
 	idle := waitHeap(t, "the idle stream to let its buffer go", func(h int64) bool { return h-base <= 512<<10 })
+	runtime.KeepAlive(data)
 	t.Logf("heap in use: %d KiB before the burst, %d KiB with it waiting, %d KiB once read and idle", base>>10, piled>>10, idle>>10)
 }
 
