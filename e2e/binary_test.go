@@ -544,7 +544,9 @@ func TestBinaryTerminalBanner(t *testing.T) {
 	// The second start, on a terminal too, does not show it.
 	_ = r.cmd.Process.Kill()
 	r.exitCode(15 * time.Second)
-	waitFor(t, 15*time.Second, "the relay to end with its terminal", func() bool { return binRefused(publicAddr(relayPort)) })
+	// The terminal's hangup stops the relay as a signal does: it drains
+	// for up to its shutdown_timeout (10 s) first.
+	waitFor(t, 40*time.Second, "the relay to end with its terminal", func() bool { return binRefused(publicAddr(relayPort)) })
 	r2 := binStartRelayOnTerminal(t, dataDir, relayPort, logFile)
 	var out2 string
 	r2.await(20*time.Second, "the second start's banner", func() bool {
