@@ -546,6 +546,12 @@ func TestBinaryTerminalBanner(t *testing.T) {
 	r.exitCode(15 * time.Second)
 	// The terminal's hangup stops the relay as a signal does: it drains
 	// for up to its shutdown_timeout (10 s) first.
+	t.Cleanup(func() {
+		if t.Failed() {
+			log, _ := os.ReadFile(logFile)
+			t.Logf("relay log:\n%s", log)
+		}
+	})
 	waitFor(t, 40*time.Second, "the relay to end with its terminal", func() bool { return binRefused(publicAddr(relayPort)) })
 	r2 := binStartRelayOnTerminal(t, dataDir, relayPort, logFile)
 	var out2 string

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -93,51 +94,6 @@ func Start(ctx context.Context, dir string, o Options) (*CA, error) {
 		return fail(err)
 	}
 	c.stops = append(c.stops, dnsStop)
-	ports, err := FreePorts(2)
-	if err != nil {
-		return fail(err)
-	}
-	c.Addr = fmt.Sprintf("127.0.0.1:%d", ports[0])
-	mgmtAddr := fmt.Sprintf("127.0.0.1:%d", ports[1])
-	profiles := map[string]any{}
-	for name, d := range o.Profiles {
-		profiles[name] = map[string]any{"description": name, "validityPeriod": int(d / time.Second)}
-	}
-	if _, ok := profiles["default"]; !ok {
-		profiles["default"] = map[string]any{"description": "90 days", "validityPeriod": 90 * 24 * 3600}
-	}
-	conf := map[string]any{"pebble": map[string]any{
-		"listenAddress":           c.Addr,
-		"managementListenAddress": mgmtAddr,
-		"certificate":             filepath.Join(certs, "localhost", "cert.pem"),
-		"privateKey":              filepath.Join(certs, "localhost", "key.pem"),
-		"httpPort":                o.HTTPPort,
-		"tlsPort":                 o.TLSPort,
-		"ocspResponderURL":        "",
-		"keyAlgorithm":            "ecdsa",
-		"retryAfter":              map[string]int{"authz": 1, "order": 1},
-		"profiles":                profiles,
-	}}
-	confFile := filepath.Join(dir, "pebble.json")
-	b, _ := json.Marshal(conf)
-	if err := os.WriteFile(confFile, b, 0o600); err != nil {
-		return fail(err)
-	}
-	cmd := exec.Command(bin, "-config", confFile, "-dnsserver", dnsAddr)
-	// No PEBBLE_* from outside: above all not PEBBLE_VA_ALWAYS_VALID,
-	// which would skip validation.
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PEBBLE_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	cmd.Env = append(cmd.Env, "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0")
-	cmd.Stdout, cmd.Stderr = c.Log, c.Log
-	if err := cmd.Start(); err != nil {
-		return fail(err)
-	}
-	c.stops = append(c.stops, func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-
 	minica, err := os.ReadFile(filepath.Join(certs, "pebble.minica.pem"))
 	if err != nil {
 		return fail(err)
@@ -151,26 +107,78 @@ func Start(ctx context.Context, dir string, o Options) (*CA, error) {
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.Roots}}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-
-	// Wait for pebble: its directory, then its issuing root.
-	var d struct {
-		NewOrder string `json:"newOrder"`
+	profiles := map[string]any{}
+	for name, d := range o.Profiles {
+		profiles[name] = map[string]any{"description": name, "validityPeriod": int(d / time.Second)}
+	}
+	if _, ok := profiles["default"]; !ok {
+		profiles["default"] = map[string]any{"description": "90 days", "validityPeriod": 90 * 24 * 3600}
 	}
 	wait := o.WaitFor
 	if wait <= 0 {
 		wait = 30 * time.Second
 	}
-	deadline := time.Now().Add(wait)
-	c.Directory = "https://" + c.Addr + "/dir"
-	for {
-		err = getJSON(client, c.Directory, &d)
+
+	// pebble's own ports are free a moment before it binds them; one
+	// that something else took meanwhile makes it exit at once, and it
+	// is started again on others.
+	var (
+		d struct {
+			NewOrder string `json:"newOrder"`
+		}
+		mgmtAddr string
+	)
+	for attempt := 1; ; attempt++ {
+		ports, err := FreePorts(2)
+		if err != nil {
+			return fail(err)
+		}
+		c.Addr = fmt.Sprintf("127.0.0.1:%d", ports[0])
+		mgmtAddr = fmt.Sprintf("127.0.0.1:%d", ports[1])
+		conf := map[string]any{"pebble": map[string]any{
+			"listenAddress":           c.Addr,
+			"managementListenAddress": mgmtAddr,
+			"certificate":             filepath.Join(certs, "localhost", "cert.pem"),
+			"privateKey":              filepath.Join(certs, "localhost", "key.pem"),
+			"httpPort":                o.HTTPPort,
+			"tlsPort":                 o.TLSPort,
+			"ocspResponderURL":        "",
+			"keyAlgorithm":            "ecdsa",
+			"retryAfter":              map[string]int{"authz": 1, "order": 1},
+			"profiles":                profiles,
+		}}
+		confFile := filepath.Join(dir, "pebble.json")
+		b, _ := json.Marshal(conf)
+		if err := os.WriteFile(confFile, b, 0o600); err != nil {
+			return fail(err)
+		}
+		cmd := exec.Command(bin, "-config", confFile, "-dnsserver", dnsAddr)
+		// No PEBBLE_* from outside: above all not PEBBLE_VA_ALWAYS_VALID,
+		// which would skip validation.
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "PEBBLE_") {
+				cmd.Env = append(cmd.Env, kv)
+			}
+		}
+		cmd.Env = append(cmd.Env, "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0")
+		cmd.Stdout, cmd.Stderr = c.Log, c.Log
+		if err := cmd.Start(); err != nil {
+			return fail(err)
+		}
+		exited := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(exited) }()
+		c.stops = append(c.stops, func() { _ = cmd.Process.Kill(); <-exited })
+
+		// Wait for pebble's directory.
+		c.Directory = "https://" + c.Addr + "/dir"
+		err = waitUp(client, c.Directory, &d, exited, wait)
 		if err == nil {
 			break
 		}
-		if time.Now().After(deadline) {
-			return fail(fmt.Errorf("pebble did not answer: %v\n%s", err, c.Log))
+		if attempt < 3 && isDone(exited) && strings.Contains(c.Log.String(), "address already in use") {
+			continue
 		}
-		time.Sleep(50 * time.Millisecond)
+		return fail(fmt.Errorf("pebble: %w\n%s", err, c.Log))
 	}
 	u, err := url.Parse(d.NewOrder)
 	if err != nil {
@@ -204,6 +212,33 @@ func (c *CA) RootsPEM(dir string) (string, error) {
 	return p, os.WriteFile(p, c.rootsPEM, 0o600)
 }
 
+// waitUp polls u until it answers with JSON into v, the process ends
+// (exited closes), or wait passes.
+func waitUp(c *http.Client, u string, v any, exited <-chan struct{}, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		err := getJSON(c, u, v)
+		switch {
+		case err == nil:
+			return nil
+		case isDone(exited):
+			return fmt.Errorf("exited: %w", err)
+		case time.Now().After(deadline):
+			return fmt.Errorf("did not answer within %v: %w", wait, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func isDone(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
 func getJSON(c *http.Client, u string, v any) error {
 	resp, err := c.Get(u)
 	if err != nil {
@@ -216,25 +251,43 @@ func getJSON(c *http.Client, u string, v any) error {
 	return json.NewDecoder(resp.Body).Decode(v)
 }
 
-// FreePorts returns n loopback TCP ports that were free a moment ago.
+// FreePorts returns n loopback TCP ports that were free a moment ago and
+// that no earlier call of this process returned. They come from
+// 10000-19999: below the system's ephemeral range (so no outgoing
+// connection takes one meanwhile) and apart from the e2e tests' own.
 func FreePorts(n int) ([]int, error) {
 	var out []int
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
+	for try := 0; len(out) < n; try++ {
+		if try == 1000 {
+			return nil, fmt.Errorf("no free loopback port in 10000-19999")
 		}
-	}()
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		p := 10000 + rand.IntN(10000)
+		givenMu.Lock()
+		taken := given[p]
+		givenMu.Unlock()
+		if taken {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
 		if err != nil {
-			return nil, err
+			continue
 		}
-		lns = append(lns, ln)
-		out = append(out, ln.Addr().(*net.TCPAddr).Port)
+		ln.Close()
+		givenMu.Lock()
+		taken, given[p] = given[p], true
+		givenMu.Unlock()
+		if !taken {
+			out = append(out, p)
+		}
 	}
 	return out, nil
 }
+
+// given are the ports FreePorts returned in this process.
+var (
+	givenMu sync.Mutex
+	given   = map[int]bool{}
+)
 
 // startDNS runs a DNS server on loopback (UDP and TCP, one port) that
 // answers every A question with 127.0.0.1 and every other with nothing.
