@@ -552,7 +552,18 @@ func TestBinaryTerminalBanner(t *testing.T) {
 			t.Logf("relay log:\n%s", log)
 		}
 	})
-	waitFor(t, 40*time.Second, "the relay to end with its terminal", func() bool { return binRefused(publicAddr(relayPort)) })
+	waitFor(t, 40*time.Second, "the relay to end with its terminal", func() bool {
+		// Its QUIC socket goes last, after the drain.
+		if !binRefused(publicAddr(relayPort)) {
+			return false
+		}
+		pc, err := net.ListenPacket("udp", publicAddr(relayPort))
+		if err != nil {
+			return false
+		}
+		pc.Close()
+		return true
+	})
 	r2 := binStartRelayOnTerminal(t, dataDir, relayPort, logFile)
 	var out2 string
 	r2.await(20*time.Second, "the second start's banner", func() bool {
