@@ -63,6 +63,22 @@ type Keeper struct {
 // Keep starts keeping the mapping cfg asks for. It returns at once; the
 // first attempt runs in the background (see Status and OnChange).
 func Keep(ctx context.Context, cfg Config) (*Keeper, error) {
+	k, err := newKeeper(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ctx, k.cancel = context.WithCancel(ctx)
+	k.done = make(chan struct{})
+	go func() {
+		defer close(k.done)
+		k.run(ctx)
+	}()
+	return k, nil
+}
+
+// newKeeper checks cfg and fills in its defaults; the keeper does not
+// run yet.
+func newKeeper(cfg Config) (*Keeper, error) {
 	if err := cfg.Request.check(); err != nil {
 		return nil, err
 	}
@@ -73,13 +89,8 @@ func Keep(ctx context.Context, cfg Config) (*Keeper, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	k := &Keeper{cfg: cfg, log: log, cancel: cancel, done: make(chan struct{})}
+	k := &Keeper{cfg: cfg, log: log}
 	k.st.Since = time.Now()
-	go func() {
-		defer close(k.done)
-		k.run(ctx)
-	}()
 	return k, nil
 }
 
@@ -221,15 +232,9 @@ func (k *Keeper) check(ctx context.Context, cur Mapping) (m Mapping, lost bool, 
 // Map makes the mapping cfg asks for once, trying each method in turn,
 // and returns it; nothing renews it (see Keep). Remove removes it.
 func Map(ctx context.Context, cfg Config) (Mapping, error) {
-	if err := cfg.Request.check(); err != nil {
+	k, err := newKeeper(cfg)
+	if err != nil {
 		return Mapping{}, err
-	}
-	if len(cfg.Methods) == 0 {
-		cfg.Methods = Methods
-	}
-	k := &Keeper{cfg: cfg, log: cfg.Log}
-	if k.log == nil {
-		k.log = slog.New(slog.DiscardHandler)
 	}
 	return k.mapAny(ctx)
 }
