@@ -4,10 +4,8 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -32,6 +30,7 @@ func agentSettings() []setting {
 		{key: "access_log", flag: "access-log", kind: kBool, def: "false", usage: "log every tunneled connection"},
 		{key: "wake", flag: "wake", kind: kList, usage: "wake a sleeping target by Wake-on-LAN when a visitor comes and it does not answer: MAC (with one TCP tunnel) or NAME=MAC; repeatable"},
 		{key: "wake_time", flag: "wake-time", kind: kDuration, def: "60s", usage: "how long to keep waking a target and dialing it before the visitor is refused"},
+		relaysSetting("token"),
 		ddnsSetting(),
 	}
 	return append(append(append(s, sessionSettings()...), logSettings()...), debugSettings()...)
@@ -67,19 +66,21 @@ func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
 		DebugAddr:        l.debugAddr(),
 		MetricsAddr:      l.metricsAddr(),
 	}
-	rl := l.relayLink(c.CAFile, c.ServerName, "the relay prints the whole command on its first start", "agent")
-	c.Relay, c.Fingerprint, c.Transport, c.ID = rl.Relay, rl.Fingerprint, rl.Transport, rl.ID
 	switch {
 	case c.Token != "" && l.str("token_file") != "":
 		l.fail("token_file", fmt.Errorf("give token or token_file, not both"))
 	case l.str("token_file") != "":
 		c.Token = l.tokenFile("token_file", checkAgentToken)
-	case c.Token == "":
-		l.fail("token", fmt.Errorf("missing: give the token the relay printed (HOMEPORT_TOKEN or --token-file keep it out of the process list; --token puts it there)"))
-	default:
+	case c.Token != "":
 		if err := checkAgentToken(c.Token); err != nil {
 			l.fail("token", err)
 		}
+	}
+	rl := l.relayLink(agentSecret, c.Token, c.Token != "" || l.str("token_file") != "", "the relay prints the whole command on its first start", "agent")
+	c.ID, c.Relays = rl.ID, rl.Relays
+	if len(c.Relays) > 0 {
+		r := c.Relays[0]
+		c.Relay, c.Fingerprint, c.CAFile, c.ServerName, c.Transport, c.Token = r.Address, r.Fingerprint, r.CAFile, r.ServerName, r.Transport, r.Secret
 	}
 	c.Tunnels = l.tunnels()
 	l.applyWakeFlags(c.Tunnels)
@@ -90,6 +91,10 @@ func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
 	c.Warnings = l.warns
 	return c, nil
 }
+
+// agentSecret is what an agent proves to a relay.
+var agentSecret = secretKind{key: "token", check: checkAgentToken,
+	missing: "missing: give the token the relay printed (HOMEPORT_TOKEN or --token-file keep it out of the process list; --token puts it there)"}
 
 // checkAgentToken checks the agent's token.
 func checkAgentToken(s string) error {
@@ -395,47 +400,30 @@ func AgentDataDir(fs *pflag.FlagSet) (string, error) {
 	return cmp.Or(l.str("data_dir"), DefaultDataDir()), nil
 }
 
-// relayLink reads and checks what the agent and the visitor share to reach
-// the relay: its address, how it is verified (a pinned fingerprint or a
-// CA), the transport and this end's id (fallback: the host name, else
-// fallbackID). whereFrom says where the whole command is printed, for the
-// error of a missing relay.
+// relayLink is what the agent and the visitor share to reach their
+// relays: the relays list, or the single relay of the relay, fingerprint
+// (or ca_file) and transport settings; and this end's id.
 type relayLink struct {
-	Relay, Fingerprint, Transport, ID string
+	Relays []RelayEndpoint
+	ID     string
 }
 
-func (l *loader) relayLink(caFile, serverName, whereFrom, fallbackID string) relayLink {
-	rl := relayLink{Relay: l.str("relay"), ID: l.str("id")}
-	switch host, port, err := net.SplitHostPort(rl.Relay); {
-	case rl.Relay == "":
-		l.fail("relay", fmt.Errorf("missing: give the relay's address, e.g. --relay vps.example.com:7000 (%s)", whereFrom))
-	case err != nil || host == "":
-		l.fail("relay", fmt.Errorf("%q: want HOST:PORT, e.g. vps.example.com:7000", rl.Relay))
-	default:
-		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
-			l.fail("relay", fmt.Errorf("%q: port %q is not a number from 1 to 65535", rl.Relay, port))
-		}
-	}
-	if fp := l.str("fingerprint"); IsPlaceholder(fp) {
-		l.fail("fingerprint", fmt.Errorf("%q %w: put the fingerprint the relay printed there (sha256: and 64 hex digits)", fp, ErrPlaceholder))
-	} else if fp != "" {
-		var err error
-		if rl.Fingerprint, err = NormalizeFingerprint(fp); err != nil {
-			l.fail("fingerprint", err)
-		}
-	}
-	switch {
-	case rl.Fingerprint == "" && caFile == "" && l.str("fingerprint") == "":
-		l.fail("fingerprint", fmt.Errorf("missing: give the fingerprint the relay printed (or ca_file to verify the relay by a CA)"))
-	case l.str("fingerprint") != "" && caFile != "":
-		l.fail("ca_file", fmt.Errorf("give either fingerprint or ca_file, not both"))
-	case serverName != "" && caFile == "":
-		l.fail("server_name", fmt.Errorf("only used with ca_file; a fingerprint pins the key whatever the name"))
-	}
-	switch rl.Transport = strings.ToLower(l.str("transport")); rl.Transport {
+// relayLink reads and checks the relays (see relayLink), with the
+// top-level secret (token or key, already read and checked: "" if none,
+// or if it was wrong, which secretGiven tells apart) as the default of
+// the list's items and the single relay's. whereFrom says
+// where the whole command is printed, for the error of a missing relay;
+// fallbackID is the id when the host name is unknown.
+func (l *loader) relayLink(sk secretKind, secret string, secretGiven bool, whereFrom, fallbackID string) relayLink {
+	rl := relayLink{ID: l.str("id")}
+	transport := strings.ToLower(l.str("transport"))
+	switch transport {
 	case TransportAuto, TransportTCP, TransportQUIC:
 	default:
-		l.fail("transport", fmt.Errorf("%q: want auto, tcp or quic", rl.Transport))
+		l.fail("transport", fmt.Errorf("%q: want auto, tcp or quic", transport))
+	}
+	if rl.Relays = l.relayList(sk, secret, secretGiven, transport); rl.Relays == nil && len(l.list("relays")) == 0 {
+		rl.Relays = l.singleRelay(sk, secret, secretGiven, transport, whereFrom)
 	}
 	if rl.ID == "" {
 		var err error
@@ -447,4 +435,39 @@ func (l *loader) relayLink(caFile, serverName, whereFrom, fallbackID string) rel
 		l.fail("id", fmt.Errorf("%q is longer than 128 bytes", rl.ID))
 	}
 	return rl
+}
+
+// singleRelay reads the relay given by the relay, fingerprint (or ca_file
+// and server_name) settings; nil when they are wrong.
+func (l *loader) singleRelay(sk secretKind, secret string, secretGiven bool, transport, whereFrom string) []RelayEndpoint {
+	r := RelayEndpoint{Address: l.str("relay"), CAFile: l.str("ca_file"), ServerName: l.str("server_name"), Transport: transport, Secret: secret}
+	bad := len(l.errs)
+	if r.Address == "" {
+		l.fail("relay", fmt.Errorf("missing: give the relay's address, e.g. --relay vps.example.com:7000 (%s)", whereFrom))
+	} else if err := checkRelayAddress(r.Address); err != nil {
+		l.fail("relay", err)
+	}
+	if fp := l.str("fingerprint"); IsPlaceholder(fp) {
+		l.fail("fingerprint", fmt.Errorf("%q %w: put the fingerprint the relay printed there (sha256: and 64 hex digits)", fp, ErrPlaceholder))
+	} else if fp != "" {
+		var err error
+		if r.Fingerprint, err = NormalizeFingerprint(fp); err != nil {
+			l.fail("fingerprint", err)
+		}
+	}
+	switch {
+	case r.Fingerprint == "" && r.CAFile == "" && l.str("fingerprint") == "":
+		l.fail("fingerprint", fmt.Errorf("missing: give the fingerprint the relay printed (or ca_file to verify the relay by a CA)"))
+	case l.str("fingerprint") != "" && r.CAFile != "":
+		l.fail("ca_file", fmt.Errorf("give either fingerprint or ca_file, not both"))
+	case r.ServerName != "" && r.CAFile == "":
+		l.fail("server_name", fmt.Errorf("only used with ca_file; a fingerprint pins the key whatever the name"))
+	}
+	if !secretGiven {
+		l.fail(sk.key, errors.New(sk.missing))
+	}
+	if len(l.errs) > bad {
+		return nil
+	}
+	return []RelayEndpoint{r}
 }

@@ -157,7 +157,12 @@ type Agent struct {
 	File string
 	// DataDir holds the agent's control socket.
 	DataDir string
-	// Relay is the relay's agent address, host:port.
+	// Relays are the relays the agent keeps a session to, in the order
+	// given: the relays list, or the one relay of the settings below.
+	Relays []RelayEndpoint
+	// Relay is the (first) relay's agent address, host:port; it and
+	// Transport, Token, Fingerprint, CAFile and ServerName repeat
+	// Relays[0].
 	Relay string
 	// Transport is how the agent reaches the relay: TransportAuto (the
 	// default), TransportTCP or TransportQUIC.

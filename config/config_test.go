@@ -410,6 +410,7 @@ func TestAgentLoad(t *testing.T) {
 	}
 	want := Agent{
 		DataDir: DefaultDataDir(),
+		Relays:  []RelayEndpoint{{Address: "vps.example.com:7000", Fingerprint: fp, Transport: TransportAuto, Secret: "0123456789abcdef"}},
 		Relay:   "vps.example.com:7000", Transport: TransportAuto, Token: "0123456789abcdef", Fingerprint: fp, ID: "home-pc",
 		Tunnels: []Tunnel{
 			{Name: "rdp", Protocol: "tcp", RemotePort: 3390, Target: "127.0.0.1:3389"},

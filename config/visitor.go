@@ -20,7 +20,12 @@ type Visitor struct {
 	File string
 	// DataDir is the directory of the visitor's files.
 	DataDir string
-	// Relay is the relay's agent address, host:port.
+	// Relays are the relays the visitor keeps a session to, in the order
+	// connections try them: the relays list, or the one relay of the
+	// settings below. visitor.New makes it from those when it is empty.
+	Relays []RelayEndpoint
+	// Relay is the (first) relay's agent address, host:port; it and
+	// Transport, Key, Fingerprint, CAFile and ServerName repeat Relays[0].
 	Relay string
 	// Transport is how the visitor reaches the relay: TransportAuto (the
 	// default), TransportTCP or TransportQUIC.
@@ -78,6 +83,7 @@ func visitorSettings() []setting {
 		{key: "ca_file", flag: "ca-file", kind: kString, usage: "verify the relay by this PEM CA instead of a fingerprint"},
 		{key: "server_name", flag: "server-name", kind: kString, usage: "name in the relay's certificate, with --ca-file (default: the relay host)"},
 		{key: "id", flag: "id", kind: kString, usage: "this visitor's name, shown at the relay (default: host name)"},
+		relaysSetting("key"),
 		{key: "visits", kind: kFile, usage: "private tunnels to reach: a list of {tunnel, protocol, listen} (config file only; on the command line: TUNNEL --listen)"},
 		{key: "handshake_timeout", flag: "handshake-timeout", kind: kDuration, def: "10s", usage: "time to connect and authenticate to the relay; also how long a local connection waits for the session"},
 		{key: "reconnect_max", flag: "reconnect-max", kind: kDuration, def: "30s", usage: "longest wait between reconnect attempts"},
@@ -129,16 +135,12 @@ func LoadVisitor(fs *pflag.FlagSet) (Visitor, error) {
 		Session:          l.session(),
 		Log:              l.log(),
 	}
-	rl := l.relayLink(c.CAFile, c.ServerName, "on the relay, relay status prints the whole visit command", "visitor")
-	c.Relay, c.Fingerprint, c.Transport, c.ID = rl.Relay, rl.Fingerprint, rl.Transport, rl.ID
 	switch {
 	case c.Key != "" && l.str("key_file") != "":
 		l.fail("key_file", fmt.Errorf("give key or key_file, not both"))
 	case l.str("key_file") != "":
 		c.Key = l.tokenFile("key_file", checkVisitorKey)
-	case c.Key == "":
-		l.fail("key", fmt.Errorf("missing: give the visitor key the relay printed (HOMEPORT_KEY or --key-file keep it out of the process list; --key puts it there)"))
-	default:
+	case c.Key != "":
 		if err := checkVisitorKey(c.Key); err != nil {
 			l.fail("key", err)
 		} else if l.flag("key") != nil {
@@ -148,6 +150,12 @@ func LoadVisitor(fs *pflag.FlagSet) (Visitor, error) {
 				Fix:     "give it by HOMEPORT_KEY or --key-file instead",
 			})
 		}
+	}
+	rl := l.relayLink(visitorSecret, c.Key, c.Key != "" || l.str("key_file") != "", "on the relay, relay status prints the whole visit command", "visitor")
+	c.ID, c.Relays = rl.ID, rl.Relays
+	if len(c.Relays) > 0 {
+		r := c.Relays[0]
+		c.Relay, c.Fingerprint, c.CAFile, c.ServerName, c.Transport, c.Key = r.Address, r.Fingerprint, r.CAFile, r.ServerName, r.Transport, r.Secret
 	}
 	c.Visits = l.visits()
 	if err := l.err(); err != nil {
@@ -159,6 +167,10 @@ func LoadVisitor(fs *pflag.FlagSet) (Visitor, error) {
 
 // Advice for a visitor key that cannot be used.
 const visitorKeyAdvice = "put the relay's visitor key there: the one it printed with the visit command, or the one in its configuration or its data directory's visitor.key file"
+
+// visitorSecret is what a visitor proves to a relay.
+var visitorSecret = secretKind{key: "key", check: checkVisitorKey,
+	missing: "missing: give the visitor key the relay printed (HOMEPORT_KEY or --key-file keep it out of the process list; --key puts it there)"}
 
 // checkVisitorKey checks the visitor's key as the agent's token is
 // checked.

@@ -63,7 +63,7 @@ func startVisitor(t *testing.T, cfg config.Visitor, setup ...func(*visitor.Visit
 		f(v)
 	}
 	h := &visitorHandle{t: t, logs: logs, up: make(chan string, 16), done: make(chan error, 1)}
-	v.OnSession = func(tr string) {
+	v.OnSession = func(_, tr string) {
 		select {
 		case h.up <- tr:
 		default:

@@ -2,7 +2,9 @@ package visitor
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/homeport/homeport/tunnel"
@@ -56,6 +58,71 @@ func (v *Visitor) ask(ctx context.Context, sess tunnel.Session, vis *visit, flag
 	return st, res, nil
 }
 
+// errNoSession: no relay had a session up within handshake_timeout.
+var errNoSession = errors.New("no session to any relay within handshake_timeout")
+
+// connect carries one connection or flow of vis: it asks the relays whose
+// session is up, in order (see liveSessions.up), for the visit's tunnel,
+// and returns the stream of the first that accepts, with its session. It
+// waits up to handshake_timeout for a first session. A relay that fails
+// to answer, or refuses (the home agent is not connected to it, say), is
+// passed over for the next; but a home target that cannot be dialed is
+// the same through every relay, so that answer is final. With bounded,
+// each answer is awaited only within handshake_timeout, even when the
+// home agent wakes the target. When no relay accepts, st is nil and
+// either err is set or res holds the refusal to report.
+func (v *Visitor) connect(ctx context.Context, vis *visit, bounded bool, log *slog.Logger) (st tunnel.Stream, sess tunnel.Session, res tunnel.OpenResult, err error) {
+	wctx, cancel := context.WithTimeout(ctx, v.cfg.HandshakeTimeout)
+	defer cancel()
+	up, err := v.sessions(wctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil, res, ctx.Err()
+		}
+		return nil, nil, res, errNoSession
+	}
+	actx := ctx
+	if bounded {
+		actx = wctx
+	}
+	var refused *tunnel.OpenResult
+	for _, u := range up {
+		relay := v.relays[u.relay].ep.Address
+		st, res, err = v.ask(actx, u.sess, vis, 0)
+		switch {
+		case err == nil && res.Code == tunnel.CodeOK:
+			return st, u.sess, res, nil
+		case st != nil:
+			st.Close()
+		}
+		if ctx.Err() != nil {
+			return nil, nil, res, ctx.Err()
+		}
+		if err != nil {
+			log.Debug("relay did not answer; trying the next", "relay", relay, "err", err)
+			continue
+		}
+		if res.Code == tunnel.CodeOffline {
+			select {
+			case vis.recheck[u.relay] <- struct{}{}:
+			default:
+			}
+		}
+		if refused == nil || refused.Code == tunnel.CodeOffline {
+			r := res
+			refused = &r
+		}
+		if res.Code == tunnel.CodeDialFailed {
+			break
+		}
+		log.Debug("relay refused; trying the next", "relay", relay, "reason", res.Code.String(), "relay_said", res.Message)
+	}
+	if refused != nil {
+		return nil, nil, *refused, nil
+	}
+	return nil, nil, res, err
+}
+
 // tunnel states, for logging changes once.
 const (
 	stateUnknown = iota
@@ -63,17 +130,18 @@ const (
 	stateOffline
 )
 
-// watch checks that the visit's tunnel can be reached, on every new
-// session and, while its home agent is away, until it is back, and logs
-// what changes. It returns an error, already logged, when the tunnel can
+// watch checks that the visit's tunnel can be reached through one relay,
+// on every new session to it and, while its home agent is away, until it
+// is back, and logs what changes. It returns an error, already logged, when the tunnel can
 // never be reached with this configuration (unknown, not allowed, another
 // protocol); nil when ctx ends.
-func (v *Visitor) watch(ctx context.Context, vis *visit) error {
+func (v *Visitor) watch(ctx context.Context, vis *visit, rc *relayConn) error {
 	state := stateUnknown
 	wait := checkBase
 	name, listen := vis.cfg.Tunnel, vis.cfg.Listen
+	log := vis.log.With("relay", rc.ep.Address)
 	for {
-		sess, err := v.session(ctx)
+		sess, err := v.session(ctx, rc.index)
 		if err != nil {
 			return nil
 		}
@@ -89,39 +157,39 @@ func (v *Visitor) watch(ctx context.Context, vis *visit) error {
 		if err != nil {
 			// The session broke or the relay did not answer in time: ask
 			// again on the next session, or after a while.
-			vis.log.Debug("checking the tunnel failed", "err", err)
+			log.Debug("checking the tunnel failed", "err", err)
 			wait = min(2*wait, checkMax)
 		} else {
 			switch res.Code {
 			case tunnel.CodeOK:
 				if state != stateReady {
-					vis.log.Info(fmt.Sprintf("tunnel %s ready: connect to %s", name, listen), "protocol", vis.cfg.Protocol)
+					log.Info(fmt.Sprintf("tunnel %s ready: connect to %s", name, listen), "protocol", vis.cfg.Protocol)
 				}
 				state, wait = stateReady, checkBase
 				after = nil // until the session ends or a connection finds it offline
 			case tunnel.CodeOffline:
 				if state != stateOffline {
-					vis.log.Info(fmt.Sprintf("tunnel %s: its home agent is not connected; waiting", name), "relay_said", res.Message)
+					log.Info(fmt.Sprintf("tunnel %s: its home agent is not connected; waiting", name), "relay_said", res.Message)
 				}
 				state = stateOffline
 				wait = min(2*wait, checkMax)
 			case tunnel.CodeNotAllowed:
 				err := fmt.Errorf("tunnel %q: this visitor key may not use it (relay: %s); allow it in the relay's visitor_keys entry of this key (its tunnels), or add the key's name to the home agent's visitors list of the tunnel", name, res.Message)
-				vis.log.Error("tunnel cannot be visited", "err", err)
+				log.Error("tunnel cannot be visited", "err", err)
 				retry.Stop()
 				return err
 			case tunnel.CodeUnknownTunnel:
 				err := fmt.Errorf("tunnel %q: the relay knows no private tunnel of that name for this key (relay: %s); check the name against the home agent's private tunnels, and the token and tunnels of this key's entry in the relay's visitor_keys", name, res.Message)
-				vis.log.Error("tunnel cannot be visited", "err", err)
+				log.Error("tunnel cannot be visited", "err", err)
 				retry.Stop()
 				return err
 			case tunnel.CodeBadRequest:
 				err := fmt.Errorf("tunnel %q is not a %s tunnel at its home agent (relay: %s); set the visit's protocol to the tunnel's", name, vis.cfg.Protocol, res.Message)
-				vis.log.Error("tunnel cannot be visited", "err", err)
+				log.Error("tunnel cannot be visited", "err", err)
 				retry.Stop()
 				return err
 			default:
-				vis.log.Warn("checking the tunnel: the relay refused", "code", res.Code.String(), "relay_said", res.Message, "retry_in", wait)
+				log.Warn("checking the tunnel: the relay refused", "code", res.Code.String(), "relay_said", res.Message, "retry_in", wait)
 				wait = min(2*wait, checkMax)
 			}
 		}
@@ -131,7 +199,7 @@ func (v *Visitor) watch(ctx context.Context, vis *visit) error {
 			return nil
 		case <-sess.Done():
 		case <-after:
-		case <-vis.recheck:
+		case <-vis.recheck[rc.index]:
 		}
 		retry.Stop()
 	}

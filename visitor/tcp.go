@@ -44,40 +44,22 @@ func (v *Visitor) serveTCP(ctx context.Context, vis *visit, wg *sync.WaitGroup) 
 func (v *Visitor) handleTCP(ctx context.Context, vis *visit, c *net.TCPConn) {
 	start := time.Now()
 	log := vis.log.With("client", c.RemoteAddr().String())
-	wctx, cancel := context.WithTimeout(ctx, v.cfg.HandshakeTimeout)
-	sess, err := v.session(wctx)
-	if err != nil {
-		cancel()
+	// The answer may wait for the home agent to wake the target.
+	st, sess, res, err := v.connect(ctx, vis, false, log)
+	switch {
+	case errors.Is(err, errNoSession):
 		reset(c)
-		if ctx.Err() == nil {
-			log.Warn("connection closed: no session to the relay within handshake_timeout", "waited", time.Since(start).Round(time.Millisecond))
-		}
+		log.Warn("connection closed: no session to the relay within handshake_timeout", "waited", time.Since(start).Round(time.Millisecond))
 		return
-	}
-	cancel()
-	// ask bounds the answer by handshake_timeout, or by
-	// tunnel.MaxWakeWait after the agent said it wakes the target.
-	st, res, err := v.ask(ctx, sess, vis, 0)
-	if err != nil {
-		if st != nil {
-			st.Close()
-		}
+	case err != nil:
 		reset(c)
 		if ctx.Err() == nil {
 			log.Warn("connection closed: the relay did not answer", "err", err)
 		}
 		return
-	}
-	if res.Code != tunnel.CodeOK {
-		st.Close()
+	case st == nil:
 		reset(c)
 		log.Warn("connection refused", "reason", res.Code.String(), "relay_said", res.Message)
-		if res.Code == tunnel.CodeOffline {
-			select {
-			case vis.recheck <- struct{}{}:
-			default:
-			}
-		}
 		return
 	}
 	log.Debug("connection carried")

@@ -154,36 +154,19 @@ func (v *Visitor) runFlow(ctx context.Context, vis *visit, f *flow) {
 		case <-t.C:
 		}
 	}
-	wctx, cancel := context.WithTimeout(ctx, v.cfg.HandshakeTimeout)
-	sess, err := v.session(wctx)
-	if err != nil {
-		cancel()
-		if ctx.Err() == nil {
-			log.Warn("UDP flow dropped: no session to the relay within handshake_timeout")
-		}
+	st, _, res, err := v.connect(ctx, vis, true, log)
+	switch {
+	case errors.Is(err, errNoSession):
+		log.Warn("UDP flow dropped: no session to the relay within handshake_timeout")
 		return
-	}
-	st, res, err := v.ask(wctx, sess, vis, 0)
-	cancel()
-	if err != nil {
-		if st != nil {
-			st.Close()
-		}
+	case err != nil:
 		if ctx.Err() == nil {
 			log.Warn("UDP flow dropped: the relay did not answer", "err", err)
 			hold()
 		}
 		return
-	}
-	if res.Code != tunnel.CodeOK {
-		st.Close()
+	case st == nil:
 		log.Warn("UDP flow refused", "reason", res.Code.String(), "relay_said", res.Message)
-		if res.Code == tunnel.CodeOffline {
-			select {
-			case vis.recheck <- struct{}{}:
-			default:
-			}
-		}
 		hold()
 		return
 	}

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/homeport/homeport/config"
@@ -47,16 +46,15 @@ var ErrRejected = errors.New("relay refused this visitor")
 // unknown or not allowed for this key.
 var ErrNoVisit = errors.New("no tunnel can be visited")
 
-// Visitor keeps a session to the relay and serves its visits.
+// Visitor keeps a session to each of its relays and serves its visits.
 type Visitor struct {
 	cfg      config.Visitor
 	log      *slog.Logger
 	software string
-	dialer   *relaydial.Dialer
-	policy   relaydial.QUICPolicy
+	relays   []*relayConn // in the order connections try them
 	// smallBuffers: QUIC's small UDP buffers are logged once.
 	smallBuffers sync.Once
-	box          sessionBox
+	live         liveSessions
 
 	// UDPIdle ends a UDP flow without a datagram either way for this
 	// long, and UDPMaxFlows caps one UDP visit's flows; New sets them to
@@ -64,9 +62,9 @@ type Visitor struct {
 	UDPIdle     time.Duration
 	UDPMaxFlows int
 
-	// OnSession, when set, is called with the transport of every session
-	// that comes up; tests use it.
-	OnSession func(transport string)
+	// OnSession, when set, is called with the relay's address and the
+	// transport of every session that comes up; tests use it.
+	OnSession func(relay, transport string)
 }
 
 // Defaults of UDP visits.
@@ -78,9 +76,6 @@ const (
 // New checks cfg and returns a visitor. version is reported to the relay.
 func New(cfg config.Visitor, version string, log *slog.Logger) (*Visitor, error) {
 	var errs []error
-	if cfg.Key == "" {
-		errs = append(errs, errors.New("visitor: key: empty"))
-	}
 	if len(cfg.Visits) == 0 {
 		errs = append(errs, errors.New("visitor: no visits"))
 	}
@@ -89,9 +84,21 @@ func New(cfg config.Visitor, version string, log *slog.Logger) (*Visitor, error)
 			errs = append(errs, fmt.Errorf("visitor: visit %d (tunnel %q): protocol %q: want tcp or udp", i+1, vis.Tunnel, vis.Protocol))
 		}
 	}
-	tlsConf, err := relaydial.TLSConfig(cfg.Relay, cfg.Fingerprint, cfg.CAFile, cfg.ServerName)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("visitor: %w", err))
+	if len(cfg.Relays) == 0 {
+		cfg.Relays = []config.RelayEndpoint{{Address: cfg.Relay, Fingerprint: cfg.Fingerprint, CAFile: cfg.CAFile,
+			ServerName: cfg.ServerName, Transport: cfg.Transport, Secret: cfg.Key}}
+	}
+	for i, r := range cfg.Relays {
+		if r.Secret == "" {
+			errs = append(errs, fmt.Errorf("visitor: relay %s: key: empty", r.Address))
+		}
+		switch r.Transport {
+		case "":
+			cfg.Relays[i].Transport = config.TransportAuto
+		case config.TransportAuto, config.TransportTCP, config.TransportQUIC:
+		default:
+			errs = append(errs, fmt.Errorf("visitor: relay %s: transport %q: want auto, tcp or quic", r.Address, r.Transport))
+		}
 	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
@@ -99,31 +106,36 @@ func New(cfg config.Visitor, version string, log *slog.Logger) (*Visitor, error)
 	if cfg.ReconnectMax <= 0 {
 		cfg.ReconnectMax = 30 * time.Second
 	}
-	switch cfg.Transport {
-	case "":
-		cfg.Transport = config.TransportAuto
-	case config.TransportAuto, config.TransportTCP, config.TransportQUIC:
-	default:
-		errs = append(errs, fmt.Errorf("visitor: transport %q: want auto, tcp or quic", cfg.Transport))
-	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	v := &Visitor{cfg: cfg, log: log, software: Software + "/" + version, UDPIdle: UDPIdleTimeout, UDPMaxFlows: UDPMaxFlows}
-	v.box.changed = make(chan struct{})
-	tcp, quic := relaydial.Transports(cfg.Transport, cfg.Session, cfg.HandshakeTimeout, func(rcv, snd int) {
-		v.smallBuffers.Do(func() { tunnel.LogSmallBuffers(log, rcv, snd) })
-	})
-	v.dialer = &relaydial.Dialer{Relay: cfg.Relay, TLS: tlsConf, TCP: tcp, QUIC: quic,
-		Transport: cfg.Transport, Policy: &v.policy, Log: log}
+	v.live.init(len(cfg.Relays))
+	for i, r := range cfg.Relays {
+		rc := &relayConn{v: v, index: i, ep: r, log: log.With("relay", r.Address)}
+		tlsConf, err := relaydial.TLSConfig(r.Address, r.Fingerprint, r.CAFile, r.ServerName)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("visitor: %w", err))
+			continue
+		}
+		tcp, quic := relaydial.Transports(r.Transport, cfg.Session, cfg.HandshakeTimeout, func(rcv, snd int) {
+			v.smallBuffers.Do(func() { tunnel.LogSmallBuffers(log, rcv, snd) })
+		})
+		rc.dialer = &relaydial.Dialer{Relay: r.Address, TLS: tlsConf, TCP: tcp, QUIC: quic,
+			Transport: r.Transport, Policy: &rc.policy, Log: log}
+		v.relays = append(v.relays, rc)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
 	return v, nil
 }
 
-// Run opens the visits' local listeners, keeps a session to the relay and
-// carries the listeners' connections until ctx ends; it returns nil then.
-// It returns an error at once when a listener cannot be opened, when the
-// very first login is refused definitively (see ErrRejected), or when no
-// visit can work (ErrNoVisit).
+// Run opens the visits' local listeners, keeps a session to each relay
+// and carries the listeners' connections until ctx ends; it returns nil
+// then. It returns an error at once when a listener cannot be opened, when
+// every relay refused the very first login definitively (see ErrRejected),
+// or when no visit can work through any relay (ErrNoVisit).
 func (v *Visitor) Run(ctx context.Context) (err error) {
 	visits := make([]*visit, 0, len(v.cfg.Visits))
 	defer func() {
@@ -141,49 +153,86 @@ func (v *Visitor) Run(ctx context.Context) (err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var (
-		wg   sync.WaitGroup
-		dead atomic.Int32
-		mu   sync.Mutex
-		why  []error
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		why      []error // of visits that cannot work
+		dead     int     // visits that cannot work
+		refused  []error // of relays that refused the first login
+		rejected int
 	)
-	// A visit that cannot work ends; when none is left, Run ends.
-	gone := func(err error) {
+	// A visit that cannot work through any relay ends; when none is left,
+	// Run ends.
+	gone := func(vis *visit, err error) {
+		vis.close()
 		mu.Lock()
+		defer mu.Unlock()
 		why = append(why, err)
-		all := errors.Join(why...)
-		mu.Unlock()
-		if int(dead.Add(1)) == len(visits) {
-			cancel(fmt.Errorf("%w: %w", ErrNoVisit, all))
+		if dead++; dead == len(visits) {
+			cancel(fmt.Errorf("%w: %w", ErrNoVisit, errors.Join(why...)))
 		}
 	}
 	for _, vis := range visits {
 		wg.Go(func() { v.serve(ctx, vis, &wg) })
+	}
+	for _, rc := range v.relays {
+		rctx, rcancel := context.WithCancelCause(ctx)
+		for _, vis := range visits {
+			wg.Go(func() {
+				err := v.watch(rctx, vis, rc)
+				if err == nil && ctx.Err() == nil {
+					err = context.Cause(rctx) // the relay refused the visitor
+				}
+				if err != nil && vis.cannot(err) == len(v.relays) {
+					gone(vis, vis.reasons())
+				}
+			})
+		}
 		wg.Go(func() {
-			if err := v.watch(ctx, vis); err != nil {
-				vis.close()
-				gone(err)
+			err := rc.keep(rctx)
+			if err == nil {
+				return
+			}
+			if len(v.relays) > 1 {
+				rc.log.Error("relay refused this visitor; the others go on", "err", err)
+			}
+			rcancel(err)
+			mu.Lock()
+			defer mu.Unlock()
+			refused = append(refused, err)
+			if rejected++; rejected == len(v.relays) {
+				cancel(fmt.Errorf("%w: %w", ErrRejected, errors.Join(refused...)))
 			}
 		})
+		defer rcancel(nil)
 	}
-	v.log.Info("visitor started", "relay", v.cfg.Relay, "id", v.cfg.ID, "visits", len(visits))
-	err = v.keep(ctx)
-	cancel(err)
+	v.log.Info("visitor started", "relays", v.relayNames(), "id", v.cfg.ID, "visits", len(visits))
+	<-ctx.Done()
 	for _, vis := range visits {
 		vis.close()
 	}
 	wg.Wait()
-	if err == nil {
-		if cause := context.Cause(ctx); errors.Is(cause, ErrNoVisit) {
-			err = cause
-		}
+	if cause := context.Cause(ctx); errors.Is(cause, ErrNoVisit) || errors.Is(cause, ErrRejected) {
+		err = cause
 	}
 	v.log.Info("visitor stopped")
 	return err
 }
 
+// relayNames lists the relays' addresses, for the log.
+func (v *Visitor) relayNames() []string {
+	out := make([]string, len(v.relays))
+	for i, rc := range v.relays {
+		out[i] = rc.ep.Address
+	}
+	return out
+}
+
 // open opens a visit's local listener.
 func (v *Visitor) open(c config.Visit) (*visit, error) {
-	vis := &visit{cfg: c, proto: tunnel.ProtoTCP, log: v.log.With("tunnel", c.Tunnel), recheck: make(chan struct{}, 1)}
+	vis := &visit{cfg: c, proto: tunnel.ProtoTCP, log: v.log.With("tunnel", c.Tunnel), recheck: make([]chan struct{}, len(v.relays))}
+	for i := range vis.recheck {
+		vis.recheck[i] = make(chan struct{}, 1)
+	}
 	var err error
 	if c.Protocol == "udp" {
 		vis.proto = tunnel.ProtoUDP
@@ -215,10 +264,29 @@ type visit struct {
 	ln     net.Listener      // TCP
 	pc     *net.UDPConn      // UDP
 	budget *tunnel.UDPBudget // UDP: datagrams queued toward the relay
-	// recheck asks watch to check the tunnel again (a connection found it
-	// offline).
-	recheck   chan struct{}
+	// recheck asks the watch of a relay (by index) to check the tunnel
+	// again: a connection found it offline there.
+	recheck   []chan struct{}
 	closeOnce sync.Once
+
+	mu   sync.Mutex
+	nots []error // why relays cannot carry the visit, one per relay
+}
+
+// cannot notes that a relay cannot carry the visit, and returns how many
+// relays cannot.
+func (vis *visit) cannot(err error) int {
+	vis.mu.Lock()
+	defer vis.mu.Unlock()
+	vis.nots = append(vis.nots, err)
+	return len(vis.nots)
+}
+
+// reasons says why no relay can carry the visit.
+func (vis *visit) reasons() error {
+	vis.mu.Lock()
+	defer vis.mu.Unlock()
+	return errors.Join(vis.nots...)
 }
 
 func (vis *visit) close() {
@@ -245,32 +313,80 @@ func (v *Visitor) serve(ctx context.Context, vis *visit, wg *sync.WaitGroup) {
 	v.serveTCP(ctx, vis, wg)
 }
 
-// sessionBox holds the session up now, if any.
-type sessionBox struct {
+// liveSessions holds each relay's session while it is up.
+type liveSessions struct {
 	mu   sync.Mutex
-	sess tunnel.Session
-	// changed is closed, and replaced, when sess changes.
+	sess []tunnel.Session // by relay index; nil while down
+	// changed is closed, and replaced, when a session comes or goes.
 	changed chan struct{}
 }
 
-func (b *sessionBox) set(s tunnel.Session) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.sess = s
-	close(b.changed)
-	b.changed = make(chan struct{})
+func (l *liveSessions) init(n int) {
+	l.sess = make([]tunnel.Session, n)
+	l.changed = make(chan struct{})
 }
 
-func (b *sessionBox) get() (tunnel.Session, <-chan struct{}) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.sess, b.changed
+func (l *liveSessions) set(i int, s tunnel.Session) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.sess[i] = s
+	close(l.changed)
+	l.changed = make(chan struct{})
 }
 
-// session waits for a live session until ctx ends.
-func (v *Visitor) session(ctx context.Context) (tunnel.Session, error) {
+// upSession is a relay's session that is up.
+type upSession struct {
+	relay int // index in Visitor.relays
+	sess  tunnel.Session
+}
+
+// up returns the sessions that are up, in the relays' order, except that
+// sessions whose relay has been silent for a while come last: their link
+// may be dead and not yet known to be. changed is closed when that
+// changes.
+func (l *liveSessions) up() (up []upSession, changed <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var quiet []upSession
+	for i, s := range l.sess {
+		if s == nil || isDone(s.Done()) {
+			continue
+		}
+		if q, ok := s.(tunnel.Silence); ok && q.SilentFor() > suspectSilence {
+			quiet = append(quiet, upSession{i, s})
+			continue
+		}
+		up = append(up, upSession{i, s})
+	}
+	return append(up, quiet...), l.changed
+}
+
+// suspectSilence: a client session hears from its relay at least every
+// second while the link works; one silent for longer is tried last.
+const suspectSilence = 3 * time.Second
+
+// sessions waits until a session to some relay is up, or ctx ends, and
+// returns the sessions up (see liveSessions.up).
+func (v *Visitor) sessions(ctx context.Context) ([]upSession, error) {
 	for {
-		s, changed := v.box.get()
+		up, changed := v.live.up()
+		if len(up) > 0 {
+			return up, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-changed:
+		}
+	}
+}
+
+// session waits for relay i's session until ctx ends.
+func (v *Visitor) session(ctx context.Context, i int) (tunnel.Session, error) {
+	for {
+		v.live.mu.Lock()
+		s, changed := v.live.sess[i], v.live.changed
+		v.live.mu.Unlock()
 		if s != nil && !isDone(s.Done()) {
 			return s, nil
 		}
@@ -299,9 +415,20 @@ func isDone(c <-chan struct{}) bool {
 	}
 }
 
+// relayConn is the visitor's link to one relay.
+type relayConn struct {
+	v      *Visitor
+	index  int // in Visitor.relays
+	ep     config.RelayEndpoint
+	log    *slog.Logger // with the relay's address
+	dialer *relaydial.Dialer
+	policy relaydial.QUICPolicy
+}
+
 // keep keeps a session to the relay until ctx ends (nil), or until the
 // first login is refused definitively.
-func (v *Visitor) keep(ctx context.Context) error {
+func (rc *relayConn) keep(ctx context.Context) error {
+	v := rc.v
 	var (
 		attempt  int
 		everUp   bool
@@ -310,7 +437,7 @@ func (v *Visitor) keep(ctx context.Context) error {
 	)
 	for {
 		start := time.Now()
-		sess, transport, f := v.establish(ctx)
+		sess, transport, f := rc.establish(ctx)
 		if ctx.Err() != nil {
 			if sess != nil {
 				sess.Close()
@@ -322,26 +449,26 @@ func (v *Visitor) keep(ctx context.Context) error {
 		switch {
 		case f == nil:
 			everUp, dialFail = true, 0
-			v.box.set(sess)
-			v.log.Info("connected to relay", "relay", v.cfg.Relay, "transport", transport, "remote", sess.RemoteAddr().String())
+			v.live.set(rc.index, sess)
+			rc.log.Info("connected to relay", "transport", transport, "remote", sess.RemoteAddr().String())
 			if v.OnSession != nil {
-				v.OnSession(transport)
+				v.OnSession(rc.ep.Address, transport)
 			}
 			select {
 			case <-ctx.Done():
 			case <-sess.Done():
 			}
-			v.box.set(nil)
+			v.live.set(rc.index, nil)
 			sess.Close()
 			if ctx.Err() != nil {
-				v.log.Info("relay session down", tunnel.EndLog("shutdown", "the visitor is stopping", time.Since(start), tunnel.EndCauseOf(sess), 0)...)
+				rc.log.Info("relay session down", tunnel.EndLog("shutdown", "the visitor is stopping", time.Since(start), tunnel.EndCauseOf(sess), 0)...)
 				return nil
 			}
 			lived := time.Since(start)
-			v.log.Info("relay session down", tunnel.EndLog("", "", lived, tunnel.EndCauseOf(sess), 0)...)
-			if v.cfg.Transport == config.TransportAuto && transport == config.TransportQUIC {
-				if failed, pause := v.policy.Ended(lived, time.Now()); failed {
-					v.log.Warn("QUIC sessions keep ending within a minute; using TCP", "retry_quic_in", pause.Round(time.Second))
+			rc.log.Info("relay session down", tunnel.EndLog("", "", lived, tunnel.EndCauseOf(sess), 0)...)
+			if rc.ep.Transport == config.TransportAuto && transport == config.TransportQUIC {
+				if failed, pause := rc.policy.Ended(lived, time.Now()); failed {
+					rc.log.Warn("QUIC sessions keep ending within a minute; using TCP", "retry_quic_in", pause.Round(time.Second))
 				}
 			}
 			// A session cut (a relay restart, a dead link) is made again
@@ -352,13 +479,13 @@ func (v *Visitor) keep(ctx context.Context) error {
 			} else {
 				delay = relaydial.Jitter(backoffBase, v.cfg.ReconnectMax, attempt)
 			}
-			v.log.Warn("session lost; reconnecting", "relay", v.cfg.Relay, "retry_in", delay.Round(time.Millisecond))
+			rc.log.Warn("session lost; reconnecting", "retry_in", delay.Round(time.Millisecond))
 		case f.definitive:
 			if !everUp {
 				return fmt.Errorf("%w: %w", ErrRejected, f.err)
 			}
 			delay = rejectedBackoff
-			v.log.Error("relay refused this visitor", "err", f.err, "retry_in", delay)
+			rc.log.Error("relay refused this visitor", "err", f.err, "retry_in", delay)
 		case f.refused && errors.As(f.err, &re):
 			delay = relaydial.Jitter(time.Second, v.cfg.ReconnectMax, attempt)
 			level := slog.LevelError
@@ -366,16 +493,16 @@ func (v *Visitor) keep(ctx context.Context) error {
 				level = slog.LevelDebug
 			}
 			refused = *re
-			v.log.Log(ctx, level, "relay refused this visitor for now; retrying", "err", f.err, "retry_in", delay.Round(time.Millisecond))
+			rc.log.Log(ctx, level, "relay refused this visitor for now; retrying", "err", f.err, "retry_in", delay.Round(time.Millisecond))
 		case f.dial:
 			delay = relaydial.Jitter(dialBackoffBase, min(dialBackoffMax, v.cfg.ReconnectMax), attempt)
 			if dialFail%30 == 0 { // do not fill the log while the relay is away
-				v.log.Warn("relay unreachable; retrying", "relay", v.cfg.Relay, "err", f.err, "retry_in", delay.Round(time.Millisecond))
+				rc.log.Warn("relay unreachable; retrying", "err", f.err, "retry_in", delay.Round(time.Millisecond))
 			}
 			dialFail++
 		default:
 			delay = relaydial.Jitter(backoffBase, v.cfg.ReconnectMax, attempt)
-			v.log.Warn("connecting to relay failed; retrying", "relay", v.cfg.Relay, "err", f.err, "retry_in", delay.Round(time.Millisecond))
+			rc.log.Warn("connecting to relay failed; retrying", "err", f.err, "retry_in", delay.Round(time.Millisecond))
 		}
 		attempt++
 		t := time.NewTimer(delay)
@@ -397,17 +524,17 @@ type failure struct {
 }
 
 // establish connects to the relay and logs in as a visitor.
-func (v *Visitor) establish(ctx context.Context) (tunnel.Session, string, *failure) {
-	relay := v.cfg.Relay
+func (rc *relayConn) establish(ctx context.Context) (tunnel.Session, string, *failure) {
+	v, relay := rc.v, rc.ep.Address
 	dctx, cancel := context.WithTimeout(ctx, v.cfg.HandshakeTimeout)
 	defer cancel()
-	c, transport, de := v.dialer.Dial(dctx)
+	c, transport, de := rc.dialer.Dial(dctx)
 	if de != nil {
 		return nil, transport, &failure{dial: de.Stage == relaydial.StageDial, definitive: de.Definitive, err: de.Err}
 	}
 	// A stop during the login ends it at once, not at the link's deadline.
 	stop := context.AfterFunc(dctx, func() { c.Close() })
-	welcome, err := tunnel.Authenticate(c, []byte(v.cfg.Key), v.cfg.ID, v.software, tunnel.FlagVisitor|tunnel.FlagFeatures|tunnel.FlagWaits)
+	welcome, err := tunnel.Authenticate(c, []byte(rc.ep.Secret), v.cfg.ID, v.software, tunnel.FlagVisitor|tunnel.FlagFeatures|tunnel.FlagWaits)
 	stopped := !stop()
 	if err == nil && stopped {
 		err = dctx.Err()
@@ -437,7 +564,7 @@ func (v *Visitor) establish(ctx context.Context) (tunnel.Session, string, *failu
 			"relay %s does not serve private tunnels: it is older than this visitor; update the relay", relay)}
 	}
 	_ = c.SetDeadline(time.Time{})
-	sess, err := c.Mux(relaydial.SessionConfig(v.cfg.Session, v.log.With("relay", relay)))
+	sess, err := c.Mux(relaydial.SessionConfig(v.cfg.Session, rc.log))
 	if err != nil {
 		c.Close()
 		return nil, transport, &failure{err: fmt.Errorf("relay %s: %w", relay, err)}
