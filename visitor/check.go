@@ -132,9 +132,10 @@ const (
 
 // watch checks that the visit's tunnel can be reached through one relay,
 // on every new session to it and, while its home agent is away, until it
-// is back, and logs what changes. It returns an error, already logged, when the tunnel can
-// never be reached with this configuration (unknown, not allowed, another
-// protocol); nil when ctx ends.
+// is back, and logs what changes. It returns an error, already logged,
+// when the tunnel can never be reached through this relay with this
+// configuration (unknown, not allowed, another protocol); nil when ctx
+// ends.
 func (v *Visitor) watch(ctx context.Context, vis *visit, rc *relayConn) error {
 	state := stateUnknown
 	wait := checkBase

@@ -192,16 +192,17 @@ func (v *Visitor) Run(ctx context.Context) (err error) {
 			if err == nil {
 				return
 			}
-			if len(v.relays) > 1 {
-				rc.log.Error("relay refused this visitor; the others go on", "err", err)
-			}
-			rcancel(err)
+			// Run ends with the refusals before the visits hear that
+			// this relay is gone.
 			mu.Lock()
-			defer mu.Unlock()
 			refused = append(refused, err)
 			if rejected++; rejected == len(v.relays) {
 				cancel(fmt.Errorf("%w: %w", ErrRejected, errors.Join(refused...)))
+			} else {
+				rc.log.Error("relay refused this visitor; the others go on", "err", err)
 			}
+			mu.Unlock()
+			rcancel(err)
 		})
 		defer rcancel(nil)
 	}
