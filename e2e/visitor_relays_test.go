@@ -199,3 +199,51 @@ func (h *visitorHandle) awaitLine(d time.Duration, parts ...string) {
 	h.t.Helper()
 	waitFor(h.t, d, "the visitor's log line "+strings.Join(parts, " … "), func() bool { return h.lines(parts...) > 0 })
 }
+
+// TestVisitorSilentRelay: when the first relay's link goes dark (its
+// packets stop, its session is not yet declared dead), a new connection
+// gives it up once it has been silent for a few seconds and goes through
+// the second relay, long before handshake_timeout or the keepalive
+// would end the wait.
+func TestVisitorSilentRelay(t *testing.T) {
+	leak.Check(t)
+	target := serve(t, echo)
+	ra, rb := privateRelay(t, nil), privateRelay(t, nil)
+	for _, r := range []*relayHandle{ra, rb} {
+		startHomeAgent(t, r, privateTunnel("rdp", "tcp", target))
+	}
+	proxy := startFreezeProxy(t, ra.addr)
+	listen := freeListen(t)
+	cfg := visitorConfig(ra, config.Visit{Tunnel: "rdp", Protocol: "tcp", Listen: listen})
+	cfg.Relays = []config.RelayEndpoint{
+		{Address: proxy.addr(), Fingerprint: ra.id.Fingerprint, Transport: config.TransportTCP, Secret: laptopKey},
+		{Address: rb.addr, Fingerprint: rb.id.Fingerprint, Transport: config.TransportTCP, Secret: laptopKey},
+	}
+	// Neither the login's bound nor the keepalive ends the wait within
+	// the test's time.
+	cfg.HandshakeTimeout = 2 * time.Minute
+	cfg.Session.KeepAlive, cfg.Session.KeepAliveTimeout = time.Minute, time.Minute
+	v := startVisitor(t, cfg)
+	for _, r := range []string{proxy.addr(), rb.addr} {
+		v.awaitLine(20*time.Second, "tunnel rdp ready: connect to "+listen, "relay="+r)
+	}
+	proxy.freeze()
+	c, err := net.DialTimeout("tcp", listen, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(45 * time.Second))
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "hello" {
+		t.Fatalf("echo with the first relay silent: %q, %v; want it carried by the second\nvisitor log:\n%s", got, err, v.logs)
+	}
+	v.awaitLine(10*time.Second, "connection carried", "relay="+rb.addr)
+	if v.lines("relay did not answer; trying the next", "the relay went silent") == 0 {
+		t.Errorf("the visitor did not log that it gave the silent relay up\nvisitor log:\n%s", v.logs)
+	}
+	proxy.thaw()
+}

@@ -69,34 +69,39 @@ var errNoSession = errors.New("no session to any relay within handshake_timeout"
 // passed over for the next; but a home target that cannot be dialed is
 // the same through every relay, so that answer is final. With bounded,
 // each answer is awaited only within handshake_timeout, even when the
-// home agent wakes the target. When no relay accepts, st is nil and
-// either err is set or res holds the refusal to report.
-func (v *Visitor) connect(ctx context.Context, vis *visit, bounded bool, log *slog.Logger) (st tunnel.Stream, sess tunnel.Session, res tunnel.OpenResult, err error) {
+// home agent wakes the target. relay is the address of the relay that
+// carries it. When no relay accepts, st is nil and either err is set or
+// res holds the refusal to report.
+func (v *Visitor) connect(ctx context.Context, vis *visit, bounded bool, log *slog.Logger) (st tunnel.Stream, sess tunnel.Session, relay string, res tunnel.OpenResult, err error) {
 	wctx, cancel := context.WithTimeout(ctx, v.cfg.HandshakeTimeout)
 	defer cancel()
 	up, err := v.sessions(wctx)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, nil, res, ctx.Err()
+			return nil, nil, "", res, ctx.Err()
 		}
-		return nil, nil, res, errNoSession
+		return nil, nil, "", res, errNoSession
 	}
 	actx := ctx
 	if bounded {
 		actx = wctx
 	}
 	var refused *tunnel.OpenResult
-	for _, u := range up {
-		relay := v.relays[u.relay].ep.Address
-		st, res, err = v.ask(actx, u.sess, vis, 0)
+	for i, u := range up {
+		relay = v.relays[u.relay].ep.Address
+		if i < len(up)-1 {
+			st, res, err = v.askWatched(actx, u.sess, vis)
+		} else {
+			st, res, err = v.ask(actx, u.sess, vis, 0)
+		}
 		switch {
 		case err == nil && res.Code == tunnel.CodeOK:
-			return st, u.sess, res, nil
+			return st, u.sess, relay, res, nil
 		case st != nil:
 			st.Close()
 		}
 		if ctx.Err() != nil {
-			return nil, nil, res, ctx.Err()
+			return nil, nil, "", res, ctx.Err()
 		}
 		if err != nil {
 			log.Debug("relay did not answer; trying the next", "relay", relay, "err", err)
@@ -118,10 +123,50 @@ func (v *Visitor) connect(ctx context.Context, vis *visit, bounded bool, log *sl
 		log.Debug("relay refused; trying the next", "relay", relay, "reason", res.Code.String(), "relay_said", res.Message)
 	}
 	if refused != nil {
-		return nil, nil, *refused, nil
+		return nil, nil, "", *refused, nil
 	}
-	return nil, nil, res, err
+	return nil, nil, "", res, err
 }
+
+// errSilent: the relay's session went silent while it was asked.
+var errSilent = errors.New("the relay went silent")
+
+// askWatched is ask, given up as soon as the session has been silent for
+// suspectSilence: its link may have died just now, and another relay can
+// carry the connection. (A session pings its relay every second.)
+func (v *Visitor) askWatched(ctx context.Context, sess tunnel.Session, vis *visit) (tunnel.Stream, tunnel.OpenResult, error) {
+	q, ok := sess.(tunnel.Silence)
+	if !ok {
+		return v.ask(ctx, sess, vis, 0)
+	}
+	actx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		t := time.NewTicker(silenceCheck)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if q.SilentFor() > suspectSilence {
+					cancel(errSilent)
+					return
+				}
+			}
+		}
+	}()
+	st, res, err := v.ask(actx, sess, vis, 0)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(actx), errSilent) {
+		err = fmt.Errorf("%w for %v: %w", errSilent, suspectSilence, err)
+	}
+	return st, res, err
+}
+
+// silenceCheck is how often askWatched looks at the session's silence.
+const silenceCheck = 250 * time.Millisecond
 
 // tunnel states, for logging changes once.
 const (

@@ -45,7 +45,7 @@ func (v *Visitor) handleTCP(ctx context.Context, vis *visit, c *net.TCPConn) {
 	start := time.Now()
 	log := vis.log.With("client", c.RemoteAddr().String())
 	// The answer may wait for the home agent to wake the target.
-	st, sess, res, err := v.connect(ctx, vis, false, log)
+	st, sess, relay, res, err := v.connect(ctx, vis, false, log)
 	switch {
 	case errors.Is(err, errNoSession):
 		reset(c)
@@ -62,6 +62,7 @@ func (v *Visitor) handleTCP(ctx context.Context, vis *visit, c *net.TCPConn) {
 		log.Warn("connection refused", "reason", res.Code.String(), "relay_said", res.Message)
 		return
 	}
+	log = log.With("relay", relay)
 	log.Debug("connection carried")
 	// A stream of a session that died ends with a plain EOF: read as a
 	// cut, so that the client is reset rather than told the data ended.

@@ -154,7 +154,7 @@ func (v *Visitor) runFlow(ctx context.Context, vis *visit, f *flow) {
 		case <-t.C:
 		}
 	}
-	st, _, res, err := v.connect(ctx, vis, true, log)
+	st, _, relay, res, err := v.connect(ctx, vis, true, log)
 	switch {
 	case errors.Is(err, errNoSession):
 		log.Warn("UDP flow dropped: no session to the relay within handshake_timeout")
@@ -170,6 +170,7 @@ func (v *Visitor) runFlow(ctx context.Context, vis *visit, f *flow) {
 		hold()
 		return
 	}
+	log = log.With("relay", relay)
 	log.Debug("UDP flow carried")
 	// The flow's end wakes both directions.
 	ended := make(chan struct{})
