@@ -308,6 +308,7 @@ type lab struct {
 	delayCfg *linkConfig // build the home uplink as a delay link (withDelayLink)
 	delay    *delayLink  // that link, once built
 	userNAT  bool        // the remote user is behind a router of its own (withUserNAT)
+	vps2     bool        // a second VPS for a second relay (withSecondVPS)
 	// homeWAN and homeGW, when set, replace homerWAN and inetHome on the
 	// home uplink (withRoutableHomeWAN).
 	homeWAN, homeGW string
@@ -375,6 +376,11 @@ func (l *lab) build() {
 		routes = append(slices.DeleteFunc(routes, func(r [2]string) bool { return r[0] == "user" }),
 			[2]string{"user", userrLAN}, [2]string{"userr", inetUser})
 		routers = append(routers, "userr")
+	}
+	if l.vps2 {
+		roles = append(roles, "vps2")
+		links = append(links, vps2Link)
+		routes = append(routes, [2]string{"vps2", inetVPS2})
 	}
 	for _, r := range roles {
 		l.must(10*time.Second, "", "ip", "netns", "add", l.ns(r))
@@ -702,6 +708,7 @@ func (p *proc) logField(msg, key string) string {
 // relay is a running relay on the VPS and the agent command it printed.
 type relay struct {
 	*proc
+	addr               string // its agent address, HOST:PORT
 	token, fingerprint string
 	ready              time.Time // when it printed its banner
 }
@@ -721,37 +728,54 @@ func (l *lab) startRelay() *relay { return l.startRelayConf("", "") }
 // generates one into its data directory).
 func (l *lab) startRelayConf(conf, token string) *relay {
 	l.t.Helper()
+	return l.startRelayAt("vps", vpsIP, conf, token)
+}
+
+// startRelayAt starts a relay like startRelayConf in role's namespace
+// (a VPS) whose address is ip. Its data directory is the lab's
+// relay-data, or role-relay-data for a role other than vps.
+func (l *lab) startRelayAt(role, ip, conf, token string) *relay {
+	l.t.Helper()
 	args := []string{binPath(l.t, "relay")}
 	if conf != "" {
 		args = append(args, "--config", conf)
 	}
+	dataDir := filepath.Join(l.dir, "relay-data")
+	if role != "vps" {
+		dataDir = filepath.Join(l.dir, role+"-relay-data")
+	}
 	args = append(args,
-		"--data-dir", filepath.Join(l.dir, "relay-data"),
-		"--listen", fmt.Sprintf("%s:%d", vpsIP, relayPort),
-		"--advertise", vpsIP,
+		"--data-dir", dataDir,
+		"--listen", fmt.Sprintf("%s:%d", ip, relayPort),
+		"--advertise", ip,
 		"--allow-ports", "1024-65535",
 		"--visitor-rate", "100000",
 		"--visitor-burst", "10000",
 		"--visitor-max-conns", "1000",
 		"--visitor-ban-after", "0")
-	p := l.start("vps", "relay", nil, args...)
+	name := "relay"
+	if role != "vps" {
+		name = role + "-relay"
+	}
+	p := l.start(role, name, nil, args...)
 	p.logged = true
 	var m []string
 	p.await(l.t, 20*time.Second, "the relay's banner", func() bool {
 		m = bannerRE.FindStringSubmatch(p.stdout.String())
 		return m != nil
 	})
-	if want := fmt.Sprintf("%s:%d", vpsIP, relayPort); m[1] != want {
-		l.t.Errorf("relay banner: --relay %s, want %s", m[1], want)
+	addr := fmt.Sprintf("%s:%d", ip, relayPort)
+	if m[1] != addr {
+		l.t.Errorf("relay banner: --relay %s, want %s", m[1], addr)
 	}
 	if token == "" {
-		b, err := os.ReadFile(filepath.Join(l.dir, "relay-data", "token"))
+		b, err := os.ReadFile(filepath.Join(dataDir, "token"))
 		if err != nil {
 			l.t.Fatalf("the relay's token: %v", err)
 		}
 		token = strings.TrimSpace(string(b))
 	}
-	return &relay{proc: p, token: token, fingerprint: m[2], ready: time.Now()}
+	return &relay{proc: p, addr: addr, token: token, fingerprint: m[2], ready: time.Now()}
 }
 
 // startAgent starts the agent at home with transport ("tcp", "quic" or

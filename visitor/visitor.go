@@ -364,7 +364,7 @@ func (l *liveSessions) up() (up []upSession, changed <-chan struct{}) {
 
 // suspectSilence: a client session hears from its relay at least every
 // second while the link works; one silent for longer is tried last.
-const suspectSilence = 3 * time.Second
+const suspectSilence = 2 * time.Second
 
 // sessions waits until a session to some relay is up, or ctx ends, and
 // returns the sessions up (see liveSessions.up).
