@@ -30,7 +30,6 @@ func agentSettings() []setting {
 		{key: "access_log", flag: "access-log", kind: kBool, def: "false", usage: "log every tunneled connection"},
 		{key: "wake", flag: "wake", kind: kList, usage: "wake a sleeping target by Wake-on-LAN when a visitor comes and it does not answer: MAC (with one TCP tunnel) or NAME=MAC; repeatable"},
 		{key: "wake_time", flag: "wake-time", kind: kDuration, def: "60s", usage: "how long to keep waking a target and dialing it before the visitor is refused"},
-		relaysSetting("token"),
 		ddnsSetting(),
 	}
 	return append(append(append(s, sessionSettings()...), logSettings()...), debugSettings()...)
@@ -422,7 +421,12 @@ func (l *loader) relayLink(sk secretKind, secret string, secretGiven bool, where
 	default:
 		l.fail("transport", fmt.Errorf("%q: want auto, tcp or quic", transport))
 	}
-	if rl.Relays = l.relayList(sk, secret, secretGiven, transport); rl.Relays == nil && len(l.list("relays")) == 0 {
+	// A program without the relays setting reads the single relay only.
+	_, several := l.byKey["relays"]
+	if several {
+		rl.Relays = l.relayList(sk, secret, secretGiven, transport)
+	}
+	if !several || rl.Relays == nil && len(l.list("relays")) == 0 {
 		rl.Relays = l.singleRelay(sk, secret, secretGiven, transport, whereFrom)
 	}
 	if rl.ID == "" {

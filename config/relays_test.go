@@ -19,49 +19,33 @@ func TestRelaysLoad(t *testing.T) {
 	if err := os.WriteFile(keyFile, []byte("second-token-0123456789\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	file := "token: first-token-0123456789\ntransport: tcp\ntunnels: [\"3390:127.0.0.1:3389\"]\nrelays:\n" +
+	file := "key: " + testKey + "\ntransport: tcp\nvisits: [{tunnel: rdp, listen: \"127.0.0.1:3390\"}]\nrelays:\n" +
 		"  - {address: VPS1.example.com:7000, fingerprint: \"" + strings.ToUpper(fp[7:]) + "\"}\n" +
-		"  - address: \"[2001:db8::1]:7000\"\n    fingerprint: \"" + fp2 + "\"\n    token_file: " + keyFile + "\n    transport: quic\n" +
+		"  - address: \"[2001:db8::1]:7000\"\n    fingerprint: \"" + fp2 + "\"\n    key_file: " + keyFile + "\n    transport: quic\n" +
 		"  - {address: vps3.example.com:7000, ca_file: /etc/ca.pem, server_name: relay3.example.com}\n"
-	c, err := LoadAgent(agentFlags(t, "--config", writeFile(t, "agent.yaml", file), "--id", "home"))
+	c, err := LoadVisitor(visitorFlags(t, "--config", writeFile(t, "visitor.yaml", file), "--id", "laptop"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []RelayEndpoint{
-		{Address: "VPS1.example.com:7000", Fingerprint: fp, Transport: TransportTCP, Secret: "first-token-0123456789"},
+		{Address: "VPS1.example.com:7000", Fingerprint: fp, Transport: TransportTCP, Secret: testKey},
 		{Address: "[2001:db8::1]:7000", Fingerprint: fp2, Transport: TransportQUIC, Secret: "second-token-0123456789"},
-		{Address: "vps3.example.com:7000", CAFile: "/etc/ca.pem", ServerName: "relay3.example.com", Transport: TransportTCP, Secret: "first-token-0123456789"},
+		{Address: "vps3.example.com:7000", CAFile: "/etc/ca.pem", ServerName: "relay3.example.com", Transport: TransportTCP, Secret: testKey},
 	}
 	if !reflect.DeepEqual(c.Relays, want) {
 		t.Errorf("relays:\n got %+v\nwant %+v", c.Relays, want)
 	}
-	if c.Relay != want[0].Address || c.Fingerprint != fp || c.Token != want[0].Secret || c.Transport != TransportTCP {
-		t.Errorf("single-relay fields %q %q %q %q do not repeat the first item", c.Relay, c.Fingerprint, c.Token, c.Transport)
-	}
-
-	// The visitor reads the same list, with key for token.
-	vfile := "relays:\n  - {address: a.example.com:7000, fingerprint: \"" + fp + "\", key: " + testKey + "}\n" +
-		"  - {address: b.example.com:7000, fingerprint: \"" + fp2 + "\", key: other-visitor-key-0123}\n" +
-		"visits:\n  - {tunnel: rdp, listen: 127.0.0.1:3390}\n"
-	v, err := LoadVisitor(visitorFlags(t, "--config", writeFile(t, "visitor.yaml", vfile)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	vwant := []RelayEndpoint{
-		{Address: "a.example.com:7000", Fingerprint: fp, Transport: TransportTCP, Secret: testKey},
-		{Address: "b.example.com:7000", Fingerprint: fp2, Transport: TransportTCP, Secret: "other-visitor-key-0123"},
-	}
-	if !reflect.DeepEqual(v.Relays, vwant) || v.Key != testKey || v.Relay != "a.example.com:7000" {
-		t.Errorf("visitor relays:\n got %+v (key %q, relay %q)\nwant %+v", v.Relays, v.Key, v.Relay, vwant)
+	if c.Relay != want[0].Address || c.Fingerprint != fp || c.Key != want[0].Secret || c.Transport != TransportTCP {
+		t.Errorf("single-relay fields %q %q %q %q do not repeat the first item", c.Relay, c.Fingerprint, c.Key, c.Transport)
 	}
 
 	// One relay given the usual way is a list of one.
-	c, err = LoadAgent(agentFlags(t, "--relay", "vps:7000", "--fingerprint", fp, "--token", "first-token-0123456789", "--tunnel", "3390:127.0.0.1:3389"))
+	a, err := LoadAgent(agentFlags(t, "--relay", "vps:7000", "--fingerprint", fp, "--token", "first-token-0123456789", "--tunnel", "3390:127.0.0.1:3389"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []RelayEndpoint{{Address: "vps:7000", Fingerprint: fp, Transport: TransportAuto, Secret: "first-token-0123456789"}}; !reflect.DeepEqual(c.Relays, want) {
-		t.Errorf("single relay: got %+v, want %+v", c.Relays, want)
+	if want := []RelayEndpoint{{Address: "vps:7000", Fingerprint: fp, Transport: TransportAuto, Secret: "first-token-0123456789"}}; !reflect.DeepEqual(a.Relays, want) {
+		t.Errorf("single relay: got %+v, want %+v", a.Relays, want)
 	}
 }
 
@@ -93,11 +77,12 @@ func TestRelaysErrors(t *testing.T) {
 		{name: "bad port", items: item("vps1:0", pin1), want: []string{"address \"vps1:0\": port \"0\""}},
 		{name: "bad transport", items: item("vps1:7000", pin1+", transport: sctp"), want: []string{"vps1:7000: transport \"sctp\""}},
 		{name: "unknown key", items: item("vps1:7000", pin1+", port: 3"), want: []string{"item 1: unknown key \"port\""}},
-		{name: "no token anywhere", head: "#\n", items: item("vps1:7000", pin1), want: []string{"vps1:7000: token: missing", "one token for every relay"}},
-		{name: "token and token file", items: item("vps1:7000", pin1+", token: x0123456789abcdef, token_file: /t"), want: []string{"vps1:7000: give token or token_file, not both"}},
-		{name: "short token", items: item("vps1:7000", pin1+", token: short"), want: []string{"vps1:7000: token: shorter than 16"}},
-		{name: "missing token file", items: item("vps1:7000", pin1+", token_file: /nonexistent/t"), want: []string{"vps1:7000: token_file:", "/nonexistent/t"}},
-		{name: "relay and relays", head: "relay: vps0:7000\nfingerprint: \"" + fp + "\"\ntoken: first-token-0123456789\n", items: item("vps1:7000", pin1),
+		{name: "no key anywhere", head: "#\n", items: item("vps1:7000", pin1), want: []string{"vps1:7000: key: missing", "one key for every relay"}},
+		{name: "key and key file", items: item("vps1:7000", pin1+", key: x0123456789abcdef, key_file: /t"), want: []string{"vps1:7000: give key or key_file, not both"}},
+		{name: "short key", items: item("vps1:7000", pin1+", key: short"), want: []string{"vps1:7000: key: shorter than 16"}},
+		{name: "missing key file", items: item("vps1:7000", pin1+", key_file: /nonexistent/t"), want: []string{"vps1:7000: key_file:", "/nonexistent/t"}},
+		{name: "unknown key of the agent", items: item("vps1:7000", pin1+", token: x0123456789abcdef"), want: []string{`unknown key "token"`}},
+		{name: "relay and relays", head: "relay: vps0:7000\nfingerprint: \"" + fp + "\"\nkey: " + testKey + "\n", items: item("vps1:7000", pin1),
 			want: []string{"relay in", "fingerprint in", "relay (with fingerprint or ca_file) or a relays list, not both"}},
 		{name: "too many", items: nine, want: []string{"9 relays: at most 8"}},
 	}
@@ -106,10 +91,10 @@ func TestRelaysErrors(t *testing.T) {
 			cleanEnv(t)
 			head := tt.head
 			if head == "" {
-				head = "token: first-token-0123456789\n"
+				head = "key: " + testKey + "\n"
 			}
-			file := head + "tunnels: [\"3390:127.0.0.1:3389\"]\nrelays:\n" + tt.items
-			_, err := LoadAgent(agentFlags(t, "--config", writeFile(t, "agent.yaml", file)))
+			file := head + "visits: [{tunnel: rdp, listen: \"127.0.0.1:3390\"}]\nrelays:\n" + tt.items
+			_, err := LoadVisitor(visitorFlags(t, "--config", writeFile(t, "visitor.yaml", file)))
 			if err == nil {
 				t.Fatal("loaded; want an error")
 			}
@@ -119,5 +104,16 @@ func TestRelaysErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestAgentRelaysRefused: the agent keeps one relay; a relays list in its
+// file is refused, saying so, rather than ignored.
+func TestAgentRelaysRefused(t *testing.T) {
+	cleanEnv(t)
+	file := "token: first-token-0123456789\ntunnels: [\"3390:127.0.0.1:3389\"]\nrelays:\n  - {address: \"vps1:7000\", fingerprint: \"" + fp + "\"}\n"
+	_, err := LoadAgent(agentFlags(t, "--config", writeFile(t, "agent.yaml", file)))
+	if err == nil || !strings.Contains(err.Error(), `"relays"`) || !strings.Contains(err.Error(), "not of the agent") {
+		t.Fatalf("LoadAgent: %v; want relays refused", err)
 	}
 }
