@@ -148,7 +148,7 @@ func (as *agentSession) serve(ctx context.Context) {
 	}
 	as.end(tunnel.CodeOK, "")
 	wg.Wait()
-	link := tunnel.EndCauseOf(as.sess)
+	link := as.sess.EndCause()
 	cause, words := as.endCause(reason, link)
 	as.srv.metrics.sessionsEnded.WithLabelValues(as.transport, cause).Inc()
 	attrs := tunnel.EndLog(cause, words, time.Since(as.started), link, 1) // 1: the control stream

@@ -338,3 +338,152 @@ func TestStreamNetConn(t *testing.T) {
 		})
 	}
 }
+
+// datagramTransports names the transports that carry session datagrams;
+// the others must say they do not (ErrNotSupported).
+var datagramTransports = map[string]bool{"tcp": false, "quic": true}
+
+// TestSessionConformance: what every session of every transport must do,
+// and what one that cannot must say it cannot.
+func TestSessionConformance(t *testing.T) {
+	tests := []struct {
+		name string
+		run  func(t *testing.T, name string, tr Transport)
+	}{
+		{"silent for", func(t *testing.T, _ string, tr Transport) {
+			client, server, a, b := conformancePair(t, tr)
+			// Whatever the peer sent after before, the session heard
+			// it: its silence is no longer than the time since.
+			for _, end := range []struct {
+				what string
+				s    Session
+				from Stream
+				to   Stream
+			}{{"client", client, b, a}, {"server", server, a, b}} {
+				before := time.Now()
+				if _, err := end.from.Write([]byte("x")); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.ReadFull(end.to, make([]byte, 1)); err != nil {
+					t.Fatal(err)
+				}
+				if d, since := end.s.SilentFor(), time.Since(before); d < 0 || d > since {
+					t.Errorf("%s: SilentFor %v right after hearing the peer %v ago", end.what, d, since)
+				}
+			}
+		}},
+		{"end cause", func(t *testing.T, _ string, tr Transport) {
+			client, server := sessionPair(t, tr)
+			client.Close()
+			select {
+			case <-server.Done():
+			case <-time.After(testenv.Deadline(10 * time.Second)):
+				t.Fatal("the server session did not end after the client closed it")
+			}
+			if c := client.EndCause(); c.Code != EndClosed {
+				t.Errorf("the closing end's cause: %v, want %s", c, EndClosed)
+			}
+			if c := server.EndCause(); c.Code != EndPeerClosed {
+				t.Errorf("the peer's cause: %v, want %s", c, EndPeerClosed)
+			}
+		}},
+		{"datagrams", func(t *testing.T, name string, tr Transport) {
+			client, server := sessionPair(t, tr)
+			ctx, cancel := context.WithTimeout(context.Background(), testenv.Deadline(10*time.Second))
+			defer cancel()
+			want := AppendFlowDatagram(nil, 7, []byte("datagram"))
+			err := client.SendDatagram(want)
+			if !datagramTransports[name] {
+				if !errors.Is(err, ErrNotSupported) {
+					t.Errorf("SendDatagram: %v, want ErrNotSupported", err)
+				}
+				if _, err := server.ReceiveDatagram(ctx); !errors.Is(err, ErrNotSupported) {
+					t.Errorf("ReceiveDatagram: %v, want ErrNotSupported at once", err)
+				}
+				if ctx.Err() != nil {
+					t.Error("ReceiveDatagram waited for a datagram that cannot come")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("SendDatagram: %v", err)
+			}
+			// The heartbeat (flow 0) comes too; each one sent is also
+			// a chance for the test's datagram, which may be lost.
+			for i := 0; ; i++ {
+				got, err := server.ReceiveDatagram(ctx)
+				if err != nil {
+					t.Fatalf("ReceiveDatagram: %v", err)
+				}
+				if bytes.Equal(got, want) {
+					break
+				}
+				if i%2 == 1 {
+					_ = client.SendDatagram(want)
+				}
+			}
+			if err := client.SendDatagram(make([]byte, 64<<10)); !errors.Is(err, ErrDatagramTooLarge) {
+				t.Errorf("SendDatagram of 64 KiB: %v, want ErrDatagramTooLarge", err)
+			}
+		}},
+	}
+	for _, tr := range transports {
+		for _, tt := range tests {
+			t.Run(tr.name+"/"+tt.name, func(t *testing.T) {
+				leak.Check(t)
+				tt.run(t, tr.name, tr.tr)
+			})
+		}
+	}
+}
+
+// TestConnRefuse: a link the relay refuses before authentication tells
+// the agent the relay is busy, over every transport.
+func TestConnRefuse(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			leak.Check(t)
+			cert, fp := testCert(t)
+			ln, err := tr.tr.Listen("127.0.0.1:0", ServerTLSConfig(cert))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			conf, err := PinnedTLSConfig(fp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), testenv.Deadline(10*time.Second))
+			defer cancel()
+			accepted := make(chan error, 1)
+			go func() {
+				c, err := ln.Accept(ctx)
+				if err == nil {
+					if c.Admission() != nil {
+						err = errors.New("an admission without Admit")
+					}
+					c.Refuse()
+				}
+				accepted <- err
+			}()
+			c, err := tr.tr.Dial(ctx, ln.Addr().String(), conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(testenv.Deadline(10 * time.Second)))
+			// QUIC's handshake may end before the refusal arrives: the
+			// first read then tells.
+			err = c.Handshake(ctx)
+			if err == nil {
+				_, err = c.Read(make([]byte, 1))
+			}
+			if !errors.Is(err, ErrBusy) {
+				t.Errorf("the refused agent read %v, want ErrBusy", err)
+			}
+			if err := <-accepted; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

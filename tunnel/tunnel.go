@@ -53,12 +53,32 @@ type Conn interface {
 	LocalAddr() net.Addr
 	RemoteAddr() net.Addr
 	Close() error
+	// Refuse closes a link that the relay will not serve, telling the
+	// agent it is busy (ErrBusy): QUIC with an application close code,
+	// TCP by closing before the TLS handshake, which the agent reads as
+	// busy too.
+	Refuse()
+	// Admission is what the listener admitted the link with before its
+	// handshake (see QUICTransport.Admit); nil where it admitted none (a
+	// TCP link is admitted after Accept).
+	Admission() Admission
 	// Mux turns the authenticated link into a multiplexed session. The
 	// dialing side is the client.
 	Mux(cfg SessionConfig) (Session, error)
 }
 
+// Admission is what a listener admitted a link with before its handshake.
+type Admission interface {
+	// Abort ends an admission whose handshake failed before Accept.
+	Abort()
+}
+
 // Session is one authenticated, multiplexed link between agent and relay.
+//
+// Every method is part of every transport. Where a transport cannot do
+// what one asks (session datagrams over TCP), the method fails at once
+// with an error that wraps ErrNotSupported, and the caller falls back
+// (a UDP flow's datagrams go on its stream).
 type Session interface {
 	// OpenStream opens a new stream to the peer.
 	OpenStream(ctx context.Context) (Stream, error)
@@ -68,20 +88,27 @@ type Session interface {
 	Done() <-chan struct{}
 	// Close ends the session and every stream in it.
 	Close() error
+	// EndCause is why the session ended; valid once Done is closed.
+	EndCause() EndCause
+	// SilentFor is how long the peer has sent nothing at all. A client
+	// session hears from the relay at least every second while the link
+	// works (the relay answers its pings over TCP, and sends its own
+	// heartbeat over QUIC), so a longer silence means the link is in
+	// trouble well before the keepalive declares it dead.
+	SilentFor() time.Duration
+	// SendDatagram sends b as one unreliable datagram, or fails with
+	// ErrDatagramTooLarge where it does not fit on the path, or with
+	// ErrNotSupported where the session carries no datagrams (TCP).
+	SendDatagram(b []byte) error
+	// ReceiveDatagram waits for the next datagram; it fails at once with
+	// ErrNotSupported where the session carries none.
+	ReceiveDatagram(ctx context.Context) ([]byte, error)
 	// NumStreams is the number of open streams.
 	NumStreams() int
 	// RTT is the session's smoothed round-trip time; 0 until measured.
 	RTT() time.Duration
 	LocalAddr() net.Addr
 	RemoteAddr() net.Addr
-}
-
-// Silence is implemented by sessions that can tell how long the peer has
-// been quiet. A client session hears from the relay at least every second
-// while the link works (it pings that often), so a longer silence means
-// the link is in trouble well before the keepalive declares it dead.
-type Silence interface {
-	SilentFor() time.Duration
 }
 
 // Stream is one bidirectional byte stream within a Session.
@@ -144,16 +171,10 @@ const ALPN = "homeport/1"
 // agent's address. Nothing is wrong with the agent; it tries again soon.
 var ErrBusy = errors.New("relay busy")
 
-// Refuse closes a link that the relay will not serve, telling the agent it
-// is busy where the transport can (QUIC: an application close code; TCP:
-// closed before the TLS handshake, which the agent reads as busy too).
-func Refuse(c Conn) {
-	if r, ok := c.(interface{ refuse() }); ok {
-		r.refuse()
-		return
-	}
-	c.Close()
-}
+// ErrNotSupported is wrapped by the error of a method that the transport
+// cannot carry out (session datagrams over TCP). Callers check it with
+// errors.Is and fall back.
+var ErrNotSupported = errors.New("not supported by this transport")
 
 // ErrSessionClosed is returned by OpenStream and AcceptStream on a session
 // that has ended.

@@ -108,7 +108,7 @@ func (s *yamuxSession) numStreams() int {
 	return s.s.NumStreams()
 }
 
-// EndCause is why the session ended; see Ender.
+// EndCause is why the session ended; see Session.
 func (s *yamuxSession) EndCause() EndCause {
 	if s.s.IsClosed() {
 		// Every other end is noted before yamux closes; yamux closing
@@ -158,8 +158,20 @@ func (s *yamuxSession) stream(st *yamux.Stream) *yamuxStream {
 const relayPingPeriod = 5 * time.Second
 
 // SilentFor is the time since the relay or agent last sent anything on the
-// session; see Silence.
+// session; see Session.
 func (s *yamuxSession) SilentFor() time.Duration { return s.heard.silentFor() }
+
+// errNoDatagrams: yamux carries streams only.
+var errNoDatagrams = fmt.Errorf("session datagrams over TCP: %w", ErrNotSupported)
+
+// SendDatagram fails with ErrNotSupported: a UDP flow's datagrams go on
+// its stream.
+func (s *yamuxSession) SendDatagram([]byte) error { return errNoDatagrams }
+
+// ReceiveDatagram fails with ErrNotSupported at once.
+func (s *yamuxSession) ReceiveDatagram(context.Context) ([]byte, error) {
+	return nil, errNoDatagrams
+}
 
 // heartbeat pings the peer at once and then every period until the
 // session ends, and notes each round trip. A ping that goes unanswered

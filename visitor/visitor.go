@@ -334,11 +334,11 @@ func (v *Visitor) keep(ctx context.Context) error {
 			v.box.set(nil)
 			sess.Close()
 			if ctx.Err() != nil {
-				v.log.Info("relay session down", tunnel.EndLog("shutdown", "the visitor is stopping", time.Since(start), tunnel.EndCauseOf(sess), 0)...)
+				v.log.Info("relay session down", tunnel.EndLog("shutdown", "the visitor is stopping", time.Since(start), sess.EndCause(), 0)...)
 				return nil
 			}
 			lived := time.Since(start)
-			v.log.Info("relay session down", tunnel.EndLog("", "", lived, tunnel.EndCauseOf(sess), 0)...)
+			v.log.Info("relay session down", tunnel.EndLog("", "", lived, sess.EndCause(), 0)...)
 			if v.cfg.Transport == config.TransportAuto && transport == config.TransportQUIC {
 				if failed, pause := v.policy.Ended(lived, time.Now()); failed {
 					v.log.Warn("QUIC sessions keep ending within a minute; using TCP", "retry_quic_in", pause.Round(time.Second))
