@@ -372,7 +372,7 @@ func TestSessionConformance(t *testing.T) {
 				}
 			}
 		}},
-		{"end cause", func(t *testing.T, _ string, tr Transport) {
+		{"end cause", func(t *testing.T, name string, tr Transport) {
 			client, server := sessionPair(t, tr)
 			client.Close()
 			select {
@@ -383,7 +383,14 @@ func TestSessionConformance(t *testing.T) {
 			if c := client.EndCause(); c.Code != EndClosed {
 				t.Errorf("the closing end's cause: %v, want %s", c, EndClosed)
 			}
-			if c := server.EndCause(); c.Code != EndPeerClosed {
+			// The peer's is the peer's close; over TCP it may be the
+			// reset that the closing end's kernel sends for a link with
+			// unread data in its buffer (see TestEndCauseTCP, whose
+			// proxy takes that away).
+			switch c := server.EndCause(); {
+			case c.Code == EndPeerClosed:
+			case name == "tcp" && (c.Code == EndReadError || c.Code == EndWriteError) && c.Errno != 0:
+			default:
 				t.Errorf("the peer's cause: %v, want %s", c, EndPeerClosed)
 			}
 		}},
