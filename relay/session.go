@@ -529,16 +529,13 @@ func (r *openResultReader) Read(p []byte) (int, error) {
 }
 
 // WaitRead waits for the target's data without a buffer once the answer
-// has been read, where the stream can (see tunnel.Splice).
+// has been read (see tunnel.Splice); until then, Read reads the answer.
 func (r *openResultReader) WaitRead() error {
-	if w, ok := r.Stream.(interface{ WaitRead() error }); ok && r.read {
-		return w.WaitRead()
+	if !r.read {
+		return nil
 	}
-	return nil
+	return r.Stream.WaitRead()
 }
-
-// Unwrap returns the stream r wraps (see tunnel.Wrapper).
-func (r *openResultReader) Unwrap() tunnel.Stream { return r.Stream }
 
 // logRefusal logs a visitor the guard turned away: at the access log's
 // level, and a ban always.

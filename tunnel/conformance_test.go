@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -162,22 +163,19 @@ func TestStreamConformance(t *testing.T) {
 		}},
 		{"reset", func(t *testing.T, tr Transport) {
 			_, _, a, b := conformancePair(t, tr)
-			abort, ok := find[interface{ Abort() }](a)
-			if !ok {
-				t.Fatalf("a %T cannot be reset", a)
-			}
 			if _, err := a.Write([]byte("cut short")); err != nil {
 				t.Fatal(err)
 			}
-			abort.Abort()
-			// The reader sees an error, never a clean EOF: the data
+			a.Abort()
+			// The reader sees the reset, never a clean EOF: the data
 			// before it may or may not arrive.
 			_, err := io.ReadAll(b)
-			if err == nil {
-				t.Fatal("the peer of a reset stream read a clean end")
+			if !errors.Is(err, ErrStreamReset) {
+				t.Fatalf("the peer of a reset stream read %v, want ErrStreamReset", err)
 			}
-			if isTimeout(err) {
-				t.Fatalf("the peer of a reset stream waited for its deadline: %v", err)
+			// Waiting for data reports it too.
+			if err := b.WaitRead(); !errors.Is(err, ErrStreamReset) {
+				t.Fatalf("WaitRead on a reset stream: %v, want ErrStreamReset", err)
 			}
 			// And its writes fail, eventually (once the reset is
 			// known: bounded by the deadline).
@@ -267,28 +265,84 @@ func TestStreamConformance(t *testing.T) {
 		}},
 		{"waiting for readability", func(t *testing.T, tr Transport) {
 			_, _, a, b := conformancePair(t, tr)
-			w, ok := find[readWaiter](b)
-			if !ok {
-				// quic-go's streams have no way to wait for data
-				// without reading it into a buffer; the splice reads
-				// them with one.
-				t.Skipf("a %T cannot wait for data without reading it", b)
+			// Data already there: WaitRead returns at once and leaves
+			// it to the Read.
+			if _, err := a.Write([]byte("open")); err != nil {
+				t.Fatal(err)
 			}
+			if err := b.WaitRead(); err != nil {
+				t.Fatalf("WaitRead with data: %v", err)
+			}
+			got := make([]byte, 4)
+			if _, err := io.ReadFull(b, got); err != nil || string(got) != "open" {
+				t.Fatalf("Read after WaitRead: %q, %v", got, err)
+			}
+			// Data still to come.
 			waited := make(chan error, 1)
-			go func() { waited <- w.WaitRead() }()
+			go func() { waited <- b.WaitRead() }()
+			select {
+			case err := <-waited:
+				t.Fatalf("WaitRead returned %v before there was data", err)
+			case <-time.After(50 * time.Millisecond):
+			}
 			if _, err := a.Write([]byte("now")); err != nil {
 				t.Fatal(err)
 			}
 			if err := <-waited; err != nil {
 				t.Fatalf("WaitRead once data came: %v", err)
 			}
-			got := make([]byte, 3)
+			got = got[:3]
 			if _, err := io.ReadFull(b, got); err != nil || string(got) != "now" {
 				t.Fatalf("Read after WaitRead: %q, %v", got, err)
 			}
+			// The read deadline bounds it.
+			b.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			if err := b.WaitRead(); !isTimeout(err) {
+				t.Fatalf("WaitRead past the read deadline: %v, want a timeout", err)
+			}
+			b.SetReadDeadline(time.Now().Add(testenv.Deadline(30 * time.Second)))
+			// The end.
 			a.CloseWrite()
-			if err := w.WaitRead(); err != io.EOF {
+			if err := b.WaitRead(); err != io.EOF {
 				t.Fatalf("WaitRead at the end: %v, want EOF", err)
+			}
+		}},
+		{"shrink", func(t *testing.T, tr Transport) {
+			_, _, a, b := conformancePair(t, tr)
+			exchangeStreams(t, a, b, 1<<20, 3)
+			err := b.Shrink()
+			if shrinkTransports[transportName(tr)] {
+				if err != nil {
+					t.Fatalf("Shrink: %v", err)
+				}
+			} else if !errors.Is(err, ErrNotSupported) {
+				t.Fatalf("Shrink: %v, want ErrNotSupported", err)
+			}
+			// Either way the stream goes on.
+			exchangeStreams(t, a, b, 1<<20, 4)
+		}},
+		{"cut notice", func(t *testing.T, tr Transport) {
+			_, _, a, b := conformancePair(t, tr)
+			cut := make(chan error, 1)
+			b.OnCut(func(err error) { cut <- err })
+			// A reset by the peer is not a cut of the transport's own:
+			// b reads it as ever.
+			a.Abort()
+			if _, err := io.ReadAll(b); !errors.Is(err, ErrStreamReset) {
+				t.Fatalf("read after the peer's reset: %v, want ErrStreamReset", err)
+			}
+			select {
+			case err := <-cut:
+				t.Fatalf("the peer's reset was told as a cut: %v", err)
+			default:
+			}
+			// A transport that cuts streams itself (QUIC's stall guard)
+			// tells by OnCut, with the reason.
+			if qs, ok := b.(*quicStream); ok {
+				qs.cutStalled()
+				if err := <-cut; !errors.Is(err, ErrStalled) {
+					t.Fatalf("the stall guard's cut was told as %v, want ErrStalled", err)
+				}
 			}
 		}},
 		{"concurrent streams", func(t *testing.T, tr Transport) {
@@ -337,6 +391,21 @@ func TestStreamNetConn(t *testing.T) {
 			})
 		})
 	}
+}
+
+// shrinkTransports names the transports whose streams can give back an
+// idle receive window; the others must say they cannot (ErrNotSupported).
+var shrinkTransports = map[string]bool{"tcp": true, "quic": false}
+
+// transportName is tr's name in the transports list.
+func transportName(tr Transport) string {
+	switch tr.(type) {
+	case TCPTransport:
+		return "tcp"
+	case QUICTransport:
+		return "quic"
+	}
+	return fmt.Sprintf("%T", tr)
 }
 
 // datagramTransports names the transports that carry session datagrams;
@@ -490,6 +559,46 @@ func TestConnRefuse(t *testing.T) {
 			}
 			if err := <-accepted; err != nil {
 				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// wrapped is a stream wrapper such as the relay's (which wraps a CutAware
+// stream again): it changes Read, and the rest passes through.
+type wrapped struct{ Stream }
+
+func (w wrapped) Read(p []byte) (int, error) { return w.Stream.Read(p) }
+
+// TestSpliceResetsWrappedStream: a splice that fails resets a stream
+// under any wrappers, as it does a bare one: the stream's peer reads
+// ErrStreamReset, not the clean end that would pass the cut transfer off
+// as complete.
+func TestSpliceResetsWrappedStream(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			leak.Check(t)
+			_, _, a, b := conformancePair(t, tr.tr)
+			x, y := tcpPair(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				_, _, err := Splice(ctx, x, wrapped{CutAware(a, func() bool { return false })})
+				done <- err
+			}()
+			// Data flows both ways through the wrappers.
+			if _, err := y.Write([]byte("ping")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(b, make([]byte, 4)); err != nil {
+				t.Fatal(err)
+			}
+			cancel()
+			if err := <-done; !errors.Is(err, context.Canceled) {
+				t.Errorf("Splice: %v, want context.Canceled", err)
+			}
+			if _, err := io.ReadAll(b); !errors.Is(err, ErrStreamReset) {
+				t.Errorf("the peer of the spliced stream read %v, want ErrStreamReset", err)
 			}
 		})
 	}

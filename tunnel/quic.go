@@ -804,6 +804,8 @@ type quicStream struct {
 	stalled  atomic.Bool                 // the guard reset the stream
 	cut      atomic.Pointer[func(error)] // see OnCut
 
+	peek [1]byte // for WaitRead, by the reader only
+
 	wmu     sync.Mutex // held by Write and CloseWrite
 	finSent bool       // under wmu
 	closed  atomic.Bool
@@ -822,8 +824,23 @@ func (s *quicStream) Read(p []byte) (int, error) {
 	if err == nil || errors.As(err, &ne) && ne.Timeout() {
 		s.outSince.Store(s.guard.now()) // until the next Read
 	}
-	return n, s.mapErr(err)
+	return n, s.readErr(err)
 }
+
+// WaitRead waits with quic-go's Peek of one byte, which takes nothing. For
+// the stall guard, the reader waits in Read meanwhile.
+func (s *quicStream) WaitRead() error {
+	s.outSince.Store(0)
+	_, err := s.st.Peek(s.peek[:])
+	return s.readErr(err)
+}
+
+// errQUICShrink: quic-go grows a stream's receive window and never
+// shrinks it; the stall guard bounds what the windows hold together.
+var errQUICShrink = fmt.Errorf("shrink a QUIC stream's receive window: %w", ErrNotSupported)
+
+// Shrink fails with ErrNotSupported; see errQUICShrink.
+func (s *quicStream) Shrink() error { return errQUICShrink }
 
 func (s *quicStream) Write(p []byte) (int, error) {
 	s.wmu.Lock()
@@ -833,6 +850,20 @@ func (s *quicStream) Write(p []byte) (int, error) {
 	}
 	n, err := s.st.Write(p)
 	return n, s.mapErr(err)
+}
+
+// readErr is mapErr for a read, which also tells the peer's reset
+// (ErrStreamReset) from an end of stream.
+func (s *quicStream) readErr(err error) error {
+	if err == nil {
+		return nil // before se, which escapes: no allocation per Read
+	}
+	err = s.mapErr(err)
+	var se *quic.StreamError
+	if errors.As(err, &se) && se.Remote {
+		return &wordedError{words: ErrStreamReset, err: err}
+	}
+	return err
 }
 
 // mapErr tells the stall guard's reset from others, and puts the

@@ -11,6 +11,17 @@
 //     Authenticate).
 //  3. Session: the link becomes a multiplexed Session; the agent opens one
 //     control stream, and the relay opens one stream per visitor.
+//
+// Conn, Session and Stream are the whole contract of a transport: the
+// TCP transport (tcp.go, yamux*.go) and QUIC (quic.go) implement every
+// method, and the conformance suite (conformance_test.go) runs each over
+// both. Nothing is found by type assertion. What a transport cannot do
+// (session datagrams over TCP, giving back a QUIC stream's window) fails
+// with an error that wraps ErrNotSupported, and callers fall back. A
+// wrapper of a stream embeds it, so that what it does not change passes
+// through. Settings reach a transport once: the SessionConfig given to
+// Mux (TCP) or to QUICTransport (QUIC, whose settings apply when the
+// connection is made).
 package tunnel
 
 import (
@@ -111,11 +122,36 @@ type Session interface {
 	RemoteAddr() net.Addr
 }
 
-// Stream is one bidirectional byte stream within a Session.
+// Stream is one bidirectional byte stream within a Session. Every method
+// is part of every transport; one the transport cannot carry out fails
+// with an error that wraps ErrNotSupported. A wrapper of a stream (see
+// CutAware) embeds it, so that what it does not change passes through.
 type Stream interface {
 	net.Conn
 	// CloseWrite sends EOF to the peer; reading goes on.
 	CloseWrite() error
+	// Abort resets the stream both ways: the peer reads ErrStreamReset,
+	// never an end of stream, so that a cut transfer does not look
+	// complete. Close may follow; it has nothing left to do.
+	Abort()
+	// WaitRead waits until the stream has data to read or has ended,
+	// without a buffer to read into, so that a reader that mostly waits
+	// holds none (see Splice). An error it returns comes again from the
+	// Read that follows; the read deadline applies.
+	WaitRead() error
+	// Shrink gives back what the stream holds for a reader that drained
+	// it and has read nothing since shrinkAfter: the TCP transport's
+	// grown receive window (see recvWindows). It fails with
+	// ErrNotSupported where the transport keeps nothing it can give back
+	// (QUIC: quic-go's windows only grow; its stall guard bounds them).
+	Shrink() error
+	// OnCut sets what is called, with the reason, when the transport
+	// itself cuts the stream while the session lives (QUIC's stall
+	// guard, see ErrStalled), in place of a plain reset: Splice then
+	// ends and resets both its ends. A transport that never cuts a
+	// stream (TCP, whose streams share the session by receive windows
+	// alone) never calls it.
+	OnCut(f func(reason error))
 }
 
 // SessionConfig tunes a Session.
@@ -175,6 +211,10 @@ var ErrBusy = errors.New("relay busy")
 // cannot carry out (session datagrams over TCP). Callers check it with
 // errors.Is and fall back.
 var ErrNotSupported = errors.New("not supported by this transport")
+
+// ErrStreamReset is read from a stream that the peer reset (Abort): the
+// data was cut, not complete.
+var ErrStreamReset = errors.New("stream reset by the peer")
 
 // ErrSessionClosed is returned by OpenStream and AcceptStream on a session
 // that has ended.

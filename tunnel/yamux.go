@@ -249,6 +249,10 @@ func (s *yamuxSession) RTT() time.Duration   { return time.Duration(s.fw.wins.rt
 func (s *yamuxSession) LocalAddr() net.Addr  { return s.s.LocalAddr() }
 func (s *yamuxSession) RemoteAddr() net.Addr { return s.s.RemoteAddr() }
 
+// errYamuxReset is read from, and written to, a stream that the peer
+// reset (a RST: see yamuxStream.Abort).
+var errYamuxReset = fmt.Errorf("%w: %w", ErrStreamReset, yamux.ErrConnectionReset)
+
 func mapYamuxErr(err error) error {
 	if errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, io.EOF) {
 		return fmt.Errorf("%w: %w", ErrSessionClosed, err)
@@ -362,9 +366,15 @@ func (s *yamuxStream) Read(p []byte) (int, error) {
 // Shrink returns the stream's window to baseWindow if nothing was read
 // for shrinkAfter; the splice calls it shrinkAfter after a read that
 // drained the stream. (A drained streamRx holds no buffer.)
-func (s *yamuxStream) Shrink() {
+func (s *yamuxStream) Shrink() error {
 	s.ys.fw.wins.shrink(s.StreamID(), time.Now())
+	return nil
 }
+
+// OnCut does nothing: the TCP transport never cuts a stream of a live
+// session (its streams share the session by receive windows alone), and
+// the streams of a dead one read ErrStreamCut.
+func (s *yamuxStream) OnCut(func(error)) {}
 
 // WaitRead waits until the stream has data or has ended.
 func (s *yamuxStream) WaitRead() error {
