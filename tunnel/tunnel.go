@@ -132,7 +132,7 @@ type Stream interface {
 	CloseWrite() error
 	// Abort resets the stream both ways: the peer reads ErrStreamReset,
 	// never an end of stream, so that a cut transfer does not look
-	// complete. Close may follow; it has nothing left to do.
+	// complete. Close still follows, as for every stream.
 	Abort()
 	// WaitRead waits until the stream has data to read or has ended,
 	// without a buffer to read into, so that a reader that mostly waits
