@@ -618,10 +618,6 @@ const (
 // watchSilence opens a newer session when l goes silent, and sends it on
 // newer. It returns when l ends, when ctx ends, or once it has sent one.
 func (a *Agent) watchSilence(ctx context.Context, l *link, replacing, tried *atomic.Bool, newer chan<- *link) {
-	quiet, ok := l.sess.(tunnel.Silence)
-	if !ok {
-		return
-	}
 	t := time.NewTicker(silenceCheck)
 	defer t.Stop()
 	for {
@@ -635,7 +631,7 @@ func (a *Agent) watchSilence(ctx context.Context, l *link, replacing, tried *ato
 		if isDone(l.sess.Done()) {
 			return // a tick and the end were both ready
 		}
-		d := quiet.SilentFor()
+		d := l.sess.SilentFor()
 		if d < suspectAfter {
 			continue
 		}

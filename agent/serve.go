@@ -251,7 +251,7 @@ func (a *Agent) serve(ctx context.Context, l *link) error {
 // (protocol_error), or, when cause is empty, what the link saw (see
 // tunnel.EndCode).
 func (a *Agent) sessionDown(l *link, cause, words string) {
-	end := tunnel.EndCauseOf(l.sess)
+	end := l.sess.EndCause()
 	attrs := tunnel.EndLog(cause, words, time.Since(l.since), end, 1) // 1: the control stream
 	a.metrics.sessionsEnded.WithLabelValues(l.set.cfg.Relay, l.transport, cmp.Or(cause, string(end.Code))).Inc()
 	a.log.Info("relay session down", append([]any{"relay", l.set.cfg.Relay, "transport", l.transport}, attrs...)...)

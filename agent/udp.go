@@ -20,7 +20,7 @@ const flowSocketBuffer = 1 << 20
 // flowTable holds a session's UDP flows by number, for datagrams that the
 // relay sends outside their stream (QUIC DATAGRAM frames).
 type flowTable struct {
-	ds    tunnel.DatagramSession // nil over TCP
+	sess  tunnel.Session
 	mu    sync.Mutex
 	flows map[uint32]*agentFlow
 }
@@ -40,8 +40,7 @@ func (f *agentFlow) toTarget(p []byte) {
 }
 
 func newFlowTable(sess tunnel.Session) *flowTable {
-	ds, _ := sess.(tunnel.DatagramSession)
-	return &flowTable{ds: ds, flows: make(map[uint32]*agentFlow)}
+	return &flowTable{sess: sess, flows: make(map[uint32]*agentFlow)}
 }
 
 func (ft *flowTable) add(id uint32, f *agentFlow) bool {
@@ -137,7 +136,7 @@ func (a *Agent) handleFlow(ctx context.Context, st tunnel.Stream, open *tunnel.O
 	q := q0.NewQueue()
 	quit := make(chan struct{})
 	replies := make(chan error, 1)
-	go func() { replies <- flowSend(st, q, open.Flow, flows.ds, &f.out, &stats.bytesOut, quit) }()
+	go func() { replies <- flowSend(st, q, open.Flow, flows.sess, &f.out, &stats.bytesOut, quit) }()
 	received := make(chan struct{})
 	go func() {
 		defer close(received)
@@ -203,8 +202,9 @@ func flowReceive(c *net.UDPConn, q *tunnel.DatagramQueue) {
 // flowSend sends the flow's queued datagrams to the relay, as session
 // datagrams where they fit, until quit is closed or sending fails; then
 // the queue takes no more.
-func flowSend(st tunnel.Stream, q *tunnel.DatagramQueue, id uint32, ds tunnel.DatagramSession, out, outBytes *atomic.Int64, quit <-chan struct{}) error {
+func flowSend(st tunnel.Stream, q *tunnel.DatagramQueue, id uint32, sess tunnel.Session, out, outBytes *atomic.Int64, quit <-chan struct{}) error {
 	var dg []byte
+	dgrams := true // until the session says it has none (TCP)
 	for {
 		select {
 		case <-quit:
@@ -219,7 +219,7 @@ func flowSend(st tunnel.Stream, q *tunnel.DatagramQueue, id uint32, ds tunnel.Da
 			out.Add(1)
 			outBytes.Add(int64(len(p)))
 			var err error
-			dg, err = sendReply(st, ds, dg, id, p)
+			dg, err = sendReply(st, sess, &dgrams, dg, id, p)
 			q.Done(p)
 			if err != nil {
 				q.Close()
@@ -230,12 +230,16 @@ func flowSend(st tunnel.Stream, q *tunnel.DatagramQueue, id uint32, ds tunnel.Da
 }
 
 // sendReply sends one of the target's datagrams to the relay. dg is for
-// the session datagram, returned for the next.
-func sendReply(st tunnel.Stream, ds tunnel.DatagramSession, dg []byte, id uint32, p []byte) ([]byte, error) {
-	if ds != nil {
+// the session datagram, returned for the next. *dgrams is cleared once the
+// session tells it carries no datagrams: the flow then uses the stream.
+func sendReply(st tunnel.Stream, sess tunnel.Session, dgrams *bool, dg []byte, id uint32, p []byte) ([]byte, error) {
+	if *dgrams {
 		dg = tunnel.AppendFlowDatagram(dg[:0], id, p)
-		err := ds.SendDatagram(dg)
-		if err == nil || !errors.Is(err, tunnel.ErrDatagramTooLarge) {
+		err := sess.SendDatagram(dg)
+		switch {
+		case errors.Is(err, tunnel.ErrNotSupported):
+			*dgrams = false
+		case err == nil || !errors.Is(err, tunnel.ErrDatagramTooLarge):
 			return dg, err
 		}
 	}

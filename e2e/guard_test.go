@@ -593,6 +593,8 @@ func testGuardVisitorFlood(t *testing.T, tr string) {
 type guardTLSLink struct{ *tls.Conn }
 
 func (l guardTLSLink) Handshake(ctx context.Context) error { return l.HandshakeContext(ctx) }
+func (l guardTLSLink) Refuse()                             { l.Close() }
+func (l guardTLSLink) Admission() tunnel.Admission         { return nil }
 func (l guardTLSLink) Mux(tunnel.SessionConfig) (tunnel.Session, error) {
 	return nil, errors.New("not for sessions")
 }
@@ -611,6 +613,8 @@ func (l guardQUICLink) SetDeadline(t time.Time) error        { return l.st.SetDe
 func (l guardQUICLink) LocalAddr() net.Addr                  { return l.conn.LocalAddr() }
 func (l guardQUICLink) RemoteAddr() net.Addr                 { return l.conn.RemoteAddr() }
 func (l guardQUICLink) Close() error                         { return l.conn.CloseWithError(0, "") }
+func (l guardQUICLink) Refuse()                              { l.Close() }
+func (l guardQUICLink) Admission() tunnel.Admission          { return nil }
 func (l guardQUICLink) Mux(tunnel.SessionConfig) (tunnel.Session, error) {
 	return nil, errors.New("not for sessions")
 }

@@ -377,8 +377,8 @@ func (s *Server) acceptLoop(ctx context.Context, ln tunnel.Listener) error {
 		// Refused at once, before any handshake: a blocking limit would
 		// let a flood starve real agents. A QUIC link was admitted
 		// before its handshake (see Listen).
-		refuse := func() { tunnel.Refuse(c) }
-		l, ok := tunnel.AdmissionOf(c).(*login)
+		refuse := c.Refuse
+		l, ok := c.Admission().(*login)
 		if ok && !s.hs.attach(l, refuse) {
 			refuse()
 			s.log.Debug("agent connection closed: its login was pushed out by a newer one", "agent_addr", c.RemoteAddr().String(), "transport", transportName(ln))

@@ -148,7 +148,7 @@ func (as *agentSession) serve(ctx context.Context) {
 	}
 	as.end(tunnel.CodeOK, "")
 	wg.Wait()
-	link := tunnel.EndCauseOf(as.sess)
+	link := as.sess.EndCause()
 	cause, words := as.endCause(reason, link)
 	as.srv.metrics.sessionsEnded.WithLabelValues(as.transport, cause).Inc()
 	attrs := tunnel.EndLog(cause, words, time.Since(as.started), link, 1) // 1: the control stream
@@ -529,16 +529,13 @@ func (r *openResultReader) Read(p []byte) (int, error) {
 }
 
 // WaitRead waits for the target's data without a buffer once the answer
-// has been read, where the stream can (see tunnel.Splice).
+// has been read (see tunnel.Splice); until then, Read reads the answer.
 func (r *openResultReader) WaitRead() error {
-	if w, ok := r.Stream.(interface{ WaitRead() error }); ok && r.read {
-		return w.WaitRead()
+	if !r.read {
+		return nil
 	}
-	return nil
+	return r.Stream.WaitRead()
 }
-
-// Unwrap returns the stream r wraps (see tunnel.Wrapper).
-func (r *openResultReader) Unwrap() tunnel.Stream { return r.Stream }
 
 // logRefusal logs a visitor the guard turned away: at the access log's
 // level, and a ban always.

@@ -412,8 +412,8 @@ func (f *udpFlow) run() {
 		f.readReplies(st)
 	}()
 
-	ds, _ := as.sess.(tunnel.DatagramSession)
 	var buf []byte
+	dgrams := true // until the session says it has none (TCP)
 	for {
 		select {
 		case <-f.done:
@@ -429,7 +429,7 @@ func (f *udpFlow) run() {
 				}
 				f.in.Add(1)
 				t.stats.bytesIn.Add(int64(len(p)))
-				buf = f.send(st, ds, buf, p)
+				buf = f.send(st, as.sess, &dgrams, buf, p)
 				f.queue.Done(p)
 			}
 		}
@@ -438,15 +438,18 @@ func (f *udpFlow) run() {
 
 // send sends one of the visitor's datagrams to the agent: as a session
 // datagram where it fits, on the stream otherwise. buf is for the session
-// datagram, returned for the next.
-func (f *udpFlow) send(st tunnel.Stream, ds tunnel.DatagramSession, buf, p []byte) []byte {
-	if ds != nil && f.ready.Load() {
+// datagram, returned for the next. *dgrams is cleared once the session
+// tells it carries no datagrams: the flow then uses the stream only.
+func (f *udpFlow) send(st tunnel.Stream, sess tunnel.Session, dgrams *bool, buf, p []byte) []byte {
+	if *dgrams && f.ready.Load() {
 		buf = tunnel.AppendFlowDatagram(buf[:0], f.id, p)
-		err := ds.SendDatagram(buf)
-		if err == nil {
+		err := sess.SendDatagram(buf)
+		switch {
+		case err == nil:
 			return buf
-		}
-		if !errors.Is(err, tunnel.ErrDatagramTooLarge) {
+		case errors.Is(err, tunnel.ErrNotSupported):
+			*dgrams = false
+		case !errors.Is(err, tunnel.ErrDatagramTooLarge):
 			f.end("session datagram: " + err.Error())
 			return buf
 		}

@@ -101,7 +101,7 @@ func (s *Server) serveVisitor(ctx context.Context, vs *visitorSession) {
 	vs.sess.Close()
 	vs.streams.Wait()
 	// The relay's own reason, when it ended the session; else the link's.
-	link := tunnel.EndCauseOf(vs.sess)
+	link := vs.sess.EndCause()
 	cause, words := "", ""
 	if why, ok := vs.endWhy.Load().([2]string); ok {
 		cause, words = why[0], why[1]

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -162,22 +163,19 @@ func TestStreamConformance(t *testing.T) {
 		}},
 		{"reset", func(t *testing.T, tr Transport) {
 			_, _, a, b := conformancePair(t, tr)
-			abort, ok := find[interface{ Abort() }](a)
-			if !ok {
-				t.Fatalf("a %T cannot be reset", a)
-			}
 			if _, err := a.Write([]byte("cut short")); err != nil {
 				t.Fatal(err)
 			}
-			abort.Abort()
-			// The reader sees an error, never a clean EOF: the data
+			a.Abort()
+			// The reader sees the reset, never a clean EOF: the data
 			// before it may or may not arrive.
 			_, err := io.ReadAll(b)
-			if err == nil {
-				t.Fatal("the peer of a reset stream read a clean end")
+			if !errors.Is(err, ErrStreamReset) {
+				t.Fatalf("the peer of a reset stream read %v, want ErrStreamReset", err)
 			}
-			if isTimeout(err) {
-				t.Fatalf("the peer of a reset stream waited for its deadline: %v", err)
+			// Waiting for data reports it too.
+			if err := b.WaitRead(); !errors.Is(err, ErrStreamReset) {
+				t.Fatalf("WaitRead on a reset stream: %v, want ErrStreamReset", err)
 			}
 			// And its writes fail, eventually (once the reset is
 			// known: bounded by the deadline).
@@ -267,28 +265,84 @@ func TestStreamConformance(t *testing.T) {
 		}},
 		{"waiting for readability", func(t *testing.T, tr Transport) {
 			_, _, a, b := conformancePair(t, tr)
-			w, ok := find[readWaiter](b)
-			if !ok {
-				// quic-go's streams have no way to wait for data
-				// without reading it into a buffer; the splice reads
-				// them with one.
-				t.Skipf("a %T cannot wait for data without reading it", b)
+			// Data already there: WaitRead returns at once and leaves
+			// it to the Read.
+			if _, err := a.Write([]byte("open")); err != nil {
+				t.Fatal(err)
 			}
+			if err := b.WaitRead(); err != nil {
+				t.Fatalf("WaitRead with data: %v", err)
+			}
+			got := make([]byte, 4)
+			if _, err := io.ReadFull(b, got); err != nil || string(got) != "open" {
+				t.Fatalf("Read after WaitRead: %q, %v", got, err)
+			}
+			// Data still to come.
 			waited := make(chan error, 1)
-			go func() { waited <- w.WaitRead() }()
+			go func() { waited <- b.WaitRead() }()
+			select {
+			case err := <-waited:
+				t.Fatalf("WaitRead returned %v before there was data", err)
+			case <-time.After(50 * time.Millisecond):
+			}
 			if _, err := a.Write([]byte("now")); err != nil {
 				t.Fatal(err)
 			}
 			if err := <-waited; err != nil {
 				t.Fatalf("WaitRead once data came: %v", err)
 			}
-			got := make([]byte, 3)
+			got = got[:3]
 			if _, err := io.ReadFull(b, got); err != nil || string(got) != "now" {
 				t.Fatalf("Read after WaitRead: %q, %v", got, err)
 			}
+			// The read deadline bounds it.
+			b.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			if err := b.WaitRead(); !isTimeout(err) {
+				t.Fatalf("WaitRead past the read deadline: %v, want a timeout", err)
+			}
+			b.SetReadDeadline(time.Now().Add(testenv.Deadline(30 * time.Second)))
+			// The end.
 			a.CloseWrite()
-			if err := w.WaitRead(); err != io.EOF {
+			if err := b.WaitRead(); err != io.EOF {
 				t.Fatalf("WaitRead at the end: %v, want EOF", err)
+			}
+		}},
+		{"shrink", func(t *testing.T, tr Transport) {
+			_, _, a, b := conformancePair(t, tr)
+			exchangeStreams(t, a, b, 1<<20, 3)
+			err := b.Shrink()
+			if shrinkTransports[transportName(tr)] {
+				if err != nil {
+					t.Fatalf("Shrink: %v", err)
+				}
+			} else if !errors.Is(err, ErrNotSupported) {
+				t.Fatalf("Shrink: %v, want ErrNotSupported", err)
+			}
+			// Either way the stream goes on.
+			exchangeStreams(t, a, b, 1<<20, 4)
+		}},
+		{"cut notice", func(t *testing.T, tr Transport) {
+			_, _, a, b := conformancePair(t, tr)
+			cut := make(chan error, 1)
+			b.OnCut(func(err error) { cut <- err })
+			// A reset by the peer is not a cut of the transport's own:
+			// b reads it as ever.
+			a.Abort()
+			if _, err := io.ReadAll(b); !errors.Is(err, ErrStreamReset) {
+				t.Fatalf("read after the peer's reset: %v, want ErrStreamReset", err)
+			}
+			select {
+			case err := <-cut:
+				t.Fatalf("the peer's reset was told as a cut: %v", err)
+			default:
+			}
+			// A transport that cuts streams itself (QUIC's stall guard)
+			// tells by OnCut, with the reason.
+			if qs, ok := b.(*quicStream); ok {
+				qs.cutStalled()
+				if err := <-cut; !errors.Is(err, ErrStalled) {
+					t.Fatalf("the stall guard's cut was told as %v, want ErrStalled", err)
+				}
 			}
 		}},
 		{"concurrent streams", func(t *testing.T, tr Transport) {
@@ -335,6 +389,217 @@ func TestStreamNetConn(t *testing.T) {
 				}
 				return a, b, stop, nil
 			})
+		})
+	}
+}
+
+// shrinkTransports names the transports whose streams can give back an
+// idle receive window; the others must say they cannot (ErrNotSupported).
+var shrinkTransports = map[string]bool{"tcp": true, "quic": false}
+
+// transportName is tr's name in the transports list.
+func transportName(tr Transport) string {
+	switch tr.(type) {
+	case TCPTransport:
+		return "tcp"
+	case QUICTransport:
+		return "quic"
+	}
+	return fmt.Sprintf("%T", tr)
+}
+
+// datagramTransports names the transports that carry session datagrams;
+// the others must say they do not (ErrNotSupported).
+var datagramTransports = map[string]bool{"tcp": false, "quic": true}
+
+// TestSessionConformance: what every session of every transport must do,
+// and what one that cannot must say it cannot.
+func TestSessionConformance(t *testing.T) {
+	tests := []struct {
+		name string
+		run  func(t *testing.T, name string, tr Transport)
+	}{
+		{"silent for", func(t *testing.T, _ string, tr Transport) {
+			client, server, a, b := conformancePair(t, tr)
+			// Whatever the peer sent after before, the session heard
+			// it: its silence is no longer than the time since.
+			for _, end := range []struct {
+				what string
+				s    Session
+				from Stream
+				to   Stream
+			}{{"client", client, b, a}, {"server", server, a, b}} {
+				before := time.Now()
+				if _, err := end.from.Write([]byte("x")); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.ReadFull(end.to, make([]byte, 1)); err != nil {
+					t.Fatal(err)
+				}
+				if d, since := end.s.SilentFor(), time.Since(before); d < 0 || d > since {
+					t.Errorf("%s: SilentFor %v right after hearing the peer %v ago", end.what, d, since)
+				}
+			}
+		}},
+		{"end cause", func(t *testing.T, name string, tr Transport) {
+			client, server := sessionPair(t, tr)
+			client.Close()
+			select {
+			case <-server.Done():
+			case <-time.After(testenv.Deadline(10 * time.Second)):
+				t.Fatal("the server session did not end after the client closed it")
+			}
+			if c := client.EndCause(); c.Code != EndClosed {
+				t.Errorf("the closing end's cause: %v, want %s", c, EndClosed)
+			}
+			// The peer's is the peer's close; over TCP it may be the
+			// reset that the closing end's kernel sends for a link with
+			// unread data in its buffer (see TestEndCauseTCP, whose
+			// proxy takes that away).
+			switch c := server.EndCause(); {
+			case c.Code == EndPeerClosed:
+			case name == "tcp" && (c.Code == EndReadError || c.Code == EndWriteError) && c.Errno != 0:
+			default:
+				t.Errorf("the peer's cause: %v, want %s", c, EndPeerClosed)
+			}
+		}},
+		{"datagrams", func(t *testing.T, name string, tr Transport) {
+			client, server := sessionPair(t, tr)
+			ctx, cancel := context.WithTimeout(context.Background(), testenv.Deadline(10*time.Second))
+			defer cancel()
+			want := AppendFlowDatagram(nil, 7, []byte("datagram"))
+			err := client.SendDatagram(want)
+			if !datagramTransports[name] {
+				if !errors.Is(err, ErrNotSupported) {
+					t.Errorf("SendDatagram: %v, want ErrNotSupported", err)
+				}
+				if _, err := server.ReceiveDatagram(ctx); !errors.Is(err, ErrNotSupported) {
+					t.Errorf("ReceiveDatagram: %v, want ErrNotSupported at once", err)
+				}
+				if ctx.Err() != nil {
+					t.Error("ReceiveDatagram waited for a datagram that cannot come")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("SendDatagram: %v", err)
+			}
+			// The heartbeat (flow 0) comes too; each one sent is also
+			// a chance for the test's datagram, which may be lost.
+			for i := 0; ; i++ {
+				got, err := server.ReceiveDatagram(ctx)
+				if err != nil {
+					t.Fatalf("ReceiveDatagram: %v", err)
+				}
+				if bytes.Equal(got, want) {
+					break
+				}
+				if i%2 == 1 {
+					_ = client.SendDatagram(want)
+				}
+			}
+			if err := client.SendDatagram(make([]byte, 64<<10)); !errors.Is(err, ErrDatagramTooLarge) {
+				t.Errorf("SendDatagram of 64 KiB: %v, want ErrDatagramTooLarge", err)
+			}
+		}},
+	}
+	for _, tr := range transports {
+		for _, tt := range tests {
+			t.Run(tr.name+"/"+tt.name, func(t *testing.T) {
+				leak.Check(t)
+				tt.run(t, tr.name, tr.tr)
+			})
+		}
+	}
+}
+
+// TestConnRefuse: a link the relay refuses before authentication tells
+// the agent the relay is busy, over every transport.
+func TestConnRefuse(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			leak.Check(t)
+			cert, fp := testCert(t)
+			ln, err := tr.tr.Listen("127.0.0.1:0", ServerTLSConfig(cert))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			conf, err := PinnedTLSConfig(fp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), testenv.Deadline(10*time.Second))
+			defer cancel()
+			accepted := make(chan error, 1)
+			go func() {
+				c, err := ln.Accept(ctx)
+				if err == nil {
+					if c.Admission() != nil {
+						err = errors.New("an admission without Admit")
+					}
+					c.Refuse()
+				}
+				accepted <- err
+			}()
+			c, err := tr.tr.Dial(ctx, ln.Addr().String(), conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(testenv.Deadline(10 * time.Second)))
+			// QUIC's handshake may end before the refusal arrives: the
+			// first read then tells.
+			err = c.Handshake(ctx)
+			if err == nil {
+				_, err = c.Read(make([]byte, 1))
+			}
+			if !errors.Is(err, ErrBusy) {
+				t.Errorf("the refused agent read %v, want ErrBusy", err)
+			}
+			if err := <-accepted; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// wrapped is a stream wrapper such as the relay's (which wraps a CutAware
+// stream again): it changes Read, and the rest passes through.
+type wrapped struct{ Stream }
+
+func (w wrapped) Read(p []byte) (int, error) { return w.Stream.Read(p) }
+
+// TestSpliceResetsWrappedStream: a splice that fails resets a stream
+// under any wrappers, as it does a bare one: the stream's peer reads
+// ErrStreamReset, not the clean end that would pass the cut transfer off
+// as complete.
+func TestSpliceResetsWrappedStream(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			leak.Check(t)
+			_, _, a, b := conformancePair(t, tr.tr)
+			x, y := tcpPair(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				_, _, err := Splice(ctx, x, wrapped{CutAware(a, func() bool { return false })})
+				done <- err
+			}()
+			// Data flows both ways through the wrappers.
+			if _, err := y.Write([]byte("ping")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(b, make([]byte, 4)); err != nil {
+				t.Fatal(err)
+			}
+			cancel()
+			if err := <-done; !errors.Is(err, context.Canceled) {
+				t.Errorf("Splice: %v, want context.Canceled", err)
+			}
+			if _, err := io.ReadAll(b); !errors.Is(err, ErrStreamReset) {
+				t.Errorf("the peer of the spliced stream read %v, want ErrStreamReset", err)
+			}
 		})
 	}
 }

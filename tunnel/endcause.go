@@ -44,7 +44,7 @@ const (
 	EndMuxError EndCode = "mux_error"
 )
 
-// EndCause is why a session ended; see Ender.
+// EndCause is why a session ended; see Session.EndCause.
 type EndCause struct {
 	Code EndCode
 	// Err is what ended the session: nil for a Close of this end.
@@ -58,21 +58,6 @@ type EndCause struct {
 	RTT time.Duration
 	// Streams is the number of streams open when the session ended.
 	Streams int
-}
-
-// Ender is implemented by sessions that can tell why they ended: every
-// Session of this package.
-type Ender interface {
-	// EndCause is why the session ended; valid once Done is closed.
-	EndCause() EndCause
-}
-
-// EndCauseOf returns why sess ended, once it has.
-func EndCauseOf(sess Session) EndCause {
-	if e, ok := sess.(Ender); ok {
-		return e.EndCause()
-	}
-	return EndCause{Code: EndClosed}
 }
 
 // String puts the cause in words.

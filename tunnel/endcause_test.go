@@ -274,7 +274,7 @@ func TestSlowLinkStaysUp(t *testing.T) {
 	}
 	for _, s := range []Session{client, server} {
 		if isClosed(s.Done()) {
-			t.Fatalf("a session ended: %v", EndCauseOf(s))
+			t.Fatalf("a session ended: %v", s.EndCause())
 		}
 	}
 }
@@ -284,7 +284,7 @@ func endedWith(s Session) string {
 	if !isClosed(s.Done()) {
 		return "up"
 	}
-	return EndCauseOf(s).String()
+	return s.EndCause().String()
 }
 
 // waitEnd waits for s to end and returns why.
@@ -295,7 +295,7 @@ func waitEnd(t *testing.T, s Session, what string) EndCause {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("%s: the session did not end", what)
 	}
-	return EndCauseOf(s)
+	return s.EndCause()
 }
 
 // TestEndCauseTCP: each way a TCP session ends is told apart, at both ends,

@@ -47,7 +47,7 @@ type QUICTransport struct {
 	// Admit, on the relay, when set, is asked about each client before
 	// its handshake starts (before any crypto work, and after the Retry
 	// above): an error refuses the client at once (it reads ErrBusy).
-	// What it returns comes back with the link (AdmissionOf); if the
+	// What it returns comes back with the link (Conn.Admission); if the
 	// handshake fails before Accept, its Abort is called instead.
 	Admit func(remote net.Addr) (Admission, error)
 	// OnSmallBuffers, when set, is called for a UDP socket whose kernel
@@ -108,7 +108,7 @@ const (
 	quicCodeClosed quic.ApplicationErrorCode = 0
 	quicCodeAbort  quic.StreamErrorCode      = 1
 	// quicCodeBusy closes a link the relay refuses before authentication
-	// (see Refuse).
+	// (see Conn.Refuse).
 	quicCodeBusy quic.ApplicationErrorCode = 2
 )
 
@@ -237,21 +237,6 @@ func (t QUICTransport) Listen(addr string, conf *tls.Config) (Listener, error) {
 }
 
 var errTooManyHandshakes = errors.New("too many QUIC handshakes in progress")
-
-// Admission is what a QUIC listener's Admit returned for a client.
-type Admission interface {
-	// Abort ends an admission whose handshake failed before Accept.
-	Abort()
-}
-
-// AdmissionOf returns what Admit returned for an accepted link (nil for
-// another link).
-func AdmissionOf(c Conn) Admission {
-	if l, ok := c.(*quicLink); ok {
-		return l.adm
-	}
-	return nil
-}
 
 // handshakes counts QUIC handshakes in progress on a listener.
 type handshakes struct{ n atomic.Int64 }
@@ -484,9 +469,13 @@ func (l *quicLink) Read(p []byte) (int, error) {
 	return n, quicWords(err)
 }
 
-// refuse closes the link as refused before authentication: the agent reads
+// Admission is what Admit returned for the link (nil on the client, or
+// without Admit).
+func (l *quicLink) Admission() Admission { return l.adm }
+
+// Refuse closes the link as refused before authentication: the agent reads
 // ErrBusy.
-func (l *quicLink) refuse() {
+func (l *quicLink) Refuse() {
 	l.mu.Lock()
 	c := l.conn
 	l.mu.Unlock()
@@ -603,7 +592,7 @@ func (l *quicLink) Mux(SessionConfig) (Session, error) {
 // before its idle timeout; this one does, within a period. It also keeps
 // NAT mappings fresh, so a router that lost them learns them again at
 // once; and what arrives tells each side that the other is there (see
-// Silence).
+// Session.SilentFor).
 func heartbeat(c *quic.Conn, period time.Duration) {
 	t := time.NewTicker(period)
 	defer t.Stop()
@@ -641,7 +630,7 @@ type quicSession struct {
 // ended notes why the connection ended, unless this end closed it.
 func (s *quicSession) ended() { s.end.note(context.Cause(s.conn.Context())) }
 
-// EndCause is why the session ended; see Ender.
+// EndCause is why the session ended; see Session.
 func (s *quicSession) EndCause() EndCause {
 	if s.conn.Context().Err() != nil {
 		s.ended() // if the AfterFunc has not run yet
@@ -653,10 +642,10 @@ func (s *quicSession) EndCause() EndCause {
 }
 
 // SilentFor is the time since a datagram (the peer's heartbeat, every
-// second) or stream data last arrived; see Silence.
+// second) or stream data last arrived; see Session.
 func (s *quicSession) SilentFor() time.Duration { return s.heard.silentFor() }
 
-var _ DatagramSession = (*quicSession)(nil)
+var _ Session = (*quicSession)(nil)
 
 func (s *quicSession) SendDatagram(b []byte) error {
 	err := s.conn.SendDatagram(b)
@@ -815,6 +804,8 @@ type quicStream struct {
 	stalled  atomic.Bool                 // the guard reset the stream
 	cut      atomic.Pointer[func(error)] // see OnCut
 
+	peek [1]byte // for WaitRead, by the reader only
+
 	wmu     sync.Mutex // held by Write and CloseWrite
 	finSent bool       // under wmu
 	closed  atomic.Bool
@@ -833,8 +824,23 @@ func (s *quicStream) Read(p []byte) (int, error) {
 	if err == nil || errors.As(err, &ne) && ne.Timeout() {
 		s.outSince.Store(s.guard.now()) // until the next Read
 	}
-	return n, s.mapErr(err)
+	return n, s.readErr(err)
 }
+
+// WaitRead waits with quic-go's Peek of one byte, which takes nothing. For
+// the stall guard, the reader waits in Read meanwhile.
+func (s *quicStream) WaitRead() error {
+	s.outSince.Store(0)
+	_, err := s.st.Peek(s.peek[:])
+	return s.readErr(err)
+}
+
+// errQUICShrink: quic-go grows a stream's receive window and never
+// shrinks it; the stall guard bounds what the windows hold together.
+var errQUICShrink = fmt.Errorf("shrink a QUIC stream's receive window: %w", ErrNotSupported)
+
+// Shrink fails with ErrNotSupported; see errQUICShrink.
+func (s *quicStream) Shrink() error { return errQUICShrink }
 
 func (s *quicStream) Write(p []byte) (int, error) {
 	s.wmu.Lock()
@@ -844,6 +850,20 @@ func (s *quicStream) Write(p []byte) (int, error) {
 	}
 	n, err := s.st.Write(p)
 	return n, s.mapErr(err)
+}
+
+// readErr is mapErr for a read, which also tells the peer's reset
+// (ErrStreamReset) from an end of stream.
+func (s *quicStream) readErr(err error) error {
+	if err == nil {
+		return nil // before se, which escapes: no allocation per Read
+	}
+	err = s.mapErr(err)
+	var se *quic.StreamError
+	if errors.As(err, &se) && se.Remote {
+		return &wordedError{words: ErrStreamReset, err: err}
+	}
+	return err
 }
 
 // mapErr tells the stall guard's reset from others, and puts the

@@ -28,8 +28,8 @@ const StallTimeout = 30 * time.Second
 // Copy buffers. A connection waits for data most of its life, so a waiting
 // read uses a small buffer; a read that fills it means data is flowing,
 // and the pipe takes a large buffer for as long as reads keep filling it,
-// giving it back before it waits again. Both come from pools. A source
-// that can wait for data without a buffer (see readWaiter) holds none
+// giving it back before it waits again. Both come from pools. A stream
+// waits for data without a buffer (Stream.WaitRead), and so holds none
 // while it waits.
 const (
 	smallBuf = 512
@@ -40,13 +40,6 @@ var (
 	smallPool = sync.Pool{New: func() any { b := make([]byte, smallBuf); return &b }}
 	largePool = sync.Pool{New: func() any { b := make([]byte, largeBuf); return &b }}
 )
-
-// readWaiter is a source that can wait until it has data to read, or has
-// ended, without a buffer to read into. An error it returns comes again
-// from the Read that follows.
-type readWaiter interface {
-	WaitRead() error
-}
 
 // Splice copies a to b and b to a until both directions have ended. EOF in
 // one direction becomes CloseWrite on the other end and the opposite
@@ -98,10 +91,10 @@ func SpliceCounted(ctx context.Context, a, b HalfCloser, countAB, countBA *atomi
 			ba.unpark()
 		})
 	}
-	// An end that its session may cut (see stallGuard) ends the splice.
+	// A stream that its transport cuts (see Stream.OnCut) ends the splice.
 	for _, end := range [...]HalfCloser{a, b} {
-		if c, ok := find[cutter](end); ok {
-			c.OnCut(abort)
+		if st, ok := end.(Stream); ok {
+			st.OnCut(abort)
 		}
 	}
 	ab = newPipe(b, a, &halfDone, abort)
@@ -124,16 +117,21 @@ func SpliceCounted(ctx context.Context, a, b HalfCloser, countAB, countBA *atomi
 	return ab.n, ba.n, cause
 }
 
-// reset makes the coming Close abortive where the end supports it: a TCP
-// connection sends RST instead of FIN, a stream resets.
+// reset makes the coming Close abortive: a stream resets (Abort), a TCP
+// connection sends RST instead of FIN.
 func reset(c HalfCloser) {
-	if c, ok := c.(interface{ SetLinger(int) error }); ok {
+	switch c := c.(type) {
+	case Stream:
+		c.Abort()
+	case lingerer:
 		_ = c.SetLinger(0)
-		return
 	}
-	if a, ok := find[interface{ Abort() }](c); ok {
-		a.Abort()
-	}
+}
+
+// lingerer is a TCP end of a splice (a *net.TCPConn, or a connection
+// that embeds one), whose linger decides how its Close ends it.
+type lingerer interface {
+	SetLinger(sec int) error
 }
 
 // resetOnCrash sets a TCP end's linger to zero (on) or back to the
@@ -143,42 +141,13 @@ func reset(c HalfCloser) {
 // off before it closes. Streams need nothing: their session's end is
 // already an error (ErrStreamCut, a QUIC or TCP reset) at the other end.
 func resetOnCrash(c HalfCloser, on bool) {
-	if c, ok := c.(interface{ SetLinger(int) error }); ok {
+	if c, ok := c.(lingerer); ok {
 		sec := -1
 		if on {
 			sec = 0
 		}
 		_ = c.SetLinger(sec)
 	}
-}
-
-// find returns c, or the first stream it wraps (see Wrapper), that is a T.
-func find[T any](c any) (T, bool) {
-	for range 8 { // wrappers are few; a cycle must not hang
-		if t, ok := c.(T); ok {
-			return t, true
-		}
-		w, ok := c.(Wrapper)
-		if !ok {
-			break
-		}
-		c = w.Unwrap()
-	}
-	var zero T
-	return zero, false
-}
-
-// cutter is a stream that its session may reset (see stallGuard): it
-// calls the function given to OnCut instead, with the reason.
-type cutter interface {
-	OnCut(func(error))
-}
-
-// Wrapper is a stream that wraps another and changes some of its methods.
-// Splice looks through it for what the wrapped stream can do: reset
-// (Abort) and shrink its idle receive window (Shrink).
-type Wrapper interface {
-	Unwrap() Stream
 }
 
 // parkAfter is how long a TCP connection may send nothing before the
@@ -194,12 +163,14 @@ const parkAfter = 20 * time.Millisecond
 // ended, every write of the other must make progress within StallTimeout.
 type pipe struct {
 	dst, src HalfCloser
+	stream   Stream // src, if it is a stream
 	halfDone *atomic.Bool
 	abort    func(error)
 	n        int64         // bytes copied
 	count    *atomic.Int64 // also counts them, if set
 	bp       *[]byte       // the large buffer, while data flows
 	shrink   *time.Timer   // releases src's drained buffer once idle
+	noShrink atomic.Bool   // src has nothing to release (ErrNotSupported)
 	park     *parking      // src's readiness wait, nil where it cannot park
 	parkOff  bool          // park failed: wait in Read instead
 	deadline time.Time     // src's read deadline, while it can park
@@ -208,15 +179,24 @@ type pipe struct {
 
 func newPipe(dst, src HalfCloser, halfDone *atomic.Bool, abort func(error)) *pipe {
 	p := &pipe{dst: dst, src: src, halfDone: halfDone, abort: abort, park: newParking(src)}
-	// A yamux stream's receive window grows during a transfer, and what
-	// it lets the peer send waits at this end while the reader lags. Once
+	// A stream's receive window grows during a transfer, and what it
+	// lets the peer send waits at this end while the reader lags. Once
 	// reads have drained the stream and none came for shrinkAfter, the
-	// window falls back (see recvWindows).
-	if shrink := shrinkFunc(src); shrink != nil {
-		p.shrink = time.AfterFunc(time.Hour, shrink)
+	// stream gives back what it can (Stream.Shrink).
+	if st, ok := src.(Stream); ok {
+		p.stream = st
+		p.shrink = time.AfterFunc(time.Hour, p.shrinkIdle)
 		p.shrink.Stop()
 	}
 	return p
+}
+
+// shrinkIdle shrinks src, which has been drained and idle for
+// shrinkAfter; a stream that has nothing to give back is not asked again.
+func (p *pipe) shrinkIdle() {
+	if err := p.stream.Shrink(); errors.Is(err, ErrNotSupported) {
+		p.noShrink.Store(true)
+	}
 }
 
 // resume runs p on the current goroutine until it ends or parks.
@@ -242,15 +222,14 @@ func (p *pipe) finish() {
 // idle for parkAfter and p is parked, and returns false: p then belongs
 // to the goroutine that resumes it.
 func (p *pipe) run() bool {
-	waiter, _ := p.src.(readWaiter)
 	for {
 		var sp *[]byte // the small buffer, for one read
 		buf := []byte(nil)
 		if p.bp != nil {
 			buf = *p.bp
 		} else {
-			if waiter != nil {
-				_ = waiter.WaitRead()
+			if p.stream != nil {
+				_ = p.stream.WaitRead() // its error comes again from Read
 			}
 			sp = smallPool.Get().(*[]byte)
 			buf = *sp
@@ -286,7 +265,7 @@ func (p *pipe) run() bool {
 				largePool.Put(p.bp) // the next read is likely to wait
 				p.bp = nil
 			}
-			if p.shrink != nil && nr < len(buf) {
+			if p.shrink != nil && nr < len(buf) && !p.noShrink.Load() {
 				p.shrink.Reset(shrinkAfter)
 			}
 		}
@@ -342,15 +321,6 @@ func (p *pipe) unpark() {
 // receive window falls back (see pipe).
 const shrinkAfter = time.Second
 
-// shrinkFunc returns the function that shrinks c's receive window, or nil
-// when c has none to shrink.
-func shrinkFunc(c HalfCloser) func() {
-	if s, ok := find[interface{ Shrink() }](c); ok {
-		return s.Shrink
-	}
-	return nil
-}
-
 // ErrStreamCut is read from a stream whose session ended without notice
 // while the stream was open.
 var ErrStreamCut = errors.New("session lost, stream cut")
@@ -377,13 +347,11 @@ func (c *cutAware) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// WaitRead waits for data where the stream can (see readWaiter).
+// WaitRead is the stream's, with an end told apart as in Read.
 func (c *cutAware) WaitRead() error {
-	if w, ok := c.Stream.(readWaiter); ok {
-		return w.WaitRead()
+	err := c.Stream.WaitRead()
+	if err == io.EOF && c.lost() {
+		err = ErrStreamCut
 	}
-	return nil
+	return err
 }
-
-// Unwrap returns the stream c wraps.
-func (c *cutAware) Unwrap() Stream { return c.Stream }

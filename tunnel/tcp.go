@@ -71,8 +71,10 @@ type tlsLink struct {
 	client bool
 }
 
+var _ Conn = (*tlsLink)(nil)
+
 // Handshake runs the TLS handshake. A relay that refuses the link (see
-// Refuse) closes it before the handshake: the client reads ErrBusy.
+// Conn.Refuse) closes it before the handshake: the client reads ErrBusy.
 func (c *tlsLink) Handshake(ctx context.Context) error {
 	err := c.HandshakeContext(ctx)
 	if c.client && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
@@ -80,6 +82,13 @@ func (c *tlsLink) Handshake(ctx context.Context) error {
 	}
 	return err
 }
+
+// Refuse closes the link before the TLS handshake: the agent reads ErrBusy
+// (see Handshake).
+func (c *tlsLink) Refuse() { c.Close() }
+
+// Admission is nil: a TCP link is admitted after Accept.
+func (c *tlsLink) Admission() Admission { return nil }
 
 // Mux runs the TCP transport's layer over yamux on the link (see
 // newYamuxSession); the dialing side is yamux's client.

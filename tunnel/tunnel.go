@@ -11,6 +11,17 @@
 //     Authenticate).
 //  3. Session: the link becomes a multiplexed Session; the agent opens one
 //     control stream, and the relay opens one stream per visitor.
+//
+// Conn, Session and Stream are the whole contract of a transport: the
+// TCP transport (tcp.go, yamux*.go) and QUIC (quic.go) implement every
+// method, and the conformance suite (conformance_test.go) runs each over
+// both. Nothing is found by type assertion. What a transport cannot do
+// (session datagrams over TCP, giving back a QUIC stream's window) fails
+// with an error that wraps ErrNotSupported, and callers fall back. A
+// wrapper of a stream embeds it, so that what it does not change passes
+// through. Settings reach a transport once: the SessionConfig given to
+// Mux (TCP) or to QUICTransport (QUIC, whose settings apply when the
+// connection is made).
 package tunnel
 
 import (
@@ -53,12 +64,32 @@ type Conn interface {
 	LocalAddr() net.Addr
 	RemoteAddr() net.Addr
 	Close() error
+	// Refuse closes a link that the relay will not serve, telling the
+	// agent it is busy (ErrBusy): QUIC with an application close code,
+	// TCP by closing before the TLS handshake, which the agent reads as
+	// busy too.
+	Refuse()
+	// Admission is what the listener admitted the link with before its
+	// handshake (see QUICTransport.Admit); nil where it admitted none (a
+	// TCP link is admitted after Accept).
+	Admission() Admission
 	// Mux turns the authenticated link into a multiplexed session. The
 	// dialing side is the client.
 	Mux(cfg SessionConfig) (Session, error)
 }
 
+// Admission is what a listener admitted a link with before its handshake.
+type Admission interface {
+	// Abort ends an admission whose handshake failed before Accept.
+	Abort()
+}
+
 // Session is one authenticated, multiplexed link between agent and relay.
+//
+// Every method is part of every transport. Where a transport cannot do
+// what one asks (session datagrams over TCP), the method fails at once
+// with an error that wraps ErrNotSupported, and the caller falls back
+// (a UDP flow's datagrams go on its stream).
 type Session interface {
 	// OpenStream opens a new stream to the peer.
 	OpenStream(ctx context.Context) (Stream, error)
@@ -68,6 +99,21 @@ type Session interface {
 	Done() <-chan struct{}
 	// Close ends the session and every stream in it.
 	Close() error
+	// EndCause is why the session ended; valid once Done is closed.
+	EndCause() EndCause
+	// SilentFor is how long the peer has sent nothing at all. A client
+	// session hears from the relay at least every second while the link
+	// works (the relay answers its pings over TCP, and sends its own
+	// heartbeat over QUIC), so a longer silence means the link is in
+	// trouble well before the keepalive declares it dead.
+	SilentFor() time.Duration
+	// SendDatagram sends b as one unreliable datagram, or fails with
+	// ErrDatagramTooLarge where it does not fit on the path, or with
+	// ErrNotSupported where the session carries no datagrams (TCP).
+	SendDatagram(b []byte) error
+	// ReceiveDatagram waits for the next datagram; it fails at once with
+	// ErrNotSupported where the session carries none.
+	ReceiveDatagram(ctx context.Context) ([]byte, error)
 	// NumStreams is the number of open streams.
 	NumStreams() int
 	// RTT is the session's smoothed round-trip time; 0 until measured.
@@ -76,19 +122,36 @@ type Session interface {
 	RemoteAddr() net.Addr
 }
 
-// Silence is implemented by sessions that can tell how long the peer has
-// been quiet. A client session hears from the relay at least every second
-// while the link works (it pings that often), so a longer silence means
-// the link is in trouble well before the keepalive declares it dead.
-type Silence interface {
-	SilentFor() time.Duration
-}
-
-// Stream is one bidirectional byte stream within a Session.
+// Stream is one bidirectional byte stream within a Session. Every method
+// is part of every transport; one the transport cannot carry out fails
+// with an error that wraps ErrNotSupported. A wrapper of a stream (see
+// CutAware) embeds it, so that what it does not change passes through.
 type Stream interface {
 	net.Conn
 	// CloseWrite sends EOF to the peer; reading goes on.
 	CloseWrite() error
+	// Abort resets the stream both ways: the peer reads ErrStreamReset,
+	// never an end of stream, so that a cut transfer does not look
+	// complete. Close still follows, as for every stream.
+	Abort()
+	// WaitRead waits until the stream has data to read or has ended,
+	// without a buffer to read into, so that a reader that mostly waits
+	// holds none (see Splice). An error it returns comes again from the
+	// Read that follows; the read deadline applies.
+	WaitRead() error
+	// Shrink gives back what the stream holds for a reader that drained
+	// it and has read nothing since shrinkAfter: the TCP transport's
+	// grown receive window (see recvWindows). It fails with
+	// ErrNotSupported where the transport keeps nothing it can give back
+	// (QUIC: quic-go's windows only grow; its stall guard bounds them).
+	Shrink() error
+	// OnCut sets what is called, with the reason, when the transport
+	// itself cuts the stream while the session lives (QUIC's stall
+	// guard, see ErrStalled), in place of a plain reset: Splice then
+	// ends and resets both its ends. A transport that never cuts a
+	// stream (TCP, whose streams share the session by receive windows
+	// alone) never calls it.
+	OnCut(f func(reason error))
 }
 
 // SessionConfig tunes a Session.
@@ -144,16 +207,14 @@ const ALPN = "homeport/1"
 // agent's address. Nothing is wrong with the agent; it tries again soon.
 var ErrBusy = errors.New("relay busy")
 
-// Refuse closes a link that the relay will not serve, telling the agent it
-// is busy where the transport can (QUIC: an application close code; TCP:
-// closed before the TLS handshake, which the agent reads as busy too).
-func Refuse(c Conn) {
-	if r, ok := c.(interface{ refuse() }); ok {
-		r.refuse()
-		return
-	}
-	c.Close()
-}
+// ErrNotSupported is wrapped by the error of a method that the transport
+// cannot carry out (session datagrams over TCP). Callers check it with
+// errors.Is and fall back.
+var ErrNotSupported = errors.New("not supported by this transport")
+
+// ErrStreamReset is read from a stream that the peer reset (Abort): the
+// data was cut, not complete.
+var ErrStreamReset = errors.New("stream reset by the peer")
 
 // ErrSessionClosed is returned by OpenStream and AcceptStream on a session
 // that has ended.

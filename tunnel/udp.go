@@ -29,16 +29,6 @@ const MaxDatagram = 65507
 // not fit in one QUIC DATAGRAM frame on the current path.
 var ErrDatagramTooLarge = errors.New("datagram too large for the session")
 
-// DatagramSession is a Session that also carries unreliable datagrams.
-type DatagramSession interface {
-	Session
-	// SendDatagram sends b as one datagram, or fails with
-	// ErrDatagramTooLarge.
-	SendDatagram(b []byte) error
-	// ReceiveDatagram waits for the next datagram.
-	ReceiveDatagram(ctx context.Context) ([]byte, error)
-}
-
 // WriteDatagram frames p on a flow's stream in a single Write.
 func WriteDatagram(w io.Writer, p []byte) error {
 	if len(p) > MaxDatagram {
@@ -88,14 +78,11 @@ func ParseFlowDatagram(b []byte) (flow uint32, p []byte, err error) {
 
 // ReceiveFlowDatagrams reads sess's session datagrams until the session or
 // ctx ends, and hands each to deliver with its flow number; malformed ones
-// are dropped. A session without datagrams returns at once.
+// are dropped. A session without datagrams (ErrNotSupported) returns at
+// once.
 func ReceiveFlowDatagrams(ctx context.Context, sess Session, deliver func(flow uint32, p []byte)) {
-	ds, ok := sess.(DatagramSession)
-	if !ok {
-		return
-	}
 	for {
-		b, err := ds.ReceiveDatagram(ctx)
+		b, err := sess.ReceiveDatagram(ctx)
 		if err != nil {
 			return
 		}

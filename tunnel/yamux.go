@@ -108,7 +108,7 @@ func (s *yamuxSession) numStreams() int {
 	return s.s.NumStreams()
 }
 
-// EndCause is why the session ended; see Ender.
+// EndCause is why the session ended; see Session.
 func (s *yamuxSession) EndCause() EndCause {
 	if s.s.IsClosed() {
 		// Every other end is noted before yamux closes; yamux closing
@@ -158,8 +158,20 @@ func (s *yamuxSession) stream(st *yamux.Stream) *yamuxStream {
 const relayPingPeriod = 5 * time.Second
 
 // SilentFor is the time since the relay or agent last sent anything on the
-// session; see Silence.
+// session; see Session.
 func (s *yamuxSession) SilentFor() time.Duration { return s.heard.silentFor() }
+
+// errNoDatagrams: yamux carries streams only.
+var errNoDatagrams = fmt.Errorf("session datagrams over TCP: %w", ErrNotSupported)
+
+// SendDatagram fails with ErrNotSupported: a UDP flow's datagrams go on
+// its stream.
+func (s *yamuxSession) SendDatagram([]byte) error { return errNoDatagrams }
+
+// ReceiveDatagram fails with ErrNotSupported at once.
+func (s *yamuxSession) ReceiveDatagram(context.Context) ([]byte, error) {
+	return nil, errNoDatagrams
+}
 
 // heartbeat pings the peer at once and then every period until the
 // session ends, and notes each round trip. A ping that goes unanswered
@@ -236,6 +248,10 @@ func (s *yamuxSession) NumStreams() int      { return s.s.NumStreams() }
 func (s *yamuxSession) RTT() time.Duration   { return time.Duration(s.fw.wins.rtt.Load()) }
 func (s *yamuxSession) LocalAddr() net.Addr  { return s.s.LocalAddr() }
 func (s *yamuxSession) RemoteAddr() net.Addr { return s.s.RemoteAddr() }
+
+// errYamuxReset is read from, and written to, a stream that the peer
+// reset (a RST: see yamuxStream.Abort).
+var errYamuxReset = fmt.Errorf("%w: %w", ErrStreamReset, yamux.ErrConnectionReset)
 
 func mapYamuxErr(err error) error {
 	if errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, io.EOF) {
@@ -350,9 +366,15 @@ func (s *yamuxStream) Read(p []byte) (int, error) {
 // Shrink returns the stream's window to baseWindow if nothing was read
 // for shrinkAfter; the splice calls it shrinkAfter after a read that
 // drained the stream. (A drained streamRx holds no buffer.)
-func (s *yamuxStream) Shrink() {
+func (s *yamuxStream) Shrink() error {
 	s.ys.fw.wins.shrink(s.StreamID(), time.Now())
+	return nil
 }
+
+// OnCut does nothing: the TCP transport never cuts a stream of a live
+// session (its streams share the session by receive windows alone), and
+// the streams of a dead one read ErrStreamCut.
+func (s *yamuxStream) OnCut(func(error)) {}
 
 // WaitRead waits until the stream has data or has ended.
 func (s *yamuxStream) WaitRead() error {

@@ -92,7 +92,7 @@ func (rx *streamRx) waitLocked() error {
 	for {
 		switch {
 		case rx.rst:
-			return yamux.ErrConnectionReset
+			return errYamuxReset
 		case rx.closed:
 			return yamux.ErrStreamClosed
 		case !rx.deadline.IsZero() && !time.Now().Before(rx.deadline):

@@ -116,7 +116,7 @@ func (ss *sendWindows) take(id uint32, n int, deadline func() time.Time, done <-
 			return 0, yamux.ErrStreamClosed
 		case sw.reset:
 			ss.mu.Unlock()
-			return 0, yamux.ErrConnectionReset
+			return 0, errYamuxReset
 		case sw.credit > 0:
 			k := int(min(uint64(n), sw.credit))
 			sw.credit -= uint64(k)

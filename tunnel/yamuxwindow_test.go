@@ -519,25 +519,3 @@ func TestStalledStreamsSpareOthers(t *testing.T) {
 		t.Fatalf("a new stream beside %d stalled ones got %d of 1 MiB: %v", stalled, n, err)
 	}
 }
-
-// wrapped is a stream wrapper such as the relay's, hiding the stream's
-// own methods.
-type wrapped struct{ Stream }
-
-func (w wrapped) Unwrap() Stream { return w.Stream }
-
-// TestSpliceFindsThroughWrappers: a splice releases the idle buffer and
-// resets the stream under any wrappers (the relay wraps its streams
-// twice), as it does a bare one.
-func TestSpliceFindsThroughWrappers(t *testing.T) {
-	client, server, _ := yamuxPair(t, 4<<20)
-	w, _ := openPair(t, client, server)
-	for _, c := range []HalfCloser{w, CutAware(w, func() bool { return false }), wrapped{CutAware(w, func() bool { return false })}} {
-		if shrinkFunc(c) == nil {
-			t.Errorf("%T: no Shrink found", c)
-		}
-		if _, ok := find[interface{ Abort() }](c); !ok {
-			t.Errorf("%T: no Abort found", c)
-		}
-	}
-}

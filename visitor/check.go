@@ -135,10 +135,6 @@ var errSilent = errors.New("the relay went silent")
 // suspectSilence: its link may have died just now, and another relay can
 // carry the connection. (A session pings its relay every second.)
 func (v *Visitor) askWatched(ctx context.Context, sess tunnel.Session, vis *visit) (tunnel.Stream, tunnel.OpenResult, error) {
-	q, ok := sess.(tunnel.Silence)
-	if !ok {
-		return v.ask(ctx, sess, vis, 0)
-	}
 	actx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	done := make(chan struct{})
@@ -151,7 +147,7 @@ func (v *Visitor) askWatched(ctx context.Context, sess tunnel.Session, vis *visi
 			case <-done:
 				return
 			case <-t.C:
-				if q.SilentFor() > suspectSilence {
+				if sess.SilentFor() > suspectSilence {
 					cancel(errSilent)
 					return
 				}

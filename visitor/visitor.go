@@ -353,7 +353,7 @@ func (l *liveSessions) up() (up []upSession, changed <-chan struct{}) {
 		if s == nil || isDone(s.Done()) {
 			continue
 		}
-		if q, ok := s.(tunnel.Silence); ok && q.SilentFor() > suspectSilence {
+		if s.SilentFor() > suspectSilence {
 			quiet = append(quiet, upSession{i, s})
 			continue
 		}
@@ -462,11 +462,11 @@ func (rc *relayConn) keep(ctx context.Context) error {
 			v.live.set(rc.index, nil)
 			sess.Close()
 			if ctx.Err() != nil {
-				rc.log.Info("relay session down", tunnel.EndLog("shutdown", "the visitor is stopping", time.Since(start), tunnel.EndCauseOf(sess), 0)...)
+				rc.log.Info("relay session down", tunnel.EndLog("shutdown", "the visitor is stopping", time.Since(start), sess.EndCause(), 0)...)
 				return nil
 			}
 			lived := time.Since(start)
-			rc.log.Info("relay session down", tunnel.EndLog("", "", lived, tunnel.EndCauseOf(sess), 0)...)
+			rc.log.Info("relay session down", tunnel.EndLog("", "", lived, sess.EndCause(), 0)...)
 			if rc.ep.Transport == config.TransportAuto && transport == config.TransportQUIC {
 				if failed, pause := rc.policy.Ended(lived, time.Now()); failed {
 					rc.log.Warn("QUIC sessions keep ending within a minute; using TCP", "retry_quic_in", pause.Round(time.Second))
