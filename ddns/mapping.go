@@ -21,7 +21,7 @@ var ErrWithdraw = errors.New("nothing to publish")
 // one Verified when the relay connected to it, and Unverified when the
 // mapping changes, is lost, fails a check, or the agent stops keeping
 // it. Its sources ("mapping:TUNNEL") publish the verified addresses. Use
-// NewMappings.
+// NewMappings; a nil *Mappings ignores the verdicts.
 type Mappings struct {
 	mu       sync.Mutex
 	byTunnel map[string]*mappingState
@@ -38,6 +38,7 @@ type mappingState struct {
 	why      string         // why not verified
 	decided  chan struct{}  // closed at the first verdict
 	waited   bool           // a source's first question has waited
+	watched  bool           // a source publishes it
 }
 
 // DefaultMappingFirstWait is how long the mapping source's first question
@@ -63,6 +64,9 @@ func (m *Mappings) stateLocked(tunnel string) *mappingState {
 // Verified records that the relay reached the tunnel's mapping at ext
 // from outside. A change wakes the updater.
 func (m *Mappings) Verified(tunnel string, ext netip.AddrPort) {
+	if m == nil {
+		return
+	}
 	ext = netip.AddrPortFrom(ext.Addr().Unmap(), ext.Port())
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -79,6 +83,9 @@ func (m *Mappings) Verified(tunnel string, ext netip.AddrPort) {
 // published, and why ("the router lost it", "the relay could not
 // connect: …"). A change wakes the updater.
 func (m *Mappings) Unverified(tunnel, why string) {
+	if m == nil {
+		return
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st := m.stateLocked(tunnel)
@@ -115,7 +122,23 @@ func (m *Mappings) Wake() <-chan struct{} { return m.wake }
 // In the round an Updater makes as it stops (Updater.StopTimeout), it
 // withdraws whatever it knows: the agent stops keeping the mapping.
 func (m *Mappings) Source(tunnel string) Source {
+	m.mu.Lock()
+	m.stateLocked(tunnel).watched = true
+	m.mu.Unlock()
 	return mappingSource{m: m, tunnel: tunnel}
+}
+
+// Watched reports whether a source publishes the tunnel's mapping: the
+// agent checks such a mapping from outside more often, since a name
+// points at it.
+func (m *Mappings) Watched(tunnel string) bool {
+	if m == nil {
+		return false
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := m.byTunnel[tunnel]
+	return st != nil && st.watched
 }
 
 type mappingSource struct {
