@@ -209,7 +209,7 @@ func (tm *tunnelMapping) run(ctx context.Context, a *Agent, name string) {
 			}
 		})
 		if ok {
-			tm.feed.Unverified(name, "new ("+m.External.String()+"), not checked from outside yet")
+			tm.feed.Pending(name, "new ("+m.External.String()+"), not checked from outside yet")
 		} else {
 			tm.feed.Unverified(name, "lost")
 		}
@@ -247,10 +247,10 @@ func (tm *tunnelMapping) run(ctx context.Context, a *Agent, name string) {
 			// The router had forgotten the mapping; the keeper made it
 			// again at the same address. It is new to the outside too.
 			remade = ks.Remade
-			tm.feed.Unverified(name, "made again after the router forgot it, not checked from outside yet")
+			tm.feed.Pending(name, "made again after the router forgot it, not checked from outside yet")
 		}
-		if !ks.Up {
-			tm.feed.Unverified(name, "not made")
+		if !ks.Up && ks.Err != nil {
+			tm.feed.Unverified(name, "not made: "+ks.Err.Error())
 		}
 		wait := reachRecheck
 		if ks.Up {

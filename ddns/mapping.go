@@ -82,14 +82,24 @@ func (m *Mappings) Verified(tunnel string, ext netip.AddrPort) {
 // Unverified records that the tunnel's mapping may no longer be
 // published, and why ("the router lost it", "the relay could not
 // connect: …"). A change wakes the updater.
-func (m *Mappings) Unverified(tunnel, why string) {
+func (m *Mappings) Unverified(tunnel, why string) { m.unverified(tunnel, why, true) }
+
+// Pending records that the tunnel's mapping is new (made, or made again)
+// and not yet checked from outside: it may not be published, but a
+// verdict is on its way, so a source's first question keeps waiting for
+// it.
+func (m *Mappings) Pending(tunnel, why string) { m.unverified(tunnel, why, false) }
+
+func (m *Mappings) unverified(tunnel, why string, decided bool) {
 	if m == nil {
 		return
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st := m.stateLocked(tunnel)
-	m.decideLocked(st)
+	if decided {
+		m.decideLocked(st)
+	}
 	was := st.verified.IsValid()
 	st.verified, st.why = netip.AddrPort{}, why
 	if was {

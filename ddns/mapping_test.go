@@ -168,6 +168,24 @@ func TestMappingSourceAnswers(t *testing.T) {
 		if got, err := src.Addrs(context.WithValue(context.Background(), stoppingKey{}, true)); len(got) != 0 || !errors.Is(err, ErrWithdraw) {
 			t.Fatalf("stopping: %v, %v", got, err)
 		}
+		// A new mapping, not yet checked, does not end the first wait;
+		// the check's verdict does.
+		third := m.Source("rdp")
+		go func() {
+			time.Sleep(time.Second)
+			m.Pending("rdp", "new, not checked from outside yet")
+			time.Sleep(5 * time.Second)
+			m.Verified("rdp", ap("203.0.113.7:3389"))
+		}()
+		start = time.Now()
+		if got, _ := third.Addrs(context.Background()); !slices.Equal(got, addrs("203.0.113.7")) || time.Since(start) != 6*time.Second {
+			t.Fatalf("rdp: %v after %v, want the address after the verdict (6s)", got, time.Since(start))
+		}
+		m.Pending("rdp", "made again, not checked from outside yet")
+		if got, err := third.Addrs(context.Background()); len(got) != 0 || !strings.Contains(err.Error(), "made again") {
+			t.Fatalf("rdp pending: %v, %v", got, err)
+		}
+
 		// Another tunnel's verdict does not end this one's first wait.
 		other := m.Source("ssh")
 		m.Verified("web", ap("203.0.113.7:8090"))
