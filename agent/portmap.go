@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/homeport/homeport/config"
+	"github.com/homeport/homeport/ddns"
 	"github.com/homeport/homeport/portmap"
 	"github.com/homeport/homeport/tunnel"
 )
@@ -21,13 +22,21 @@ import (
 // direct way in beside the relay. Each mapping is kept by a
 // portmap.Keeper, and checked from outside by the relay (CheckReach)
 // whenever it changes and every reachRecheck, since a router's "yes" means
-// nothing behind a carrier's NAT.
+// nothing behind a carrier's NAT. The verdicts go to the ddns section's
+// mapping sources (WithMappings), which publish a mapping only while the
+// relay has verified it.
 
 const (
 	// mappingLease is the lease asked for; the keeper renews it.
 	mappingLease = 2 * time.Hour
 	// reachRecheck is how often a mapping is checked from outside again.
 	reachRecheck = 10 * time.Minute
+	// publishedRecheck is how often a mapping that a DNS name points at
+	// (a ddns mapping source) is checked again: a mapping that stops
+	// taking connections (the router forgot it and refuses it, a
+	// firewall) is withdrawn from DNS within this time. The relay allows
+	// 30 checks in 10 minutes per session.
+	publishedRecheck = time.Minute
 	// reachRetry is how soon a check that could not be made is tried
 	// again (no session yet, or a check still running).
 	reachRetry = 5 * time.Second
@@ -57,7 +66,16 @@ type mapRunner struct {
 	mu   sync.Mutex
 	ctx  context.Context // set while the agent runs
 	byTn map[string]*tunnelMapping
+	// feed receives the relay's verdicts for the ddns mapping sources
+	// (nil: none).
+	feed *ddns.Mappings
 }
+
+// WithMappings makes the agent report its port mappings' verdicts to m:
+// verified when the relay reached one from outside, unverified when it
+// changes, is lost, fails a check or is no longer kept. The ddns
+// section's mapping sources publish from the same m.
+func WithMappings(m *ddns.Mappings) Option { return func(a *Agent) { a.maps.feed = m } }
 
 // tunnelMapping is one tunnel's mapping and its checks.
 type tunnelMapping struct {
@@ -66,6 +84,7 @@ type tunnelMapping struct {
 	proto  string
 	cancel context.CancelFunc
 	done   chan struct{}
+	feed   *ddns.Mappings // nil: no ddns mapping source
 
 	mu sync.Mutex
 	st MappingStatus
@@ -109,7 +128,7 @@ func (r *mapRunner) apply(a *Agent, tunnels []config.Tunnel) {
 	}
 	for name, t := range want {
 		ctx, cancel := context.WithCancel(r.ctx)
-		tm := &tunnelMapping{spec: *t.PortMapping, target: t.Target, proto: t.Protocol, cancel: cancel, done: make(chan struct{})}
+		tm := &tunnelMapping{spec: *t.PortMapping, target: t.Target, proto: t.Protocol, cancel: cancel, done: make(chan struct{}), feed: r.feed}
 		tm.st = MappingStatus{State: "mapping", Reachable: "unknown", Since: time.Now()}
 		r.byTn[name] = tm
 		go func() {
@@ -155,6 +174,10 @@ func (tm *tunnelMapping) update(f func(*MappingStatus)) {
 // keeper removes it from the router then.
 func (tm *tunnelMapping) run(ctx context.Context, a *Agent, name string) {
 	log := a.log.With("tunnel", name)
+	// Whatever ends the keeping (the agent stops, a reload changes or
+	// removes the mapping, it cannot be made), DNS must stop pointing
+	// at it.
+	defer tm.feed.Unverified(name, "no longer kept by the agent")
 	port, err := localTargetPort(tm.target)
 	if err != nil {
 		tm.update(func(st *MappingStatus) { st.State, st.Detail = "failed", err.Error() })
@@ -185,6 +208,11 @@ func (tm *tunnelMapping) run(ctx context.Context, a *Agent, name string) {
 				st.State, st.Reachable = "mapping", "unknown"
 			}
 		})
+		if ok {
+			tm.feed.Pending(name, "new ("+m.External.String()+"), not checked from outside yet")
+		} else {
+			tm.feed.Unverified(name, "lost")
+		}
 		select {
 		case changed <- struct{}{}:
 		default:
@@ -200,6 +228,7 @@ func (tm *tunnelMapping) run(ctx context.Context, a *Agent, name string) {
 
 	next := time.NewTimer(reachRetry)
 	defer next.Stop()
+	remade := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -214,9 +243,21 @@ func (tm *tunnelMapping) run(ctx context.Context, a *Agent, name string) {
 				st.State, st.Detail = "failed", ks.Err.Error()
 			}
 		})
+		if ks.Remade != remade {
+			// The router had forgotten the mapping; the keeper made it
+			// again at the same address. It is new to the outside too.
+			remade = ks.Remade
+			tm.feed.Pending(name, "made again after the router forgot it, not checked from outside yet")
+		}
+		if !ks.Up && ks.Err != nil {
+			tm.feed.Unverified(name, "not made: "+ks.Err.Error())
+		}
 		wait := reachRecheck
 		if ks.Up {
-			wait = tm.check(ctx, a, ks.Mapping, log)
+			wait = tm.check(ctx, a, name, ks.Mapping, log)
+		}
+		if tm.feed.Watched(name) {
+			wait = min(wait, publishedRecheck)
 		}
 		next.Reset(wait)
 	}
@@ -224,7 +265,11 @@ func (tm *tunnelMapping) run(ctx context.Context, a *Agent, name string) {
 
 // check asks the relay whether m takes connections from outside, records
 // the answer, and says when to check again.
-func (tm *tunnelMapping) check(ctx context.Context, a *Agent, m portmap.Mapping, log *slog.Logger) time.Duration {
+//
+// A check that cannot be made (no session with the relay) leaves the
+// last verdict as it is: the mapping has not changed, and a name that
+// points straight at it is most useful while the relay is away.
+func (tm *tunnelMapping) check(ctx context.Context, a *Agent, name string, m portmap.Mapping, log *slog.Logger) time.Duration {
 	if m.Protocol != "tcp" {
 		tm.update(func(st *MappingStatus) {
 			st.Reachable, st.Detail = "unknown", "a UDP mapping cannot be checked from outside without the service's help"
@@ -249,6 +294,7 @@ func (tm *tunnelMapping) check(ctx context.Context, a *Agent, m portmap.Mapping,
 	case tunnel.CodeOK:
 		tm.update(func(st *MappingStatus) { st.Reachable, st.Detail, st.CheckedAt = "yes", "", now })
 		log.Info("port mapping reachable from outside", "addr", m.External)
+		tm.feed.Verified(name, m.External)
 		return reachRecheck
 	case tunnel.CodeQuota:
 		tm.update(func(st *MappingStatus) { st.Detail = res.Message })
@@ -256,6 +302,7 @@ func (tm *tunnelMapping) check(ctx context.Context, a *Agent, m portmap.Mapping,
 	default:
 		tm.update(func(st *MappingStatus) { st.Reachable, st.Detail, st.CheckedAt = "no", res.Message, now })
 		log.Warn("port mapping not reachable from outside; only the relay's way in works", "addr", m.External, "why", res.Message)
+		tm.feed.Unverified(name, "not reachable from outside: "+res.Message)
 		return reachRecheck
 	}
 }

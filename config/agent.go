@@ -83,7 +83,7 @@ func LoadAgent(fs *pflag.FlagSet) (Agent, error) {
 	}
 	c.Tunnels = l.tunnels()
 	l.applyWakeFlags(c.Tunnels)
-	c.DDNS = l.ddns(ddnsAgent)
+	c.DDNS = l.ddns(ddnsAgent, c.Tunnels)
 	if err := l.err(); err != nil {
 		return Agent{}, err
 	}
@@ -129,7 +129,7 @@ func LoadAgentDDNS(fs *pflag.FlagSet) (AgentDDNS, error) {
 	if err != nil {
 		return AgentDDNS{}, err
 	}
-	c := AgentDDNS{Log: l.log(), DDNS: l.ddns(ddnsStandalone)}
+	c := AgentDDNS{Log: l.log(), DDNS: l.ddns(ddnsStandalone, nil)}
 	if c.DDNS == nil && len(l.errs) == 0 {
 		where := "the config file"
 		if l.file != "" {

@@ -62,6 +62,9 @@ const (
 	DDNSSourceHTTP      = "http"      // "what is my IP" services
 	DDNSSourceInterface = "interface" // a network interface's addresses
 	DDNSSourceCommand   = "command"   // the addresses a command prints
+	// DDNSSourceMapping is the outside address of a tunnel's port mapping
+	// on the home router, while the relay has verified it reachable.
+	DDNSSourceMapping = "mapping"
 )
 
 // DDNSSource is one source of the public address.
@@ -69,6 +72,7 @@ type DDNSSource struct {
 	Kind      string   // DDNSSourceRelay, …
 	Interface string   // the interface's name, for DDNSSourceInterface
 	Command   []string // program and arguments, for DDNSSourceCommand
+	Tunnel    string   // the tunnel's name, for DDNSSourceMapping
 }
 
 // String writes the source as in a file, with the command's arguments
@@ -77,6 +81,8 @@ func (s DDNSSource) String() string {
 	switch s.Kind {
 	case DDNSSourceInterface:
 		return s.Kind + ":" + s.Interface
+	case DDNSSourceMapping:
+		return s.Kind + ":" + s.Tunnel
 	case DDNSSourceCommand:
 		if len(s.Command) > 0 {
 			return s.Kind + ":" + s.Command[0] + " …"
@@ -248,19 +254,22 @@ const (
 type ddnsParser struct {
 	l    *loader
 	mode ddnsMode
+	// tunnels are the agent's, for mapping sources (ddnsAgent only).
+	tunnels []Tunnel
 }
 
 func (p ddnsParser) fail(path string, err error) {
 	p.l.errs = append(p.l.errs, fmt.Errorf("%s in %s: %w", path, p.l.file, err))
 }
 
-// ddns reads the ddns section; nil when the file has none.
-func (l *loader) ddns(mode ddnsMode) *DDNS {
+// ddns reads the ddns section; nil when the file has none. tunnels are
+// the agent's (ddnsAgent), which mapping sources name.
+func (l *loader) ddns(mode ddnsMode, tunnels []Tunnel) *DDNS {
 	raw := l.raw("ddns")
 	if raw == nil {
 		return nil
 	}
-	p := ddnsParser{l: l, mode: mode}
+	p := ddnsParser{l: l, mode: mode, tunnels: tunnels}
 	m, ok := raw.(map[string]any)
 	if !ok {
 		p.fail("ddns", fmt.Errorf("want a section with keys below it (%s)", strings.Join(ddnsKeys, ", ")))
@@ -505,7 +514,7 @@ func (p ddnsParser) sources(v any) []DDNSSource {
 		return nil
 	}
 	if len(items) == 0 {
-		p.fail(path, fmt.Errorf("empty: leave it out for the default, or list relay, http, interface:NAME or command:COMMAND"))
+		p.fail(path, fmt.Errorf("empty: leave it out for the default, or list relay, http, mapping:TUNNEL, interface:NAME or command:COMMAND"))
 	}
 	if len(items) > ddnsMaxSources {
 		p.fail(path, fmt.Errorf("%d sources: at most %d", len(items), ddnsMaxSources))
@@ -515,7 +524,7 @@ func (p ddnsParser) sources(v any) []DDNSSource {
 		where := fmt.Sprintf("%s item %d", path, i+1)
 		s, ok := item.(string)
 		if !ok {
-			p.fail(where, fmt.Errorf("want relay, http, interface:NAME or command:COMMAND as a string"))
+			p.fail(where, fmt.Errorf("want relay, http, mapping:TUNNEL, interface:NAME or command:COMMAND as a string"))
 			continue
 		}
 		src, err := ParseDDNSSource(s)
@@ -527,13 +536,51 @@ func (p ddnsParser) sources(v any) []DDNSSource {
 			p.fail(where, fmt.Errorf("relay: only the agent has this source (the address the relay sees it at); the relay itself can use http, interface:NAME or command:COMMAND"))
 			continue
 		}
+		if src.Kind == DDNSSourceMapping {
+			if err := p.checkMapping(src.Tunnel); err != nil {
+				p.fail(where, fmt.Errorf("%s: %w", src, err))
+				continue
+			}
+		}
 		out = append(out, src)
 	}
 	return out
 }
 
+// checkMapping checks that a mapping source's tunnel exists and has a
+// port mapping the relay can verify. "agent ddns" runs without the
+// tunnels and leaves mapping sources out; the relay keeps no mappings.
+func (p ddnsParser) checkMapping(name string) error {
+	switch p.mode {
+	case ddnsRelay:
+		return fmt.Errorf("only the agent keeps port mappings on the home router; the relay itself can use http, interface:NAME or command:COMMAND")
+	case ddnsStandalone:
+		return nil
+	}
+	var names []string
+	for _, t := range p.tunnels {
+		names = append(names, t.Name)
+		if t.Name != name {
+			continue
+		}
+		switch {
+		case t.PortMapping == nil:
+			return fmt.Errorf("tunnel %q has no port_mapping; give it port_mapping: true, or use another source", name)
+		case t.Protocol == "udp":
+			return fmt.Errorf("tunnel %q is UDP: the relay cannot verify a UDP mapping from outside (it would need the service's help), and this source publishes only verified mappings", name)
+		case t.Protocol != "tcp":
+			return fmt.Errorf("tunnel %q is a %s tunnel: the relay verifies only TCP mappings, and this source publishes only verified ones", name, t.Protocol)
+		}
+		return nil
+	}
+	if len(names) == 0 {
+		return fmt.Errorf("no tunnel is named %q", name)
+	}
+	return fmt.Errorf("no tunnel is named %q (the tunnels are %s)", name, strings.Join(names, ", "))
+}
+
 // ParseDDNSSource reads a source as a file writes it: "relay", "http",
-// "interface:NAME" or "command:COMMAND". COMMAND is split at white space
+// "mapping:TUNNEL", "interface:NAME" or "command:COMMAND". COMMAND is split at white space
 // into the program and its arguments; single or double quotes keep white
 // space inside an argument. No shell runs it.
 func ParseDDNSSource(s string) (DDNSSource, error) {
@@ -552,6 +599,11 @@ func ParseDDNSSource(s string) (DDNSSource, error) {
 			return DDNSSource{}, fmt.Errorf("%q: want interface:NAME, e.g. interface:eth0", s)
 		}
 		return DDNSSource{Kind: kind, Interface: arg}, nil
+	case DDNSSourceMapping:
+		if arg == "" {
+			return DDNSSource{}, fmt.Errorf("%q: want mapping:TUNNEL, the name of a tunnel with port_mapping, e.g. mapping:web", s)
+		}
+		return DDNSSource{Kind: kind, Tunnel: arg}, nil
 	case DDNSSourceCommand:
 		argv, err := splitCommand(arg)
 		if err != nil {
@@ -562,7 +614,7 @@ func ParseDDNSSource(s string) (DDNSSource, error) {
 		}
 		return DDNSSource{Kind: kind, Command: argv}, nil
 	}
-	return DDNSSource{}, fmt.Errorf("%q: want relay, http, interface:NAME or command:COMMAND", s)
+	return DDNSSource{}, fmt.Errorf("%q: want relay, http, mapping:TUNNEL, interface:NAME or command:COMMAND", s)
 }
 
 // splitCommand splits a command line at white space; single or double

@@ -281,12 +281,12 @@ func TestDDNSErrors(t *testing.T) {
 		{"name outside the zone", false, "ddns:\n  names: [home.example.org]\n" + cf,
 			[]string{"ddns.names in FILE: home.example.org is not in ddns.cloudflare.zone example.com"}},
 		{"sources", true, "ddns:\n  names: [home.example.com]\n  sources: [relay, ftp, \"interface:\", \"command:\", \"command:sh -c 'echo\", \"http:x\", {a: b}]\n" + cf,
-			[]string{`ddns.sources item 2 in FILE: "ftp": want relay, http, interface:NAME or command:COMMAND`,
+			[]string{`ddns.sources item 2 in FILE: "ftp": want relay, http, mapping:TUNNEL, interface:NAME or command:COMMAND`,
 				`ddns.sources item 3 in FILE: "interface:": want interface:NAME`,
 				`ddns.sources item 4 in FILE: "command:": want command:COMMAND`,
 				`ddns.sources item 5 in FILE: "command:sh -c 'echo": unterminated ' quote`,
 				`ddns.sources item 6 in FILE: "http:x": http takes no argument`,
-				`ddns.sources item 7 in FILE: want relay, http, interface:NAME or command:COMMAND as a string`}},
+				`ddns.sources item 7 in FILE: want relay, http, mapping:TUNNEL, interface:NAME or command:COMMAND as a string`}},
 		{"relay source in the relay", false, "ddns:\n  names: [home.example.com]\n  sources: [relay, http]\n" + cf,
 			[]string{"ddns.sources item 1 in FILE: relay: only the agent has this source"}},
 		{"empty sources", false, "ddns:\n  names: [home.example.com]\n  sources: []\n" + cf,
@@ -419,5 +419,61 @@ func TestSplitCommand(t *testing.T) {
 		if err != nil || !reflect.DeepEqual(got, want) {
 			t.Errorf("splitCommand(%q) = %q, %v; want %q", in, got, err, want)
 		}
+	}
+}
+
+// TestDDNSMappingSource: mapping:TUNNEL names a TCP tunnel with
+// port_mapping; anything else is refused, naming the source's place and
+// the reason.
+func TestDDNSMappingSource(t *testing.T) {
+	base := `relay: "vps.example.com:7000"
+token: "0123456789abcdef0123"
+fingerprint: "` + fp + `"
+tunnels:
+  - {name: web, remote_port: 8080, target: "127.0.0.1:80", port_mapping: true}
+  - {name: ssh, remote_port: 2222, target: "127.0.0.1:22"}
+  - {name: dns, protocol: udp, remote_port: 5353, target: "127.0.0.1:53", port_mapping: true}
+ddns:
+  names: [home.example.com]
+  provider: cloudflare
+  cloudflare: {api_token: t, zone: example.com}
+`
+	cleanEnv(t)
+	c, err := LoadAgent(agentFlags(t, "--config", writeFile(t, "agent.yaml", base+"  sources: [mapping:web, http]\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []DDNSSource{{Kind: DDNSSourceMapping, Tunnel: "web"}, {Kind: DDNSSourceHTTP}}; !reflect.DeepEqual(c.DDNS.Sources, want) {
+		t.Errorf("sources %#v, want %#v", c.DDNS.Sources, want)
+	}
+	if got := c.DDNS.String(); !strings.Contains(got, "sources mapping:web, http") {
+		t.Errorf("String() = %q", got)
+	}
+
+	path := writeFile(t, "agent.yaml", base+"  sources: [mapping:webb, mapping:ssh, mapping:dns, \"mapping:\", relay]\n")
+	_, err = LoadAgent(agentFlags(t, "--config", path))
+	for _, w := range []string{
+		`ddns.sources item 1 in FILE: mapping:webb: no tunnel is named "webb" (the tunnels are web, ssh, dns)`,
+		`ddns.sources item 2 in FILE: mapping:ssh: tunnel "ssh" has no port_mapping; give it port_mapping: true`,
+		`ddns.sources item 3 in FILE: mapping:dns: tunnel "dns" is UDP: the relay cannot verify a UDP mapping from outside`,
+		`ddns.sources item 4 in FILE: "mapping:": want mapping:TUNNEL`,
+	} {
+		if w = strings.ReplaceAll(w, "FILE", path); err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("error does not contain %q:\n%v", w, err)
+		}
+	}
+	if err != nil && strings.Contains(err.Error(), "item 5") {
+		t.Errorf("the relay source was refused too:\n%v", err)
+	}
+
+	// The relay keeps no mappings; "agent ddns" reads the file without
+	// its tunnels and leaves the source to the updater's builder.
+	path = writeFile(t, "relay.yaml", "ddns:\n  names: [home.example.com]\n  sources: [mapping:web]\n  provider: cloudflare\n  cloudflare: {api_token: t, zone: example.com}\n")
+	if _, err := LoadRelay(relayFlags(t, "--config", path)); err == nil || !strings.Contains(err.Error(), "ddns.sources item 1 in "+path+": mapping:web: only the agent keeps port mappings") {
+		t.Errorf("relay: %v", err)
+	}
+	s, err := LoadAgentDDNS(agentDDNSFlags(t, "--config", writeFile(t, "agent.yaml", base+"  sources: [mapping:web]\n")))
+	if err != nil || !reflect.DeepEqual(s.DDNS.Sources, []DDNSSource{{Kind: DDNSSourceMapping, Tunnel: "web"}}) {
+		t.Errorf("agent ddns: %v, %#v", err, s.DDNS)
 	}
 }

@@ -132,7 +132,7 @@ func LoadRelay(fs *pflag.FlagSet) (Relay, error) {
 	}
 	c.Tokens = l.tokens()
 	c.Visitors = l.visitorKeys(c.Tokens)
-	c.DDNS = l.ddns(ddnsRelay)
+	c.DDNS = l.ddns(ddnsRelay, nil)
 	if err := l.err(); err != nil {
 		return Relay{}, err
 	}

@@ -61,7 +61,11 @@ const (
 //
 // When Source gives no public address of a family a name wants, the
 // records of that family are left as they are and the status says why:
-// a source that fails must not delete records.
+// a source that fails must not delete records. The exception is a source
+// that knows nothing may be published (its error wraps ErrWithdraw: the
+// mapping source while the port mapping is not verified): the records of
+// a family no source gives an address for are then removed, at once,
+// without waiting for MinWriteInterval.
 //
 // Set the fields before the first Sync or Run and do not change them
 // afterwards.
@@ -94,6 +98,14 @@ type Updater struct {
 	// source that learns of a new address (the agent, when the relay sees
 	// it at a new one) sends on it. Writes still keep MinWriteInterval.
 	Wake <-chan struct{}
+	// WakeToo is a second Wake, for a second source that learns of
+	// changes (the agent's relay and mapping sources together).
+	WakeToo <-chan struct{}
+	// StopTimeout, if positive, makes Run make one last round when ctx
+	// ends, bounded by it, in which sources whose address goes away with
+	// the program (the mapping source: the agent removes its port
+	// mappings as it stops) withdraw it. 0: no last round.
+	StopTimeout time.Duration
 
 	syncMu sync.Mutex // one round at a time; guards the fields below
 	inited bool
@@ -107,6 +119,9 @@ type Updater struct {
 	sourceErr     error  // why the source failed, while backing off
 	lastRejected  string // CheckPublic rejections last logged
 	lastSourceErr string // source error last logged
+	// final: this round is the last, as Run stops; retries and
+	// MinWriteInterval do not hold it back.
+	final bool
 
 	statusMu sync.Mutex
 	status   []Status // published copies, in recs order
@@ -124,6 +139,12 @@ type Status struct {
 	Synced bool
 	// LastUpdate is when a write was last confirmed.
 	LastUpdate time.Time
+	// Published is the set the records were last confirmed to hold as
+	// wanted (written, or found so), since PublishedAt; empty with a
+	// PublishedAt: no address, as when a mapping source withdrew it.
+	// PublishedAt is zero until the first confirmation.
+	Published   []netip.Addr
+	PublishedAt time.Time
 	// LastCheck is when the provider was last read.
 	LastCheck time.Time
 	// NextAttempt, if set, is when a retry or a deferred write is due.
@@ -230,6 +251,7 @@ func (u *Updater) Status() []Status {
 	for i, s := range u.status {
 		s.Want = slices.Clone(s.Want)
 		s.Current = slices.Clone(s.Current)
+		s.Published = slices.Clone(s.Published)
 		out[i] = s
 	}
 	return out
@@ -243,6 +265,7 @@ func (u *Updater) publish() {
 		st := r.st
 		st.Want = slices.Clone(st.Want)
 		st.Current = slices.Clone(st.Current)
+		st.Published = slices.Clone(st.Published)
 		u.status[i] = st
 	}
 }
@@ -269,15 +292,35 @@ func (u *Updater) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			u.stopRound(ctx)
 			return nil
 		case <-t.C:
 		case <-u.Wake:
-			t.Stop()
+		case <-u.WakeToo:
+		}
+		if t.Stop() {
+			// Woken: ask the source even if it is backing off.
 			u.syncMu.Lock()
 			u.sourceNext = time.Time{}
 			u.syncMu.Unlock()
 		}
 	}
+}
+
+// stopRound makes the last round of StopTimeout, in a context that
+// outlives ctx by that much and tells the sources that this is the end.
+func (u *Updater) stopRound(ctx context.Context) {
+	if u.StopTimeout <= 0 {
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithValue(context.WithoutCancel(ctx), stoppingKey{}, true), u.StopTimeout)
+	defer cancel()
+	u.syncMu.Lock()
+	defer u.syncMu.Unlock()
+	u.final, u.sourceNext = true, time.Time{}
+	defer func() { u.final = false }()
+	u.round(sctx)
+	u.publish()
 }
 
 // nextWake is how long Run waits before the next round: the interval, or
@@ -335,7 +378,8 @@ func (u *Updater) round(ctx context.Context) {
 		}
 		w := want[r.typ]
 		r.st.Want = w
-		if len(w) == 0 {
+		withdraw := len(w) == 0 && errors.Is(srcErr, ErrWithdraw)
+		if len(w) == 0 && !withdraw {
 			family := "IPv4"
 			if r.typ == TypeAAAA {
 				family = "IPv6"
@@ -347,10 +391,10 @@ func (u *Updater) round(ctx context.Context) {
 			r.st.Synced, r.st.LastError = false, err
 			continue
 		}
-		if u.now().Before(r.next) {
+		if u.now().Before(r.next) && !u.final {
 			continue
 		}
-		u.syncRecord(ctx, r, w)
+		u.syncRecord(ctx, r, w, withdraw)
 	}
 }
 
@@ -368,7 +412,11 @@ func (u *Updater) wanted(ctx context.Context) (map[string][]netip.Addr, error) {
 	if err != nil {
 		if msg := err.Error(); msg != u.lastSourceErr {
 			u.lastSourceErr = msg
-			u.log().Warn("ddns: source failed", "source", u.Source.Name(), "err", err)
+			if errors.Is(err, ErrWithdraw) {
+				u.log().Info("ddns: source withdraws its address", "source", u.Source.Name(), "why", err)
+			} else {
+				u.log().Warn("ddns: source failed", "source", u.Source.Name(), "err", err)
+			}
 		}
 		if len(addrs) == 0 {
 			u.sourceFails, u.sourceErr = u.sourceFails+1, err
@@ -410,7 +458,9 @@ func (u *Updater) wanted(ctx context.Context) (map[string][]netip.Addr, error) {
 }
 
 // syncRecord reads one record set, writes it if needed and confirms.
-func (u *Updater) syncRecord(ctx context.Context, r *record, want []netip.Addr) {
+// withdraw: want is empty because the source withdrew its address; the
+// write is not deferred by MinWriteInterval.
+func (u *Updater) syncRecord(ctx context.Context, r *record, want []netip.Addr, withdraw bool) {
 	p := u.Provider
 	now := u.now()
 	cur, err := p.Get(ctx, r.name, r.typ)
@@ -425,10 +475,10 @@ func (u *Updater) syncRecord(ctx context.Context, r *record, want []netip.Addr) 
 		if r.refreshFrom.IsZero() {
 			r.refreshFrom = now
 		}
-		u.succeed(r)
+		u.succeed(r, want)
 		return
 	}
-	if !r.lastWrite.IsZero() && now.Sub(r.lastWrite) < u.minWriteInterval() {
+	if !withdraw && !u.final && !r.lastWrite.IsZero() && now.Sub(r.lastWrite) < u.minWriteInterval() {
 		r.next = r.lastWrite.Add(u.minWriteInterval())
 		r.st.Synced, r.st.NextAttempt = inSync, r.next
 		u.log().Debug("ddns: write deferred by the minimum write interval", "name", r.name, "type", r.typ, "until", r.next)
@@ -477,7 +527,11 @@ func (u *Updater) syncRecord(ctx context.Context, r *record, want []netip.Addr) 
 	at := u.now()
 	r.st.LastUpdate, r.refreshFrom = at, at
 	r.st.Updates++
-	u.succeed(r)
+	u.succeed(r, want)
+	if len(want) == 0 {
+		u.log().Info("ddns: records withdrawn", "name", r.name, "type", r.typ, "was", fmtAddrs(sortedAddrs(cur)))
+		return
+	}
 	u.log().Info("ddns: records updated", "name", r.name, "type", r.typ, "addrs", fmtAddrs(want), "was", fmtAddrs(sortedAddrs(cur)))
 }
 
@@ -507,9 +561,13 @@ func (u *Updater) confirm(ctx context.Context, r *record, want []netip.Addr) ([]
 	}
 }
 
-func (u *Updater) succeed(r *record) {
+// succeed records that r holds want, read back from the provider.
+func (u *Updater) succeed(r *record, want []netip.Addr) {
 	r.fails, r.next = 0, time.Time{}
 	r.st.Synced, r.st.LastError, r.st.NextAttempt = true, nil, time.Time{}
+	if r.st.PublishedAt.IsZero() || !sameAddrs(r.st.Published, want) {
+		r.st.Published, r.st.PublishedAt = sortedAddrs(want), u.now()
+	}
 }
 
 // fail records err for r and decides when, or whether, to try again.

@@ -219,6 +219,7 @@ var debianPackage = map[string]string{
 	"ping": "iputils-ping", "iperf3": "iperf3", "go": "golang (or Go from go.dev)",
 	"ss": "iproute2", "dnsmasq": "dnsmasq-base", "dig": "bind9-dnsutils", "bash": "bash",
 	"stress-ng": "stress-ng", "miniupnpd": "miniupnpd-iptables", "iptables-legacy": "iptables",
+	"named": "bind9",
 }
 
 // need skips the test unless the commands are installed.

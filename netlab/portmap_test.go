@@ -3,12 +3,15 @@
 package netlab
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -282,4 +285,199 @@ func TestTunnelPortMapping(t *testing.T) {
 	if rules := l.must(5*time.Second, "homer", "iptables-legacy", "-w", "5", "-t", "nat", "-S", "MINIUPNPD"); strings.Contains(rules, "DNAT") {
 		t.Errorf("the router still forwards:\n%s", rules)
 	}
+}
+
+// The DNS server of the port mapping DNS scenario: BIND on the VPS, with
+// the zone home.test that the agent updates (RFC 2136, TSIG).
+const (
+	pmDNSPort = 53
+	pmName    = "web.home.test"
+)
+
+// startBIND runs named on the VPS with the zone home.test, updatable with
+// the TSIG key it returns (base64).
+func (l *lab) startBIND() (keySecret string) {
+	l.t.Helper()
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		l.t.Fatal(err)
+	}
+	keySecret = base64.StdEncoding.EncodeToString(secret)
+	dir := filepath.Join(l.dir, "bind")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		l.t.Fatal(err)
+	}
+	conf := fmt.Sprintf(`options {
+	directory %[1]q;
+	pid-file none;
+	session-keyfile %[2]q;
+	managed-keys-directory %[1]q;
+	listen-on port %[3]d { %[4]s; };
+	listen-on-v6 { none; };
+	recursion no;
+	dnssec-validation no;
+	notify no;
+};
+controls { };
+key "ddns-key" { algorithm hmac-sha256; secret %[5]q; };
+zone "home.test" {
+	type primary;
+	file %[6]q;
+	allow-update { key "ddns-key"; };
+};
+`, dir, filepath.Join(dir, "session.key"), pmDNSPort, vpsIP, keySecret, filepath.Join(dir, "home.test.db"))
+	zone := fmt.Sprintf(`$TTL 60
+@    IN SOA ns1.home.test. hostmaster.home.test. 1 3600 600 86400 60
+@    IN NS  ns1.home.test.
+ns1  IN A   %s
+`, vpsIP)
+	for name, text := range map[string]string{"named.conf": conf, "home.test.db": zone} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			l.t.Fatal(err)
+		}
+	}
+	// -g: foreground, log to stderr; -4: IPv4 only.
+	p := l.start("vps", "named", nil, "named", "-g", "-4", "-c", filepath.Join(dir, "named.conf"))
+	p.logged = true
+	p.await(l.t, 30*time.Second, "named to load its zones", func() bool { return p.count("all zones loaded") > 0 })
+	return keySecret
+}
+
+// digA asks BIND for name's A records from the remote user's namespace,
+// as any resolver on the internet would, and returns them ("" for none).
+func (l *lab) digA(name string) string {
+	l.t.Helper()
+	out, err := l.dig("user", vpsIP, pmDNSPort, 2, 3, "+norec", "+short", "A", name)
+	if err != nil {
+		l.t.Fatalf("dig %s A: %v\n%s", name, err, out)
+	}
+	return strings.Join(strings.Fields(out), ",")
+}
+
+// awaitA polls BIND (a real query each second) until name's A records
+// are want, for up to d.
+func (l *lab) awaitA(d time.Duration, what, name, want string) time.Duration {
+	l.t.Helper()
+	start := time.Now()
+	deadline := start.Add(d)
+	for {
+		got := l.digA(name)
+		if got == want {
+			return time.Since(start)
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("%s: dig %s A = %q after %v, want %q", what, name, got, d, want)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// TestPortMappingDDNS: the agent's ddns section publishes its tunnel's
+// verified port mapping (source mapping:web) to BIND on the VPS by
+// RFC 2136, and a DNS query from the internet finds the home router's
+// outside address; agent status says the name publishes the mapping and
+// what it published. The router then restarts and forgets the mapping
+// without taking it back (its daemon stays down): the relay's next check
+// fails and the record is withdrawn. The daemon comes back, the agent
+// makes the mapping again, the relay finds it reachable, and the record
+// is back. When the agent stops, the record is withdrawn.
+func TestPortMappingDDNS(t *testing.T) {
+	need(t, "miniupnpd", "iptables-legacy", "nginx", "named", "dig")
+	l := newLab(t, withRoutableHomeWAN())
+	router := l.startMiniupnpd(false)
+	l.startNginx("home", fmt.Sprintf("%s:%d", homeIP, pmPort))
+	key := l.startBIND()
+	r := l.startRelay()
+	conf := filepath.Join(l.dir, "agent.yaml")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`tunnels:
+  - {name: web, remote_port: %[1]d, target: "%[2]s:%[3]d", port_mapping: true}
+ddns:
+  names: [{name: %[4]s, ipv6: false, ttl: 30s}]
+  sources: [mapping:web]
+  min_write_interval: 1s
+  provider: rfc2136
+  rfc2136: {server: "%[5]s:%[6]d", zone: home.test, key_name: ddns-key, key_secret: "%[7]s"}
+`, webPort, homeIP, pmPort, pmName, vpsIP, pmDNSPort, key)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dataDir := filepath.Join(l.dir, "agent-data")
+	agent := l.start("home", "agent", []string{"HOMEPORT_TOKEN=" + r.token}, binPath(t, "agent"),
+		"--relay", fmt.Sprintf("%s:%d", vpsIP, relayPort), "--fingerprint", r.fingerprint, "--transport", "tcp",
+		"--id", "home-pc", "--config", conf, "--data-dir", dataDir)
+	agent.logged = true
+
+	took := l.awaitA(90*time.Second, "the verified mapping", pmName, pmWAN)
+	t.Logf("%s published as %s %v after the agent started", pmName, pmWAN, took.Round(time.Second))
+	if agent.count("port mapping reachable from outside") == 0 {
+		t.Fatal("published before the relay found the mapping reachable")
+	}
+	// Straight through the router, by the name's address.
+	if x, err := l.curl("user", 10*time.Second, "-o", "/dev/null", fmt.Sprintf("http://%s:%d/small.txt", l.digA(pmName), pmPort)); err != nil || x.code != 200 || x.bytes != smallSize {
+		t.Fatalf("the remote user fetching through the published address: %v, %+v", err, x)
+	}
+
+	type ddnsEntry struct {
+		Name, Type, Source string
+		Published          []string
+		Synced             bool
+	}
+	status := func() (ddnsEntry, string) {
+		t.Helper()
+		out := l.must(30*time.Second, "home", binPath(t, "agent"), "status", "--json", "--data-dir", dataDir)
+		var st struct {
+			DDNS    []ddnsEntry `json:"ddns"`
+			Tunnels []struct {
+				PortMapping *struct{ Reachable string } `json:"port_mapping"`
+			} `json:"tunnels"`
+		}
+		if err := json.Unmarshal([]byte(out), &st); err != nil || len(st.DDNS) != 1 || len(st.Tunnels) != 1 || st.Tunnels[0].PortMapping == nil {
+			t.Fatalf("agent status --json: %v\n%s", err, out)
+		}
+		return st.DDNS[0], st.Tunnels[0].PortMapping.Reachable
+	}
+	if e, reach := status(); e.Name != pmName || e.Source != "mapping:web" || !e.Synced || !slices.Equal(e.Published, []string{pmWAN}) || reach != "yes" {
+		t.Errorf("agent status: ddns %+v, mapping reachable %q; want %s from mapping:web, published %s, reachable", e, reach, pmName, pmWAN)
+	}
+	text := l.must(30*time.Second, "home", binPath(t, "agent"), "status", "--data-dir", dataDir)
+	if !regexp.MustCompile(`(?m)^\s*` + regexp.QuoteMeta(pmName) + `\s+A\s+mapping:web\s+in sync\s+` + regexp.QuoteMeta(pmWAN) + `\s+` + regexp.QuoteMeta(pmWAN) + ` \(`).MatchString(text) {
+		t.Errorf("agent status does not show the name publishing the mapping:\n%s", text)
+	}
+
+	// The router restarts and its daemon stays down: the mapping is gone
+	// and cannot be made again. The relay's next check (at most a minute
+	// away for a published mapping) fails; the record goes.
+	router.kill()
+	for _, c := range [][]string{{"-t", "nat", "-F", "MINIUPNPD"}, {"-t", "nat", "-F", "MINIUPNPD-POSTROUTING"},
+		{"-t", "mangle", "-F", "MINIUPNPD"}, {"-t", "filter", "-F", "MINIUPNPD"}} {
+		l.must(5*time.Second, "homer", append([]string{"iptables-legacy", "-w", "5"}, c...)...)
+	}
+	took = l.awaitA(150*time.Second, "the mapping gone", pmName, "")
+	t.Logf("record withdrawn %v after the router forgot the mapping", took.Round(time.Second))
+	if agent.count("port mapping not reachable from outside") == 0 || agent.count("ddns: records withdrawn") == 0 {
+		t.Error("the agent did not log the failed check and the withdrawal")
+	}
+	if e, reach := status(); !e.Synced || len(e.Published) != 0 || reach != "no" {
+		t.Errorf("agent status after the withdrawal: ddns %+v, mapping reachable %q; want withdrawn, not reachable", e, reach)
+	}
+
+	// The daemon is back: the agent makes the mapping again, the relay
+	// finds it reachable, and the name points at it again.
+	router = l.startMiniupnpd(false)
+	took = l.awaitA(200*time.Second, "the mapping made again", pmName, pmWAN)
+	t.Logf("record published again %v after the router's daemon came back", took.Round(time.Second))
+
+	// The agent stops: it removes the mapping, and the record goes.
+	if err := syscall.Kill(agent.cmd.Process.Pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if exited, err := agent.wait(30 * time.Second); !exited || err != nil {
+		t.Fatalf("agent after SIGTERM: exited %v, %v", exited, err)
+	}
+	if got := l.digA(pmName); got != "" {
+		t.Errorf("dig %s A = %q after the agent stopped, want no record", pmName, got)
+	}
+	if agent.count("port mapping removed") != 1 {
+		t.Error("the agent did not remove its mapping")
+	}
+	_ = router
 }

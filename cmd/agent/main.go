@@ -119,8 +119,10 @@ func run(ctx context.Context, cfg config.Agent, fs *pflag.FlagSet, stderr io.Wri
 		return err
 	}
 	defer stopDebug()
-	a, err := agent.New(cfg, cli.Version(), log, agent.WithDDNS(func(c *config.DDNS, relay *ddns.RelayAddr) (*ddns.Updater, error) {
-		return ddnsbuild.New(c, ddnsbuild.Options{Log: log, Relay: relay, UserAgent: ddns.UserAgent(cli.Version())})
+	// The port mappings the relay verified, for the ddns mapping sources.
+	mappings := ddns.NewMappings()
+	a, err := agent.New(cfg, cli.Version(), log, agent.WithMappings(mappings), agent.WithDDNS(func(c *config.DDNS, relay *ddns.RelayAddr) (*ddns.Updater, error) {
+		return ddnsbuild.New(c, ddnsbuild.Options{Log: log, Relay: relay, Mappings: mappings, UserAgent: ddns.UserAgent(cli.Version())})
 	}))
 	if err != nil {
 		return err

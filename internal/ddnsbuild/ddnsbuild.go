@@ -1,7 +1,9 @@
 // Package ddnsbuild builds the dynamic DNS updater from the configuration
 // (config.DDNS) for the relay, the agent and "agent ddns": the provider,
 // the sources in their order, and the relay source that the agent feeds
-// with the address the relay sees it at (ddns.RelayAddr). It is the one
+// with the address the relay sees it at (ddns.RelayAddr), and the mapping
+// sources it feeds with its verified port mappings (ddns.Mappings). It is
+// the one
 // package that knows every provider; the programs (cmd/) hand its New to
 // the relay and the agent, which know none.
 package ddnsbuild
@@ -30,6 +32,11 @@ type Options struct {
 	// exists ("agent ddns"): relay sources are then left out, with a
 	// warning, and it is an error if no other source is configured.
 	Relay *ddns.RelayAddr
+	// Mappings feeds the mapping sources: the agent's port mappings
+	// that the relay verified. Nil where the agent keeps no mappings
+	// ("agent ddns"): mapping sources are then left out, with a warning,
+	// and it is an error if no other source is configured.
+	Mappings *ddns.Mappings
 	// UserAgent is sent to providers and "what is my IP" services;
 	// "": homeport-ddns/VERSION.
 	UserAgent string
@@ -38,6 +45,11 @@ type Options struct {
 // callTimeout bounds one read or write at the provider: some libdns
 // packages use an HTTP client without a timeout.
 const callTimeout = 90 * time.Second
+
+// mappingStopTimeout bounds the updater's last round as the agent stops,
+// in which mapping sources withdraw their addresses: long enough for a
+// provider's answer, short enough not to hold a service manager's stop.
+const mappingStopTimeout = 10 * time.Second
 
 // New builds the updater c describes. It checks what the configuration
 // loader cannot (the provider's own checks, such as Route 53's
@@ -74,6 +86,14 @@ func New(c *config.DDNS, o Options) (*ddns.Updater, error) {
 		want4, want6 = want4 || n.IPv4, want6 || n.IPv6
 	}
 	var sources []ddns.Source
+	// addWake lets a source that learns of changes wake the updater.
+	addWake := func(w <-chan struct{}) {
+		if u.Wake == nil {
+			u.Wake = w
+		} else if u.Wake != w && u.WakeToo == nil {
+			u.WakeToo = w
+		}
+	}
 	for _, s := range c.Sources {
 		switch s.Kind {
 		case config.DDNSSourceRelay:
@@ -82,7 +102,15 @@ func New(c *config.DDNS, o Options) (*ddns.Updater, error) {
 				continue
 			}
 			sources = append(sources, o.Relay.Source())
-			u.Wake = o.Relay.Wake()
+			addWake(o.Relay.Wake())
+		case config.DDNSSourceMapping:
+			if o.Mappings == nil {
+				log.Warn("ddns: the mapping source is left out: it needs the agent's port mappings, which agent ddns does not keep", "source", s.String())
+				continue
+			}
+			sources = append(sources, o.Mappings.Source(s.Tunnel))
+			addWake(o.Mappings.Wake())
+			u.StopTimeout = mappingStopTimeout
 		case config.DDNSSourceHTTP:
 			urls := c.HTTPURLs
 			if len(urls) == 0 {
@@ -107,7 +135,7 @@ func New(c *config.DDNS, o Options) (*ddns.Updater, error) {
 	}
 	switch len(sources) {
 	case 0:
-		return nil, errors.New("ddns.sources: no source left: the relay source needs the agent's session to the relay; add http, interface:NAME or command:COMMAND to run without one")
+		return nil, errors.New("ddns.sources: no source left: the relay source needs the agent's session to the relay, and the mapping source the port mappings the agent keeps; add http, interface:NAME or command:COMMAND to run without them")
 	case 1:
 		u.Source = sources[0]
 	default:

@@ -148,6 +148,44 @@ func TestNewRelaySource(t *testing.T) {
 	}
 }
 
+// TestNewMappingSource: mapping sources come from the agent's Mappings,
+// wake the updater beside the relay source, and make it withdraw as it
+// stops; without Mappings ("agent ddns") they are left out.
+func TestNewMappingSource(t *testing.T) {
+	c := base("cloudflare")
+	c.Cloudflare = &config.DDNSCloudflare{APIToken: "t", Zone: "example.com"}
+	c.Sources = []config.DDNSSource{{Kind: config.DDNSSourceMapping, Tunnel: "web"}, {Kind: config.DDNSSourceRelay}, {Kind: config.DDNSSourceMapping, Tunnel: "ssh"}}
+	ra, ms := ddns.NewRelayAddr(), ddns.NewMappings()
+	u, err := New(c, Options{Relay: ra, Mappings: ms})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := u.Source.Name(); got != "first of (mapping:web, relay, mapping:ssh)" {
+		t.Errorf("source %q", got)
+	}
+	if u.Wake != ms.Wake() || u.WakeToo != ra.Wake() || u.StopTimeout <= 0 {
+		t.Errorf("Wake %v, WakeToo %v, StopTimeout %v: want the mappings', the relay's, and a last round", u.Wake, u.WakeToo, u.StopTimeout)
+	}
+	c.Sources = c.Sources[:1]
+	if u, err = New(c, Options{Mappings: ms}); err != nil || u.Wake != ms.Wake() || u.WakeToo != nil {
+		t.Errorf("mapping source alone: %v, Wake %v, WakeToo %v", err, u.Wake, u.WakeToo)
+	}
+
+	var logs bytes.Buffer
+	c.Sources = append(c.Sources, config.DDNSSource{Kind: config.DDNSSourceHTTP})
+	u, err = New(c, Options{Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := u.Source.Name(); got != "first of (http (IPv4), http (IPv6))" || !strings.Contains(logs.String(), "the mapping source is left out") || u.StopTimeout != 0 {
+		t.Errorf("without Mappings: source %q, StopTimeout %v, log %s", got, u.StopTimeout, logs.String())
+	}
+	c.Sources = c.Sources[:1]
+	if _, err := New(c, Options{}); err == nil || !strings.Contains(err.Error(), "no source left") {
+		t.Errorf("mapping source only, without Mappings: %v", err)
+	}
+}
+
 func TestReport(t *testing.T) {
 	var b bytes.Buffer
 	ok := Report(&b, []ddns.Status{
@@ -211,7 +249,7 @@ func TestDocExamplesBuild(t *testing.T) {
 				}
 				c = r.DDNS
 			}
-			if _, err := New(c, Options{Relay: ddns.NewRelayAddr()}); err != nil {
+			if _, err := New(c, Options{Relay: ddns.NewRelayAddr(), Mappings: ddns.NewMappings()}); err != nil {
 				t.Errorf("%s: YAML example %d: %v", doc, i+1, err)
 			}
 		}
