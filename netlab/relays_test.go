@@ -15,15 +15,17 @@ import (
 // loss of either relay.
 //
 //	inet                               vps2
-//	vps20 198.18.1.1/24 ────────────── eth0 198.18.1.10/24
+//	vps20 11.8.0.1/24 ──────────────── eth0 11.8.0.10/24
 //	                                   the second relay :7000
 //
-// 198.18.1.0/24 is in RFC 2544's benchmarking range, beside the flood
-// scenarios' attacker (198.18.0.0/24); it exists only on the lab's veth
-// pair.
+// The documentation ranges are taken by the other machines, and the
+// dynamic DNS updater refuses to publish the benchmarking range, so the
+// second VPS has an address that looks public, as withRoutableHomeWAN
+// does: it exists only on the lab's own veth pair, and nothing routes from
+// the lab to any other network.
 const (
-	inetVPS2 = "198.18.1.1"
-	vps2IP   = "198.18.1.10"
+	inetVPS2 = "11.8.0.1"
+	vps2IP   = "11.8.0.10"
 )
 
 // vps2Link is the second VPS's cable to the internet router.
