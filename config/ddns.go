@@ -65,6 +65,9 @@ const (
 	// DDNSSourceMapping is the outside address of a tunnel's port mapping
 	// on the home router, while the relay has verified it reachable.
 	DDNSSourceMapping = "mapping"
+	// DDNSSourceConnectedRelays is the addresses of the relays the agent
+	// has a session with.
+	DDNSSourceConnectedRelays = "connected_relays"
 )
 
 // DDNSSource is one source of the public address.
@@ -514,7 +517,7 @@ func (p ddnsParser) sources(v any) []DDNSSource {
 		return nil
 	}
 	if len(items) == 0 {
-		p.fail(path, fmt.Errorf("empty: leave it out for the default, or list relay, http, mapping:TUNNEL, interface:NAME or command:COMMAND"))
+		p.fail(path, fmt.Errorf("empty: leave it out for the default, or list relay, connected_relays, http, mapping:TUNNEL, interface:NAME or command:COMMAND"))
 	}
 	if len(items) > ddnsMaxSources {
 		p.fail(path, fmt.Errorf("%d sources: at most %d", len(items), ddnsMaxSources))
@@ -524,7 +527,7 @@ func (p ddnsParser) sources(v any) []DDNSSource {
 		where := fmt.Sprintf("%s item %d", path, i+1)
 		s, ok := item.(string)
 		if !ok {
-			p.fail(where, fmt.Errorf("want relay, http, mapping:TUNNEL, interface:NAME or command:COMMAND as a string"))
+			p.fail(where, fmt.Errorf("want relay, connected_relays, http, mapping:TUNNEL, interface:NAME or command:COMMAND as a string"))
 			continue
 		}
 		src, err := ParseDDNSSource(s)
@@ -534,6 +537,10 @@ func (p ddnsParser) sources(v any) []DDNSSource {
 		}
 		if src.Kind == DDNSSourceRelay && p.mode == ddnsRelay {
 			p.fail(where, fmt.Errorf("relay: only the agent has this source (the address the relay sees it at); the relay itself can use http, interface:NAME or command:COMMAND"))
+			continue
+		}
+		if src.Kind == DDNSSourceConnectedRelays && p.mode == ddnsRelay {
+			p.fail(where, fmt.Errorf("connected_relays: only the agent has this source (the relays it has a session with); the relay itself can use http, interface:NAME or command:COMMAND"))
 			continue
 		}
 		if src.Kind == DDNSSourceMapping {
@@ -579,7 +586,8 @@ func (p ddnsParser) checkMapping(name string) error {
 	return fmt.Errorf("no tunnel is named %q (the tunnels are %s)", name, strings.Join(names, ", "))
 }
 
-// ParseDDNSSource reads a source as a file writes it: "relay", "http",
+// ParseDDNSSource reads a source as a file writes it: "relay",
+// "connected_relays", "http",
 // "mapping:TUNNEL", "interface:NAME" or "command:COMMAND". COMMAND is split at white space
 // into the program and its arguments; single or double quotes keep white
 // space inside an argument. No shell runs it.
@@ -589,7 +597,7 @@ func ParseDDNSSource(s string) (DDNSSource, error) {
 	kind = strings.ToLower(strings.TrimSpace(kind))
 	arg = strings.TrimSpace(arg)
 	switch kind {
-	case DDNSSourceRelay, DDNSSourceHTTP:
+	case DDNSSourceRelay, DDNSSourceHTTP, DDNSSourceConnectedRelays:
 		if hasArg {
 			return DDNSSource{}, fmt.Errorf("%q: %s takes no argument", s, kind)
 		}
@@ -614,7 +622,7 @@ func ParseDDNSSource(s string) (DDNSSource, error) {
 		}
 		return DDNSSource{Kind: kind, Command: argv}, nil
 	}
-	return DDNSSource{}, fmt.Errorf("%q: want relay, http, mapping:TUNNEL, interface:NAME or command:COMMAND", s)
+	return DDNSSource{}, fmt.Errorf("%q: want relay, connected_relays, http, mapping:TUNNEL, interface:NAME or command:COMMAND", s)
 }
 
 // splitCommand splits a command line at white space; single or double

@@ -73,3 +73,17 @@ func fmtAddrs(addrs []netip.Addr) string {
 	}
 	return strings.Join(s, ", ")
 }
+
+// removesOnly reports whether going from cur to want only removes
+// addresses: want is not empty, and every address of it is in cur.
+func removesOnly(cur, want []netip.Addr) bool {
+	if len(want) == 0 || len(want) >= len(cur) {
+		return false
+	}
+	for _, w := range want {
+		if !slices.Contains(cur, w) {
+			return false
+		}
+	}
+	return true
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -98,9 +99,10 @@ type Updater struct {
 	// source that learns of a new address (the agent, when the relay sees
 	// it at a new one) sends on it. Writes still keep MinWriteInterval.
 	Wake <-chan struct{}
-	// WakeToo is a second Wake, for a second source that learns of
-	// changes (the agent's relay and mapping sources together).
-	WakeToo <-chan struct{}
+	// Wakes are more of them, for more sources that learn of changes
+	// (the agent's relay, mapping and connected_relays sources
+	// together).
+	Wakes []<-chan struct{}
 	// StopTimeout, if positive, makes Run make one last round when ctx
 	// ends, bounded by it, in which sources whose address goes away with
 	// the program (the mapping source: the agent removes its port
@@ -289,14 +291,10 @@ func (u *Updater) Run(ctx context.Context) error {
 			return stopped
 		}
 		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
+		if u.await(ctx, t.C) {
 			t.Stop()
 			u.stopRound(ctx)
 			return nil
-		case <-t.C:
-		case <-u.Wake:
-		case <-u.WakeToo:
 		}
 		if t.Stop() {
 			// Woken: ask the source even if it is backing off.
@@ -305,6 +303,30 @@ func (u *Updater) Run(ctx context.Context) error {
 			u.syncMu.Unlock()
 		}
 	}
+}
+
+// await waits for ctx to end (it reports true then), timer, Wake or one
+// of Wakes.
+func (u *Updater) await(ctx context.Context, timer <-chan time.Time) (done bool) {
+	if len(u.Wakes) == 0 {
+		select {
+		case <-ctx.Done():
+			return true
+		case <-timer:
+		case <-u.Wake:
+		}
+		return false
+	}
+	cases := []reflect.SelectCase{
+		{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())},
+		{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(timer)},
+		{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(u.Wake)},
+	}
+	for _, w := range u.Wakes {
+		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(w)})
+	}
+	chosen, _, _ := reflect.Select(cases)
+	return chosen == 0
 }
 
 // stopRound makes the last round of StopTimeout, in a context that
@@ -459,7 +481,8 @@ func (u *Updater) wanted(ctx context.Context) (map[string][]netip.Addr, error) {
 
 // syncRecord reads one record set, writes it if needed and confirms.
 // withdraw: want is empty because the source withdrew its address; the
-// write is not deferred by MinWriteInterval.
+// write is not deferred by MinWriteInterval, nor is one that only removes
+// addresses.
 func (u *Updater) syncRecord(ctx context.Context, r *record, want []netip.Addr, withdraw bool) {
 	p := u.Provider
 	now := u.now()
@@ -478,7 +501,10 @@ func (u *Updater) syncRecord(ctx context.Context, r *record, want []netip.Addr, 
 		u.succeed(r, want)
 		return
 	}
-	if !withdraw && !u.final && !r.lastWrite.IsZero() && now.Sub(r.lastWrite) < u.minWriteInterval() {
+	// Removing addresses (a relay that is gone) is not deferred either:
+	// the interval keeps a flapping address from churning the records,
+	// and its return is what waits.
+	if !withdraw && !removesOnly(cur, want) && !u.final && !r.lastWrite.IsZero() && now.Sub(r.lastWrite) < u.minWriteInterval() {
 		r.next = r.lastWrite.Add(u.minWriteInterval())
 		r.st.Synced, r.st.NextAttempt = inSync, r.next
 		u.log().Debug("ddns: write deferred by the minimum write interval", "name", r.name, "type", r.typ, "until", r.next)

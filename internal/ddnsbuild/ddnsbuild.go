@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -32,6 +33,10 @@ type Options struct {
 	// exists ("agent ddns"): relay sources are then left out, with a
 	// warning, and it is an error if no other source is configured.
 	Relay *ddns.RelayAddr
+	// Sessions feeds the connected_relays source: the relays the agent
+	// has a session with. Nil where the program opens no sessions
+	// ("agent ddns").
+	Sessions *ddns.RelaySessions
 	// Mappings feeds the mapping sources: the agent's port mappings
 	// that the relay verified. Nil where the agent keeps no mappings
 	// ("agent ddns"): mapping sources are then left out, with a warning,
@@ -88,10 +93,11 @@ func New(c *config.DDNS, o Options) (*ddns.Updater, error) {
 	var sources []ddns.Source
 	// addWake lets a source that learns of changes wake the updater.
 	addWake := func(w <-chan struct{}) {
-		if u.Wake == nil {
+		switch {
+		case u.Wake == nil:
 			u.Wake = w
-		} else if u.Wake != w && u.WakeToo == nil {
-			u.WakeToo = w
+		case u.Wake != w && !slices.Contains(u.Wakes, w):
+			u.Wakes = append(u.Wakes, w)
 		}
 	}
 	for _, s := range c.Sources {
@@ -103,6 +109,13 @@ func New(c *config.DDNS, o Options) (*ddns.Updater, error) {
 			}
 			sources = append(sources, o.Relay.Source())
 			addWake(o.Relay.Wake())
+		case config.DDNSSourceConnectedRelays:
+			if o.Sessions == nil {
+				log.Warn("ddns: the connected_relays source is left out: it needs the agent's sessions to its relays, which agent ddns does not open")
+				continue
+			}
+			sources = append(sources, o.Sessions.Source())
+			addWake(o.Sessions.Wake())
 		case config.DDNSSourceMapping:
 			if o.Mappings == nil {
 				log.Warn("ddns: the mapping source is left out: it needs the agent's port mappings, which agent ddns does not keep", "source", s.String())
@@ -135,7 +148,7 @@ func New(c *config.DDNS, o Options) (*ddns.Updater, error) {
 	}
 	switch len(sources) {
 	case 0:
-		return nil, errors.New("ddns.sources: no source left: the relay source needs the agent's session to the relay, and the mapping source the port mappings the agent keeps; add http, interface:NAME or command:COMMAND to run without them")
+		return nil, errors.New("ddns.sources: no source left: the relay and connected_relays sources need the agent's sessions to its relays, and the mapping source the port mappings the agent keeps; add http, interface:NAME or command:COMMAND to run without them")
 	case 1:
 		u.Source = sources[0]
 	default:

@@ -163,12 +163,12 @@ func TestNewMappingSource(t *testing.T) {
 	if got := u.Source.Name(); got != "first of (mapping:web, relay, mapping:ssh)" {
 		t.Errorf("source %q", got)
 	}
-	if u.Wake != ms.Wake() || u.WakeToo != ra.Wake() || u.StopTimeout <= 0 {
-		t.Errorf("Wake %v, WakeToo %v, StopTimeout %v: want the mappings', the relay's, and a last round", u.Wake, u.WakeToo, u.StopTimeout)
+	if u.Wake != ms.Wake() || len(u.Wakes) != 1 || u.Wakes[0] != ra.Wake() || u.StopTimeout <= 0 {
+		t.Errorf("Wake %v, Wakes %v, StopTimeout %v: want the mappings', the relay's, and a last round", u.Wake, u.Wakes, u.StopTimeout)
 	}
 	c.Sources = c.Sources[:1]
-	if u, err = New(c, Options{Mappings: ms}); err != nil || u.Wake != ms.Wake() || u.WakeToo != nil {
-		t.Errorf("mapping source alone: %v, Wake %v, WakeToo %v", err, u.Wake, u.WakeToo)
+	if u, err = New(c, Options{Mappings: ms}); err != nil || u.Wake != ms.Wake() || u.Wakes != nil {
+		t.Errorf("mapping source alone: %v, Wake %v, Wakes %v", err, u.Wake, u.Wakes)
 	}
 
 	var logs bytes.Buffer
@@ -256,5 +256,34 @@ func TestDocExamplesBuild(t *testing.T) {
 	}
 	if n < 12 {
 		t.Errorf("%d ddns examples; want one per provider at least", n)
+	}
+}
+
+// TestNewConnectedRelaysSource: the connected_relays source comes from the
+// agent's RelaySessions and wakes the updater beside the relay and mapping
+// sources; without them ("agent ddns") it is left out, saying so.
+func TestNewConnectedRelaysSource(t *testing.T) {
+	c := base("cloudflare")
+	c.Cloudflare = &config.DDNSCloudflare{APIToken: "t", Zone: "example.com"}
+	c.Sources = []config.DDNSSource{{Kind: config.DDNSSourceConnectedRelays}, {Kind: config.DDNSSourceRelay}, {Kind: config.DDNSSourceMapping, Tunnel: "web"}}
+	ra, ms, rs := ddns.NewRelayAddr(), ddns.NewMappings(), ddns.NewRelaySessions()
+	u, err := New(c, Options{Relay: ra, Mappings: ms, Sessions: rs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := u.Source.Name(); got != "first of (connected_relays, relay, mapping:web)" {
+		t.Errorf("source %q", got)
+	}
+	if u.Wake != rs.Wake() || len(u.Wakes) != 2 || u.Wakes[0] != ra.Wake() || u.Wakes[1] != ms.Wake() {
+		t.Errorf("Wake %v, Wakes %v: want the sessions', then the relay's and the mappings'", u.Wake, u.Wakes)
+	}
+	var logs bytes.Buffer
+	c.Sources = []config.DDNSSource{{Kind: config.DDNSSourceConnectedRelays}, {Kind: config.DDNSSourceHTTP}}
+	u, err = New(c, Options{Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := u.Source.Name(); got != "first of (http (IPv4), http (IPv6))" || !strings.Contains(logs.String(), "the connected_relays source is left out") {
+		t.Errorf("without sessions: source %q, log %q", got, logs.String())
 	}
 }
