@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/homeport/homeport/config"
@@ -18,9 +17,6 @@ import (
 // enough to move to QUIC.
 const upgradeCheck = 5 * time.Second
 
-// errUpgrade ends a TCP session that moves to QUIC.
-var errUpgrade = errors.New("moving the session to QUIC")
-
 // transports builds the agent's transports from its configuration.
 func (a *Agent) transports(cfg *config.Agent) (tcp, quic tunnel.Transport) {
 	return relaydial.Transports(cfg.Transport, cfg.Session, cfg.HandshakeTimeout, func(rcv, snd int) {
@@ -32,7 +28,7 @@ func (a *Agent) transports(cfg *config.Agent) (tcp, quic tunnel.Transport) {
 
 // watchQUIC runs beside a TCP session in auto mode: when QUIC may be
 // tried again, it probes; once QUIC answers and the session carries no
-// visitor connection, it ends the session so that the next one uses QUIC.
+// visitor connection, it calls upgrade (once) and returns.
 func (a *Agent) watchQUIC(ctx context.Context, sess tunnel.Session, upgrade func()) {
 	for {
 		// Wake at least every upgradeCheck, so that a policy changed
