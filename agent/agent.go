@@ -27,9 +27,9 @@ type Agent struct {
 	// set is the configuration in force, replaced whole by Reload: each
 	// visitor, session and retry reads it once and works with what it got.
 	set          atomic.Pointer[settings]
-	reloadMu     sync.Mutex           // one Reload at a time
-	policy       relaydial.QUICPolicy // transport: auto
-	smallBuffers sync.Once            // QUIC's small UDP buffers are logged once
+	reloadMu     sync.Mutex            // one Reload at a time
+	policy       *relaydial.QUICPolicy // transport: auto; the link's
+	smallBuffers sync.Once             // QUIC's small UDP buffers are logged once
 	log          *slog.Logger
 	software     string
 	status       *statusBoard
@@ -81,6 +81,7 @@ func New(cfg config.Agent, version string, log *slog.Logger, opts ...Option) (*A
 		version:   version,
 		relayAddr: ddns.NewRelayAddr(),
 		WakeEvery: DefaultWakeEvery,
+		policy:    &relaydial.QUICPolicy{},
 	}
 	for _, o := range opts {
 		o(a)
@@ -102,7 +103,7 @@ func New(cfg config.Agent, version string, log *slog.Logger, opts ...Option) (*A
 	}
 	a.metrics = newMetrics()
 	a.ddns.u = u
-	a.link = newRelayLink(a)
+	a.link = newRelayLink(a, a.policy)
 	return a, nil
 }
 
@@ -334,12 +335,6 @@ func (a *Agent) register(ctx context.Context, sess tunnel.Session, reqs []reques
 		return nil, nil, fmt.Errorf("register tunnels: %w", err)
 	}
 	return ctrl, results, nil
-}
-
-// dialer reaches the relay of set.
-func (a *Agent) dialer(set *settings) *relaydial.Dialer {
-	return &relaydial.Dialer{Relay: set.cfg.Relay, TLS: set.tls, TCP: set.tcp, QUIC: set.quic,
-		Transport: set.cfg.Transport, Policy: &a.policy, Log: a.log}
 }
 
 // Option gives New what the configuration does not say.

@@ -104,8 +104,9 @@ const (
 type relayLink struct {
 	a      *Agent
 	log    *slog.Logger
-	events chan event  // from the link's workers and watchers
-	reload chan uint64 // see renew
+	policy *relaydial.QUICPolicy // transport: auto
+	events chan event            // from the link's workers and watchers
+	reload chan uint64           // see renew
 	board  sessionBoard
 
 	// live is the registrar of the session serving now, for Reload and
@@ -140,8 +141,10 @@ type relayLink struct {
 	kick bool
 }
 
-func newRelayLink(a *Agent) *relayLink {
-	return &relayLink{a: a, log: a.log, events: make(chan event), reload: make(chan uint64, 1), state: linkStopped}
+// newRelayLink makes the link of a; policy remembers whether QUIC to its
+// relay is worth trying.
+func newRelayLink(a *Agent, policy *relaydial.QUICPolicy) *relayLink {
+	return &relayLink{a: a, log: a.log, policy: policy, events: make(chan event), reload: make(chan uint64, 1), state: linkStopped}
 }
 
 // relay is the address of the link's relay.
@@ -354,7 +357,7 @@ func (s *relayLink) watch(l *link) {
 	}
 	if l.set.cfg.Transport == config.TransportAuto && l.transport == config.TransportTCP {
 		s.watchers.Go(func() {
-			s.a.watchQUIC(ctx, l.sess, func() { s.send(ctx, event{kind: evUpgradeWanted, l: l}) })
+			s.watchQUIC(ctx, l.sess, func() { s.send(ctx, event{kind: evUpgradeWanted, l: l}) })
 		})
 	}
 }
@@ -402,7 +405,7 @@ func (s *relayLink) ended(l *link, f *failure) {
 		f.replaced, f.cut = false, true
 	}
 	if l.set.cfg.Transport == config.TransportAuto && l.transport == config.TransportQUIC {
-		if failed, pause := s.a.policy.Ended(time.Since(s.start), time.Now()); failed {
+		if failed, pause := s.policy.Ended(time.Since(s.start), time.Now()); failed {
 			s.log.Warn("QUIC sessions keep ending within a minute; using TCP", "retry_quic_in", pause.Round(time.Second))
 		}
 	}
@@ -467,7 +470,8 @@ func stopTimer(t **time.Timer) {
 
 // dialer reaches the relay of set.
 func (s *relayLink) dialer(set *settings) *relaydial.Dialer {
-	return s.a.dialer(set)
+	return &relaydial.Dialer{Relay: set.cfg.Relay, TLS: set.tls, TCP: set.tcp, QUIC: set.quic,
+		Transport: set.cfg.Transport, Policy: s.policy, Log: s.log}
 }
 
 // sessionDown logs the end of l's session; upgraded: the agent closed it
