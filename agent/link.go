@@ -119,6 +119,7 @@ type relayLink struct {
 	state    linkState
 	err      error // what run returns
 	pending  int   // workers whose final event is still to come
+	failures int   // attempts at a session that failed in a row
 	watchers sync.WaitGroup
 	retries  retries
 	// cur is the session serving (serving, replacing, upgrading), since
@@ -262,12 +263,19 @@ func (s *relayLink) handle(ev event) {
 	}
 }
 
-// enter moves the link to state to, and says so in one line.
+// enter moves the link to state to, and says so in one line: at level
+// info, but for the rounds of connecting and backing off after the first
+// failure in a row, which would fill the log while the relay is away.
 func (s *relayLink) enter(to linkState, cause string, attrs ...any) {
 	from := s.state
 	s.state = to
 	s.board.enter(to)
-	s.log.Info("relay link", append([]any{"relay", s.relay(), "from", from.String(), "to", to.String(), "cause", cause}, attrs...)...)
+	level := slog.LevelInfo
+	if s.failures > 1 && (from == linkBackingOff && to == linkConnecting || from == linkConnecting && to == linkBackingOff) {
+		level = slog.LevelDebug
+	}
+	s.log.Log(context.Background(), level, "relay link",
+		append([]any{"relay", s.relay(), "from", from.String(), "to", to.String(), "cause", cause}, attrs...)...)
 }
 
 // spawn runs a worker whose last word is a final event.
@@ -318,6 +326,7 @@ func (s *relayLink) connectFailed(err error) {
 	if s.state == linkStopped {
 		return
 	}
+	s.failures++
 	s.a.status.down(time.Now())
 	delay, refused := s.retries.afterConnect(s.ctx, err, s.a.conf().cfg, s.log)
 	if refused != nil {
@@ -330,7 +339,7 @@ func (s *relayLink) connectFailed(err error) {
 
 // serveNow makes l the session serving, and watches it.
 func (s *relayLink) serveNow(l *link, cause string) {
-	s.cur, s.curEnd, s.tried, s.silentGaveUp = l, nil, false, false
+	s.cur, s.curEnd, s.tried, s.silentGaveUp, s.failures = l, nil, false, false, 0
 	s.gaveUpGen, s.renewAttempt, s.kick = 0, 0, false
 	stopTimer(&s.renewRetry)
 	s.enter(linkServing, cause, "transport", l.transport)

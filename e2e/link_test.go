@@ -218,6 +218,11 @@ func TestLinkBacksOffWhileRefused(t *testing.T) {
 	if n := strings.Count(a.logs.String(), `level=ERROR msg="relay refused this agent for now`); n != 1 {
 		t.Errorf("refusal logged %d times at level error, want once\n%s", n, a.logs)
 	}
+	// The rounds of backing off after the first are logged at level
+	// debug: they would fill the log while the relay is away.
+	if n := len(regexp.MustCompile(`level=INFO msg="relay link" .*to=backing_off`).FindAllString(a.logs.String(), -1)); n != 1 {
+		t.Errorf("backing off logged %d times at level info, want once\n%s", n, a.logs)
+	}
 }
 
 // TestLinkRefusedFirst: a token the relay does not know stops the link
