@@ -78,7 +78,7 @@ func (a *Agent) serve(ctx context.Context, s *relayLink, l *link) sessionEnd {
 	v := a.newServer(ctx, l)
 	defer v.cancel()
 	go v.readControl(ctx)
-	stopReg := s.register(ctx, l, v)
+	stopReg := s.startRegistrar(ctx, l, v)
 	defer stopReg()
 	// UDP flows: datagrams that arrive outside their stream (QUIC) are
 	// delivered through the flow table.
@@ -104,12 +104,12 @@ func (a *Agent) serve(ctx context.Context, s *relayLink, l *link) sessionEnd {
 	return v.finish()
 }
 
-// register starts the registrar of l's session: tunnels the relay refused
-// for a reason that may pass are asked for again on this session until
-// they are up; a reload brings the session's tunnels in line (sync)
-// through the registrar too, once now for one that came while the session
-// was being made. The returned func stops it.
-func (s *relayLink) register(ctx context.Context, l *link, v *server) (stop func()) {
+// startRegistrar starts the registrar of l's session: tunnels the relay
+// refused for a reason that may pass are asked for again on this session
+// until they are up; a reload brings the session's tunnels in line (sync)
+// through the registrar too, once now for one that came while the
+// session was being made. The returned func stops it.
+func (s *relayLink) startRegistrar(ctx context.Context, l *link, v *server) (stop func()) {
 	regCtx, stopReg := context.WithCancel(ctx)
 	reg := &registrar{a: s.a, l: l, ctx: regCtx, results: v.results, gone: v.gone}
 	if len(l.retry) > 0 {
