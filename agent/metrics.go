@@ -50,7 +50,7 @@ func (a *Agent) RegisterMetrics(reg prometheus.Registerer) error {
 // Ready reports why the agent cannot carry traffic (nil: it can): no
 // session to the relay yet.
 func (a *Agent) Ready() error {
-	s := a.sessionState.snapshot(a.conf().cfg.Relay)
+	s := a.link.board.snapshot(a.conf().cfg.Relay)
 	if s.State != "up" {
 		if s.Error != "" {
 			return errors.New("no session to the relay: " + s.Error)

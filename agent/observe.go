@@ -13,10 +13,11 @@ import (
 // What the agent keeps for `agent status` and its metrics: the state of
 // its session to the relay, and counters per tunnel that outlive sessions.
 
-// sessionBoard is the state of the agent's session to its relay.
+// sessionBoard is the state of the agent's link to a relay, and of its
+// session, for `agent status`; the link writes it.
 type sessionBoard struct {
 	mu         sync.Mutex
-	state      string // up, connecting, waiting
+	link       linkState
 	transport  string
 	since      time.Time
 	publicAddr string
@@ -26,21 +27,25 @@ type sessionBoard struct {
 	retryAt    time.Time
 }
 
+// enter records the link's state.
+func (b *sessionBoard) enter(s linkState) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.link = s
+}
+
 func (b *sessionBoard) connecting() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.state != "connecting" {
-		b.state, b.since = "connecting", time.Now()
-	}
-	b.sess = nil
+	b.since, b.sess, b.retryAt = time.Now(), nil, time.Time{}
 }
 
 // up records a session that came up (the first, a reconnect, or one that
-// replaced a silent one).
+// replaced another).
 func (b *sessionBoard) up(transport, publicAddr string, sess tunnel.Session) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.state, b.transport, b.since, b.publicAddr, b.sess = "up", transport, time.Now(), publicAddr, sess
+	b.transport, b.since, b.publicAddr, b.sess = transport, time.Now(), publicAddr, sess
 	b.err, b.retryAt = "", time.Time{}
 	b.ups++
 }
@@ -49,7 +54,7 @@ func (b *sessionBoard) up(transport, publicAddr string, sess tunnel.Session) {
 func (b *sessionBoard) waiting(err error, retryAt time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.state, b.since, b.sess, b.retryAt = "waiting", time.Now(), nil, retryAt
+	b.since, b.sess, b.retryAt = time.Now(), nil, retryAt
 	if err != nil {
 		b.err = err.Error()
 	}
@@ -58,27 +63,20 @@ func (b *sessionBoard) waiting(err error, retryAt time.Time) {
 func (b *sessionBoard) snapshot(relay string) SessionStatus {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	st := SessionStatus{Relay: relay, State: cmpOr(b.state, "connecting"), Transport: b.transport, Since: b.since,
+	st := SessionStatus{Relay: relay, State: "connecting", Link: b.link.String(), Transport: b.transport, Since: b.since,
 		PublicAddr: b.publicAddr, Reconnects: max(b.ups-1, 0), Error: b.err, RetryAt: b.retryAt}
-	if b.sess != nil {
-		if isDone(b.sess.Done()) {
-			st.State = "connecting"
-		} else {
-			st.RTT = control.Duration(b.sess.RTT())
-			st.Streams = max(b.sess.NumStreams()-1, 0)
-		}
-	}
-	if st.State == "up" {
+	switch {
+	case b.sess != nil && !isDone(b.sess.Done()):
+		st.State = "up"
+		st.RTT = control.Duration(b.sess.RTT())
+		st.Streams = max(b.sess.NumStreams()-1, 0)
 		st.Error = ""
+	case b.link == linkBackingOff:
+		st.State = "waiting"
+	case b.link == linkStopped:
+		st.State = "stopped"
 	}
 	return st
-}
-
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 // tunnelStats counts one tunnel's visitors and traffic, across sessions.
@@ -114,7 +112,7 @@ func (a *Agent) statsOf(name string) *tunnelStats {
 func (a *Agent) Status() Status {
 	set := a.conf()
 	st := Status{ID: set.cfg.ID, Started: a.started, Now: time.Now(), Tunnels: []TunnelStatus{}}
-	st.Sessions = []SessionStatus{a.sessionState.snapshot(set.cfg.Relay)}
+	st.Sessions = []SessionStatus{a.link.board.snapshot(set.cfg.Relay)}
 	regs := map[string]Registration{}
 	for _, r := range a.Registrations() {
 		regs[r.Name] = r

@@ -44,7 +44,7 @@ func (w *reachWaiters) deliver(r *tunnel.ReachResult) bool {
 // from the internet. A nil error means the relay answered: its code
 // says how (tunnel.CodeOK: reachable).
 func (a *Agent) CheckReach(ctx context.Context, addr netip.AddrPort) (*tunnel.ReachResult, error) {
-	r := a.live.Load()
+	r := a.link.registrar()
 	if r == nil {
 		return nil, fmt.Errorf("%w: %w", ErrNoReachCheck, errNoSession)
 	}

@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/homeport/homeport/config"
@@ -348,7 +347,7 @@ func (a *Agent) Reload(cfg config.Agent) (Changes, error) {
 		a.log.Info("opening a new session with the changed settings; the old one keeps its open connections", "changed", ch.NewSession)
 		a.renewSessions(set.gen)
 	}
-	if r := a.live.Load(); r != nil {
+	if r := a.link.registrar(); r != nil {
 		if err := r.sync(); errors.Is(err, errNoUnregister) {
 			a.log.Info("the relay is older than closing a tunnel on a live session; opening a new session without it",
 				"tunnels", append(slices.Clone(ch.Removed), ch.Changed...))
@@ -362,112 +361,7 @@ func (a *Agent) Reload(cfg config.Agent) (Changes, error) {
 
 // renewSessions asks for sessions made with settings older than gen to be
 // replaced.
-func (a *Agent) renewSessions(gen uint64) {
-	for {
-		cur := a.renewAt.Load()
-		if cur >= gen || a.renewAt.CompareAndSwap(cur, gen) {
-			break
-		}
-	}
-	select {
-	case a.renew <- struct{}{}:
-	default:
-	}
-}
-
-// watchRenew opens a new session beside l, when the settings l was made
-// with are to be replaced (renewSessions), and sends it on newer. It
-// returns when l ends, when ctx ends, or once it has sent one. While the
-// new session fails (a relay address that does not answer, a token the
-// relay refuses), l goes on serving, and the new one is tried again with
-// backoff; a failure that only a change of configuration can fix is not
-// retried until the next reload.
-func (a *Agent) watchRenew(ctx context.Context, l *link, replacing, tried *atomic.Bool, newer chan<- *link) {
-	attempt := 0
-	var wait <-chan time.Time
-	var gaveUp uint64 // the generation given up on
-	for {
-		if want := a.renewAt.Load(); l.set.gen < want && gaveUp < want && wait == nil {
-			if !replacing.CompareAndSwap(false, true) {
-				// A new session for a silent relay is on its way; it
-				// is made with the settings in force, or is checked
-				// again once it serves.
-				wait = time.After(silenceCheck)
-			} else {
-				tried.Store(true)
-				// A new session that the relay does not see as this
-				// one's successor (another relay, token or id) gets
-				// the ports only once this one gave them up.
-				handed := false
-				next, err := a.establish(ctx, true, false, func(set *settings) {
-					if k, nk := l.set.cfg, set.cfg; k.Relay != nk.Relay || k.Token != nk.Token || k.ID != nk.ID {
-						handed = true
-						a.handOff(l)
-					}
-				})
-				if err == nil {
-					newer <- next
-					return
-				}
-				if handed {
-					a.takeBack(l)
-				}
-				replacing.Store(false)
-				if ctx.Err() != nil {
-					return
-				}
-				var f *failure
-				if errors.As(err, &f) && f.definitive {
-					a.log.Error("new session with the changed settings refused; the old session goes on until it ends",
-						"err", err)
-					gaveUp = want
-				} else {
-					delay := jitter(refusedBase, a.conf().cfg.ReconnectMax, attempt)
-					attempt++
-					a.log.Warn("new session with the changed settings failed; the old session goes on; trying again",
-						"err", err, "retry_in", delay.Round(time.Millisecond))
-					wait = time.After(delay)
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-l.sess.Done():
-			return
-		case <-a.renew:
-		case <-wait:
-			wait = nil
-		}
-	}
-}
-
-// handOff gives up the public ports of l, for a new session beside it
-// that the relay does not see as l's successor: with Unregister where the
-// relay knows it (the ports are free when it answers), else with a GoAway
-// (the relay closes them at once; the new session's registrations may
-// come first and are then retried). l's open connections go on.
-func (a *Agent) handOff(l *link) {
-	if r := a.live.Load(); r != nil && r.l == l {
-		if err := r.leave(); err == nil {
-			return
-		}
-	}
-	if err := l.w.write(&tunnel.GoAway{Code: tunnel.CodeShutdown, Message: "the agent's settings changed; its new session takes over"}, time.Second); err != nil {
-		a.log.Debug("telling the relay that the old session leaves", "err", err)
-	}
-}
-
-// takeBack registers the tunnels on l again after a handOff whose new
-// session failed.
-func (a *Agent) takeBack(l *link) {
-	if r := a.live.Load(); r != nil && r.l == l {
-		r.stay()
-		if err := r.sync(); err != nil {
-			a.log.Debug("registering the tunnels again on the old session", "err", err)
-		}
-	}
-}
+func (a *Agent) renewSessions(gen uint64) { a.link.renew(gen) }
 
 // ddnsRunner runs the dynamic DNS updater while the agent runs, and
 // replaces it when a reload changes its configuration.

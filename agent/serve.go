@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/homeport/homeport/config"
@@ -26,231 +25,289 @@ const (
 	shutdownDrain = 10 * time.Second
 )
 
-// serve handles the relay's streams until the session ends or ctx ends.
-// It always returns a *failure of stageUp, or nil when ctx ended.
+// sessionEnd is how serving a session ended.
+type sessionEnd struct {
+	shutdown bool           // the agent stopped: it drained and closed the session
+	goAway   *tunnel.GoAway // the relay's word on the session's end, if any
+	ctrlErr  error          // the control stream from the relay broke
+}
+
+// failure is why the session ended, for the backoff (nil: shutdown).
+func (e sessionEnd) failure() *failure {
+	switch {
+	case e.shutdown:
+		return nil
+	case e.goAway != nil:
+		ga := e.goAway
+		return &failure{stage: stageUp, err: fmt.Errorf("relay: %s: %s", ga.Code, ga.Message),
+			// Another agent with our id took over (unless it was our
+			// own newer session, see relayLink.ended): coming straight
+			// back would take the ports away from it again, and so on
+			// forever.
+			replaced: ga.Code == tunnel.CodeReplaced,
+			// A relay shutting down is most often restarting: come back
+			// as soon as it listens again.
+			cut: ga.Code == tunnel.CodeShutdown}
+	}
+	return &failure{stage: stageUp, cut: true, err: errors.New("session closed")}
+}
+
+// describe names the cause of the end, as a metric label, and puts it in
+// words; upgraded: the agent closed the session to move it to QUIC.
+func (e sessionEnd) describe(upgraded bool) (cause, words string) {
+	switch {
+	case e.shutdown:
+		return "shutdown", "the agent is shutting down"
+	case e.goAway != nil:
+		return goAwayCause(e.goAway.Code), fmt.Sprintf("the relay said: %s: %s", e.goAway.Code, e.goAway.Message)
+	case upgraded:
+		return "upgrade", "moved to QUIC"
+	case e.ctrlErr != nil:
+		return "protocol_error", fmt.Sprintf("control stream from the relay: %v", e.ctrlErr)
+	}
+	return "", ""
+}
+
+// serve handles the relay's streams on l, a session of the link s, until
+// the session ends or ctx ends.
 //
 // When ctx ends, the agent drains: it tells the relay to close its public
 // ports, refuses streams that were already on their way, lets the open
 // connections finish for up to shutdownDrain, then closes the session.
-func (a *Agent) serve(ctx context.Context, l *link) error {
-	sess, ctrl := l.sess, l.w.ctrl
-	spliceCx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancel()
-
-	// The control stream carries the relay's later words: GoAway, and
-	// answers to the agent's requests. Its one reader ends with the
-	// session; writes (registrations, the agent's GoAway) go through l.w.
-	w := l.w
-	goaway := make(chan *tunnel.GoAway, 1)
-	gone := make(chan struct{}) // closed at the relay's first GoAway
-	results := make(chan *tunnel.RegisterResult, 1)
-	// leaving is set once the relay announced the session's end; streams
-	// that end with a session that ended otherwise were cut.
-	var leaving atomic.Bool
-	lost := func() bool { return isDone(sess.Done()) && !leaving.Load() }
-	var ctrlErr atomic.Pointer[error] // the control stream broke
-	ctrlDone := make(chan struct{})
+func (a *Agent) serve(ctx context.Context, s *relayLink, l *link) sessionEnd {
+	v := a.newServer(ctx, l)
+	defer v.cancel()
+	go v.readControl(ctx)
+	stopReg := s.startRegistrar(ctx, l, v)
+	defer stopReg()
+	// UDP flows: datagrams that arrive outside their stream (QUIC) are
+	// delivered through the flow table.
+	dgDone := make(chan struct{})
 	go func() {
-		defer close(ctrlDone)
-		for {
-			m, err := tunnel.ReadMessage(ctrl, tunnel.MaxFrameSize)
-			if err != nil {
-				// A broken control stream leaves the agent deaf to the
-				// relay: start over with a new session, unless this one
-				// is already ending or draining.
-				if ctx.Err() == nil && !isDone(sess.Done()) {
-					a.log.Warn("control stream from the relay failed; reconnecting", "err", err)
-					ctrlErr.Store(&err)
-					sess.Close()
-				}
-				return
-			}
-			switch m := m.(type) {
-			case *tunnel.GoAway:
-				if !leaving.Swap(true) {
-					close(gone)
-				}
-				select {
-				case goaway <- m:
-				default:
-				}
-			case *tunnel.ReachResult:
-				if !l.reach.deliver(m) {
-					a.log.Warn("relay sent a port mapping check nobody asked for", "addr", m.Addr)
-				}
-			case *tunnel.RegisterResult:
-				// The registrar has at most one request out.
-				select {
-				case results <- m:
-				default:
-					a.log.Warn("relay sent a registration answer nobody asked for")
-				}
-			default:
-				a.log.Warn("relay sent an unexpected control message", "type", fmt.Sprintf("%T", m))
-			}
-		}
+		defer close(dgDone)
+		v.flows.receive(v.spliceCtx, l.sess)
 	}()
+	defer func() {
+		v.cancel()
+		<-dgDone
+	}()
+	go v.acceptStreams(ctx)
 
-	// Tunnels the relay refused for a reason that may pass are asked for
-	// again on this session until they are up; a reload brings the
-	// session's tunnels in line (sync) through the registrar too, once
-	// now for one that came while the session was being made.
+	select {
+	case <-ctx.Done():
+		v.drain()
+		return sessionEnd{shutdown: true}
+	case <-l.sess.Done():
+	case <-v.acceptErr:
+		v.acceptErr <- nil // for the wait in finish
+	}
+	return v.finish()
+}
+
+// startRegistrar starts the registrar of l's session: tunnels the relay
+// refused for a reason that may pass are asked for again on this session
+// until they are up; a reload brings the session's tunnels in line (sync)
+// through the registrar too, once now for one that came while the
+// session was being made. The returned func stops it.
+func (s *relayLink) startRegistrar(ctx context.Context, l *link, v *server) (stop func()) {
 	regCtx, stopReg := context.WithCancel(ctx)
-	reg := &registrar{a: a, l: l, ctx: regCtx, results: results, gone: gone}
+	reg := &registrar{a: s.a, l: l, ctx: regCtx, results: v.results, gone: v.gone}
 	if len(l.retry) > 0 {
 		reg.retries.Go(func() { reg.retry(l.retry) })
 	}
 	reg.retries.Go(func() {
 		if err := reg.sync(); errors.Is(err, errNoUnregister) {
-			a.renewSessions(a.conf().gen)
+			s.renew(s.a.conf().gen)
 		}
 	})
-	a.live.Store(reg)
-	defer func() {
-		a.live.CompareAndSwap(reg, nil)
+	s.setLive(reg)
+	return func() {
+		s.clearLive(reg)
 		stopReg()
 		reg.retries.Wait()
-	}()
+	}
+}
 
-	// UDP flows: datagrams that arrive outside their stream (QUIC) are
-	// delivered through the flow table.
-	flows := newFlowTable(sess)
-	dgDone := make(chan struct{})
-	go func() {
-		defer close(dgDone)
-		flows.receive(spliceCx, sess)
-	}()
-	defer func() {
-		cancel()
-		<-dgDone
-	}()
+// server serves one session: the relay's control messages and its
+// visitor streams.
+type server struct {
+	a         *Agent
+	l         *link
+	spliceCtx context.Context // the visitors' connections; outlives a drain's ctx
+	cancel    context.CancelFunc
 
+	// The control stream carries the relay's later words: GoAway, and
+	// answers to the agent's requests. Its one reader (readControl) ends
+	// with the session; writes (registrations, the agent's GoAway) go
+	// through l.w.
+	goaway   chan *tunnel.GoAway
+	gone     chan struct{} // closed at the relay's first GoAway
+	results  chan *tunnel.RegisterResult
+	ctrlErr  error         // the control stream broke; set before ctrlDone closes
+	ctrlDone chan struct{} // readControl returned
+
+	flows *flowTable
 	// Streams are accepted until the session ends, also while draining,
 	// so that a visitor who raced with the shutdown gets a clear refusal
 	// instead of waiting. streams counts the served ones; draining,
 	// under mu, stops new Adds before streams.Wait begins.
-	var (
-		refusals  sync.WaitGroup // refuse waits up to a second for the relay
-		streams   sync.WaitGroup
-		mu        sync.Mutex
-		draining  bool
-		acceptErr = make(chan error, 1)
-	)
-	// spawn runs f on a goroutine of its own, counted with the streams:
-	// a splice that lasts hours should not keep the stack that dialling
-	// the target grew.
-	spawn := func(f func()) {
-		streams.Add(1) // the caller is a counted stream: never from zero
-		go func() {
-			defer streams.Done()
-			f()
-		}()
-	}
-	go func() {
-		for {
-			st, err := sess.AcceptStream(context.WithoutCancel(ctx))
-			if err != nil {
-				acceptErr <- err
-				return
-			}
-			mu.Lock()
-			if draining {
-				mu.Unlock()
-				refusals.Add(1)
-				go func() {
-					defer refusals.Done()
-					refuse(st, tunnel.CodeShutdown, "agent shutting down")
-				}()
-				continue
-			}
-			streams.Add(1)
-			mu.Unlock()
-			go func() {
-				defer streams.Done()
-				a.handleStream(spliceCx, tunnel.CutAware(st, lost), l.features, flows, spawn)
-			}()
-		}
-	}()
-	stopStreams := func() {
-		mu.Lock()
-		draining = true
-		mu.Unlock()
-	}
+	refusals  sync.WaitGroup // refuse waits up to a second for the relay
+	streams   sync.WaitGroup
+	mu        sync.Mutex
+	draining  bool
+	acceptErr chan error
+}
 
-	select {
-	case <-ctx.Done():
-		if err := w.write(&tunnel.GoAway{Code: tunnel.CodeShutdown, Message: "agent shutting down"}, time.Second); err != nil {
-			a.log.Debug("telling the relay about shutdown", "err", err)
+func (a *Agent) newServer(ctx context.Context, l *link) *server {
+	v := &server{a: a, l: l, goaway: make(chan *tunnel.GoAway, 1), gone: make(chan struct{}),
+		results: make(chan *tunnel.RegisterResult, 1), ctrlDone: make(chan struct{}),
+		flows: newFlowTable(l.sess), acceptErr: make(chan error, 1)}
+	v.spliceCtx, v.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	return v
+}
+
+// lost reports whether the session ended without the relay announcing
+// it: the streams that end with it were cut.
+func (v *server) lost() bool { return isDone(v.l.sess.Done()) && !isDone(v.gone) }
+
+// readControl reads the relay's control messages until the session ends.
+func (v *server) readControl(ctx context.Context) {
+	defer close(v.ctrlDone)
+	a, l := v.a, v.l
+	for {
+		m, err := tunnel.ReadMessage(l.w.ctrl, tunnel.MaxFrameSize)
+		if err != nil {
+			// A broken control stream leaves the agent deaf to the
+			// relay: start over with a new session, unless this one is
+			// already ending or draining.
+			if ctx.Err() == nil && !isDone(l.sess.Done()) {
+				a.log.Warn("control stream from the relay failed; reconnecting", "err", err)
+				v.ctrlErr = err
+				l.sess.Close()
+			}
+			return
 		}
-		stopStreams()
-		drained := make(chan struct{})
-		go func() {
-			streams.Wait()
-			close(drained)
-		}()
-		t := time.NewTimer(shutdownDrain)
-		select {
-		case <-drained:
-		case <-t.C:
-			a.log.Warn("shutdown: drain time over, closing remaining connections")
-		case <-sess.Done():
+		switch m := m.(type) {
+		case *tunnel.GoAway:
+			if !isDone(v.gone) {
+				close(v.gone)
+			}
+			select {
+			case v.goaway <- m:
+			default:
+			}
+		case *tunnel.ReachResult:
+			if !l.reach.deliver(m) {
+				a.log.Warn("relay sent a port mapping check nobody asked for", "addr", m.Addr)
+			}
+		case *tunnel.RegisterResult:
+			// The registrar has at most one request out.
+			select {
+			case v.results <- m:
+			default:
+				a.log.Warn("relay sent a registration answer nobody asked for")
+			}
+		default:
+			a.log.Warn("relay sent an unexpected control message", "type", fmt.Sprintf("%T", m))
 		}
-		t.Stop()
-		cancel()
-		sess.Close()
-		<-drained
-		<-acceptErr
-		refusals.Wait()
-		<-ctrlDone
-		a.sessionDown(l, "shutdown", "the agent is shutting down")
-		return nil
-	case <-sess.Done():
-	case <-acceptErr:
-		acceptErr <- nil // for the wait below
 	}
+}
+
+// spawn runs f on a goroutine of its own, counted with the streams: a
+// splice that lasts hours should not keep the stack that dialling the
+// target grew.
+func (v *server) spawn(f func()) {
+	v.streams.Add(1) // the caller is a counted stream: never from zero
+	go func() {
+		defer v.streams.Done()
+		f()
+	}()
+}
+
+// acceptStreams takes the relay's streams until the session ends.
+func (v *server) acceptStreams(ctx context.Context) {
+	sess := v.l.sess
+	for {
+		st, err := sess.AcceptStream(context.WithoutCancel(ctx))
+		if err != nil {
+			v.acceptErr <- err
+			return
+		}
+		v.mu.Lock()
+		if v.draining {
+			v.mu.Unlock()
+			v.refusals.Go(func() { refuse(st, tunnel.CodeShutdown, "agent shutting down") })
+			continue
+		}
+		v.streams.Add(1)
+		v.mu.Unlock()
+		go func() {
+			defer v.streams.Done()
+			v.a.handleStream(v.spliceCtx, tunnel.CutAware(st, v.lost), v.l.features, v.flows, v.spawn)
+		}()
+	}
+}
+
+// stopStreams refuses the streams from now on.
+func (v *server) stopStreams() {
+	v.mu.Lock()
+	v.draining = true
+	v.mu.Unlock()
+}
+
+// drain ends the session for the agent's shutdown (see serve).
+func (v *server) drain() {
+	a, sess := v.a, v.l.sess
+	if err := v.l.w.write(&tunnel.GoAway{Code: tunnel.CodeShutdown, Message: "agent shutting down"}, time.Second); err != nil {
+		a.log.Debug("telling the relay about shutdown", "err", err)
+	}
+	v.stopStreams()
+	drained := make(chan struct{})
+	go func() {
+		v.streams.Wait()
+		close(drained)
+	}()
+	t := time.NewTimer(shutdownDrain)
+	select {
+	case <-drained:
+	case <-t.C:
+		a.log.Warn("shutdown: drain time over, closing remaining connections")
+	case <-sess.Done():
+	}
+	t.Stop()
+	v.cancel()
+	sess.Close()
+	<-drained
+	<-v.acceptErr
+	v.refusals.Wait()
+	<-v.ctrlDone
+}
+
+// finish closes a session that ended, or whose streams can no longer be
+// accepted, and says how it ended.
+func (v *server) finish() sessionEnd {
 	// Give a GoAway that raced with the session's end a moment to land.
 	var ga *tunnel.GoAway
 	select {
-	case ga = <-goaway:
+	case ga = <-v.goaway:
 	case <-time.After(50 * time.Millisecond):
 	}
-	stopStreams()
-	sess.Close()
-	cancel()
-	streams.Wait()
-	<-acceptErr
-	refusals.Wait()
-	<-ctrlDone
-	switch p := ctrlErr.Load(); {
-	case ga != nil:
-		a.sessionDown(l, goAwayCause(ga.Code), fmt.Sprintf("the relay said: %s: %s", ga.Code, ga.Message))
-	case l.upgrade.Load():
-		a.sessionDown(l, "upgrade", "moved to QUIC")
-	case p != nil:
-		a.sessionDown(l, "protocol_error", fmt.Sprintf("control stream from the relay: %v", *p))
-	default:
-		a.sessionDown(l, "", "")
-	}
-	if ga != nil {
-		f := &failure{stage: stageUp, err: fmt.Errorf("relay: %s: %s", ga.Code, ga.Message)}
-		// Another agent with our id took over (unless it was our own
-		// newer session, see session): coming straight back would take
-		// the ports away from it again, and so on forever.
-		f.replaced = ga.Code == tunnel.CodeReplaced
-		// A relay shutting down is most often restarting: come back as
-		// soon as it listens again.
-		f.cut = ga.Code == tunnel.CodeShutdown
-		return f
-	}
-	return &failure{stage: stageUp, cut: true, err: errors.New("session closed")}
+	v.stopStreams()
+	v.l.sess.Close()
+	v.cancel()
+	v.streams.Wait()
+	<-v.acceptErr
+	v.refusals.Wait()
+	<-v.ctrlDone
+	return sessionEnd{goAway: ga, ctrlErr: v.ctrlErr}
 }
 
-// sessionDown logs the end of l's session, in one line, and counts it by
-// cause: the agent's own (shutdown, upgrade), the relay's word (a GoAway:
-// replaced, relay_shutdown, revoked, go_away), a broken control stream
-// (protocol_error), or, when cause is empty, what the link saw (see
-// tunnel.EndCode).
-func (a *Agent) sessionDown(l *link, cause, words string) {
+// logSessionDown logs the end of l's session, in one line, and counts it
+// by cause: the agent's own (shutdown, upgrade), the relay's word (a
+// GoAway: replaced, relay_shutdown, revoked, go_away), a broken control
+// stream (protocol_error), or, when cause is empty, what the link saw
+// (see tunnel.EndCode).
+func (a *Agent) logSessionDown(l *link, cause, words string) {
 	end := l.sess.EndCause()
 	attrs := tunnel.EndLog(cause, words, time.Since(l.since), end, 1) // 1: the control stream
 	a.metrics.sessionsEnded.WithLabelValues(l.set.cfg.Relay, l.transport, cmp.Or(cause, string(end.Code))).Inc()

@@ -23,9 +23,14 @@ type Status struct {
 // SessionStatus is the session to one relay.
 type SessionStatus struct {
 	Relay string `json:"relay"`
-	// State is "up", "connecting" or "waiting" (backing off after a
-	// failure; Error says why).
-	State     string    `json:"state"`
+	// State is "up", "connecting", "waiting" (backing off after a
+	// failure; Error says why) or "stopped".
+	State string `json:"state"`
+	// Link is the state of the agent's link to the relay, by name:
+	// connecting, serving, replacing (a new session is being made beside
+	// the one serving), upgrading (the TCP session closes, for one over
+	// QUIC), backing_off or stopped.
+	Link      string    `json:"link"`
 	Transport string    `json:"transport,omitempty"`
 	Since     time.Time `json:"since,omitzero"`
 	// PublicAddr is this agent's address as the relay sees it.

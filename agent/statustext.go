@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"strconv"
@@ -27,7 +28,7 @@ func (s Status) WriteText(w io.Writer) {
 
 	sessions := control.Table{Title: "SESSIONS", Head: []string{"RELAY", "STATE", "TRANSPORT", "SINCE", "RTT", "STREAMS", "RECONNECTS", "ERROR"}}
 	for _, ss := range s.Sessions {
-		sessions.Rows = append(sessions.Rows, []string{ss.Relay, ss.State, control.Or(ss.Transport), control.Age(s.Now, ss.Since),
+		sessions.Rows = append(sessions.Rows, []string{ss.Relay, cmp.Or(ss.Link, ss.State), control.Or(ss.Transport), control.Age(s.Now, ss.Since),
 			control.RTT(ss.RTT), strconv.Itoa(ss.Streams), strconv.Itoa(ss.Reconnects), control.Or(ss.Error)})
 	}
 	sessions.Write(w)

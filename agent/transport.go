@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/homeport/homeport/config"
@@ -18,9 +17,6 @@ import (
 // enough to move to QUIC.
 const upgradeCheck = 5 * time.Second
 
-// errUpgrade ends a TCP session that moves to QUIC.
-var errUpgrade = errors.New("moving the session to QUIC")
-
 // transports builds the agent's transports from its configuration.
 func (a *Agent) transports(cfg *config.Agent) (tcp, quic tunnel.Transport) {
 	return relaydial.Transports(cfg.Transport, cfg.Session, cfg.HandshakeTimeout, func(rcv, snd int) {
@@ -32,12 +28,12 @@ func (a *Agent) transports(cfg *config.Agent) (tcp, quic tunnel.Transport) {
 
 // watchQUIC runs beside a TCP session in auto mode: when QUIC may be
 // tried again, it probes; once QUIC answers and the session carries no
-// visitor connection, it ends the session so that the next one uses QUIC.
-func (a *Agent) watchQUIC(ctx context.Context, sess tunnel.Session, upgrade func()) {
+// visitor connection, it calls upgrade (once) and returns.
+func (s *relayLink) watchQUIC(ctx context.Context, sess tunnel.Session, upgrade func()) {
 	for {
 		// Wake at least every upgradeCheck, so that a policy changed
 		// meanwhile (a QUIC success elsewhere) is seen.
-		t := time.NewTimer(min(a.policy.RetryIn(time.Now()), upgradeCheck))
+		t := time.NewTimer(min(s.policy.RetryIn(time.Now()), upgradeCheck))
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -47,19 +43,19 @@ func (a *Agent) watchQUIC(ctx context.Context, sess tunnel.Session, upgrade func
 			return
 		case <-t.C:
 		}
-		if !a.policy.Usable(time.Now()) {
+		if !s.policy.Usable(time.Now()) {
 			continue
 		}
-		if err := a.dialer(a.conf()).ProbeQUIC(ctx); err != nil {
+		if err := s.dialer(s.a.conf()).ProbeQUIC(ctx); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			pause := a.policy.Failed(time.Now())
-			a.log.Debug("QUIC to the relay still fails; staying on TCP", "err", err, "retry_quic_in", pause.Round(time.Second))
+			pause := s.policy.Failed(time.Now())
+			s.log.Debug("QUIC to the relay still fails; staying on TCP", "err", err, "retry_quic_in", pause.Round(time.Second))
 			continue
 		}
-		a.policy.Worked()
-		a.log.Info("QUIC to the relay works again; moving the session from TCP once no connection is open")
+		s.policy.Worked()
+		s.log.Info("QUIC to the relay works again; moving the session from TCP once no connection is open")
 		tick := time.NewTicker(upgradeCheck)
 		for {
 			// The control stream is always open.

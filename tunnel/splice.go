@@ -91,12 +91,6 @@ func SpliceCounted(ctx context.Context, a, b HalfCloser, countAB, countBA *atomi
 			ba.unpark()
 		})
 	}
-	// A stream that its transport cuts (see Stream.OnCut) ends the splice.
-	for _, end := range [...]HalfCloser{a, b} {
-		if st, ok := end.(Stream); ok {
-			st.OnCut(abort)
-		}
-	}
 	ab = newPipe(b, a, &halfDone, abort)
 	ba = newPipe(a, b, &halfDone, abort)
 	ab.count, ba.count = countAB, countBA
@@ -106,6 +100,14 @@ func SpliceCounted(ctx context.Context, a, b HalfCloser, countAB, countBA *atomi
 	}
 	caller.park = nil // the caller waits for the splice anyway
 	own.done = make(chan struct{})
+	// A stream that its transport cuts (see Stream.OnCut) ends the
+	// splice. Only now: the cut may come at once, from the transport's
+	// goroutine, and abort wakes both pipes.
+	for _, end := range [...]HalfCloser{a, b} {
+		if st, ok := end.(Stream); ok {
+			st.OnCut(abort)
+		}
+	}
 	stop := context.AfterFunc(ctx, func() { abort(ctx.Err()) })
 	defer stop()
 
