@@ -50,8 +50,10 @@ type Agent struct {
 	ddns      ddnsRunner
 	maps      mapRunner // port mappings on the home router
 	relayAddr *ddns.RelayAddr
-	newDDNS   DDNSBuilder // nil: a ddns section is refused
-	version   string
+	// relaySessions feeds the connected_relays source (nil: none).
+	relaySessions *ddns.RelaySessions
+	newDDNS       DDNSBuilder // nil: a ddns section is refused
+	version       string
 
 	// wakers send each MAC address's magic packets (see waker).
 	wakeMu sync.Mutex
@@ -267,6 +269,16 @@ func (s *relayLink) newLink(set *settings, name string, sess tunnel.Session, w *
 	if err := a.relayAddr.Set(w.ObservedAddr); err != nil && a.ddns.running() {
 		a.log.Warn("ddns: relay source", "err", err)
 	}
+	// The connected_relays source publishes the relay while this session
+	// lives.
+	if down, err := a.relaySessions.Up(cfg.Relay, sess.RemoteAddr().String()); err != nil {
+		a.log.Warn("ddns: connected_relays source", "err", err)
+	} else {
+		go func() {
+			<-sess.Done()
+			down()
+		}()
+	}
 	l := &link{transport: name, sess: sess, since: time.Now(), w: &controlWriter{ctrl: ctrl}, set: set, features: w.Features,
 		asked: make(map[string]*asked, len(results)), served: make(chan struct{})}
 	now := time.Now()
@@ -349,3 +361,10 @@ type DDNSBuilder func(c *config.DDNS, relay *ddns.RelayAddr) (*ddns.Updater, err
 // WithDDNS lets the agent run the updater of its ddns section; without
 // it, a configuration with a ddns section is refused.
 func WithDDNS(b DDNSBuilder) Option { return func(a *Agent) { a.newDDNS = b } }
+
+// WithRelaySessions makes the agent report each session to a relay to rs,
+// from when it comes up until it ends. The ddns section's
+// connected_relays source publishes from the same rs.
+func WithRelaySessions(rs *ddns.RelaySessions) Option {
+	return func(a *Agent) { a.relaySessions = rs }
+}

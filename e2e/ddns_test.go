@@ -204,6 +204,29 @@ func TestDDNSAgentRelaySourceRejected(t *testing.T) {
 	}
 }
 
+// TestDDNSAgentConnectedRelays: the agent reports its session to the
+// connected_relays source, which hands the relay's address to the updater
+// (here 127.0.0.1, which it refuses to publish, saying so), and its end,
+// after which the source has no relay to give.
+func TestDDNSAgentConnectedRelays(t *testing.T) {
+	f := newDDNSFake(t)
+	r := startRelay(t, nil)
+	cfg := agentConfig(r, tcpTunnel("web", freePort(t), "127.0.0.1:9"))
+	cfg.DDNS = f.ddnsConfig(config.DDNSSource{Kind: config.DDNSSourceConnectedRelays})
+	a := startAgent(t, cfg)
+	a.waitSession(10 * time.Second)
+	waitFor(t, 10*time.Second, "the relay's address in the agent's log", func() bool {
+		return contains(a.logs.String(), `msg="ddns: address not published"`, "source=connected_relays", "127.0.0.1 is a loopback address")
+	})
+	r.stop()
+	waitFor(t, 30*time.Second, "the source without a relay, in the agent's log", func() bool {
+		return contains(a.logs.String(), `msg="ddns: source failed"`, "source=connected_relays", "no session to any relay")
+	})
+	if n := f.numUpdates(); n != 0 {
+		t.Errorf("%d updates sent for a loopback address", n)
+	}
+}
+
 // TestDDNSAgentCommandSource: the relay's view is rejected, the next
 // source (a command) stands in, and its address is written and read back.
 func TestDDNSAgentCommandSource(t *testing.T) {

@@ -202,8 +202,9 @@ func startAgent(t *testing.T, cfg config.Agent, setup ...func(*agent.Agent)) *ag
 	t.Helper()
 	logs := &logBuf{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	a, err := agent.New(cfg, "test", log, agent.WithDDNS(func(c *config.DDNS, relay *ddns.RelayAddr) (*ddns.Updater, error) {
-		return ddnsbuild.New(c, ddnsbuild.Options{Log: log, Relay: relay, UserAgent: ddns.UserAgent("test")})
+	sessions := ddns.NewRelaySessions()
+	a, err := agent.New(cfg, "test", log, agent.WithRelaySessions(sessions), agent.WithDDNS(func(c *config.DDNS, relay *ddns.RelayAddr) (*ddns.Updater, error) {
+		return ddnsbuild.New(c, ddnsbuild.Options{Log: log, Relay: relay, Sessions: sessions, UserAgent: ddns.UserAgent("test")})
 	}))
 	if err != nil {
 		t.Fatal(err)

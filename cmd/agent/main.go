@@ -120,9 +120,9 @@ func run(ctx context.Context, cfg config.Agent, fs *pflag.FlagSet, stderr io.Wri
 	}
 	defer stopDebug()
 	// The port mappings the relay verified, for the ddns mapping sources.
-	mappings := ddns.NewMappings()
-	a, err := agent.New(cfg, cli.Version(), log, agent.WithMappings(mappings), agent.WithDDNS(func(c *config.DDNS, relay *ddns.RelayAddr) (*ddns.Updater, error) {
-		return ddnsbuild.New(c, ddnsbuild.Options{Log: log, Relay: relay, Mappings: mappings, UserAgent: ddns.UserAgent(cli.Version())})
+	mappings, sessions := ddns.NewMappings(), ddns.NewRelaySessions()
+	a, err := agent.New(cfg, cli.Version(), log, agent.WithMappings(mappings), agent.WithRelaySessions(sessions), agent.WithDDNS(func(c *config.DDNS, relay *ddns.RelayAddr) (*ddns.Updater, error) {
+		return ddnsbuild.New(c, ddnsbuild.Options{Log: log, Relay: relay, Mappings: mappings, Sessions: sessions, UserAgent: ddns.UserAgent(cli.Version())})
 	}))
 	if err != nil {
 		return err
