@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -27,6 +28,8 @@ var (
 	matrixSize  = flag.Int64("netlab.matrix.size", 64<<20, "each transfer's byte limit")
 	matrixCells = flag.String("netlab.matrix.cells", "", "run only the cells whose name (e.g. cubic/rtt50/loss0.5/20M/down) matches this regular expression")
 	matrixOut   = flag.String("netlab.matrix.out", "", "write the tables into this Markdown file, between its netlab markers (appended with them when it has none)")
+	matrixFresh = flag.Bool("netlab.matrix.fresh", false, "start the agents afresh for each cell of the matrix (new sessions) instead of keeping them from cell to cell")
+	matrixCtl   = flag.String("netlab.matrix.sysctl", "", "comma-separated key=value sysctls to set in home, vps and user for the matrix and the latency test, e.g. net.ipv4.tcp_slow_start_after_idle=0")
 )
 
 const (
@@ -128,8 +131,36 @@ func newPathBed(t *testing.T) *pathBed {
 		p.logged = true
 		p.await(t, 10*time.Second, "pathload listening in "+s[0], func() bool { return strings.Contains(p.stdout.String(), "listening") })
 	}
+	if *matrixCtl != "" {
+		for _, kv := range strings.Split(*matrixCtl, ",") {
+			for _, role := range []string{"home", "vps", "user"} {
+				l.must(5*time.Second, role, "sysctl", "-qw", strings.TrimSpace(kv))
+			}
+			t.Logf("set %s in home, vps and user", kv)
+		}
+	}
 	b.relay = l.startRelay()
 	return b
+}
+
+// senderTCP summarises the tcp agent's TCP connection to the relay as
+// its sending end sees it (the agent's for dir down, the relay's for up):
+// congestion window, slow-start threshold, round trip, data not yet sent
+// and the socket's send memory (skmem w: bytes queued, tb: its limit).
+func (b *pathBed) senderTCP(dir string) string {
+	role, sel := "home", "dport"
+	if dir == "up" {
+		role, sel = "vps", "sport"
+	}
+	out, err := b.run(5*time.Second, role, "ss", "-tinmH", "state", "established", sel, "=", fmt.Sprintf(":%d", relayPort))
+	if err != nil {
+		return "ss: " + firstLine(err)
+	}
+	parts := ssSummary(out, func([]string) string { return "" }, "cwnd:", "ssthresh:", "rtt:", "notsent:", "skmem:", "retrans:")
+	if len(parts) == 0 {
+		return "no connection"
+	}
+	return role + ": " + strings.Join(parts, " ")
 }
 
 // buildPathload builds netlab/internal/pathload into a directory of t's.
@@ -190,7 +221,7 @@ func (b *pathBed) useCC(cc string) string {
 		}
 	}
 	for _, a := range b.agents {
-		a.kill()
+		a.stop()
 	}
 	b.cc, b.agents, b.ports = cc, map[string]*proc{}, map[string]int{}
 	b.ccSeq++
@@ -202,6 +233,17 @@ func (b *pathBed) useCC(cc string) string {
 		b.agents[tr] = b.startPathAgent(tr, fmt.Sprintf("home-%s-%s", tr, cc), port)
 	}
 	return ""
+}
+
+// stop ends the process with SIGTERM (an agent then says goodbye to the
+// relay, which frees its id and ports at once), or SIGKILL after 10 s.
+func (p *proc) stop() {
+	if p.running() {
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	}
+	if exited, _ := p.wait(10 * time.Second); !exited {
+		p.kill()
+	}
 }
 
 // startPathAgent starts an agent at home with transport tr and id, and
@@ -371,6 +413,9 @@ func TestPathMatrix(t *testing.T) {
 		if _, ok := skipped[c.cc]; ok {
 			continue
 		}
+		if *matrixFresh {
+			b.cc = "" // useCC starts new agents
+		}
 		if why := b.useCC(c.cc); why != "" {
 			skipped[c.cc] = why
 			t.Logf("skipping the %s cells: %s", c.cc, why)
@@ -381,6 +426,9 @@ func TestPathMatrix(t *testing.T) {
 		failed := map[string]bool{}
 		for run := range runs {
 			for _, k := range kinds {
+				if k == "tcp" {
+					t.Logf("%s: before the tcp transfer, %s", c.name(), b.senderTCP(c.dir))
+				}
 				x, err := b.transfer(k, c.dir, run+1)
 				if err != nil {
 					t.Errorf("%s: %v", c.name(), err)
@@ -469,6 +517,13 @@ func TestLatencyUnderLoad(t *testing.T) {
 			xErr error
 		)
 		wg.Go(func() { x, xErr = b.transfer(bulkKind, dir, 7) })
+		if bulkKind == "tcp" {
+			// Where the pongs wait: the sender's socket, halfway through.
+			wg.Go(func() {
+				time.Sleep(wait + pingFor/2)
+				t.Logf("tcp transport, %s, halfway through the bulk transfer: %s", dir, b.senderTCP(dir))
+			})
+		}
 		p, pErr := b.pingPong(pingKind, wait, pingFor)
 		wg.Wait()
 		b.quiet()
