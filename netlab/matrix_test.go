@@ -28,7 +28,7 @@ var (
 	matrixSize  = flag.Int64("netlab.matrix.size", 64<<20, "each transfer's byte limit")
 	matrixCells = flag.String("netlab.matrix.cells", "", "run only the cells whose name (e.g. cubic/rtt50/loss0.5/20M/down) matches this regular expression")
 	matrixOut   = flag.String("netlab.matrix.out", "", "write the tables into this Markdown file, between its netlab markers (appended with them when it has none)")
-	matrixFresh = flag.Bool("netlab.matrix.fresh", false, "start the agents afresh for each cell of the matrix (new sessions) instead of keeping them from cell to cell")
+	matrixKeep  = flag.Bool("netlab.matrix.keep", false, "keep the matrix's agents (their sessions) from cell to cell, changing only with the congestion control, instead of starting them for each cell once its path is set")
 	matrixCtl   = flag.String("netlab.matrix.sysctl", "", "comma-separated key=value sysctls to set in home, vps and user for the matrix and the latency test, e.g. net.ipv4.tcp_slow_start_after_idle=0")
 )
 
@@ -413,7 +413,13 @@ func TestPathMatrix(t *testing.T) {
 		if _, ok := skipped[c.cc]; ok {
 			continue
 		}
-		if *matrixFresh {
+		// The path first, then the sessions: a session's congestion
+		// control keeps what it learnt of the path (the least round
+		// trip, the slow-start threshold after losses), and a round
+		// trip larger than the least it has seen ends slow start at
+		// once, in quic-go and in Linux's CUBIC alike.
+		b.setPath(c)
+		if !*matrixKeep {
 			b.cc = "" // useCC starts new agents
 		}
 		if why := b.useCC(c.cc); why != "" {
@@ -421,7 +427,6 @@ func TestPathMatrix(t *testing.T) {
 			t.Logf("skipping the %s cells: %s", c.cc, why)
 			continue
 		}
-		b.setPath(c)
 		rates := map[string][]float64{}
 		failed := map[string]bool{}
 		for run := range runs {
@@ -469,8 +474,12 @@ func TestPathMatrix(t *testing.T) {
 		t.Logf("%s: %s (runs %v; %d packets dropped)", c.name(), row, rates, dropped)
 	}
 	var md strings.Builder
-	fmt.Fprintf(&md, "%s; %d run(s) per cell, medians; each transfer at most %v or %d MiB.\n\n",
-		runContext(load0), runs, *matrixFor, *matrixSize>>20)
+	sessions := "new agents (sessions) for each cell, started once its path is set"
+	if *matrixKeep {
+		sessions = "the agents (sessions) kept from cell to cell, new with each congestion control"
+	}
+	fmt.Fprintf(&md, "%s; %d run(s) per cell, medians; each transfer at most %v or %d MiB; %s.\n\n",
+		runContext(load0), runs, *matrixFor, *matrixSize>>20, sessions)
 	md.WriteString("| cc | RTT ms | loss % | Mbit/s | dir | plain TCP | tcp (ratio) | quic (ratio) | auto (ratio) | auto's transport |\n")
 	md.WriteString("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |\n")
 	md.WriteString(strings.Join(rows, "\n") + "\n")
@@ -532,14 +541,14 @@ func TestLatencyUnderLoad(t *testing.T) {
 	var rows []string
 	var skipped []string
 	for _, cc := range ccs {
+		c := latencyPath
+		c.cc = cc
+		b.setPath(c) // before the agents start: see TestPathMatrix
 		if why := b.useCC(cc); why != "" {
 			skipped = append(skipped, fmt.Sprintf("The %s rows were skipped: %s.", cc, why))
 			t.Logf("skipping %s: %s", cc, why)
 			continue
 		}
-		c := latencyPath
-		c.cc = cc
-		b.setPath(c)
 		for _, dir := range dirs {
 			c.dir = dir
 			idle, err := b.pingPong("plain", 0, pingFor)
