@@ -64,6 +64,9 @@ type delayLink struct {
 	wg      sync.WaitGroup
 	closed  sync.Once
 	stopErr error
+
+	// rate and buffer are cfg's, or what setRate made them since.
+	rate, buffer atomic.Int64
 }
 
 // direction is one way of a delay link: a reader that stamps each packet
@@ -106,6 +109,8 @@ func startDelayLink(ctx context.Context, cfg linkConfig, a, b *os.File) *delayLi
 	ctx, cancel := context.WithCancel(ctx)
 	d := &delayLink{cfg: cfg, ends: [2]*os.File{a, b}, cancel: cancel}
 	d.delayNs.Store(int64(cfg.delay))
+	d.rate.Store(cfg.rate)
+	d.buffer.Store(cfg.buffer)
 	for i, name := range []string{"home → internet", "internet → home"} {
 		dir := &direction{
 			name:  name,
@@ -132,16 +137,23 @@ func startDelayLink(ctx context.Context, cfg linkConfig, a, b *os.File) *delayLi
 // now on.
 func (d *delayLink) setDelay(oneWay time.Duration) { d.delayNs.Store(int64(oneWay)) }
 
+// setRate changes the rate limit (bytes per second each way, 0 for
+// none) and the router's buffer in front of it (0 for the default), for
+// the packets that arrive from now on.
+func (d *delayLink) setRate(rate, buffer int64) {
+	if buffer <= 0 {
+		buffer = defaultBuffer
+	}
+	d.buffer.Store(buffer)
+	d.rate.Store(rate)
+}
+
 func (d *delayLink) read(ctx context.Context, dir *direction) {
 	var cur *packet
 	select {
 	case cur = <-dir.free:
 	case <-ctx.Done():
 		return
-	}
-	var bufferTime time.Duration
-	if d.cfg.rate > 0 {
-		bufferTime = time.Duration(d.cfg.buffer * int64(time.Second) / d.cfg.rate)
 	}
 	for ctx.Err() == nil {
 		n, err := dir.from.Read(cur.buf)
@@ -161,7 +173,8 @@ func (d *delayLink) read(ctx context.Context, dir *direction) {
 		}
 		now := time.Now()
 		due := now
-		if d.cfg.rate > 0 {
+		if rate := d.rate.Load(); rate > 0 {
+			bufferTime := time.Duration(d.buffer.Load() * int64(time.Second) / rate)
 			start := now
 			if dir.linkFree.After(start) {
 				start = dir.linkFree
@@ -173,7 +186,7 @@ func (d *delayLink) read(ctx context.Context, dir *direction) {
 			if w := int64(start.Sub(now)); w > dir.maxWait.Load() {
 				dir.maxWait.Store(w) // the reader alone stores it
 			}
-			dir.linkFree = start.Add(time.Duration(int64(n) * int64(time.Second) / d.cfg.rate))
+			dir.linkFree = start.Add(time.Duration(int64(n) * int64(time.Second) / rate))
 			due = dir.linkFree
 		}
 		cur.n, cur.due = n, due.Add(time.Duration(d.delayNs.Load()))
@@ -235,6 +248,25 @@ func (d *delayLink) stats() string {
 			dir.name, dir.sent.Load(), dir.queueDrops.Load(), dir.overflow.Load(), dir.writeErrs.Load(), dir.readErrs.Load()))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// awaitQuiet waits, up to limit, until the link carries fewer than
+// quiet packets (both ways) in 200 ms: the traffic of a transfer that
+// ended has drained, and only the sessions' heartbeats are left. It
+// reports whether the link went quiet.
+func (d *delayLink) awaitQuiet(limit time.Duration, quiet int64) bool {
+	total := func() int64 { return d.dirs[0].sent.Load() + d.dirs[1].sent.Load() }
+	deadline := time.Now().Add(limit)
+	last := total()
+	for time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+		now := total()
+		if now-last < quiet {
+			return true
+		}
+		last = now
+	}
+	return false
 }
 
 // maxQueueDelay is the longest a packet has waited in the queue of the
