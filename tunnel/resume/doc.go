@@ -1,0 +1,3 @@
+// Package resume makes a stream between relay and agent survive the death
+// of its session. (Design notes to follow.)
+package resume

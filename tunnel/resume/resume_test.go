@@ -1,0 +1,431 @@
+package resume
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/homeport/homeport/internal/leak"
+	"github.com/homeport/homeport/internal/testenv"
+	"github.com/homeport/homeport/tunnel"
+)
+
+// sendAll writes size bytes from a generator seeded with seed to c in
+// writes of random sizes, then half-closes; it returns their sha256.
+func sendAll(c *Conn, size int, seed uint64) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		gen := rand.New(rand.NewChaCha8([32]byte{byte(seed)}))
+		buf := make([]byte, 64<<10)
+		for left := size; left > 0; {
+			n := min(left, 1+gen.IntN(len(buf)))
+			fill(gen, buf[:n])
+			if _, err := c.Write(buf[:n]); err != nil {
+				done <- fmt.Errorf("write: %w", err)
+				return
+			}
+			left -= n
+		}
+		done <- c.CloseWrite()
+	}()
+	return done
+}
+
+// wantSum is the sha256 of what sendAll sends.
+func wantSum(size int, seed uint64) [32]byte {
+	gen := rand.New(rand.NewChaCha8([32]byte{byte(seed)}))
+	h := sha256.New()
+	buf := make([]byte, 64<<10)
+	for left := size; left > 0; {
+		n := min(left, 1+gen.IntN(len(buf)))
+		fill(gen, buf[:n])
+		h.Write(buf[:n])
+		left -= n
+	}
+	return [32]byte(h.Sum(nil))
+}
+
+func fill(gen *rand.Rand, b []byte) {
+	for i := range b {
+		b[i] = byte(gen.Uint32())
+	}
+}
+
+type received struct {
+	sum [32]byte
+	n   int64
+	err error
+}
+
+// recvAll reads c to its end, adding what it reads to progress.
+func recvAll(c *Conn, progress *atomic.Int64) <-chan received {
+	done := make(chan received, 1)
+	go func() {
+		h := sha256.New()
+		buf := make([]byte, 32<<10)
+		var n int64
+		for {
+			k, err := c.Read(buf)
+			h.Write(buf[:k])
+			n += int64(k)
+			if progress != nil {
+				progress.Add(int64(k))
+			}
+			if err == io.EOF {
+				done <- received{sum: [32]byte(h.Sum(nil)), n: n}
+				return
+			}
+			if err != nil {
+				done <- received{n: n, err: err}
+				return
+			}
+		}
+	}()
+	return done
+}
+
+// waitFor polls cond until it holds, failing the test at the deadline.
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(testenv.Deadline(d))
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestResumeTransfer sends 64 MiB each way at once through a resumable
+// stream while the session is killed three times, and compares sha256
+// sums: every byte arrives once and in order, both ways.
+func TestResumeTransfer(t *testing.T) {
+	size := 64 << 20
+	if testing.Short() {
+		size = 8 << 20
+	}
+	const kills = 3
+	for _, tt := range transports {
+		t.Run(tt.name, func(t *testing.T) {
+			leak.Check(t)
+			l := newLink(t, tt.tr, Config{})
+			rc, ac := l.open()
+			dl := time.Now().Add(testenv.Deadline(180 * time.Second))
+			rc.SetDeadline(dl)
+			ac.SetDeadline(dl)
+			var progress atomic.Int64
+			sentR, sentA := sendAll(rc, size, 1), sendAll(ac, size, 2)
+			gotA, gotR := recvAll(ac, &progress), recvAll(rc, &progress)
+			for k := 1; k <= kills; k++ {
+				mark := int64(k) * 2 * int64(size) / (kills + 1)
+				waitFor(t, fmt.Sprintf("%d bytes through", mark), 120*time.Second, func() bool { return progress.Load() >= mark })
+				l.kill()
+				l.connect()
+			}
+			for _, ch := range []<-chan error{sentR, sentA} {
+				if err := <-ch; err != nil {
+					t.Fatal(err)
+				}
+			}
+			a, r := <-gotA, <-gotR
+			if a.err != nil || r.err != nil {
+				t.Fatalf("agent read %d bytes: %v; relay read %d bytes: %v", a.n, a.err, r.n, r.err)
+			}
+			if a.sum != wantSum(size, 1) || a.n != int64(size) {
+				t.Errorf("relay to agent: %d bytes, sha256 differs", a.n)
+			}
+			if r.sum != wantSum(size, 2) || r.n != int64(size) {
+				t.Errorf("agent to relay: %d bytes, sha256 differs", r.n)
+			}
+			if r, a := l.relay.resumed.Load(), l.agent.resumed.Load(); r != kills || a != kills {
+				t.Errorf("resumed %d times at the relay, %d at the agent; want %d", r, a, kills)
+			}
+			rc.Close()
+			ac.Close()
+			waitFor(t, "both registries to let the stream go", 10*time.Second, func() bool {
+				return l.relay.Len() == 0 && l.agent.Len() == 0 && l.relay.Retained() == 0 && l.agent.Retained() == 0
+			})
+		})
+	}
+}
+
+// TestResumeHalfClose: the relay's end writes, half-closes, and its
+// session dies before the agent has read any of it; after the resume the
+// agent reads every byte and then the end of stream, answers, and
+// half-closes in turn.
+func TestResumeHalfClose(t *testing.T) {
+	for _, tt := range transports {
+		t.Run(tt.name, func(t *testing.T) {
+			leak.Check(t)
+			l := newLink(t, tt.tr, Config{})
+			rc, ac := l.open()
+			dl := time.Now().Add(testenv.Deadline(30 * time.Second))
+			rc.SetDeadline(dl)
+			ac.SetDeadline(dl)
+			msg := make([]byte, 100<<10)
+			for i := range msg {
+				msg[i] = byte(i * 7)
+			}
+			if _, err := rc.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			if err := rc.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			l.kill()
+			l.connect()
+			got, err := io.ReadAll(ac)
+			if err != nil {
+				t.Fatalf("agent read %d bytes: %v", len(got), err)
+			}
+			if string(got) != string(msg) {
+				t.Fatalf("agent read %d bytes, not the %d sent", len(got), len(msg))
+			}
+			if _, err := ac.Write([]byte("answer")); err != nil {
+				t.Fatal(err)
+			}
+			if err := ac.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			l.kill()
+			l.connect()
+			back, err := io.ReadAll(rc)
+			if err != nil || string(back) != "answer" {
+				t.Fatalf("relay read %q, %v", back, err)
+			}
+			rc.Close()
+			ac.Close()
+			waitFor(t, "both registries to let the stream go", 10*time.Second, func() bool {
+				return l.relay.Len() == 0 && l.agent.Len() == 0
+			})
+		})
+	}
+}
+
+// TestResumeRingFull: the agent reads nothing, so the relay's ring
+// fills; its session dies; a Write then waits (its deadline passes with
+// part of it unwritten); after the resume the agent reads everything and
+// the writer goes on.
+func TestResumeRingFull(t *testing.T) {
+	for _, tt := range transports {
+		t.Run(tt.name, func(t *testing.T) {
+			leak.Check(t)
+			cfg := Config{Window: minRing, Total: 1 << 20}
+			l := newLink(t, tt.tr, cfg)
+			rc, ac := l.open()
+			buf := make([]byte, 3*minRing)
+			for i := range buf {
+				buf[i] = byte(i % 251)
+			}
+			rc.SetWriteDeadline(time.Now().Add(testenv.Scale(300 * time.Millisecond)))
+			n, err := rc.Write(buf)
+			if !errors.Is(err, os.ErrDeadlineExceeded) || n != minRing {
+				t.Fatalf("Write into a full ring: %d, %v; want %d, a timeout", n, err, minRing)
+			}
+			l.kill()
+			waitFor(t, "the stream to detach", 10*time.Second, func() bool {
+				rc.mu.Lock()
+				defer rc.mu.Unlock()
+				return rc.st == nil
+			})
+			rc.SetWriteDeadline(time.Now().Add(testenv.Scale(300 * time.Millisecond)))
+			if k, err := rc.Write(buf[n:]); !errors.Is(err, os.ErrDeadlineExceeded) || k != 0 {
+				t.Fatalf("Write while detached with a full ring: %d, %v; want 0, a timeout", k, err)
+			}
+			l.connect()
+			dl := time.Now().Add(testenv.Deadline(30 * time.Second))
+			rc.SetDeadline(dl)
+			ac.SetDeadline(dl)
+			wrote := make(chan error, 1)
+			go func() {
+				_, err := rc.Write(buf[n:])
+				if err == nil {
+					err = rc.CloseWrite()
+				}
+				wrote <- err
+			}()
+			got, err := io.ReadAll(ac)
+			if err != nil || string(got) != string(buf) {
+				t.Fatalf("agent read %d bytes (of %d), %v", len(got), len(buf), err)
+			}
+			if err := <-wrote; err != nil {
+				t.Fatal(err)
+			}
+			if r := l.relay.Retained(); r > int64(minRing) {
+				t.Errorf("relay retains %d bytes, more than the window", r)
+			}
+		})
+	}
+}
+
+// TestResumeExpiry: a session dies and none comes back; after the resume
+// window both ends read ErrExpired, and both registries let everything
+// go (and the leak check finds no goroutine or descriptor left).
+func TestResumeExpiry(t *testing.T) {
+	for _, tt := range transports {
+		t.Run(tt.name, func(t *testing.T) {
+			leak.Check(t)
+			l := newLink(t, tt.tr, Config{ResumeWindow: testenv.Scale(300 * time.Millisecond)})
+			rc, ac := l.open()
+			if _, err := rc.Write(make([]byte, 1000)); err != nil {
+				t.Fatal(err)
+			}
+			l.kill()
+			dl := time.Now().Add(testenv.Deadline(10 * time.Second))
+			for _, c := range []*Conn{rc, ac} {
+				c.SetReadDeadline(dl)
+				_, err := io.ReadAll(c)
+				if !errors.Is(err, ErrExpired) {
+					t.Fatalf("read of an expired stream: %v, want ErrExpired", err)
+				}
+				if _, err := c.Write([]byte("x")); !errors.Is(err, ErrExpired) {
+					t.Fatalf("write to an expired stream: %v, want ErrExpired", err)
+				}
+			}
+			if l.relay.Len() != 0 || l.agent.Len() != 0 || l.relay.Retained() != 0 || l.agent.Retained() != 0 {
+				t.Fatalf("after expiry: relay keeps %d streams, %d bytes; agent %d, %d",
+					l.relay.Len(), l.relay.Retained(), l.agent.Len(), l.agent.Retained())
+			}
+			rc.Close()
+			ac.Close()
+		})
+	}
+}
+
+// TestResumePeerReset: a reset by one end reaches the other as a reset
+// (tunnel.ErrStreamReset), never as an end or an expiry, attached or
+// detached; both registries let the stream go.
+func TestResumePeerReset(t *testing.T) {
+	for _, tt := range transports {
+		for _, detached := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/detached=%v", tt.name, detached), func(t *testing.T) {
+				leak.Check(t)
+				l := newLink(t, tt.tr, Config{})
+				rc, ac := l.open()
+				if _, err := ac.Write([]byte("hello")); err != nil {
+					t.Fatal(err)
+				}
+				if detached {
+					l.kill()
+					waitFor(t, "the streams to detach", 10*time.Second, func() bool {
+						ac.mu.Lock()
+						defer ac.mu.Unlock()
+						return ac.st == nil
+					})
+				}
+				ac.Abort()
+				if detached {
+					l.connect()
+				}
+				rc.SetReadDeadline(time.Now().Add(testenv.Deadline(10 * time.Second)))
+				_, err := io.ReadAll(rc)
+				if !errors.Is(err, tunnel.ErrStreamReset) {
+					t.Fatalf("read after the peer's reset: %v, want ErrStreamReset", err)
+				}
+				waitFor(t, "both registries to let the stream go", 10*time.Second, func() bool {
+					return l.relay.Len() == 0 && l.agent.Len() == 0
+				})
+			})
+		}
+	}
+}
+
+// TestResumeForged: a resume frame for an ID nobody has, or for a real
+// stream with a consumed count beyond what was sent, is refused with a
+// frame, and the stream it names goes on as before.
+func TestResumeForged(t *testing.T) {
+	for _, tt := range transports {
+		t.Run(tt.name, func(t *testing.T) {
+			leak.Check(t)
+			l := newLink(t, tt.tr, Config{})
+			rc, ac := l.open()
+			dl := time.Now().Add(testenv.Deadline(10 * time.Second))
+			rc.SetDeadline(dl)
+			ac.SetDeadline(dl)
+			if _, err := ac.Write([]byte("0123456789")); err != nil {
+				t.Fatal(err)
+			}
+			for _, tc := range []struct {
+				name string
+				f    frame
+				code uint64
+			}{
+				{"unknown ID", frame{kind: kindResume, id: ac.ID() ^ 1, value: 0}, refuseUnknown},
+				{"beyond sent", frame{kind: kindResume, id: ac.ID(), value: 11}, refuseBadOffset},
+			} {
+				l.mu.Lock()
+				rs := l.rsess
+				l.mu.Unlock()
+				st, err := rs.OpenStream(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				var b [frameLen]byte
+				tc.f.put(b[:])
+				st.SetDeadline(dl)
+				if _, err := st.Write(b[:]); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.ReadFull(st, b[:]); err != nil {
+					t.Fatalf("%s: %v", tc.name, err)
+				}
+				f, err := parseFrame(b[:])
+				if err != nil || f.kind != kindRefused || f.value != tc.code || f.id != tc.f.id {
+					t.Fatalf("%s: answer %+v, %v; want refused with code %d", tc.name, f, err, tc.code)
+				}
+				st.Close()
+				select {
+				case err := <-l.handleErrs:
+					t.Logf("%s: %v", tc.name, err)
+				case <-time.After(testenv.Deadline(10 * time.Second)):
+					t.Fatalf("%s: Handle reported no refusal", tc.name)
+				}
+			}
+			// The stream goes on: what was written before arrives, once.
+			if _, err := ac.Write([]byte("abc")); err != nil {
+				t.Fatal(err)
+			}
+			ac.CloseWrite()
+			got, err := io.ReadAll(rc)
+			if err != nil || string(got) != "0123456789abc" {
+				t.Fatalf("relay read %q, %v", got, err)
+			}
+			if l.agent.Len() != 1 {
+				t.Fatalf("agent keeps %d streams, want 1", l.agent.Len())
+			}
+		})
+	}
+}
+
+// TestUnknownStreamRefused: a relay that resumes a stream the agent no
+// longer knows (the agent restarted) reads a reset.
+func TestUnknownStreamRefused(t *testing.T) {
+	for _, tt := range transports {
+		t.Run(tt.name, func(t *testing.T) {
+			leak.Check(t)
+			l := newLink(t, tt.tr, Config{})
+			rc, ac := l.open()
+			l.kill()
+			ac.Abort() // while detached; the reset record is lost with the agent
+			l.agent.Close()
+			agent, err := NewRegistry(Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.agent = agent
+			l.connect()
+			rc.SetReadDeadline(time.Now().Add(testenv.Deadline(10 * time.Second)))
+			_, err = rc.Read(make([]byte, 1))
+			if !errors.Is(err, ErrRefused) || !errors.Is(err, tunnel.ErrStreamReset) {
+				t.Fatalf("read: %v, want ErrRefused and ErrStreamReset", err)
+			}
+		})
+	}
+}
