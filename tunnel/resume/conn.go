@@ -126,9 +126,21 @@ func wait(ch chan struct{}, dl time.Time) error {
 	}
 }
 
-func isTimeout(err error) bool {
+// deadline reports whether err is the timeout of a deadline of c's that
+// has passed (read: the read deadline, else the write deadline). Other
+// timeouts (QUIC's idle timeout) are the session's end.
+func (c *Conn) deadline(err error, read bool) bool {
 	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		return false
+	}
+	c.mu.Lock()
+	dl := c.wdl
+	if read {
+		dl = c.rdl
+	}
+	c.mu.Unlock()
+	return !dl.IsZero() && !time.Now().Before(dl)
 }
 
 func isDone(ch <-chan struct{}) bool {
@@ -195,7 +207,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 			c.maybeFinish()
 			return n, io.EOF
 		}
-		if err == nil || isTimeout(err) {
+		if err == nil || c.deadline(err, true) {
 			return n, err
 		}
 		if berr := c.broken(gen, sess, err); berr != nil {
@@ -233,7 +245,7 @@ func (c *Conn) WaitRead() error {
 		if err == nil || errors.Is(err, io.EOF) {
 			return nil
 		}
-		if isTimeout(err) {
+		if c.deadline(err, true) {
 			return err
 		}
 		if berr := c.broken(gen, sess, err); berr != nil {
@@ -243,7 +255,7 @@ func (c *Conn) WaitRead() error {
 }
 
 // broken handles an error of the underlying stream st of generation gen
-// (not a timeout, not an end of stream): a stream the Conn has left
+// (not a deadline's, not an end of stream): a stream the Conn has left
 // already, or one whose session died, detaches the Conn and broken
 // returns nil; any other is a reset, which ends the Conn, and broken
 // returns its error.
@@ -336,9 +348,9 @@ func (c *Conn) expire() {
 	c.reg.log.Debug("resume: stream expired", "stream", fmt.Sprintf("%016x", c.id))
 }
 
-// fail ends the Conn with err, resetting the underlying stream, or
-// telling the peer on the ack channel where there is none; it returns
-// the Conn's end (err, or an earlier one).
+// fail ends the Conn with err, resetting the underlying stream and
+// telling the peer on the ack channel too; it returns the Conn's end
+// (err, or an earlier one).
 func (c *Conn) fail(err error) error {
 	c.mu.Lock()
 	if c.end != nil {
@@ -352,9 +364,10 @@ func (c *Conn) fail(err error) error {
 	if st != nil {
 		st.Abort()
 		_ = st.Close()
-	} else {
-		c.reg.queueReset(c.id)
 	}
+	// The reset reaches a peer that no longer reads the stream (it read
+	// the end, or its user closed it) or that is detached.
+	c.reg.queueReset(c.id)
 	c.release()
 	return err
 }
@@ -444,7 +457,7 @@ func (c *Conn) write(p []byte) (int, error) {
 		}
 		c.mu.Unlock()
 		if err != nil {
-			if isTimeout(err) {
+			if c.deadline(err, false) {
 				// The rest of chunk is kept, and goes out before
 				// the next bytes.
 				return total, err
@@ -522,7 +535,7 @@ func (c *Conn) flush() error {
 			}
 		}
 		if err != nil {
-			if isTimeout(err) {
+			if c.deadline(err, false) {
 				return err
 			}
 			if berr := c.broken(gen, sess, err); berr != nil {
@@ -626,6 +639,9 @@ func (c *Conn) maybeFinish() {
 			st.Abort() // the peer's data was not read to its end
 		}
 		_ = st.Close()
+	}
+	if !clean {
+		c.reg.queueReset(c.id)
 	}
 	c.release()
 }

@@ -3,7 +3,9 @@ package resume
 import (
 	"context"
 	"crypto/tls"
+	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +27,17 @@ var transports = []struct {
 // tunnel's own tests.
 func sessionPair(t testing.TB, tr tunnel.Transport) (client, server tunnel.Session) {
 	t.Helper()
+	return sessionPairVia(t, tr, nil, tunnel.DefaultSessionConfig())
+}
+
+// sessionPairVia is sessionPair with the client dialing the address via
+// returns for the server's (nil: the server's own), and with cfg.
+func sessionPairVia(t testing.TB, tr tunnel.Transport, via func(addr string) string, cfg tunnel.SessionConfig) (client, server tunnel.Session) {
+	t.Helper()
+	if q, ok := tr.(tunnel.QUICTransport); ok {
+		q.Session = cfg
+		tr = q
+	}
 	certPEM, keyPEM, err := tunnel.GenerateCertificate()
 	if err != nil {
 		t.Fatal(err)
@@ -60,7 +73,11 @@ func sessionPair(t testing.TB, tr tunnel.Transport) (client, server tunnel.Sessi
 		}
 		ch <- res{c, err}
 	}()
-	cc, err := tr.Dial(ctx, ln.Addr().String(), conf)
+	addr := ln.Addr().String()
+	if via != nil {
+		addr = via(addr)
+	}
+	cc, err := tr.Dial(ctx, addr, conf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,10 +88,10 @@ func sessionPair(t testing.TB, tr tunnel.Transport) (client, server tunnel.Sessi
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
-	if client, err = cc.Mux(tunnel.DefaultSessionConfig()); err != nil {
+	if client, err = cc.Mux(cfg); err != nil {
 		t.Fatal(err)
 	}
-	if server, err = r.c.Mux(tunnel.DefaultSessionConfig()); err != nil {
+	if server, err = r.c.Mux(cfg); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { client.Close(); server.Close() })
@@ -91,12 +108,22 @@ type link struct {
 	accepted     chan *Conn // the agent's new streams
 	handleErrs   chan error // what Handle refused, on either side
 
+	// pair makes the next session pair, the agent's first; nil:
+	// sessionPair.
+	pair func() (agent, relay tunnel.Session)
+
 	mu           sync.Mutex
 	rsess, asess tunnel.Session
 	wg           sync.WaitGroup
 }
 
 func newLink(t testing.TB, tr tunnel.Transport, cfg Config) *link {
+	t.Helper()
+	return newLinkOn(t, tr, cfg, nil)
+}
+
+// newLinkOn is newLink whose first sessions pair makes.
+func newLinkOn(t testing.TB, tr tunnel.Transport, cfg Config, pair func() (agent, relay tunnel.Session)) *link {
 	t.Helper()
 	relay, err := NewRegistry(cfg)
 	if err != nil {
@@ -106,7 +133,7 @@ func newLink(t testing.TB, tr tunnel.Transport, cfg Config) *link {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &link{t: t, tr: tr, relay: relay, agent: agent,
+	l := &link{t: t, tr: tr, relay: relay, agent: agent, pair: pair,
 		accepted: make(chan *Conn, 16), handleErrs: make(chan error, 64)}
 	t.Cleanup(func() {
 		l.relay.Close()
@@ -128,7 +155,13 @@ func newLink(t testing.TB, tr tunnel.Transport, cfg Config) *link {
 func (l *link) connect() {
 	t := l.t
 	t.Helper()
-	as, rs := sessionPair(t, l.tr)
+	var as, rs tunnel.Session
+	if l.pair != nil {
+		as, rs = l.pair()
+		l.pair = nil
+	} else {
+		as, rs = sessionPair(t, l.tr)
+	}
 	l.mu.Lock()
 	l.rsess, l.asess = rs, as
 	l.mu.Unlock()
@@ -205,4 +238,114 @@ func (l *link) open() (relayEnd, agentEnd *Conn) {
 		t.Fatal("the agent did not accept the stream")
 	}
 	return nil, nil
+}
+
+// blackhole forwards TCP connections or UDP datagrams to one address
+// until drop is set; it then drops whatever arrives, both ways, and
+// keeps the connections open: a link that went silent.
+type blackhole struct {
+	drop atomic.Bool
+	addr string // where the client dials
+}
+
+// newBlackhole forwards to target over tr's protocol on loopback.
+func newBlackhole(t testing.TB, tr tunnel.Transport, target string) *blackhole {
+	t.Helper()
+	bh := &blackhole{}
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	if _, ok := tr.(tunnel.QUICTransport); ok {
+		front, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := net.Dial("udp", target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { front.Close(); back.Close() })
+		bh.addr = front.LocalAddr().String()
+		var client atomic.Pointer[net.Addr]
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 64<<10)
+			for {
+				n, from, err := front.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				client.Store(&from)
+				if !bh.drop.Load() {
+					back.Write(buf[:n])
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := back.Read(buf)
+				if err != nil {
+					return
+				}
+				if to := client.Load(); to != nil && !bh.drop.Load() {
+					front.WriteTo(buf[:n], *to)
+				}
+			}
+		}()
+		return bh
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bh.addr = ln.Addr().String()
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	copyTo := func(dst, src net.Conn) {
+		defer wg.Done()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := src.Read(buf)
+			if err != nil {
+				return
+			}
+			if !bh.drop.Load() {
+				if _, err := dst.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+		}
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			d, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, d)
+			mu.Unlock()
+			wg.Add(2)
+			go copyTo(d, c)
+			go copyTo(c, d)
+		}
+	}()
+	return bh
 }

@@ -429,3 +429,113 @@ func TestUnknownStreamRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestResumeSilentLink: the link goes silent mid-transfer (a blackhole
+// drops everything, both ways), and either the relay gives the session
+// up at once while the agent still believes in its own (the agent's
+// stream is then taken over from a live session: its reads of the old
+// stream must not count), or both ends' keepalives declare it dead. A
+// new session carries on; sha256 sums match both ways.
+func TestResumeSilentLink(t *testing.T) {
+	size := 16 << 20
+	if testing.Short() {
+		size = 4 << 20
+	}
+	for _, tt := range transports {
+		for _, tc := range []struct {
+			name       string
+			relayFirst bool
+			keepAlive  time.Duration
+		}{
+			{"relay gives up first", true, 0},
+			{"keepalive", false, 300 * time.Millisecond},
+		} {
+			t.Run(tt.name+"/"+tc.name, func(t *testing.T) {
+				leak.Check(t)
+				scfg := tunnel.DefaultSessionConfig()
+				if tc.keepAlive > 0 {
+					scfg.KeepAlive, scfg.KeepAliveTimeout = tc.keepAlive, tc.keepAlive
+				}
+				var bh *blackhole
+				var oldAgent, oldRelay tunnel.Session
+				l := newLinkOn(t, tt.tr, Config{}, func() (tunnel.Session, tunnel.Session) {
+					oldAgent, oldRelay = sessionPairVia(t, tt.tr, func(addr string) string {
+						bh = newBlackhole(t, tt.tr, addr)
+						return bh.addr
+					}, scfg)
+					return oldAgent, oldRelay
+				})
+				rc, ac := l.open()
+				dl := time.Now().Add(testenv.Deadline(120 * time.Second))
+				rc.SetDeadline(dl)
+				ac.SetDeadline(dl)
+				var progress atomic.Int64
+				sentR, sentA := sendAll(rc, size, 3), sendAll(ac, size, 4)
+				gotA, gotR := recvAll(ac, &progress), recvAll(rc, &progress)
+				waitFor(t, "a third through", 60*time.Second, func() bool { return progress.Load() >= int64(size)*2/3 })
+				bh.drop.Store(true)
+				if tc.relayFirst {
+					oldRelay.Close()
+				} else {
+					waitFor(t, "both keepalives to end the sessions", 30*time.Second, func() bool {
+						return isDone(oldAgent.Done()) && isDone(oldRelay.Done())
+					})
+				}
+				l.connect()
+				if tc.relayFirst && isDone(oldAgent.Done()) {
+					t.Fatal("the agent's old session ended: the takeover from a live session was not tested")
+				}
+				for _, ch := range []<-chan error{sentR, sentA} {
+					if err := <-ch; err != nil {
+						t.Fatal(err)
+					}
+				}
+				a, r := <-gotA, <-gotR
+				if a.err != nil || r.err != nil {
+					t.Fatalf("agent read %d bytes: %v; relay read %d bytes: %v", a.n, a.err, r.n, r.err)
+				}
+				if a.sum != wantSum(size, 3) || r.sum != wantSum(size, 4) {
+					t.Errorf("sha256 differs: relay to agent %d bytes, agent to relay %d bytes", a.n, r.n)
+				}
+				oldAgent.Close()
+				rc.Close()
+				ac.Close()
+			})
+		}
+	}
+}
+
+// TestResumeAfterClose: the relay writes and closes at once; its session
+// dies before the agent has read anything. The closed end kept its bytes,
+// and the agent reads them all, then the end of stream.
+func TestResumeAfterClose(t *testing.T) {
+	for _, tt := range transports {
+		t.Run(tt.name, func(t *testing.T) {
+			leak.Check(t)
+			l := newLink(t, tt.tr, Config{})
+			rc, ac := l.open()
+			msg := make([]byte, 200<<10)
+			for i := range msg {
+				msg[i] = byte(i * 13)
+			}
+			if _, err := rc.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			rc.Close()
+			if l.relay.Len() != 1 {
+				t.Fatalf("relay keeps %d streams after Close with bytes unconsumed, want 1", l.relay.Len())
+			}
+			l.kill()
+			l.connect()
+			ac.SetReadDeadline(time.Now().Add(testenv.Deadline(10 * time.Second)))
+			got, err := io.ReadAll(ac)
+			if err != nil || string(got) != string(msg) {
+				t.Fatalf("agent read %d bytes of %d: %v", len(got), len(msg), err)
+			}
+			ac.Close()
+			waitFor(t, "both registries to let the stream go", 10*time.Second, func() bool {
+				return l.relay.Len() == 0 && l.agent.Len() == 0 && l.relay.Retained() == 0 && l.agent.Retained() == 0
+			})
+		})
+	}
+}
