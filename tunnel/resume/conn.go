@@ -293,7 +293,6 @@ func (c *Conn) broken(gen uint64, sess tunnel.Session, err error) error {
 	c.mu.Unlock()
 	if dead {
 		c.detach(gen)
-		c.reg.resumeSoon(c)
 		return nil
 	}
 	return c.fail(fmt.Errorf("stream %016x: %w", c.id, err))
@@ -319,6 +318,10 @@ func (c *Conn) detach(gen uint64) {
 	_ = old.Close()
 	c.wakeAll()
 	c.reg.log.Debug("resume: stream detached", "stream", fmt.Sprintf("%016x", c.id))
+	// Attach makes its session current, then resumes what is detached;
+	// this detaches, then resumes on what is current: whatever the
+	// order, one of the two resumes the Conn.
+	c.reg.resumeSoon(c)
 }
 
 func (c *Conn) armExpiryLocked() {

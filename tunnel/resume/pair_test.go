@@ -125,11 +125,15 @@ func newLink(t testing.TB, tr tunnel.Transport, cfg Config) *link {
 // newLinkOn is newLink whose first sessions pair makes.
 func newLinkOn(t testing.TB, tr tunnel.Transport, cfg Config, pair func() (agent, relay tunnel.Session)) *link {
 	t.Helper()
-	relay, err := NewRegistry(cfg)
+	rcfg, acfg := cfg, cfg
+	if cfg.Log != nil {
+		rcfg.Log, acfg.Log = cfg.Log.With("side", "relay"), cfg.Log.With("side", "agent")
+	}
+	relay, err := NewRegistry(rcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	agent, err := NewRegistry(cfg)
+	agent, err := NewRegistry(acfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -202,7 +202,6 @@ func (r *Registry) watch(sess tunnel.Session) {
 	if r.cur == sess {
 		r.cur, r.ackSt = nil, nil
 	}
-	cur := r.cur
 	list := r.list()
 	r.mu.Unlock()
 	for _, c := range list {
@@ -210,10 +209,9 @@ func (r *Registry) watch(sess tunnel.Session) {
 		on, gen := c.sess == sess && c.st != nil, c.gen
 		c.mu.Unlock()
 		if on {
-			c.detach(gen)
+			c.detach(gen) // and resumes it on the current session
 		}
 	}
-	r.resumeAll(cur)
 }
 
 // list returns the streams; r.mu is held.
@@ -334,7 +332,9 @@ func (r *Registry) resume(c *Conn, sess tunnel.Session) {
 }
 
 // resumeFailed: the exchange on a new stream failed. If its session died
-// too, c waits for the next one; on a live session, the peer is broken.
+// too (a stream's error can come before its session's Done), c resumes on
+// the current session, or waits for the next; on a live session, the
+// peer is broken.
 func (r *Registry) resumeFailed(c *Conn, sess tunnel.Session, err error) {
 	c.mu.Lock()
 	c.resuming = false
@@ -344,6 +344,9 @@ func (r *Registry) resumeFailed(c *Conn, sess tunnel.Session, err error) {
 	select {
 	case <-sess.Done():
 		r.log.Debug("resume: session ended during a resume", "stream", fmt.Sprintf("%016x", c.id), "err", err)
+		// An Attach meanwhile skipped c, which was resuming: resume it
+		// on the session Attach made current, if any.
+		r.resumeSoon(c)
 		return
 	case <-r.ctx.Done():
 		return

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"sync/atomic"
@@ -289,10 +290,9 @@ func TestResumeExpiry(t *testing.T) {
 					t.Fatalf("write to an expired stream: %v, want ErrExpired", err)
 				}
 			}
-			if l.relay.Len() != 0 || l.agent.Len() != 0 || l.relay.Retained() != 0 || l.agent.Retained() != 0 {
-				t.Fatalf("after expiry: relay keeps %d streams, %d bytes; agent %d, %d",
-					l.relay.Len(), l.relay.Retained(), l.agent.Len(), l.agent.Retained())
-			}
+			waitFor(t, "both registries to let the expired stream go", 10*time.Second, func() bool {
+				return l.relay.Len() == 0 && l.agent.Len() == 0 && l.relay.Retained() == 0 && l.agent.Retained() == 0
+			})
 			rc.Close()
 			ac.Close()
 		})
@@ -458,7 +458,13 @@ func TestResumeSilentLink(t *testing.T) {
 				}
 				var bh *blackhole
 				var oldAgent, oldRelay tunnel.Session
-				l := newLinkOn(t, tt.tr, Config{}, func() (tunnel.Session, tunnel.Session) {
+				var logbuf syncBuf
+				t.Cleanup(func() {
+					if t.Failed() {
+						t.Log(logbuf.String())
+					}
+				})
+				l := newLinkOn(t, tt.tr, Config{Log: slog.New(slog.NewTextHandler(&logbuf, &slog.HandlerOptions{Level: slog.LevelDebug}))}, func() (tunnel.Session, tunnel.Session) {
 					oldAgent, oldRelay = sessionPairVia(t, tt.tr, func(addr string) string {
 						bh = newBlackhole(t, tt.tr, addr)
 						return bh.addr
@@ -482,6 +488,8 @@ func TestResumeSilentLink(t *testing.T) {
 					})
 				}
 				l.connect()
+				stop := time.AfterFunc(20*time.Second, func() { t.Logf("stalled?\nrelay %v\nagent %v", rc, ac) })
+				defer stop.Stop()
 				if tc.relayFirst && isDone(oldAgent.Done()) {
 					t.Fatal("the agent's old session ended: the takeover from a live session was not tested")
 				}
