@@ -749,16 +749,41 @@ func (c *Conn) OnCut(f func(reason error)) {
 	c.mu.Unlock()
 }
 
-// Shrink passes on to the underlying stream; a detached Conn has
-// nothing to shrink.
+// Shrink gives back what the Conn holds for a reader that drained it
+// (see tunnel.Stream): its ring, if the peer has consumed all of it (a
+// Write takes a new one), and what the underlying stream holds. It
+// never fails with ErrNotSupported, so that tunnel.Splice keeps asking:
+// the ring can always go.
 func (c *Conn) Shrink() error {
+	c.dropRing()
 	c.mu.Lock()
 	st := c.st
 	c.mu.Unlock()
 	if st == nil {
 		return nil
 	}
-	return st.Shrink()
+	if err := st.Shrink(); err != nil && !errors.Is(err, tunnel.ErrNotSupported) {
+		return err
+	}
+	return nil
+}
+
+// dropRing gives an empty ring back to the registry, unless a Write is
+// under way.
+func (c *Conn) dropRing() {
+	if !c.wmu.TryLock() {
+		return
+	}
+	defer c.wmu.Unlock()
+	c.mu.Lock()
+	n := len(c.ring.buf)
+	if n == 0 || c.acked != c.sent || c.releasedBuf {
+		c.mu.Unlock()
+		return
+	}
+	c.ring.buf = nil
+	c.mu.Unlock()
+	c.reg.giveBack(int64(n))
 }
 
 func (c *Conn) LocalAddr() net.Addr  { return c.local }

@@ -120,7 +120,8 @@
 //     Config.Window (4 MiB); all rings of a Registry together up to
 //     Config.Total (256 MiB). A Write that cannot grow its ring waits for
 //     acks, or for another Conn to free its ring. A Conn keeps its ring
-//     until it ends. The ring also bounds a stream's rate to Window per
+//     until it ends, or until Shrink finds it empty (tunnel.Splice calls
+//     it once the Conn's reads have drained and idled for a second). The ring also bounds a stream's rate to Window per
 //     round trip plus AckDelay.
 //   - A Conn closed by its user keeps its unconsumed bytes until the
 //     peer has consumed them and the end of stream, for at most the

@@ -678,6 +678,18 @@ func (r *Registry) remove(c *Conn, n int64) {
 		delete(r.conns, c.id)
 	}
 	delete(r.budgetWait, c)
+	r.giveBackLocked(n)
+}
+
+// giveBack takes back n bytes of a ring.
+func (r *Registry) giveBack(n int64) {
+	r.mu.Lock()
+	r.giveBackLocked(n)
+}
+
+// giveBackLocked takes back n bytes and wakes the streams that wait for
+// them; it unlocks r.mu.
+func (r *Registry) giveBackLocked(n int64) {
 	r.retained -= n
 	var waiters []*Conn
 	if n > 0 {

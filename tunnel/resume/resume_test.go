@@ -547,3 +547,103 @@ func TestResumeAfterClose(t *testing.T) {
 		})
 	}
 }
+
+// TestResumeTotalBound: the registry's rings together stay within Total.
+// One stream's ring takes it all (its peer reads nothing); a second
+// stream's Write then waits, writing nothing before its deadline, until
+// the first stream ends and gives its ring back.
+func TestResumeTotalBound(t *testing.T) {
+	for _, tt := range transports {
+		t.Run(tt.name, func(t *testing.T) {
+			leak.Check(t)
+			window := 2 * minRing
+			l := newLink(t, tt.tr, Config{Window: window, Total: int64(window)})
+			rc1, ac1 := l.open()
+			rc2, ac2 := l.open()
+			dl := time.Now().Add(testenv.Deadline(30 * time.Second))
+			ac1.SetDeadline(dl)
+			ac2.SetDeadline(dl)
+			first := make([]byte, window)
+			rc1.SetWriteDeadline(time.Now().Add(testenv.Scale(300 * time.Millisecond)))
+			if n, err := rc1.Write(first); n != window || err != nil {
+				t.Fatalf("first stream wrote %d, %v; want %d", n, err, window)
+			}
+			rc2.SetWriteDeadline(time.Now().Add(testenv.Scale(300 * time.Millisecond)))
+			if n, err := rc2.Write([]byte("second")); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("second stream wrote %d, %v beyond the total; want 0, a timeout", n, err)
+			}
+			if r := l.relay.Retained(); r != int64(window) {
+				t.Fatalf("relay retains %d bytes, want %d", r, window)
+			}
+			rc2.SetWriteDeadline(dl)
+			wrote := make(chan error, 1)
+			go func() {
+				_, err := rc2.Write([]byte("second"))
+				if err == nil {
+					err = rc2.CloseWrite()
+				}
+				wrote <- err
+			}()
+			// The first stream ends cleanly both ways; its ring goes back.
+			rc1.CloseWrite()
+			if got, err := io.ReadAll(ac1); err != nil || len(got) != window {
+				t.Fatalf("agent read %d bytes of the first stream, %v", len(got), err)
+			}
+			ac1.Close()
+			rc1.SetReadDeadline(dl)
+			if _, err := io.ReadAll(rc1); err != nil {
+				t.Fatal(err)
+			}
+			rc1.Close()
+			if err := <-wrote; err != nil {
+				t.Fatalf("second stream: %v", err)
+			}
+			if got, err := io.ReadAll(ac2); err != nil || string(got) != "second" {
+				t.Fatalf("agent read %q of the second stream, %v", got, err)
+			}
+			rc2.Close()
+			ac2.Close()
+		})
+	}
+}
+
+// TestResumeShrink: once the peer has consumed all a stream sent, Shrink
+// gives its ring back to the registry, and a Write takes a new one.
+func TestResumeShrink(t *testing.T) {
+	for _, tt := range transports {
+		t.Run(tt.name, func(t *testing.T) {
+			leak.Check(t)
+			l := newLink(t, tt.tr, Config{})
+			rc, ac := l.open()
+			dl := time.Now().Add(testenv.Deadline(10 * time.Second))
+			ac.SetDeadline(dl)
+			msg := make([]byte, 100<<10)
+			if _, err := rc.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(ac, msg); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "the agent's count to reach the relay", 10*time.Second, func() bool {
+				rc.mu.Lock()
+				defer rc.mu.Unlock()
+				return rc.acked == rc.sent
+			})
+			if r := l.relay.Retained(); r != 2*minRing {
+				t.Fatalf("relay retains %d bytes before Shrink, want %d", r, 2*minRing)
+			}
+			if err := rc.Shrink(); err != nil {
+				t.Fatal(err)
+			}
+			if r := l.relay.Retained(); r != 0 {
+				t.Fatalf("relay retains %d bytes after Shrink, want 0", r)
+			}
+			if _, err := rc.Write([]byte("more")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(ac, msg[:4]); err != nil || string(msg[:4]) != "more" {
+				t.Fatalf("read %q, %v", msg[:4], err)
+			}
+		})
+	}
+}
