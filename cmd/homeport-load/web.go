@@ -79,10 +79,13 @@ http {
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
-	args := []string{"-e", "stderr", "-p", dir, "-c", confPath, "-g", "daemon off;"}
+	// One -g: nginx reads only the last, and without "daemon off" it
+	// forks into the background, beyond stop's reach.
+	global := "daemon off;"
 	if os.Geteuid() == 0 {
-		args = append(args, "-g", "user root;")
+		global += " user root;"
 	}
+	args := []string{"-e", "stderr", "-p", dir, "-c", confPath, "-g", global}
 	cmd := exec.Command(bin, args...)
 	logf, err := os.Create(filepath.Join(dir, "nginx.log"))
 	if err != nil {
