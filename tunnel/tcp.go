@@ -21,6 +21,10 @@ var _ Transport = TCPTransport{}
 // behind the session's own pings.
 const tcpKeepAlive = 15 * time.Second
 
+// sessionUnsent is the most a session's TCP connection queues unsent in
+// the kernel (see limitUnsent).
+const sessionUnsent = 64 << 10
+
 // Dial connects to a relay over TCP. The TLS handshake runs in Handshake.
 func (TCPTransport) Dial(ctx context.Context, addr string, conf *tls.Config) (Conn, error) {
 	d := net.Dialer{KeepAlive: tcpKeepAlive}
@@ -93,6 +97,7 @@ func (c *tlsLink) Admission() Admission { return nil }
 // Mux runs the TCP transport's layer over yamux on the link (see
 // newYamuxSession); the dialing side is yamux's client.
 func (c *tlsLink) Mux(cfg SessionConfig) (Session, error) {
+	limitUnsent(c.raw.Conn)
 	s, err := newYamuxSession(c.Conn, c.raw, c.client, cfg)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,8 @@
+//go:build !linux
+
+package tunnel
+
+import "net"
+
+// limitUnsent does nothing here: see lowat_linux.go.
+func limitUnsent(net.Conn) {}
