@@ -560,8 +560,9 @@ func (l *quicLink) Close() error {
 }
 
 // Mux ends the authentication stream and returns the connection as a
-// Session. cfg is not used: the transport's Session applied at connect.
-func (l *quicLink) Mux(SessionConfig) (Session, error) {
+// Session. Of cfg only Log is used (for the client's congestion resets,
+// see quicpath.go): the transport's Session applied at connect.
+func (l *quicLink) Mux(cfg SessionConfig) (Session, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed || l.conn == nil || l.auth == nil {
@@ -580,6 +581,10 @@ func (l *quicLink) Mux(SessionConfig) (Session, error) {
 	g := newStallGuard(l.qconf.InitialStreamReceiveWindow, l.qconf.MaxStreamReceiveWindow, l.qconf.MaxConnectionReceiveWindow)
 	go g.run(l.conn.Context().Done())
 	s := &quicSession{conn: l.conn, sock: l.sock, heard: newHeardClock(), guard: g, end: &endRecord{}}
+	if l.client {
+		s.resetter = newPathResetter(l.conn, l.sock, cfg.Log)
+		go s.resetter.run()
+	}
 	s.end.streams = s.NumStreams
 	context.AfterFunc(l.conn.Context(), s.ended)
 	return s, nil
@@ -625,6 +630,9 @@ type quicSession struct {
 	streams atomic.Int64
 	once    sync.Once
 	end     *endRecord // why the session ended
+	// resetter, on the client, resets congestion control when the
+	// direction of traffic changes (see quicpath.go).
+	resetter *pathResetter
 }
 
 // ended notes why the connection ended, unless this end closed it.
