@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -25,9 +26,12 @@ import (
 //
 // So the client (the only end that may migrate) moves the connection to
 // another UDP socket of its own, and back the next time, when the
-// dominant direction of its traffic changes: both ends start again in
-// slow start with fresh round trip estimates. A move that fails leaves
-// the connection on the path it was on.
+// dominant direction of its traffic changes and the new direction's
+// sender looks stuck there: both ends start again in slow start with
+// fresh round trip estimates. A sender that is not stuck keeps its
+// window: slow start again would only risk an early end on a noisy
+// round trip. A move that fails leaves the connection on the path it
+// was on.
 
 // Thresholds of the direction detector (see bulkPhases).
 const (
@@ -50,6 +54,16 @@ const (
 	pathRetryGap = 30 * time.Second
 	// pathProbeMax bounds the validation of the new path.
 	pathProbeMax = 5 * time.Second
+	// pathJudgeRTTs: the new direction's sender is judged after this
+	// many round trips (and two ticks at least). In slow start from 32
+	// packets it sends about 3.7 windows of 32 packets per round trip
+	// over the first 4, stuck about 1; less than pathStuckWindows per
+	// round trip is stuck (or a path too slow to lose much by a reset).
+	pathJudgeRTTs    = 4
+	pathStuckWindows = 2
+	// pathInitialWindow is quic-go's initial congestion window: 32
+	// packets of at most 1252 bytes of QUIC payload.
+	pathInitialWindow = 32 * 1252
 )
 
 // direction of a connection's bulk traffic, from the client's side.
@@ -67,6 +81,26 @@ type bulkPhases struct {
 	sent, rcvd uint64    // the counters at the last step
 	dir        direction // of the current phase
 	vol        uint64    // bytes the current phase carried
+}
+
+// carried is what the counters show the current phase's direction
+// carried in all.
+func (b *bulkPhases) carried(sent, rcvd uint64) uint64 {
+	if b.dir == dirUp {
+		return sent
+	}
+	return rcvd
+}
+
+// stuck reports whether a sender that carried n bytes in the elapsed
+// time since a change of direction looks stuck in congestion avoidance
+// from quic-go's initial window, over round trips of rtt.
+func stuck(n uint64, elapsed, rtt time.Duration) bool {
+	if elapsed <= 0 {
+		return false
+	}
+	perRTT := float64(n) * float64(rtt) / float64(elapsed)
+	return perRTT < pathStuckWindows*pathInitialWindow
 }
 
 // step takes the counters at the end of a tick; it reports whether the
@@ -99,11 +133,16 @@ func (b *bulkPhases) step(sent, rcvd uint64) (flipped bool) {
 type pathResetter struct {
 	conn    *quic.Conn
 	log     *slog.Logger
-	network string         // of the sockets: "udp4" or "udp6"
-	socks   [2]*quicSocket // [0] is the session's own; [1] is ours
-	on      int            // index of the socket in use
-	path    *quic.Path     // the path in use, nil for the first
-	resets  atomic.Int64   // moves made
+	network string       // of the sockets: "udp4" or "udp6"
+	resets  atomic.Int64 // moves made
+	// moved, when set, is called with the new local address after a
+	// move (quic-go's Conn.LocalAddr is not safe then).
+	moved func(net.Addr)
+
+	mu    sync.Mutex     // held by reset, and by run's end
+	socks [2]*quicSocket // [0] is the session's own; [1] is ours
+	on    int            // index of the socket in use
+	path  *quic.Path     // the path in use, nil for the first
 }
 
 func newPathResetter(conn *quic.Conn, sock *quicSocket, log *slog.Logger) *pathResetter {
@@ -121,16 +160,21 @@ func newPathResetter(conn *quic.Conn, sock *quicSocket, log *slog.Logger) *pathR
 // the socket it made.
 func (r *pathResetter) run() {
 	defer func() {
+		r.mu.Lock()
 		if r.socks[1] != nil {
 			r.socks[1].release()
+			r.socks[1] = nil
 		}
+		r.mu.Unlock()
 	}()
 	done := r.conn.Context().Done()
 	t := time.NewTicker(pathTick)
 	defer t.Stop()
 	var (
 		phases  bulkPhases
-		pending bool      // a change of direction waits for its reset
+		judging bool      // a change of direction waits for its judgement
+		since   time.Time // of the change
+		base    uint64    // what the new direction had carried then
 		next    time.Time // no reset before
 	)
 	st := r.conn.ConnectionStats()
@@ -141,14 +185,21 @@ func (r *pathResetter) run() {
 			return
 		case <-t.C:
 		}
+		now := time.Now()
 		st := r.conn.ConnectionStats()
 		if phases.step(st.BytesSent, st.BytesReceived) {
-			pending = true
-		}
-		if !pending || time.Now().Before(next) {
+			judging, since, base = true, now, phases.carried(st.BytesSent, st.BytesReceived)
 			continue
 		}
-		pending, next = false, time.Now().Add(pathResetGap)
+		elapsed := now.Sub(since)
+		if !judging || elapsed < max(pathJudgeRTTs*st.SmoothedRTT, 2*pathTick) || now.Before(next) {
+			continue
+		}
+		judging = false
+		if !stuck(phases.carried(st.BytesSent, st.BytesReceived)-base, elapsed, st.SmoothedRTT) {
+			continue
+		}
+		next = now.Add(pathResetGap)
 		if err := r.reset(); err != nil {
 			next = time.Now().Add(pathRetryGap)
 			r.log.Debug("QUIC congestion reset: the connection stays on its path", "err", err)
@@ -159,6 +210,11 @@ func (r *pathResetter) run() {
 // reset moves the connection to the other socket. On an error the
 // connection is where it was.
 func (r *pathResetter) reset() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.conn.Context().Err() != nil {
+		return net.ErrClosed // run may have closed our socket
+	}
 	next := 1 - r.on
 	if r.socks[next] == nil {
 		udp, err := net.ListenUDP(r.network, nil)
@@ -187,6 +243,9 @@ func (r *pathResetter) reset() error {
 		}
 	}
 	r.path, r.on = p, next
+	if r.moved != nil {
+		r.moved(r.socks[next].udp.LocalAddr())
+	}
 	r.resets.Add(1)
 	r.log.Debug("QUIC congestion reset: the connection moved to another UDP socket", "local", r.socks[next].udp.LocalAddr().String())
 	return nil
