@@ -62,8 +62,8 @@ const (
 	pathJudgeRTTs    = 4
 	pathStuckWindows = 2
 	// pathInitialWindow is quic-go's initial congestion window: 32
-	// packets of at most 1252 bytes of QUIC payload.
-	pathInitialWindow = 32 * 1252
+	// packets of its initial size, 1280 bytes.
+	pathInitialWindow = 32 * 1280
 )
 
 // direction of a connection's bulk traffic, from the client's side.

@@ -66,10 +66,10 @@ func TestStuckSender(t *testing.T) {
 		want    bool
 	}{
 		// 32 packets, then one more each round trip.
-		{"congestion avoidance from the initial window", 4 * 34 * 1252, 4 * rtt, true},
+		{"congestion avoidance from the initial window", 4 * 34 * 1280, 4 * rtt, true},
 		// 32, 64, 128, 256 packets.
-		{"slow start", 480 * 1252, 4 * rtt, false},
-		{"slow start, slowed by a queue", 480 * 1252, 6 * rtt, false},
+		{"slow start", 480 * 1280, 4 * rtt, false},
+		{"slow start, slowed by a queue", 480 * 1280, 6 * rtt, false},
 		{"nothing sent", 0, 4 * rtt, true},
 		{"no time", 1, 0, false},
 	}
