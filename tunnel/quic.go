@@ -560,8 +560,9 @@ func (l *quicLink) Close() error {
 }
 
 // Mux ends the authentication stream and returns the connection as a
-// Session. cfg is not used: the transport's Session applied at connect.
-func (l *quicLink) Mux(SessionConfig) (Session, error) {
+// Session. Of cfg only Log is used (for the client's congestion resets,
+// see quicpath.go): the transport's Session applied at connect.
+func (l *quicLink) Mux(cfg SessionConfig) (Session, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed || l.conn == nil || l.auth == nil {
@@ -580,6 +581,16 @@ func (l *quicLink) Mux(SessionConfig) (Session, error) {
 	g := newStallGuard(l.qconf.InitialStreamReceiveWindow, l.qconf.MaxStreamReceiveWindow, l.qconf.MaxConnectionReceiveWindow)
 	go g.run(l.conn.Context().Done())
 	s := &quicSession{conn: l.conn, sock: l.sock, heard: newHeardClock(), guard: g, end: &endRecord{}}
+	if l.client {
+		// quic-go's Conn.LocalAddr and RemoteAddr race with its move
+		// to another path on a client: the session answers from its own
+		// copies, which the resetter updates.
+		s.remote = l.conn.RemoteAddr()
+		s.local.Store(&localAddr{l.conn.LocalAddr()})
+		s.resetter = newPathResetter(l.conn, l.sock, cfg.Log)
+		s.resetter.moved = func(a net.Addr) { s.local.Store(&localAddr{a}) }
+		go s.resetter.run()
+	}
 	s.end.streams = s.NumStreams
 	context.AfterFunc(l.conn.Context(), s.ended)
 	return s, nil
@@ -625,7 +636,15 @@ type quicSession struct {
 	streams atomic.Int64
 	once    sync.Once
 	end     *endRecord // why the session ended
+	// resetter, on the client, resets congestion control when the
+	// direction of traffic changes (see quicpath.go).
+	resetter *pathResetter
+	// On the client: the addresses (see Mux).
+	local  atomic.Pointer[localAddr]
+	remote net.Addr
 }
+
+type localAddr struct{ net.Addr }
 
 // ended notes why the connection ended, unless this end closed it.
 func (s *quicSession) ended() { s.end.note(context.Cause(s.conn.Context())) }
@@ -670,7 +689,7 @@ func (s *quicSession) ReceiveDatagram(ctx context.Context) ([]byte, error) {
 
 func (s *quicSession) wrap(st *quic.Stream) Stream {
 	s.streams.Add(1)
-	qs := &quicStream{st: st, heard: s.heard, guard: s.guard, local: s.conn.LocalAddr(), remote: s.conn.RemoteAddr()}
+	qs := &quicStream{st: st, heard: s.heard, guard: s.guard, local: s.LocalAddr(), remote: s.RemoteAddr()}
 	qs.done = func() {
 		s.guard.remove(qs)
 		s.streams.Add(-1)
@@ -740,8 +759,20 @@ func (s *quicSession) AcceptStream(ctx context.Context) (Stream, error) {
 func (s *quicSession) Done() <-chan struct{} { return s.conn.Context().Done() }
 func (s *quicSession) NumStreams() int       { return int(s.streams.Load()) }
 func (s *quicSession) RTT() time.Duration    { return s.conn.ConnectionStats().SmoothedRTT }
-func (s *quicSession) LocalAddr() net.Addr   { return s.conn.LocalAddr() }
-func (s *quicSession) RemoteAddr() net.Addr  { return s.conn.RemoteAddr() }
+
+func (s *quicSession) LocalAddr() net.Addr {
+	if a := s.local.Load(); a != nil {
+		return a.Addr
+	}
+	return s.conn.LocalAddr()
+}
+
+func (s *quicSession) RemoteAddr() net.Addr {
+	if s.remote != nil {
+		return s.remote
+	}
+	return s.conn.RemoteAddr()
+}
 
 // Close ends the session; unless it had ended already, this end closed it
 // (closeConn waits a moment for the peer to close first: that is still

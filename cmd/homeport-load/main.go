@@ -56,6 +56,7 @@ type options struct {
 	wanRTT       time.Duration // 0: no runs over a delaying path
 	wanRates     []int         // Mbit/s
 	wanQueue     time.Duration
+	wanAlternate bool          // the delaying path's runs alternate download and upload
 	streamWindow string        // relay's and agent's --stream-window; "": theirs
 	wanOnly      bool          // only the runs over a delaying path
 	webOnly      bool          // only the web measure (web.go)
@@ -110,6 +111,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&opts.keep, "keep", false, "keep the working directory (relay and agent logs) and print its path")
 	fs.DurationVar(&opts.wanRTT, "wan-rtt", 50*time.Millisecond, "round trip of the delaying path between agent and relay for the single-stream bulk runs over it (0: no such runs)")
 	fs.DurationVar(&opts.wanQueue, "wan-queue", 20*time.Millisecond, "drop-tail queue of the delaying path, as time at its link rate")
+	fs.BoolVar(&opts.wanAlternate, "wan-alternate", false, "over the delaying path, alternate download and upload runs (each after one the other way) instead of all downloads, then all uploads")
 	fs.StringVar(&opts.streamWindow, "stream-window", "", "session.stream_window for relay and agent, such as 8MiB (default: theirs)")
 	fs.BoolVar(&opts.wanOnly, "wan-only", false, "only the single-stream bulk runs over the delaying path")
 	fs.BoolVar(&opts.webOnly, "web-only", false, "only the web measure: HTTP requests through the relay's http_addr against nginx directly")

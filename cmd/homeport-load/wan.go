@@ -67,33 +67,62 @@ func (e *env) wanBulkAt(ctx context.Context, tr string, w wan) ([]row, []string,
 	// A single stream over a path with a round trip must not be capped
 	// by the multiplexer's window.
 	want := goal{ratio: true, limit: 0.8}
-	var rows []row
-	for _, dir := range []string{"download", "upload"} {
-		what := fmt.Sprintf("bulk %s, 1 stream, %v RTT, %s", dir, 2*w.delay, formatRate(w.rate))
-		var tun, direct []float64
+	dirs := []string{"download", "upload"}
+	type result struct{ tun, direct []float64 }
+	results := map[string]*result{}
+	for _, dir := range dirs {
+		results[dir] = &result{}
+	}
+	what := func(dir string) string {
+		return fmt.Sprintf("bulk %s, 1 stream, %v RTT, %s", dir, 2*w.delay, formatRate(w.rate))
+	}
+	// one measures a direction's run r: the tunnel and plain TCP, in an
+	// order that alternates with r.
+	one := func(dir string, r int) error {
+		res := results[dir]
+		for _, pa := range paths(p.public, plain.Addr(), r) {
+			n, elapsed, err := transfers[dir](ctx, pa.addr, wanWarmup, e.opts.duration)
+			name := pa.name
+			if !pa.tunnel {
+				name = "plain TCP"
+			}
+			if err != nil {
+				return fmt.Errorf("%s, %s: %w", what(dir), name, err)
+			}
+			mbps := float64(n) / elapsed.Seconds() / 1e6
+			if pa.tunnel {
+				res.tun = append(res.tun, mbps)
+			} else {
+				res.direct = append(res.direct, mbps)
+			}
+			e.logf("%s: %s, %s: %.1f MB/s", tr, what(dir), name, mbps)
+			if err := e.settle(ctx, p); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if e.opts.wanAlternate {
+		// Each tunnel run but the first follows one the other way.
 		for r := range e.opts.repeat {
-			for _, pa := range paths(p.public, plain.Addr(), r) {
-				n, elapsed, err := transfers[dir](ctx, pa.addr, wanWarmup, e.opts.duration)
-				name := pa.name
-				if !pa.tunnel {
-					name = "plain TCP"
-				}
-				if err != nil {
-					return nil, nil, fmt.Errorf("%s, %s: %w", what, name, err)
-				}
-				mbps := float64(n) / elapsed.Seconds() / 1e6
-				if pa.tunnel {
-					tun = append(tun, mbps)
-				} else {
-					direct = append(direct, mbps)
-				}
-				e.logf("%s: %s, %s: %.1f MB/s", tr, what, name, mbps)
-				if err := e.settle(ctx, p); err != nil {
+			for _, dir := range dirs {
+				if err := one(dir, r); err != nil {
 					return nil, nil, err
 				}
 			}
 		}
-		rows = append(rows, newRow(tr, what, "MB/s", tun, direct, &want))
+	} else {
+		for _, dir := range dirs {
+			for r := range e.opts.repeat {
+				if err := one(dir, r); err != nil {
+					return nil, nil, err
+				}
+			}
+		}
+	}
+	var rows []row
+	for _, dir := range dirs {
+		rows = append(rows, newRow(tr, what(dir), "MB/s", results[dir].tun, results[dir].direct, &want))
 	}
 	var notes []string
 	if udp != nil {
