@@ -6,6 +6,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// sessionUnsent is the most a session's TCP connection queues unsent in
+// the kernel.
+const sessionUnsent = 64 << 10
+
 // limitUnsent sets TCP_NOTSENT_LOWAT on the session's TCP connection: the
 // kernel takes a write only while less than sessionUnsent bytes are
 // queued that it has not sent yet. Without it a bulk transfer fills the

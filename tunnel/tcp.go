@@ -21,10 +21,6 @@ var _ Transport = TCPTransport{}
 // behind the session's own pings.
 const tcpKeepAlive = 15 * time.Second
 
-// sessionUnsent is the most a session's TCP connection queues unsent in
-// the kernel (see limitUnsent).
-const sessionUnsent = 64 << 10
-
 // Dial connects to a relay over TCP. The TLS handshake runs in Handshake.
 func (TCPTransport) Dial(ctx context.Context, addr string, conf *tls.Config) (Conn, error) {
 	d := net.Dialer{KeepAlive: tcpKeepAlive}
