@@ -80,7 +80,7 @@ func TestDDNSCommandErrors(t *testing.T) {
 	}{
 		{"no section", "relay: \"vps.example.com:7000\"\n", "ddns: missing: agent ddns needs a ddns section in "},
 		{"only the relay source", "ddns:\n  names: [home.example.com]\n  sources: [relay]\n  provider: cloudflare\n  cloudflare: {api_token: x, zone: example.com}\n",
-			"ddns.sources: no source left: the relay source needs the agent's session to the relay"},
+			"ddns.sources: no source left: the relay and connected_relays sources need the agent's sessions to its relays"},
 		{"provider check", "ddns:\n  names: [home.example.com]\n  provider: route53\n  route53: {zone: example.com, profile: \"\"}\n", "ddns: route53: missing credentials"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
