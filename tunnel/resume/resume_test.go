@@ -448,7 +448,7 @@ func TestResumeSilentLink(t *testing.T) {
 			keepAlive  time.Duration
 		}{
 			{"relay gives up first", true, 0},
-			{"keepalive", false, 300 * time.Millisecond},
+			{"keepalive", false, 2 * time.Second},
 		} {
 			t.Run(tt.name+"/"+tc.name, func(t *testing.T) {
 				leak.Check(t)
