@@ -170,13 +170,7 @@ func (s mappingSource) Addrs(ctx context.Context) ([]netip.Addr, error) {
 	decided := st.decided
 	m.mu.Unlock()
 	if wait {
-		t := time.NewTimer(m.firstWait)
-		select {
-		case <-decided:
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		t.Stop()
+		awaitFirst(ctx, decided, m.firstWait)
 	}
 	m.mu.Lock()
 	ext, why := st.verified, st.why

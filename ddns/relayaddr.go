@@ -87,13 +87,7 @@ func (r *RelayAddr) addrs(ctx context.Context) ([]netip.Addr, error) {
 	r.waited = true
 	r.mu.Unlock()
 	if wait {
-		t := time.NewTimer(r.firstWait)
-		select {
-		case <-r.known:
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		t.Stop()
+		awaitFirst(ctx, r.known, r.firstWait)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -106,4 +100,17 @@ func (r *RelayAddr) addrs(ctx context.Context) ([]netip.Addr, error) {
 	default:
 	}
 	return []netip.Addr{r.addr}, nil
+}
+
+// awaitFirst waits for a source's first news (known closed) for at most
+// d, or until ctx ends: the first round of an agent's updater need not
+// fail for a session or a verdict that comes a few seconds later.
+func awaitFirst(ctx context.Context, known <-chan struct{}, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-known:
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }

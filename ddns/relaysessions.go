@@ -128,13 +128,7 @@ func (r *RelaySessions) addrs(ctx context.Context) ([]netip.Addr, error) {
 	r.waited = true
 	r.mu.Unlock()
 	if wait {
-		t := time.NewTimer(r.firstWait)
-		select {
-		case <-r.known:
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		t.Stop()
+		awaitFirst(ctx, r.known, r.firstWait)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
